@@ -1,0 +1,167 @@
+"""The ``genforge`` command: subcommands mapped to plain functions whose docstrings are their help.
+
+Errors the user can fix print one line naming the file, key or value and exit
+with status 2; ``--debug`` shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from genforge.errors import GenforgeError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def cmd_train(args) -> int:
+    """Train a model from a recipe: genforge train configs/mnist5k-dcgan.yaml [--set key=value ...].
+
+    The run directory (default runs/NAME-TIME) receives the resolved config, metrics.jsonl, TensorBoard
+    events, sample grids and checkpoints. Continue a stopped run with --resume RUN_DIR.
+    """
+    from genforge.config import load_config
+    from genforge.training import train
+
+    overrides = list(args.set or [])
+    if args.max_steps is not None:
+        overrides.append(f"max_steps={args.max_steps}")
+    if args.max_seconds is not None:
+        overrides.append(f"max_seconds={args.max_seconds}")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    if args.resume:
+        if args.config or args.out:
+            raise GenforgeError("--resume RUN_DIR takes the run's own config.yaml: give no CONFIG or --out")
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise GenforgeError(f"{run}: not a run directory (no config.yaml)")
+        cfg = load_config(run / "config.yaml", overrides)
+    else:
+        if not args.config:
+            raise GenforgeError("give a CONFIG file (see configs/) or --resume RUN_DIR")
+        cfg = load_config(args.config, overrides)
+        run = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(cfg, run, resume=bool(args.resume), quiet=args.quiet)
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def cmd_sample(args) -> int:
+    """Generate images: genforge sample MODEL --n 64 --seed 0 --out grid.png (or samples.npz).
+
+    MODEL is a run directory (its best, else last, checkpoint) or a model directory. A .png gets a grid; a
+    .npz gets x as uint8 (N, H, W) or (N, H, W, C), and y for conditional models.
+    """
+    import genforge
+    from genforge.generation import sample, write_samples
+
+    model = genforge.load(args.model, device=args.device)
+    samples = sample(model, args.n, seed=args.seed)
+    path = write_samples(samples, args.out)
+    print(f"genforge: wrote {args.n} samples (seed {args.seed}) from {model.path} to {path}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    """Show what a model or run directory holds: recipe, data, image shape, step, weights hash."""
+    import genforge
+
+    model = genforge.load(args.model)
+    meta = dict(model.meta)
+    meta.pop("train_config", None)
+    print(f"model directory: {model.path}")
+    for key, value in meta.items():
+        print(f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    """Load, clean and split a data source and print the cleaning report and class counts.
+
+    SPEC: mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR. Exits non-zero when the source is
+    malformed or nothing usable remains.
+    """
+    from genforge.data import check_report
+
+    print(check_report(args.spec, image_size=args.image_size, channels=args.channels, on_bad=args.on_bad,
+                       dedup=not args.no_dedup))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def doc(fn):
+        return fn.__doc__.strip().splitlines()[0], fn.__doc__.strip()
+
+    parser = argparse.ArgumentParser(prog="genforge", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    from genforge import __version__
+
+    parser.add_argument("--version", action="version", version=f"genforge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    short, long = doc(cmd_train)
+    p = sub.add_parser("train", help=short, description=long)
+    p.add_argument("config", nargs="?", help="recipe YAML, e.g. configs/mnist5k-dcgan.yaml")
+    p.add_argument("--out", help="run directory (default runs/NAME-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config fields")
+    p.add_argument("--max-steps", type=int, help="same as --set max_steps=N")
+    p.add_argument("--max-seconds", type=float, help="same as --set max_seconds=S")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (same as --set device=...)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
+    short, long = doc(cmd_sample)
+    p = sub.add_parser("sample", help=short, description=long)
+    p.add_argument("model", help="run directory or model directory")
+    p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="output file: .png (grid) or .npz")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=cmd_sample)
+
+    short, long = doc(cmd_info)
+    p = sub.add_parser("info", help=short, description=long)
+    p.add_argument("model", help="run directory or model directory")
+    p.set_defaults(func=cmd_info)
+
+    short, long = doc(cmd_data_check)
+    p = sub.add_parser("data", help="data sources: genforge data check SPEC")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = data_sub.add_parser("check", help=short, description=long)
+    q.add_argument("spec", help="mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR")
+    q.add_argument("--image-size", type=int, default=28, help="resize images to this side (default 28)")
+    q.add_argument("--channels", type=int, default=0, choices=(0, 1, 3), help="0: as the source has")
+    q.add_argument("--on-bad", default="drop", choices=("drop", "reject"), help="drop bad images or fail")
+    q.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
+    q.set_defaults(func=cmd_data_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GenforgeError as e:
+        if args.debug:
+            raise
+        print(f"genforge: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:  # disk full, permission denied...: the user's environment, not a bug
+        if args.debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"genforge: error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("genforge: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Typed, flat training configuration: every default in one place.
+
+A recipe under ``configs/`` is a YAML mapping of a few of these fields; any
+field can be overridden from the command line with ``--set key=value``. The
+config is validated on load (unknown key, wrong type, out-of-range value) and
+the resolved version is written beside every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from genforge.errors import ConfigError
+
+
+@dataclass
+class Config:
+    # --- what to train on -------------------------------------------------------
+    data: str = "mnist5k"            # data spec: mnist5k, fashion-mnist[:DIR], idx:DIR, npz:FILE, folder:DIR
+    image_size: int = 28             # images are resized to image_size x image_size when the source differs
+    channels: int = 0                # 0: take the source's channel count; 1 or 3 to insist
+    on_bad: str = "drop"             # bad images (corrupt, blank, duplicate...): "drop" with a report, or "reject"
+    dedup: bool = True               # drop exact duplicate images
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1       # ignored when the source ships its own test split
+    split_seed: int = 0
+    augment_flip: bool = False       # augmentation is off by default: digits are not mirror-symmetric
+    augment_shift: int = 0           # max shift in pixels
+    augment_rotate: float = 0.0      # max rotation in degrees
+
+    # --- what to train ------------------------------------------------------------
+    model: str = "dcgan"             # a key of genforge.models.MODELS
+    z_dim: int = 100                 # latent size (GAN noise / VAE code)
+    base_channels: int = 64          # width of the convolutional networks (dcgan, vae-conv)
+    recon_loss: str = "bce"          # VAE reconstruction likelihood: "bce" (Bernoulli) or "mse" (Gaussian)
+    kl_weight: float = 1.0           # weight of the KL term (1.0 is the plain ELBO)
+
+    # --- how to train -------------------------------------------------------------
+    seed: int = 0
+    batch_size: int = 128
+    g_lr: float = 2e-4               # generator (GAN) or encoder+decoder (VAE) learning rate
+    g_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    d_lr: float = 2e-4               # discriminator learning rate (GAN only)
+    d_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    ema_decay: float = 0.999         # EMA of the generator / VAE; 0 turns it off
+    ema_start: int = 0               # steps before the EMA starts tracking (copies weights until then)
+    max_steps: int = 5000
+    max_seconds: float = 0.0         # wall-clock budget; 0 means none
+    nan_policy: str = "stop"         # on a non-finite loss: "stop", or "rollback" to the last checkpoint
+    max_rollbacks: int = 3
+
+    # --- what to write ------------------------------------------------------------
+    log_every: int = 50
+    sample_every: int = 500          # sample grid PNG every N steps (0: only at the end)
+    checkpoint_every: int = 1000     # checkpoint every N steps (one is always written at the end)
+    keep_checkpoints: int = 2
+    grid_n: int = 64
+    tensorboard: bool = True
+
+    # --- where to run -------------------------------------------------------------
+    device: str = "cpu"              # "cpu", "cuda", "cuda:N" or "auto"
+    num_threads: int = 0             # 0: one intra-op thread per physical core
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+CHOICES = {
+    "on_bad": ("drop", "reject"),
+    "recon_loss": ("bce", "mse"),
+    "nan_policy": ("stop", "rollback"),
+    "channels": (0, 1, 3),
+}
+POSITIVE = ("image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
+            "keep_checkpoints")
+NON_NEGATIVE = ("kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
+                "augment_rotate", "ema_start", "num_threads", "max_rollbacks")
+
+
+def _coerce(name: str, value, source: str):
+    """Check ``value`` against the field's declared type; ints are accepted for floats."""
+    hint = _HINTS[name]
+    where = f"{source}: '{name}'"
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if hint == list[float]:
+        if (not isinstance(value, (list, tuple)) or len(value) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{where} must be a list of two numbers like [0.5, 0.999], got {value!r}")
+        return [float(v) for v in value]
+    raise AssertionError(f"unhandled config type {hint} for {name}")
+
+
+def validate(cfg: Config, source: str = "config") -> Config:
+    """Range and choice checks that a type alone cannot express."""
+    from genforge.models import MODELS  # late import: models import config
+
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{source}: '{name}' must be one of {', '.join(map(str, choices))}, "
+                              f"got {getattr(cfg, name)!r}")
+    for name in POSITIVE:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{source}: '{name}' must be positive, got {getattr(cfg, name)!r}")
+    for name in NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{source}: '{name}' must not be negative, got {getattr(cfg, name)!r}")
+    if cfg.model not in MODELS:
+        raise ConfigError(f"{source}: unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+    for name in ("g_betas", "d_betas"):
+        if not all(0.0 <= b < 1.0 for b in getattr(cfg, name)):
+            raise ConfigError(f"{source}: '{name}' values must be in [0, 1), got {getattr(cfg, name)!r}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"{source}: 'ema_decay' must be in [0, 1), got {cfg.ema_decay!r}")
+    for name in ("val_fraction", "test_fraction"):
+        if not 0.0 <= getattr(cfg, name) < 0.5:
+            raise ConfigError(f"{source}: '{name}' must be in [0, 0.5), got {getattr(cfg, name)!r}")
+    if not (cfg.device in ("cpu", "cuda", "auto") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"{source}: 'device' must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
+    return cfg
+
+
+def from_dict(values: dict, source: str = "config", base: Config | None = None) -> Config:
+    """Build a validated Config from a mapping, on top of ``base`` (defaults if None)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of key: value, got {type(values).__name__}")
+    merged = dataclasses.asdict(base or Config())
+    for key, value in values.items():
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+        merged[key] = _coerce(key, value, source)
+    return validate(Config(**merged), source)
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """``key=value`` from the command line; the value is read as YAML (so 1e-4, true, [0.5, 0.9] work)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if _HINTS.get(key.strip()) is str and not isinstance(value, str):
+        value = raw  # "data=npz:x.npz" or "model=123" stay strings
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML recipe (or start from defaults when ``path`` is None) and apply ``--set`` overrides."""
+    values: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{at}") from None
+    cfg = from_dict(values, source)
+    if overrides:
+        extra = dict(parse_override(o) for o in overrides)
+        cfg = from_dict(extra, "--set", base=cfg)
+    return cfg
+
+
+def dump(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict(), indent=2) + "\n"

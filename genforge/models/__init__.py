@@ -1,0 +1,100 @@
+"""Model families and the registry of recipes.
+
+``MODELS`` maps a recipe name to its method (the module that says how it
+learns: ``gan`` or ``vae``) and the networks it composes. Adding a recipe is
+one line here.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from genforge.models import gan, networks, vae
+
+
+class ModelSpec(NamedTuple):
+    method: ModuleType                    # genforge.models.gan or genforge.models.vae
+    networks: dict[str, type[nn.Module]]  # role -> network class
+
+
+MODELS: dict[str, ModelSpec] = {
+    "gan-mlp": ModelSpec(gan, {"generator": networks.MLPGenerator, "discriminator": networks.MLPDiscriminator}),
+    "dcgan": ModelSpec(gan, {"generator": networks.DCGANGenerator, "discriminator": networks.DCGANDiscriminator}),
+    "vae-mlp": ModelSpec(vae, {"encoder": networks.MLPEncoder, "decoder": networks.MLPDecoder}),
+    "vae-conv": ModelSpec(vae, {"encoder": networks.ConvEncoder, "decoder": networks.ConvDecoder}),
+}
+
+FAMILIES = {"gan": gan, "vae": vae}
+
+
+def family_of(model: str) -> str:
+    return MODELS[model].method.__name__.rsplit(".", 1)[-1]
+
+
+def build_networks(model: str, image_shape: tuple[int, int, int], z_dim: int,
+                   base_channels: int) -> dict[str, nn.Module]:
+    """Instantiate every network of a recipe. Seed the global RNG first for reproducible weights."""
+    return {role: cls(image_shape, z_dim=z_dim, base_channels=base_channels)
+            for role, cls in MODELS[model].networks.items()}
+
+
+class GenerativeModel:
+    """A trained model ready to sample: its networks (in eval mode) and the metadata of ``config.json``.
+
+    Obtain one with :func:`genforge.load`. ``model.sample(n, seed=0)`` returns uint8 images.
+    """
+
+    def __init__(self, nets: dict[str, nn.Module], meta: dict, path: str = ""):
+        self.nets = nets
+        self.meta = meta
+        self.path = path
+        self.method = MODELS[meta["model"]].method
+        for net in nets.values():
+            net.eval().requires_grad_(False)
+
+    @property
+    def name(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def family(self) -> str:
+        return self.meta["family"]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["image_shape"])
+
+    @property
+    def z_dim(self) -> int:
+        return self.meta["z_dim"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta.get("num_classes", 0)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("class_names")
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.nets.values())).parameters().__next__().device
+
+    def to(self, device: str | torch.device) -> "GenerativeModel":
+        for net in self.nets.values():
+            net.to(device)
+        return self
+
+    def sample(self, n: int, seed: int = 0, labels=None, batch_size: int = 500):
+        """``n`` images as uint8 numpy, (n, h, w) for grayscale or (n, h, w, c) for colour."""
+        from genforge.generation import sample
+
+        return sample(self, n, seed=seed, labels=labels, batch_size=batch_size).x
+
+    def __repr__(self) -> str:
+        return (f"GenerativeModel({self.name}, family={self.family}, image_shape={self.image_shape}, "
+                f"z_dim={self.z_dim}, step={self.meta.get('step')})")

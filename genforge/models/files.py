@@ -1,0 +1,171 @@
+"""Model files: ``model.safetensors`` plus ``config.json``. No pickle anywhere.
+
+Loading checks everything before trusting it: the JSON's fields, the
+safetensors header (size, dtypes, shapes and offsets, against the networks the
+config describes) before any tensor is allocated, and the SHA-256 of the
+weights recorded at save time, so a truncated or altered file is a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from genforge.errors import ModelFileError
+from genforge.io import atomic_write_bytes, atomic_write_json
+from genforge.models import MODELS, GenerativeModel, build_networks
+
+FORMAT = "genforge-model"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+MAX_HEADER_BYTES = 16 * 2**20
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1}
+_TORCH_DTYPE = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def state_tensors(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Flatten role -> module into ``{"generator.net.0.weight": tensor, ...}`` (contiguous CPU copies)."""
+    return {f"{role}.{k}": v.detach().to("cpu").contiguous()
+            for role, net in nets.items() for k, v in net.state_dict().items()}
+
+
+def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically.
+
+    ``meta`` must hold at least model, image_shape, z_dim and base_channels; the format fields and the
+    weights' SHA-256 are added here.
+    """
+    directory = Path(directory)
+    data = st_save(state_tensors(nets), metadata={"format": FORMAT})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta,
+            "family": MODELS[meta["model"]].method.__name__.rsplit(".", 1)[-1],
+            "networks": sorted(nets), "weights_sha256": hashlib.sha256(data).hexdigest(),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_bytes(directory / WEIGHTS, data)
+    atomic_write_json(directory / CONFIG, meta)
+    return directory
+
+
+def resolve(path: str | Path) -> Path:
+    """A run directory (its best, else last, checkpoint) or a directory holding config.json + weights."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model not found: {path}")
+    if path.is_file():
+        path = path.parent  # pointing at model.safetensors or config.json
+    if (path / CONFIG).is_file():
+        return path
+    ckpts = path / "checkpoints"
+    for pointer in ("best.json", "last.json"):
+        if (ckpts / pointer).is_file():
+            try:
+                target = json.loads((ckpts / pointer).read_text())["dir"]
+            except (ValueError, KeyError, TypeError):
+                raise ModelFileError(f"{ckpts / pointer}: not a valid checkpoint pointer") from None
+            return ckpts / target
+    raise ModelFileError(f"{path}: no {CONFIG} here and no checkpoints/last.json: not a model or run directory")
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((path / CONFIG).read_text())
+    except FileNotFoundError:
+        raise ModelFileError(f"{path / CONFIG}: missing") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ModelFileError(f"{path / CONFIG}: not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path / CONFIG}: not a genforge model config (format must be {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path / CONFIG}: format_version {meta.get('format_version')!r} is not supported "
+                             f"(this genforge reads {FORMAT_VERSION})")
+    checks = {"model": str, "z_dim": int, "base_channels": int, "weights_sha256": str, "image_shape": list}
+    for key, typ in checks.items():
+        if not isinstance(meta.get(key), typ):
+            raise ModelFileError(f"{path / CONFIG}: field '{key}' missing or not a {typ.__name__}")
+    if meta["model"] not in MODELS:
+        raise ModelFileError(f"{path / CONFIG}: unknown model {meta['model']!r}")
+    shape = meta["image_shape"]
+    if (len(shape) != 3 or not all(isinstance(s, int) and 0 < s <= 4096 for s in shape)
+            or shape[0] not in (1, 3)):
+        raise ModelFileError(f"{path / CONFIG}: field 'image_shape' must be [c, h, w] with c 1 or 3, got {shape}")
+    if not 0 < meta["z_dim"] <= 65536 or not 0 < meta["base_channels"] <= 4096:
+        raise ModelFileError(f"{path / CONFIG}: z_dim or base_channels out of range")
+    return meta
+
+
+def check_header(file: Path, expected: dict[str, torch.Tensor]) -> None:
+    """Validate a safetensors header against the expected tensors before reading any tensor data."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelFileError(f"{file}: truncated (no safetensors header)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise ModelFileError(f"{file}: safetensors header claims {n} bytes in a {size}-byte file "
+                                     "(truncated or not a safetensors file)")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise ModelFileError(f"{file}: missing") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ModelFileError(f"{file}: safetensors header is not valid JSON") from None
+    header.pop("__metadata__", None)
+    missing = sorted(set(expected) - set(header))
+    extra = sorted(set(header) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise ModelFileError(f"{file}: tensors do not match the networks in config.json ({what})")
+    payload = size - 8 - n
+    for key, want in expected.items():
+        info = header[key]
+        if not isinstance(info, dict):
+            raise ModelFileError(f"{file}: tensor '{key}' has a malformed header entry")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype != _TORCH_DTYPE.get(want.dtype) or list(shape or []) != list(want.shape):
+            raise ModelFileError(f"{file}: tensor '{key}' is {dtype} {shape}, config.json needs "
+                                 f"{_TORCH_DTYPE.get(want.dtype)} {list(want.shape)}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1] <= payload
+                or offsets[1] - offsets[0] != math.prod(want.shape) * _DTYPE_BYTES[dtype]):
+            raise ModelFileError(f"{file}: tensor '{key}' data lies outside the file (truncated?)")
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+    """Load a trained model from a run directory or a model directory (config.json + model.safetensors).
+
+    >>> model = genforge.load("runs/mnist5k-dcgan")
+    >>> images = model.sample(16, seed=0)   # uint8 (16, 28, 28)
+    """
+    directory = resolve(path)
+    meta = _read_meta(directory)
+    with torch.device("meta"):  # build the skeleton without allocating memory for its weights
+        skeleton = build_networks(meta["model"], tuple(meta["image_shape"]), meta["z_dim"], meta["base_channels"])
+    weights = directory / WEIGHTS
+    check_header(weights, state_tensors_meta(skeleton))
+    data = weights.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
+        raise ModelFileError(f"{weights}: SHA-256 does not match config.json: the file was altered or truncated")
+    tensors = st_load(data)
+    nets = build_networks(meta["model"], tuple(meta["image_shape"]), meta["z_dim"], meta["base_channels"])
+    for role, net in nets.items():
+        prefix = f"{role}."
+        net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        net.to(device)
+    return GenerativeModel(nets, meta, str(directory))
+
+
+def state_tensors_meta(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Like :func:`state_tensors` but without copying (works on meta-device skeletons)."""
+    return {f"{role}.{k}": v for role, net in nets.items() for k, v in net.state_dict().items()}

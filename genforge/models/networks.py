@@ -1,0 +1,197 @@
+"""The networks: plain ``nn.Module``s with no knowledge of how they are trained.
+
+The GAN and VAE methods (``gan.py``, ``vae.py``) compose these. Every network
+takes the same constructor arguments, ``(image_shape, z_dim, base_channels)``,
+so a recipe swaps the MLP of the reference design for a convolutional network
+without touching the loss code.
+
+Shapes: images are (b, c, h, w); latents are (b, z_dim).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from genforge.errors import ConfigError
+
+Shape = tuple[int, int, int]  # (c, h, w)
+
+
+def _leaky() -> nn.Module:
+    return nn.LeakyReLU(negative_slope=0.2)
+
+
+# --------------------------------------------------------------------------- MLP (reference design)
+
+class MLPGenerator(nn.Module):
+    """The reference design's generator: z -> 128-256-512-1024 -> c*h*w, tanh output in [-1, 1]."""
+
+    def __init__(self, image_shape: Shape, z_dim: int = 100, base_channels: int = 0):
+        super().__init__()
+        self.image_shape = image_shape
+        widths = [128, 256, 512, 1024]
+        layers: list[nn.Module] = [nn.Linear(z_dim, widths[0]), _leaky()]
+        for w_in, w_out in zip(widths, widths[1:]):
+            # momentum=0.2 is PyTorch's spelling of the Keras tutorial's BatchNormalization(momentum=0.8)
+            layers += [nn.Linear(w_in, w_out), nn.BatchNorm1d(w_out, momentum=0.2), _leaky()]
+        layers += [nn.Linear(widths[-1], math.prod(image_shape)), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], *self.image_shape)  # (b, c, h, w)
+
+
+class MLPDiscriminator(nn.Module):
+    """The reference design's discriminator: c*h*w -> 1024-512-256 -> 1 logit."""
+
+    def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 0):
+        super().__init__()
+        widths = [math.prod(image_shape), 1024, 512, 256]
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip(widths, widths[1:]):
+            layers += [nn.Linear(w_in, w_out), _leaky()]
+        layers.append(nn.Linear(widths[-1], 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1)).squeeze(1)  # (b,) logits
+
+
+class MLPEncoder(nn.Module):
+    """The reference design's VAE encoder: c*h*w -> 512-256 -> (mu, logvar), each (b, z_dim)."""
+
+    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 0):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(math.prod(image_shape), 512), nn.ReLU(),
+            nn.Linear(512, 256), nn.ReLU(),
+            nn.Linear(256, 2 * z_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.net(x.flatten(1)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class MLPDecoder(nn.Module):
+    """The reference design's VAE decoder: z -> 256-512-1024 -> c*h*w logits (sigmoid gives pixel means)."""
+
+    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 0):
+        super().__init__()
+        self.image_shape = image_shape
+        self.net = nn.Sequential(
+            nn.Linear(z_dim, 256), nn.ReLU(),
+            nn.Linear(256, 512), nn.ReLU(),
+            nn.Linear(512, 1024), nn.ReLU(),
+            nn.Linear(1024, math.prod(image_shape)),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], *self.image_shape)  # (b, c, h, w) logits
+
+
+# --------------------------------------------------------------------------- convolutional
+
+def _conv_plan(image_shape: Shape) -> tuple[int, int]:
+    """(number of 2x stages, starting side) so that start * 2**stages == image side, start in 4..7.
+
+    28 -> (2, 7), 32 -> (3, 4), 64 -> (4, 4). DCGAN's 4x4 stride-2 convolutions need this.
+    """
+    c, h, w = image_shape
+    if h != w:
+        raise ConfigError(f"convolutional networks need square images, got {h}x{w}")
+    stages, side = 0, h
+    while side % 2 == 0 and side // 2 >= 4:
+        side //= 2
+        stages += 1
+    if stages < 1 or side > 7:
+        raise ConfigError(f"image_size {h} does not suit the convolutional networks: "
+                          "use a size like 28, 32, 56 or 64 (4..7 times a power of two)")
+    return stages, side
+
+
+class DCGANGenerator(nn.Module):
+    """DCGAN generator (Radford et al. 2016): project z to (bc * 2**stages, s, s), then stride-2 transposed convs."""
+
+    def __init__(self, image_shape: Shape, z_dim: int = 100, base_channels: int = 64):
+        super().__init__()
+        stages, side = _conv_plan(image_shape)
+        ch = base_channels * 2 ** stages  # widest at the lowest resolution
+        self.start = (ch, side, side)
+        self.project = nn.Sequential(
+            nn.Linear(z_dim, ch * side * side, bias=False),
+            nn.Unflatten(1, self.start),
+            nn.BatchNorm2d(ch), nn.ReLU(),
+        )
+        blocks: list[nn.Module] = []
+        for i in range(stages - 1):
+            blocks += [nn.ConvTranspose2d(ch, ch // 2, kernel_size=4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(ch // 2), nn.ReLU()]
+            ch //= 2
+        blocks += [nn.ConvTranspose2d(ch, image_shape[0], kernel_size=4, stride=2, padding=1), nn.Tanh()]
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.project(z))  # (b, c, h, w) in [-1, 1]
+
+
+class DCGANDiscriminator(nn.Module):
+    """DCGAN discriminator: stride-2 convs with LeakyReLU (no BatchNorm on the first), then one logit."""
+
+    def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 64):
+        super().__init__()
+        stages, side = _conv_plan(image_shape)
+        layers: list[nn.Module] = [nn.Conv2d(image_shape[0], base_channels, kernel_size=4, stride=2, padding=1),
+                                   _leaky()]
+        ch = base_channels
+        for _ in range(stages - 1):
+            layers += [nn.Conv2d(ch, ch * 2, kernel_size=4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(ch * 2), _leaky()]
+            ch *= 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(ch * side * side, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1)).squeeze(1)  # (b,) logits
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional VAE encoder: stride-2 convs, then a linear layer to (mu, logvar)."""
+
+    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 32):
+        super().__init__()
+        stages, side = _conv_plan(image_shape)
+        layers: list[nn.Module] = []
+        ch_in, ch = image_shape[0], base_channels
+        for _ in range(stages):
+            layers += [nn.Conv2d(ch_in, ch, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+            ch_in, ch = ch, ch * 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(ch_in * side * side, 2 * z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.features(x).flatten(1)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class ConvDecoder(nn.Module):
+    """Convolutional VAE decoder: linear to (ch, s, s), stride-2 transposed convs, pixel logits."""
+
+    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 32):
+        super().__init__()
+        stages, side = _conv_plan(image_shape)
+        ch = base_channels * 2 ** (stages - 1)
+        self.project = nn.Sequential(nn.Linear(z_dim, ch * side * side), nn.Unflatten(1, (ch, side, side)),
+                                     nn.ReLU())
+        layers: list[nn.Module] = []
+        for _ in range(stages - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+            ch //= 2
+        layers.append(nn.ConvTranspose2d(ch, image_shape[0], kernel_size=4, stride=2, padding=1))
+        self.blocks = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.project(z))  # (b, c, h, w) logits

@@ -1,0 +1,74 @@
+"""The VAE method (Kingma and Welling 2014): the ELBO, the training step and the sampler.
+
+The encoder and decoder come from ``networks.py``. The decoder outputs pixel
+logits; ``sigmoid(logits)`` is the mean image, used both for the Bernoulli
+likelihood (BCE) and the Gaussian one (MSE).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genforge.config import Config
+
+VALUE_RANGE = "0,1"  # Bernoulli likelihood needs targets in [0, 1]
+NETWORKS = ("encoder", "decoder")
+EMA_NETWORKS = ("encoder", "decoder")
+LATENT = "decoder"
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+    """z = mu + sigma * eps with eps ~ N(0, I): sampling made differentiable in mu and logvar."""
+    eps = torch.randn(mu.shape, generator=noise, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def elbo_terms(x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+               recon: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample reconstruction loss and KL, each (b,), summed over pixels / latent dims.
+
+    recon="bce": -log p(x|z) for a Bernoulli decoder. recon="mse": squared error of the mean image, a
+    Gaussian decoder with fixed variance (constant terms dropped).
+    KL(q(z|x) || N(0, I)) = -1/2 sum(1 + log sigma^2 - mu^2 - sigma^2) (Kingma and Welling 2014, appendix B).
+    """
+    if recon == "bce":
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+    else:
+        rec = (torch.sigmoid(logits) - x).square().flatten(1).sum(1)
+    kl = -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)
+    return rec, kl
+
+
+def generate(nets: dict[str, nn.Module], z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents (b, z_dim) -> mean images (b, c, h, w) in [0, 1]."""
+    return torch.sigmoid(nets["decoder"](z))
+
+
+def reconstruct(nets: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> their reconstructions through the posterior mean (no sampling)."""
+    mu, _ = nets["encoder"](x)
+    return torch.sigmoid(nets["decoder"](mu))
+
+
+class Trainer:
+    """One Adam over encoder and decoder; runs one ELBO step. The loop calls it."""
+
+    def __init__(self, cfg: Config, nets: dict[str, nn.Module]):
+        self.encoder, self.decoder = nets["encoder"], nets["decoder"]
+        self.recon, self.kl_weight = cfg.recon_loss, cfg.kl_weight
+        params = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        self.optimizers = {"vae": torch.optim.Adam(params, lr=cfg.g_lr, betas=tuple(cfg.g_betas))}
+
+    def train_step(self, x: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:
+        """One step on a batch (b, c, h, w) in [0, 1]: minimize -ELBO = recon + kl_weight * KL."""
+        opt = self.optimizers["vae"]
+        mu, logvar = self.encoder(x)                    # (b, z_dim) each
+        z = reparameterize(mu, logvar, noise)           # (b, z_dim)
+        rec, kl = elbo_terms(x, self.decoder(z), mu, logvar, self.recon)
+        loss = (rec + self.kl_weight * kl).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach(), "recon": rec.mean().detach(), "kl": kl.mean().detach()}

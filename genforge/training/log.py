@@ -1,0 +1,56 @@
+"""Where training numbers go: ``metrics.jsonl``, TensorBoard event files and a progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLogger:
+    def __init__(self, run: Path, total_steps: int, start_step: int, tensorboard: bool, quiet: bool):
+        self.metrics = open(Path(run) / "metrics.jsonl", "a", buffering=1)  # line-buffered: a crash loses at most a line
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # slow import, only when asked for
+
+            self.writer = SummaryWriter(str(Path(run) / "tensorboard"))
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                        disable=quiet or not self.tty)
+        self.last_step = start_step
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.metrics.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+        shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items() if k != "time"}
+        if self.bar.disable:
+            if not self.quiet:
+                print(f"step {step}: " + " ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
+        else:
+            self.bar.set_postfix(shown, refresh=False)
+        self.advance(step)
+
+    def advance(self, step: int) -> None:
+        if not self.bar.disable:
+            self.bar.update(step - self.last_step)
+        self.last_step = step
+
+    def image(self, tag: str, grid, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            (self.bar.write if not self.bar.disable else lambda t: print(t, file=sys.stderr))(text)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,246 @@
+"""The training loop: one explicit loop for every family, readable top to bottom.
+
+Per step: take the next batch (a fixed function of the step, so resuming needs
+no data-loader state), let the family's ``Trainer.train_step`` do its updates
+(``models/gan.py``: D then G; ``models/vae.py``: the ELBO), update the EMA.
+Every ``log_every`` steps the losses reach ``metrics.jsonl``, TensorBoard and
+the progress bar; every ``sample_every`` a grid PNG is written; every
+``checkpoint_every`` a checkpoint. Ctrl-C or SIGTERM finishes the step, writes
+a checkpoint and stops. A non-finite loss never reaches a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+import genforge
+from genforge.config import Config
+from genforge.data import augment, load_splits, to_tensor
+from genforge.errors import ConfigError, GenforgeError, TrainingError
+from genforge.generation import latents, make_grid, save_grid, to_uint8
+from genforge.io import atomic_write_text
+from genforge.models import MODELS, build_networks
+from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
+from genforge.training.ema import EMA, recalibrate_batchnorm
+from genforge.training.log import RunLogger
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    step: int
+    checkpoint: Path | None
+    interrupted: bool = False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but no CUDA device is available here (use device=cpu)")
+    return torch.device(name)
+
+
+def set_threads(num_threads: int) -> int:
+    """One intra-op thread per core we may run on: more only makes the cores fight (no SMT here)."""
+    n = num_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+class _StopOnSignal:
+    """First Ctrl-C / SIGTERM: finish the step, checkpoint, stop. Second: abort at once."""
+
+    def __init__(self, logger: RunLogger):
+        self.logger, self.signum, self.saved = logger, 0, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.logger.message(f"{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+                            "(again to abort at once; the last checkpoint stays intact)")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def check_run_dir(run: Path, resume: bool) -> None:
+    """Refuse to clobber an existing run, or to resume one that has no checkpoint. Writes nothing."""
+    if not resume and last_checkpoint(run) is not None:
+        raise GenforgeError(f"{run} already holds a training run: continue it with "
+                            f"'genforge train --resume {run}' or choose another --out")
+    if resume and last_checkpoint(run) is None:
+        raise GenforgeError(f"{run}: nothing to resume (no checkpoints/last.json)")
+
+
+def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """Train ``cfg`` into the run directory ``run`` (or continue it with ``resume=True``)."""
+    run = Path(run)
+    check_run_dir(run, resume)
+    device = pick_device(cfg.device)
+    set_threads(cfg.num_threads)
+    method = MODELS[cfg.model].method
+
+    # ---- data: cleaned, split, normalized once, kept in memory as one tensor (no per-batch image work)
+    splits = load_splits(cfg.data, image_size=cfg.image_size, channels=cfg.channels, on_bad=cfg.on_bad,
+                         dedup=cfg.dedup, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                         seed=cfg.split_seed)
+    x_train = to_tensor(splits.train.x, method.VALUE_RANGE).to(device)  # (N, c, h, w)
+    n_train = x_train.shape[0]
+    if cfg.batch_size > n_train:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split ({n_train} images)")
+    steps_per_epoch = n_train // cfg.batch_size
+    augmenting = cfg.augment_flip or cfg.augment_shift > 0 or cfg.augment_rotate > 0
+
+    # ---- networks, optimizers, EMA, random streams
+    torch.manual_seed(cfg.seed)
+    nets = build_networks(cfg.model, splits.image_shape, cfg.z_dim, cfg.base_channels)
+    for net in nets.values():
+        net.to(device).train()
+    trainer = method.Trainer(cfg, nets)
+    ema = EMA({role: nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)   # latents and reparameterization
+    aug_rng = torch.Generator().manual_seed(cfg.seed + 2)              # augmentation (drawn on the CPU)
+    grid_z = latents(cfg.grid_n, cfg.z_dim, cfg.seed + 3).to(device)   # the same grid latents all run long
+    calib_z = [latents(256, cfg.z_dim, cfg.seed + 4 + i).to(device) for i in range(4)]
+    meta = {"model": cfg.model, "image_shape": list(splits.image_shape), "z_dim": cfg.z_dim,
+            "base_channels": cfg.base_channels, "num_classes": 0, "class_names": splits.class_names,
+            "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": genforge.__version__,
+            "train_config": cfg.to_dict()}
+    base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in trainer.optimizers.items()}
+    book = {"step": 0, "lr_scale": 1.0, "rollbacks": 0, "elapsed": 0.0}
+
+    def restore(ckpt: Path) -> None:
+        state = load_state(ckpt)
+        for role, net in nets.items():
+            net.load_state_dict(state["nets"][role])
+        ema.load_state_dict(state["ema"])
+        for name, opt in trainer.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        noise.set_state(state["noise_rng"])
+        aug_rng.set_state(state["aug_rng"])
+        book.update({k: state[k] for k in book})
+
+    def release_nets() -> dict[str, torch.nn.Module]:
+        """EMA copies where the family averages, the trained networks elsewhere."""
+        released = {role: ema.shadow.get(role, net) for role, net in nets.items()}
+        recalibrate_batchnorm(released[method.LATENT], calib_z)
+        return released
+
+    def checkpoint(step: int) -> Path:
+        state = {"nets": {role: net.state_dict() for role, net in nets.items()}, "ema": ema.state_dict(),
+                 "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()},
+                 "noise_rng": noise.get_state(), "aug_rng": aug_rng.get_state(), **book, "step": step}
+        return save_checkpoint(run, step, release_nets(), meta, state, keep=cfg.keep_checkpoints)
+
+    def write_grid(step: int) -> Path:
+        with torch.inference_mode():
+            images = to_uint8(method.generate(release_nets(), grid_z)).cpu().numpy()
+        path = save_grid(images, run / "samples" / f"step_{step:08d}.png")
+        logger.image("samples", make_grid(images), step)
+        return path
+
+    def all_finite() -> bool:
+        return all(bool(torch.isfinite(p).all()) for net in nets.values() for p in net.parameters())
+
+    # Everything the user can get wrong has been checked by now: only now is anything written.
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if resume:
+        restore(last_checkpoint(run))
+    start_step = step = book["step"]
+    elapsed_before = book["elapsed"]
+    logger = RunLogger(run, cfg.max_steps, start_step, cfg.tensorboard, quiet)
+    logger.message(f"genforge: training {cfg.model} on {cfg.data} ({n_train} images, {splits.image_shape}) "
+                   f"on {device}; run directory: {run}")
+
+    last_ckpt: Path | None = last_checkpoint(run) if resume else None
+    last_ckpt_step = step if resume else -1
+    finite = torch.ones((), dtype=torch.bool, device=device)  # stays on the device: no sync per step
+    t_start = t_log = time.perf_counter()
+    step_log = step
+    perm, perm_epoch = None, -1
+    with _StopOnSignal(logger) as stop:
+        try:
+            while step < cfg.max_steps and not stop.signum:
+                # ---- the batch: a fixed permutation per epoch, so batch k is the same after a resume
+                epoch, i = divmod(step, steps_per_epoch)
+                if epoch != perm_epoch:
+                    perm_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+                    perm, perm_epoch = torch.randperm(n_train, generator=perm_gen).to(device), epoch
+                x = x_train[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]]  # (b, c, h, w)
+                if augmenting:
+                    x = augment(x, aug_rng, flip=cfg.augment_flip, shift=cfg.augment_shift,
+                                rotate=cfg.augment_rotate)
+
+                # ---- the family's updates (GAN: D then G; VAE: one ELBO step), then the EMA
+                losses = trainer.train_step(x, noise)
+                step += 1
+                ema.update(nets, step)
+                finite &= torch.stack(list(losses.values())).isfinite().all()
+
+                last = step == cfg.max_steps
+                over_time = cfg.max_seconds and time.perf_counter() - t_start >= cfg.max_seconds
+                due_ckpt = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
+                if step % cfg.log_every == 0 or due_ckpt:
+                    if not bool(finite) or (due_ckpt and not all_finite()):
+                        if cfg.nan_policy == "rollback" and last_ckpt is not None \
+                                and book["rollbacks"] < cfg.max_rollbacks:
+                            restore(last_ckpt)
+                            book["rollbacks"] += 1
+                            book["lr_scale"] *= 0.5
+                            for name, opt in trainer.optimizers.items():
+                                for group, lr in zip(opt.param_groups, base_lrs[name]):
+                                    group["lr"] = lr * book["lr_scale"]
+                            logger.message(f"non-finite loss before step {step}: rolled back to step "
+                                           f"{book['step']} with learning rates x{book['lr_scale']:g}")
+                            step = book["step"]
+                            finite.fill_(True)
+                            continue
+                        where = (f"the last good checkpoint is step {last_ckpt_step} ({last_ckpt})" if last_ckpt
+                                 else "no checkpoint had been written yet")
+                        raise TrainingError(f"loss became non-finite (NaN or inf) by step {step}; training stopped "
+                                            f"and {where}. Lower the learning rate (--set g_lr=... d_lr=...) or "
+                                            f"set nan_policy=rollback")
+                    now = time.perf_counter()
+                    values = {k: float(v) for k, v in losses.items()}
+                    values["images_per_sec"] = (step - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
+                    values["epoch"] = epoch
+                    values["time"] = elapsed_before + now - t_start
+                    logger.log(step, values)
+                    t_log, step_log = now, step
+                if cfg.sample_every and step % cfg.sample_every == 0:
+                    write_grid(step)
+                if due_ckpt:
+                    book["step"], book["elapsed"] = step, elapsed_before + time.perf_counter() - t_start
+                    last_ckpt, last_ckpt_step = checkpoint(step), step
+                if over_time:
+                    logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
+                    break
+            if last_ckpt_step != step:  # stopped by a signal, or resumed with nothing left to do
+                book["step"], book["elapsed"] = step, elapsed_before + time.perf_counter() - t_start
+                last_ckpt, last_ckpt_step = checkpoint(step), step
+            grid = write_grid(step)
+            atomic_write_text(run / "samples" / "last.txt", grid.name + "\n")
+        finally:
+            logger.close()
+    if not quiet:
+        print(f"genforge: step {step}: checkpoint {last_ckpt}\ngenforge: sample grid {grid}")
+    return TrainResult(run=run, step=step, checkpoint=last_ckpt, interrupted=bool(stop.signum))
+

@@ -1,0 +1,60 @@
+"""The command line: the end-to-end path and one-line errors with non-zero exit codes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genforge.cli import main
+
+ROOT = Path(__file__).parent.parent
+
+
+def genforge_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "genforge", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_train_then_sample_end_to_end(tmp_path, digits_npz):
+    run = tmp_path / "run"
+    r = genforge_cli("train", ROOT / "configs/mnist5k-vae-mlp.yaml", "--out", run, "--max-steps", 3,
+                     "--set", f"data={digits_npz}", "batch_size=16", "tensorboard=false")
+    assert r.returncode == 0, r.stderr
+    assert f"run directory: {run}" in r.stderr and "sample grid" in r.stdout
+    r = genforge_cli("sample", run, "--n", 5, "--seed", 1, "--out", tmp_path / "s.npz")
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as f:
+        assert f["x"].shape == (5, 28, 28)
+    r = genforge_cli("info", run)
+    assert r.returncode == 0 and "model: vae-mlp" in r.stdout and "weights_sha256" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "missing.yaml"], "config file not found: missing.yaml"),
+    (["train", "configs/mnist5k-dcgan.yaml", "--set", "g_lr=-1"], "'g_lr' must be positive"),
+    (["train", "configs/mnist5k-dcgan.yaml", "--set", "bogus=1"], "unknown key 'bogus'"),
+    (["train", "configs/mnist5k-dcgan.yaml", "--set", "data=npz:/nonexistent/d.npz"], "/nonexistent/d.npz"),
+    (["sample", "/nonexistent/run", "--out", "x.png"], "model not found: /nonexistent/run"),
+    (["data", "check", "folder:/nonexistent/dir"], "/nonexistent/dir"),
+    (["data", "check", "bogus:thing"], "bogus"),
+])
+def test_bad_input_is_one_line_nonzero_no_traceback(args, message, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genforge: error: ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (ROOT / "runs").exists()  # a failed start leaves no empty run directory behind
+
+
+def test_debug_shows_traceback():
+    r = genforge_cli("--debug", "train", "missing.yaml")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr
+
+
+def test_data_check_reports(capsys):
+    assert main(["data", "check", "mnist5k"]) == 0
+    out = capsys.readouterr().out
+    assert "5000" in out
