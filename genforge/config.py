@@ -67,6 +67,7 @@ class Config:
     # --- where to run -------------------------------------------------------------
     device: str = "cpu"              # "cpu", "cuda", "cuda:N" or "auto"
     num_threads: int = 0             # 0: one intra-op thread per physical core
+    precision: str = "fp32"          # "bf16": autocast the training step to bfloat16 (faster where the CPU/GPU has it)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,6 +81,7 @@ CHOICES = {
     "recon_loss": ("bce", "mse"),
     "nan_policy": ("stop", "rollback"),
     "channels": (0, 1, 3),
+    "precision": ("fp32", "bf16"),
 }
 POSITIVE = ("image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
             "keep_checkpoints")

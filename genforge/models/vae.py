@@ -59,7 +59,7 @@ class Trainer:
         self.encoder, self.decoder = nets["encoder"], nets["decoder"]
         self.recon, self.kl_weight = cfg.recon_loss, cfg.kl_weight
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
-        self.optimizers = {"vae": torch.optim.Adam(params, lr=cfg.g_lr, betas=tuple(cfg.g_betas))}
+        self.optimizers = {"vae": torch.optim.Adam(params, lr=cfg.g_lr, betas=tuple(cfg.g_betas), fused=True)}
 
     def train_step(self, x: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:
         """One step on a batch (b, c, h, w) in [0, 1]: minimize -ELBO = recon + kl_weight * KL."""

@@ -190,7 +190,8 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                                 rotate=cfg.augment_rotate)
 
                 # ---- the family's updates (GAN: D then G; VAE: one ELBO step), then the EMA
-                losses = trainer.train_step(x, noise)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    losses = trainer.train_step(x, noise)
                 step += 1
                 ema.update(nets, step)
                 finite &= torch.stack(list(losses.values())).isfinite().all()

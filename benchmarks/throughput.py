@@ -1,0 +1,188 @@
+"""Training throughput of every recipe, in images per second, through the real training loop.
+
+    python benchmarks/throughput.py [--windows 5] [--recipes mnist5k-gan-mlp ...] [--no-bf16]
+
+For each recipe (and precision) it runs ``genforge.training.train`` with logging
+every K steps, drops the first window as warm-up and reports the median
+images/s of the rest. The reference row is the reference design's MLP GAN
+(``gan-mlp``, batch 128); every recipe is also given as a ratio to it, measured
+in this same run, because this machine is shared and noisy. The matmul peak
+(fp32 and bf16) is measured here too, so each recipe's share of the machine
+follows from the FLOPs of one training step (torch's FlopCounterMode).
+
+Prints the table and writes it into ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from genforge.config import load_config  # noqa: E402
+from genforge.data import load_splits, to_tensor  # noqa: E402
+from genforge.models import MODELS, build_networks  # noqa: E402
+from genforge.training import train  # noqa: E402
+from genforge.training.loop import set_threads  # noqa: E402
+
+KERAS_REFERENCE = 4344  # images/s: the reference design's network repaired in TF/Keras on this machine (from the issue)
+WINDOW_SECONDS = 1.5
+MARK_START, MARK_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
+
+
+def _gflops(fn, flops: float, seconds: float) -> float:
+    for _ in range(3):
+        fn()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        reps += 1
+    return flops * reps / (time.perf_counter() - t0) / 1e9
+
+
+@torch.no_grad()
+def matmul_peak(dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """GFLOP/s of the best large matrix product in ``dtype``: the most this machine's cores do.
+
+    Two routes, because torch sends them to different libraries: a 2048^3 ``mm`` (MKL for fp32) and the same
+    product as a 1x1 convolution (oneDNN). On an AMD CPU MKL's fp32 path is the slower one, so the peak is the
+    faster of the two and the share-of-peak column is not flattered.
+    """
+    n = 2048
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    mm = _gflops(lambda: a @ b, 2 * n**3, seconds)
+    x = torch.randn(32, 1024, 16, 16, dtype=dtype)
+    conv = torch.nn.Conv2d(1024, 1024, kernel_size=1, bias=False).to(dtype)
+    c1 = _gflops(lambda: conv(x), 2 * 32 * 16 * 16 * 1024 * 1024, seconds)
+    return max(mm, c1)
+
+
+def step_flops(cfg, image_shape) -> tuple[float, float]:
+    """(FLOPs per image of one training step, rough images/s) for the recipe's batch size."""
+    torch.manual_seed(0)
+    nets = build_networks(cfg.model, image_shape, cfg.z_dim, cfg.base_channels)
+    method = MODELS[cfg.model].method
+    trainer = method.Trainer(cfg, nets)
+    x = torch.rand(cfg.batch_size, *image_shape)
+    x = x * 2 - 1 if method.VALUE_RANGE == "-1,1" else x
+    noise = torch.Generator().manual_seed(0)
+    trainer.train_step(x, noise)
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(x, noise)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        trainer.train_step(x, noise)
+    rate = 2 * cfg.batch_size / (time.perf_counter() - t0)
+    return counter.get_total_flops() / cfg.batch_size, rate
+
+
+def measure(recipe: Path, precision: str, windows: int) -> dict:
+    cfg = load_config(recipe, [f"precision={precision}"])
+    shape = load_splits(cfg.data, image_size=cfg.image_size, channels=cfg.channels).image_shape
+    flops, rough = step_flops(cfg, shape)
+    k = max(3, round(WINDOW_SECONDS * rough / cfg.batch_size))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(recipe, [f"precision={precision}", f"max_steps={k * (windows + 1)}", f"log_every={k}",
+                                   "sample_every=0", "checkpoint_every=0", "tensorboard=false", "max_seconds=0"])
+        train(cfg, Path(tmp) / "run", quiet=True)
+        rates = [json.loads(line)["images_per_sec"] for line in (Path(tmp) / "run/metrics.jsonl").open()]
+    ips = statistics.median(rates[1:])  # first window is warm-up
+    return {"recipe": recipe.stem, "model": cfg.model, "batch": cfg.batch_size, "precision": precision,
+            "images_per_sec": ips, "spread": (min(rates[1:]), max(rates[1:])), "mflop_per_image": flops / 1e6,
+            "gflops": ips * flops / 1e9, "steps_per_window": k}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--windows", type=int, default=5, help="timed windows per recipe (median taken)")
+    ap.add_argument("--recipes", nargs="*", help="recipe names (default: every configs/*.yaml)")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = ap.parse_args()
+
+    threads = set_threads(0)
+    recipes = sorted(ROOT.glob("configs/*.yaml"))
+    if args.recipes:
+        recipes = [r for r in recipes if r.stem in args.recipes]
+    reference = ROOT / "configs/mnist5k-gan-mlp.yaml"  # the reference row comes first
+    recipes = [reference] + [r for r in recipes if r != reference]
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak on {threads} threads: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+
+    rows = []
+    for recipe in recipes:
+        for precision in ("fp32",) if args.no_bf16 else ("fp32", "bf16"):
+            try:
+                row = measure(recipe, precision, args.windows)
+            except Exception as e:  # e.g. fashion-mnist not installed: say so, keep going
+                print(f"{recipe.stem} {precision}: skipped ({e})")
+                continue
+            row["share_of_peak"] = row["gflops"] / peak[precision]
+            rows.append(row)
+            print(f"{row['recipe']:<20} {precision} batch {row['batch']:>3}: {row['images_per_sec']:8.0f} images/s "
+                  f"({row['mflop_per_image']:.1f} MFLOP/image, {row['gflops']:.0f} GFLOP/s, "
+                  f"{100 * row['share_of_peak']:.0f}% of {precision} peak)")
+    ref = next(r["images_per_sec"] for r in rows if r["recipe"] == reference.stem and r["precision"] == "fp32")
+
+    lines = [MARK_START, "## Training throughput (`benchmarks/throughput.py`)", "",
+             f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+             f"({_cpu_name()}), {threads} torch threads, torch {torch.__version__}",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"- command: `python benchmarks/throughput.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
+             f"- matmul peak measured in the same run: fp32 {peak['fp32']:.0f} GFLOP/s, "
+             f"bf16 {peak['bf16']:.0f} GFLOP/s",
+             f"- images/s: median of {args.windows} windows of the real training loop (first window dropped as "
+             "warm-up); range in brackets",
+             f"- reference row: `gan-mlp` batch 128 fp32 = {ref:.0f} images/s. The reference design's network in "
+             f"TF/Keras on this machine trains at {KERAS_REFERENCE} images/s (figure from the issue, not re-run "
+             f"here): ratio {ref / KERAS_REFERENCE:.2f}.", "",
+             "| recipe | model | batch | precision | images/s | vs gan-mlp fp32 | MFLOP/image | GFLOP/s | share of peak |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lo, hi = r["spread"]
+        lines.append(f"| {r['recipe']} | {r['model']} | {r['batch']} | {r['precision']} | {r['images_per_sec']:.0f} "
+                     f"({lo:.0f}-{hi:.0f}) | {r['images_per_sec'] / ref:.2f} | {r['mflop_per_image']:.1f} | "
+                     f"{r['gflops']:.0f} | {100 * r['share_of_peak']:.0f}% |")
+    lines += ["", MARK_END]
+    if not args.no_write:
+        write_section(ROOT / "benchmarks/RESULTS.md", "\n".join(lines))
+        print(f"wrote {ROOT / 'benchmarks/RESULTS.md'}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this benchmark's section of RESULTS.md, keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        text = head + section + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    from genforge.io import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+if __name__ == "__main__":
+    main()
