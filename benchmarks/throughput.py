@@ -72,18 +72,20 @@ def matmul_peak(dtype: torch.dtype, seconds: float = 2.0) -> float:
 def step_flops(cfg, image_shape) -> tuple[float, float]:
     """(FLOPs per image of one training step, rough images/s) for the recipe's batch size."""
     torch.manual_seed(0)
-    nets = build_networks(cfg.model, image_shape, cfg.z_dim, cfg.base_channels)
+    k = 10 if MODELS[cfg.model].conditional else 0
+    nets = build_networks(cfg.model, image_shape, cfg.z_dim, cfg.base_channels, k)
     method = MODELS[cfg.model].method
     trainer = method.Trainer(cfg, nets)
     x = torch.rand(cfg.batch_size, *image_shape)
     x = x * 2 - 1 if method.VALUE_RANGE == "-1,1" else x
+    y = torch.arange(cfg.batch_size) % k if k else None
     noise = torch.Generator().manual_seed(0)
-    trainer.train_step(x, noise)
+    trainer.train_step(x, y, noise)
     with FlopCounterMode(display=False) as counter:
-        trainer.train_step(x, noise)
+        trainer.train_step(x, y, noise)
     t0 = time.perf_counter()
     for _ in range(2):
-        trainer.train_step(x, noise)
+        trainer.train_step(x, y, noise)
     rate = 2 * cfg.batch_size / (time.perf_counter() - t0)
     return counter.get_total_flops() / cfg.batch_size, rate
 

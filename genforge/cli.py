@@ -54,13 +54,14 @@ def cmd_sample(args) -> int:
     """Generate images: genforge sample MODEL --n 64 --seed 0 --out grid.png (or samples.npz).
 
     MODEL is a run directory (its best, else last, checkpoint) or a model directory. A .png gets a grid; a
-    .npz gets x as uint8 (N, H, W) or (N, H, W, C), and y for conditional models.
+    .npz gets x as uint8 (N, H, W) or (N, H, W, C), and y for conditional models (--class picks them).
     """
     import genforge
     from genforge.generation import sample, write_samples
 
     model = genforge.load(args.model, device=args.device)
-    samples = sample(model, args.n, seed=args.seed)
+    classes = args.classes.split(",") if args.classes else None
+    samples = sample(model, args.n, seed=args.seed, classes=classes)
     path = write_samples(samples, args.out)
     print(f"genforge: wrote {args.n} samples (seed {args.seed}) from {model.path} to {path}")
     return 0
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run directory or model directory")
     p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--class", dest="classes", metavar="CLASS[,CLASS...]",
+                   help="conditional models: class index or name, or a list cycled over the samples")
     p.add_argument("--out", required=True, help="output file: .png (grid) or .npz")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=cmd_sample)

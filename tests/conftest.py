@@ -17,7 +17,8 @@ def digits_npz(tmp_path_factory) -> str:
     from genforge.data import load_splits
 
     splits = load_splits("mnist5k", seed=0)
-    x, y = splits.train.x[:256, ..., 0], splits.train.y[:256]
+    pick = np.random.default_rng(0).permutation(len(splits.train))[:256]  # the source is sorted by class
+    x, y = splits.train.x[pick, ..., 0], splits.train.y[pick]
     path = tmp_path_factory.mktemp("data") / "digits.npz"
     np.savez(path, x=x, y=y)
     return f"npz:{path}"
@@ -28,6 +29,8 @@ TINY = {
     "dcgan": {"base_channels": 4},
     "vae-mlp": {"z_dim": 8},
     "vae-conv": {"z_dim": 8, "base_channels": 4},
+    "cdcgan": {"base_channels": 4},
+    "cvae-conv": {"z_dim": 8, "base_channels": 4},
 }
 
 

@@ -60,5 +60,41 @@ def test_bad_requests(run, tmp_path):
     with pytest.raises(GenforgeError, match="seed must be a non-negative integer"):
         sample(model, 2, seed=-1)
     with pytest.raises(GenforgeError, match="unconditional"):
-        sample(model, 2, labels=[3, 3])
+        sample(model, 2, classes=[3, 3])
     assert main(["sample", str(run), "--out", str(tmp_path / "x.jpg")]) == 2
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory, digits_npz):
+    from genforge.config import from_dict
+
+    cfg = from_dict({"data": digits_npz, "model": "cvae-conv", "z_dim": 8, "base_channels": 4, "batch_size": 16,
+                     "max_steps": 2, "checkpoint_every": 2, "sample_every": 0, "tensorboard": False,
+                     "grid_n": 10}, "test")
+    path = tmp_path_factory.mktemp("cond") / "run"
+    train(cfg, path, quiet=True)
+    return path
+
+
+def test_conditional_classes(conditional_run, tmp_path):
+    model = genforge.load(conditional_run)
+    assert model.num_classes == 10 and model.class_names[:3] == ["0", "1", "2"]
+    s = sample(model, 5, seed=0, classes=7)
+    assert s.y.tolist() == [7] * 5
+    s = sample(model, 5, seed=0, classes=["1", 2])
+    assert s.y.tolist() == [1, 2, 1, 2, 1]
+    assert sample(model, 12, seed=0).y.tolist() == list(range(10)) + [0, 1]
+    # the class changes the image for the same latent
+    assert not np.array_equal(sample(model, 1, seed=0, classes=1).x, sample(model, 1, seed=0, classes=2).x)
+    with pytest.raises(GenforgeError, match="out of range: this model has classes 0 to 9"):
+        sample(model, 2, classes=10)
+    with pytest.raises(GenforgeError, match="'shoe' is not one of this model's classes"):
+        sample(model, 2, classes="shoe")
+
+
+def test_conditional_cli_writes_y(conditional_run, tmp_path):
+    assert main(["sample", str(conditional_run), "--n", "4", "--class", "3,4", "--out", str(tmp_path / "c.npz")]) == 0
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as f:
+        assert f["y"].tolist() == [3, 4, 3, 4] and f["x"].shape == (4, 28, 28)
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npz")["x"],
+                                  genforge.load(conditional_run).sample(4, seed=0, classes=[3, 4]))

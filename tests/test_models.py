@@ -17,15 +17,23 @@ from genforge.models.networks import DCGANGenerator
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_network_shapes(model, shape):
     torch.manual_seed(0)
-    nets = build_networks(model, shape, z_dim=8, base_channels=4)
-    x, z = torch.rand(2, *shape), torch.randn(2, 8)
+    k = 3 if MODELS[model].conditional else 0
+    nets = build_networks(model, shape, z_dim=8, base_channels=4, num_classes=k)
+    x, z, y = torch.rand(2, *shape), torch.randn(2, 8), (torch.tensor([0, 2]) if k else None)
     method = MODELS[model].method
-    assert method.generate(nets, z).shape == (2, *shape)
+    assert method.generate(nets, z, y).shape == (2, *shape)
     if "discriminator" in nets:
-        assert nets["discriminator"](x).shape == (2,)
+        assert nets["discriminator"](x, y).shape == (2,)
     if "encoder" in nets:
-        mu, logvar = nets["encoder"](x)
+        mu, logvar = nets["encoder"](x, y)
         assert mu.shape == logvar.shape == (2, 8)
+
+
+def test_conditional_needs_classes():
+    with pytest.raises(ConfigError, match="'cdcgan' is class-conditional"):
+        build_networks("cdcgan", (1, 28, 28), z_dim=8, base_channels=4)
+    with pytest.raises(ConfigError, match="MLPGenerator is unconditional"):
+        MODELS["gan-mlp"].networks["generator"]((1, 28, 28), 8, 0, num_classes=3)
 
 
 def test_reference_mlp_gan_architecture():
@@ -43,8 +51,9 @@ def test_unsuitable_image_size_is_clear():
 
 def _saved(tmp_path, model="dcgan"):
     torch.manual_seed(0)
-    nets = build_networks(model, (1, 28, 28), z_dim=8, base_channels=4)
-    meta = {"model": model, "image_shape": [1, 28, 28], "z_dim": 8, "base_channels": 4}
+    k = 3 if MODELS[model].conditional else 0
+    nets = build_networks(model, (1, 28, 28), z_dim=8, base_channels=4, num_classes=k)
+    meta = {"model": model, "image_shape": [1, 28, 28], "z_dim": 8, "base_channels": 4, "num_classes": k}
     return save_model(tmp_path / "m", nets, meta), nets
 
 

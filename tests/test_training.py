@@ -100,6 +100,16 @@ def test_existing_run_is_never_clobbered(tmp_path, tiny_config):
         train(tiny_config("vae-mlp"), tmp_path / "empty", resume=True, quiet=True)
 
 
+def test_conditional_model_needs_labels(tmp_path, tiny_config):
+    unlabeled = tmp_path / "u.npz"
+    import numpy as np
+
+    np.savez(unlabeled, x=np.random.default_rng(0).integers(0, 255, (64, 28, 28), dtype=np.uint8))
+    with pytest.raises(ConfigError, match="class-conditional but data .* has no labels"):
+        train(tiny_config("cdcgan", data=f"npz:{unlabeled}"), tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()
+
+
 def test_batch_larger_than_data(tmp_path, tiny_config):
     with pytest.raises(ConfigError, match="batch_size 4096 is larger than the training split"):
         train(tiny_config("vae-mlp", batch_size=4096), tmp_path / "r", quiet=True)
@@ -111,8 +121,8 @@ def _poison(monkeypatch, from_step, times=None):
     original = vae.Trainer.train_step
     calls = {"n": 0, "poisoned": 0}
 
-    def step(self, x, noise):
-        out = original(self, x, noise)
+    def step(self, x, y, noise):
+        out = original(self, x, y, noise)
         calls["n"] += 1
         if calls["n"] >= from_step and (times is None or calls["poisoned"] < times):
             calls["poisoned"] += 1

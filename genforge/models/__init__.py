@@ -13,12 +13,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from genforge.errors import ConfigError
 from genforge.models import gan, networks, vae
 
 
 class ModelSpec(NamedTuple):
     method: ModuleType                    # genforge.models.gan or genforge.models.vae
     networks: dict[str, type[nn.Module]]  # role -> network class
+    conditional: bool = False             # trained on (image, class) pairs; generates a requested class
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -26,6 +28,11 @@ MODELS: dict[str, ModelSpec] = {
     "dcgan": ModelSpec(gan, {"generator": networks.DCGANGenerator, "discriminator": networks.DCGANDiscriminator}),
     "vae-mlp": ModelSpec(vae, {"encoder": networks.MLPEncoder, "decoder": networks.MLPDecoder}),
     "vae-conv": ModelSpec(vae, {"encoder": networks.ConvEncoder, "decoder": networks.ConvDecoder}),
+    # class-conditional: DCGAN with a projection discriminator; convolutional conditional VAE
+    "cdcgan": ModelSpec(gan, {"generator": networks.DCGANGenerator, "discriminator": networks.DCGANDiscriminator},
+                        conditional=True),
+    "cvae-conv": ModelSpec(vae, {"encoder": networks.ConvEncoder, "decoder": networks.ConvDecoder},
+                           conditional=True),
 }
 
 FAMILIES = {"gan": gan, "vae": vae}
@@ -35,11 +42,16 @@ def family_of(model: str) -> str:
     return MODELS[model].method.__name__.rsplit(".", 1)[-1]
 
 
-def build_networks(model: str, image_shape: tuple[int, int, int], z_dim: int,
-                   base_channels: int) -> dict[str, nn.Module]:
+def build_networks(model: str, image_shape: tuple[int, int, int], z_dim: int, base_channels: int,
+                   num_classes: int = 0) -> dict[str, nn.Module]:
     """Instantiate every network of a recipe. Seed the global RNG first for reproducible weights."""
-    return {role: cls(image_shape, z_dim=z_dim, base_channels=base_channels)
-            for role, cls in MODELS[model].networks.items()}
+    spec = MODELS[model]
+    if spec.conditional and num_classes < 2:
+        raise ConfigError(f"model {model!r} is class-conditional: it needs labelled data with at least 2 classes")
+    if not spec.conditional:
+        num_classes = 0
+    return {role: cls(image_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes)
+            for role, cls in spec.networks.items()}
 
 
 class GenerativeModel:
@@ -89,11 +101,15 @@ class GenerativeModel:
             net.to(device)
         return self
 
-    def sample(self, n: int, seed: int = 0, labels=None, batch_size: int = 500):
-        """``n`` images as uint8 numpy, (n, h, w) for grayscale or (n, h, w, c) for colour."""
+    def sample(self, n: int, seed: int = 0, classes=None, batch_size: int = 500):
+        """``n`` images as uint8 numpy, (n, h, w) for grayscale or (n, h, w, c) for colour.
+
+        ``classes`` (conditional models): one class, or a list cycled over the n samples; by default all
+        classes in turn. Use :func:`genforge.generation.sample` to get the classes and latents back too.
+        """
         from genforge.generation import sample
 
-        return sample(self, n, seed=seed, labels=labels, batch_size=batch_size).x
+        return sample(self, n, seed=seed, classes=classes, batch_size=batch_size).x
 
     def __repr__(self) -> str:
         return (f"GenerativeModel({self.name}, family={self.family}, image_shape={self.image_shape}, "

@@ -20,7 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from genforge.errors import ModelFileError
+from genforge.errors import GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json
 from genforge.models import MODELS, GenerativeModel, build_networks
 
@@ -150,15 +150,22 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
     """
     directory = resolve(path)
     meta = _read_meta(directory)
-    with torch.device("meta"):  # build the skeleton without allocating memory for its weights
-        skeleton = build_networks(meta["model"], tuple(meta["image_shape"]), meta["z_dim"], meta["base_channels"])
+    num_classes = meta.get("num_classes", 0)
+    if not isinstance(num_classes, int) or not 0 <= num_classes <= 100_000:
+        raise ModelFileError(f"{directory / CONFIG}: field 'num_classes' must be a small non-negative integer")
+    shape = (meta["model"], tuple(meta["image_shape"]), meta["z_dim"], meta["base_channels"], num_classes)
+    try:
+        with torch.device("meta"):  # build the skeleton without allocating memory for its weights
+            skeleton = build_networks(*shape)
+    except GenforgeError as e:
+        raise ModelFileError(f"{directory / CONFIG}: {e}") from None
     weights = directory / WEIGHTS
     check_header(weights, state_tensors_meta(skeleton))
     data = weights.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
         raise ModelFileError(f"{weights}: SHA-256 does not match config.json: the file was altered or truncated")
     tensors = st_load(data)
-    nets = build_networks(meta["model"], tuple(meta["image_shape"]), meta["z_dim"], meta["base_channels"])
+    nets = build_networks(*shape)
     for role, net in nets.items():
         prefix = f"{role}."
         net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)

@@ -29,9 +29,9 @@ def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-def generate(nets: dict[str, nn.Module], z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Latents (b, z_dim) -> images (b, c, h, w) in [0, 1]."""
-    return (nets["generator"](z) + 1) / 2
+def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents (b, z_dim) and, for conditional models, classes (b,) -> images (b, c, h, w) in [0, 1]."""
+    return (nets["generator"](z, y) + 1) / 2
 
 
 class Trainer:
@@ -51,18 +51,22 @@ class Trainer:
         # With BatchNorm the two batches stay apart, as in DCGAN: mixed batch statistics would change D.
         self.joint_d = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules())
 
-    def train_step(self, real: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:
-        """One step on a batch of real images (b, c, h, w) in [-1, 1]. Returns detached losses."""
+    def train_step(self, real: torch.Tensor, y: torch.Tensor | None, noise: torch.Generator) -> dict[str, torch.Tensor]:
+        """One step on real images (b, c, h, w) in [-1, 1] and their classes (b,) or None. Returns detached losses.
+
+        A conditional G draws the fakes for the batch's own classes, so D compares like with like.
+        """
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
         z = torch.randn(real.shape[0], self.z_dim, generator=noise, device=real.device)  # (b, z_dim)
-        fake = self.G(z)  # (b, c, h, w); generated once, used by both updates
+        fake = self.G(z, y)  # (b, c, h, w); generated once, used by both updates
 
         # (1) Update D: maximize log D(x) + log(1 - D(G(z))). fake is detached so G gets no gradient here.
         opt_d.zero_grad(set_to_none=True)
         if self.joint_d:
-            real_logits, fake_logits = self.D(torch.cat([real, fake.detach()])).chunk(2)
+            yy = None if y is None else torch.cat([y, y])
+            real_logits, fake_logits = self.D(torch.cat([real, fake.detach()]), yy).chunk(2)
         else:
-            real_logits, fake_logits = self.D(real), self.D(fake.detach())
+            real_logits, fake_logits = self.D(real, y), self.D(fake.detach(), y)
         loss_d = d_loss(real_logits, fake_logits)
         loss_d.backward()
         opt_d.step()
@@ -71,7 +75,7 @@ class Trainer:
         # backward pass computes only the input gradients it needs to reach G.
         opt_g.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
-        loss_g = g_loss(self.D(fake))
+        loss_g = g_loss(self.D(fake, y))
         loss_g.backward()
         self.D.requires_grad_(True)
         opt_g.step()

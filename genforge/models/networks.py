@@ -1,11 +1,13 @@
 """The networks: plain ``nn.Module``s with no knowledge of how they are trained.
 
 The GAN and VAE methods (``gan.py``, ``vae.py``) compose these. Every network
-takes the same constructor arguments, ``(image_shape, z_dim, base_channels)``,
-so a recipe swaps the MLP of the reference design for a convolutional network
-without touching the loss code.
+takes the same constructor arguments, ``(image_shape, z_dim, base_channels,
+num_classes)``, and every forward takes an optional class batch ``y``, so a
+recipe swaps the MLP of the reference design for a convolutional network
+without touching the loss code. ``num_classes > 0`` makes the convolutional
+networks class-conditional; the reference design's MLPs are unconditional.
 
-Shapes: images are (b, c, h, w); latents are (b, z_dim).
+Shapes: images are (b, c, h, w); latents are (b, z_dim); classes are (b,) int64.
 """
 
 from __future__ import annotations
@@ -24,13 +26,28 @@ def _leaky() -> nn.Module:
     return nn.LeakyReLU(negative_slope=0.2)
 
 
+def _unconditional(net: nn.Module, num_classes: int) -> None:
+    if num_classes:
+        raise ConfigError(f"{type(net).__name__} is unconditional: it cannot take num_classes={num_classes}")
+
+
+def _with_classes(v: torch.Tensor, y: torch.Tensor | None, embed: nn.Embedding | None) -> torch.Tensor:
+    """Append the class embedding to a (b, d) input: the conditioning of a conditional G or VAE decoder."""
+    if embed is None:
+        return v
+    if y is None:
+        raise ValueError("this network is class-conditional: pass the classes y")
+    return torch.cat([v, embed(y)], dim=1)  # (b, d + embed_dim)
+
+
 # --------------------------------------------------------------------------- MLP (reference design)
 
 class MLPGenerator(nn.Module):
     """The reference design's generator: z -> 128-256-512-1024 -> c*h*w, tanh output in [-1, 1]."""
 
-    def __init__(self, image_shape: Shape, z_dim: int = 100, base_channels: int = 0):
+    def __init__(self, image_shape: Shape, z_dim: int = 100, base_channels: int = 0, num_classes: int = 0):
         super().__init__()
+        _unconditional(self, num_classes)
         self.image_shape = image_shape
         widths = [128, 256, 512, 1024]
         layers: list[nn.Module] = [nn.Linear(z_dim, widths[0]), _leaky()]
@@ -40,15 +57,16 @@ class MLPGenerator(nn.Module):
         layers += [nn.Linear(widths[-1], math.prod(image_shape)), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(z).view(z.shape[0], *self.image_shape)  # (b, c, h, w)
 
 
 class MLPDiscriminator(nn.Module):
     """The reference design's discriminator: c*h*w -> 1024-512-256 -> 1 logit."""
 
-    def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 0):
+    def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 0, num_classes: int = 0):
         super().__init__()
+        _unconditional(self, num_classes)
         widths = [math.prod(image_shape), 1024, 512, 256]
         layers: list[nn.Module] = []
         for w_in, w_out in zip(widths, widths[1:]):
@@ -56,22 +74,23 @@ class MLPDiscriminator(nn.Module):
         layers.append(nn.Linear(widths[-1], 1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x.flatten(1)).squeeze(1)  # (b,) logits
 
 
 class MLPEncoder(nn.Module):
     """The reference design's VAE encoder: c*h*w -> 512-256 -> (mu, logvar), each (b, z_dim)."""
 
-    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 0):
+    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 0, num_classes: int = 0):
         super().__init__()
+        _unconditional(self, num_classes)
         self.net = nn.Sequential(
             nn.Linear(math.prod(image_shape), 512), nn.ReLU(),
             nn.Linear(512, 256), nn.ReLU(),
             nn.Linear(256, 2 * z_dim),
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.net(x.flatten(1)).chunk(2, dim=1)
         return mu, logvar
 
@@ -79,8 +98,9 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """The reference design's VAE decoder: z -> 256-512-1024 -> c*h*w logits (sigmoid gives pixel means)."""
 
-    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 0):
+    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 0, num_classes: int = 0):
         super().__init__()
+        _unconditional(self, num_classes)
         self.image_shape = image_shape
         self.net = nn.Sequential(
             nn.Linear(z_dim, 256), nn.ReLU(),
@@ -89,7 +109,7 @@ class MLPDecoder(nn.Module):
             nn.Linear(1024, math.prod(image_shape)),
         )
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(z).view(z.shape[0], *self.image_shape)  # (b, c, h, w) logits
 
 
@@ -116,13 +136,14 @@ def _conv_plan(image_shape: Shape) -> tuple[int, int]:
 class DCGANGenerator(nn.Module):
     """DCGAN generator (Radford et al. 2016): project z to (bc * 2**stages, s, s), then stride-2 transposed convs."""
 
-    def __init__(self, image_shape: Shape, z_dim: int = 100, base_channels: int = 64):
+    def __init__(self, image_shape: Shape, z_dim: int = 100, base_channels: int = 64, num_classes: int = 0):
         super().__init__()
         stages, side = _conv_plan(image_shape)
         ch = base_channels * 2 ** stages  # widest at the lowest resolution
         self.start = (ch, side, side)
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None  # class -> extra latent dims
         self.project = nn.Sequential(
-            nn.Linear(z_dim, ch * side * side, bias=False),
+            nn.Linear(z_dim * (2 if num_classes else 1), ch * side * side, bias=False),
             nn.Unflatten(1, self.start),
             nn.BatchNorm2d(ch), nn.ReLU(),
         )
@@ -134,14 +155,18 @@ class DCGANGenerator(nn.Module):
         blocks += [nn.ConvTranspose2d(ch, image_shape[0], kernel_size=4, stride=2, padding=1), nn.Tanh()]
         self.blocks = nn.Sequential(*blocks)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.project(z))  # (b, c, h, w) in [-1, 1]
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.blocks(self.project(_with_classes(z, y, self.embed)))  # (b, c, h, w) in [-1, 1]
 
 
 class DCGANDiscriminator(nn.Module):
-    """DCGAN discriminator: stride-2 convs with LeakyReLU (no BatchNorm on the first), then one logit."""
+    """DCGAN discriminator: stride-2 convs with LeakyReLU (no BatchNorm on the first), then one logit.
 
-    def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 64):
+    Conditional (num_classes > 0): a projection discriminator (Miyato and Koyama 2018, eq. 3),
+    logit = head(h) + <embed(y), h>, with h the flattened features.
+    """
+
+    def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 64, num_classes: int = 0):
         super().__init__()
         stages, side = _conv_plan(image_shape)
         layers: list[nn.Module] = [nn.Conv2d(image_shape[0], base_channels, kernel_size=4, stride=2, padding=1),
@@ -153,26 +178,42 @@ class DCGANDiscriminator(nn.Module):
             ch *= 2
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(ch * side * side, 1)
+        self.embed = nn.Embedding(num_classes, ch * side * side) if num_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1)).squeeze(1)  # (b,) logits
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x).flatten(1)  # (b, ch * side * side)
+        logits = self.head(h).squeeze(1)  # (b,)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("this discriminator is class-conditional: pass the classes y")
+            logits = logits + (self.embed(y) * h).sum(1)  # the projection term
+        return logits
 
 
 class ConvEncoder(nn.Module):
-    """Convolutional VAE encoder: stride-2 convs, then a linear layer to (mu, logvar)."""
+    """Convolutional VAE encoder: stride-2 convs, then a linear layer to (mu, logvar).
 
-    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 32):
+    Conditional (num_classes > 0): the class enters as one-hot planes beside the image channels.
+    """
+
+    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 32, num_classes: int = 0):
         super().__init__()
         stages, side = _conv_plan(image_shape)
+        self.num_classes = num_classes
         layers: list[nn.Module] = []
-        ch_in, ch = image_shape[0], base_channels
+        ch_in, ch = image_shape[0] + num_classes, base_channels
         for _ in range(stages):
             layers += [nn.Conv2d(ch_in, ch, kernel_size=4, stride=2, padding=1), nn.ReLU()]
             ch_in, ch = ch, ch * 2
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(ch_in * side * side, 2 * z_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.num_classes:
+            if y is None:
+                raise ValueError("this encoder is class-conditional: pass the classes y")
+            planes = nn.functional.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None]  # (b, k, 1, 1)
+            x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], dim=1)  # (b, c + k, h, w)
         mu, logvar = self.head(self.features(x).flatten(1)).chunk(2, dim=1)
         return mu, logvar
 
@@ -180,11 +221,12 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Convolutional VAE decoder: linear to (ch, s, s), stride-2 transposed convs, pixel logits."""
 
-    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 32):
+    def __init__(self, image_shape: Shape, z_dim: int = 20, base_channels: int = 32, num_classes: int = 0):
         super().__init__()
         stages, side = _conv_plan(image_shape)
         ch = base_channels * 2 ** (stages - 1)
-        self.project = nn.Sequential(nn.Linear(z_dim, ch * side * side), nn.Unflatten(1, (ch, side, side)),
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+        self.project = nn.Sequential(nn.Linear(z_dim * (2 if num_classes else 1), ch * side * side), nn.Unflatten(1, (ch, side, side)),
                                      nn.ReLU())
         layers: list[nn.Module] = []
         for _ in range(stages - 1):
@@ -193,5 +235,5 @@ class ConvDecoder(nn.Module):
         layers.append(nn.ConvTranspose2d(ch, image_shape[0], kernel_size=4, stride=2, padding=1))
         self.blocks = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.project(z))  # (b, c, h, w) logits
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.blocks(self.project(_with_classes(z, y, self.embed)))  # (b, c, h, w) logits

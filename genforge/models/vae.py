@@ -41,15 +41,15 @@ def elbo_terms(x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: 
     return rec, kl
 
 
-def generate(nets: dict[str, nn.Module], z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Latents (b, z_dim) -> mean images (b, c, h, w) in [0, 1]."""
-    return torch.sigmoid(nets["decoder"](z))
+def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents (b, z_dim) and, for conditional models, classes (b,) -> mean images (b, c, h, w) in [0, 1]."""
+    return torch.sigmoid(nets["decoder"](z, y))
 
 
-def reconstruct(nets: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+def reconstruct(nets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Images in [0, 1] -> their reconstructions through the posterior mean (no sampling)."""
-    mu, _ = nets["encoder"](x)
-    return torch.sigmoid(nets["decoder"](mu))
+    mu, _ = nets["encoder"](x, y)
+    return torch.sigmoid(nets["decoder"](mu, y))
 
 
 class Trainer:
@@ -61,12 +61,12 @@ class Trainer:
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         self.optimizers = {"vae": torch.optim.Adam(params, lr=cfg.g_lr, betas=tuple(cfg.g_betas), fused=True)}
 
-    def train_step(self, x: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:
-        """One step on a batch (b, c, h, w) in [0, 1]: minimize -ELBO = recon + kl_weight * KL."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor | None, noise: torch.Generator) -> dict[str, torch.Tensor]:
+        """One step on a batch (b, c, h, w) in [0, 1] (classes (b,) or None): minimize recon + kl_weight * KL."""
         opt = self.optimizers["vae"]
-        mu, logvar = self.encoder(x)                    # (b, z_dim) each
+        mu, logvar = self.encoder(x, y)                 # (b, z_dim) each
         z = reparameterize(mu, logvar, noise)           # (b, z_dim)
-        rec, kl = elbo_terms(x, self.decoder(z), mu, logvar, self.recon)
+        rec, kl = elbo_terms(x, self.decoder(z, y), mu, logvar, self.recon)
         loss = (rec + self.kl_weight * kl).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

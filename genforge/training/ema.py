@@ -41,8 +41,8 @@ class EMA:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(net: nn.Module, inputs: list[torch.Tensor]) -> None:
-    """Recompute BatchNorm running statistics of ``net`` on ``inputs`` (a list of batches).
+def recalibrate_batchnorm(net: nn.Module, inputs: list[tuple]) -> None:
+    """Recompute BatchNorm running statistics of ``net`` on ``inputs`` (a list of argument tuples).
 
     The averaged weights of an EMA generator never produced the running statistics copied from the trained
     one; a few forward passes in train mode with a cumulative average (momentum=None) make them agree.
@@ -55,8 +55,8 @@ def recalibrate_batchnorm(net: nn.Module, inputs: list[torch.Tensor]) -> None:
         m.reset_running_stats()
         m.momentum = None
     net.train()
-    for batch in inputs:
-        net(batch)
+    for args in inputs:
+        net(*args)
     net.eval()
     for m, momentum in zip(norms, saved):
         m.momentum = momentum

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+PRINT_SECONDS = 10.0
 
 
 class RunLogger:
@@ -22,15 +25,18 @@ class RunLogger:
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                         disable=quiet or not self.tty)
         self.last_step = start_step
+        self.last_print = 0.0
 
-    def log(self, step: int, values: dict[str, float]) -> None:
+    def log(self, step: int, values: dict[str, float], final: bool = False) -> None:
         self.metrics.write(json.dumps({"step": step, **values}) + "\n")
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
         shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items() if k != "time"}
         if self.bar.disable:
-            if not self.quiet:
+            # Without a terminal (CI, nohup, a pipe) print a plain line at most every PRINT_SECONDS.
+            if not self.quiet and (time.monotonic() - self.last_print >= PRINT_SECONDS or final):
+                self.last_print = time.monotonic()
                 print(f"step {step}: " + " ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
         else:
             self.bar.set_postfix(shown, refresh=False)

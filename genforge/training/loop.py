@@ -95,7 +95,8 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     check_run_dir(run, resume)
     device = pick_device(cfg.device)
     set_threads(cfg.num_threads)
-    method = MODELS[cfg.model].method
+    spec = MODELS[cfg.model]
+    method = spec.method
 
     # ---- data: cleaned, split, normalized once, kept in memory as one tensor (no per-batch image work)
     splits = load_splits(cfg.data, image_size=cfg.image_size, channels=cfg.channels, on_bad=cfg.on_bad,
@@ -103,6 +104,10 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                          seed=cfg.split_seed)
     x_train = to_tensor(splits.train.x, method.VALUE_RANGE).to(device)  # (N, c, h, w)
     n_train = x_train.shape[0]
+    num_classes = splits.num_classes if spec.conditional else 0
+    if spec.conditional and (splits.train.y is None or num_classes < 2):
+        raise ConfigError(f"model {cfg.model!r} is class-conditional but data {cfg.data!r} has no labels")
+    y_train = torch.from_numpy(splits.train.y).to(device) if num_classes else None  # (N,) int64
     if cfg.batch_size > n_train:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split ({n_train} images)")
     steps_per_epoch = n_train // cfg.batch_size
@@ -110,7 +115,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
 
     # ---- networks, optimizers, EMA, random streams
     torch.manual_seed(cfg.seed)
-    nets = build_networks(cfg.model, splits.image_shape, cfg.z_dim, cfg.base_channels)
+    nets = build_networks(cfg.model, splits.image_shape, cfg.z_dim, cfg.base_channels, num_classes)
     for net in nets.values():
         net.to(device).train()
     trainer = method.Trainer(cfg, nets)
@@ -118,9 +123,12 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)   # latents and reparameterization
     aug_rng = torch.Generator().manual_seed(cfg.seed + 2)              # augmentation (drawn on the CPU)
     grid_z = latents(cfg.grid_n, cfg.z_dim, cfg.seed + 3).to(device)   # the same grid latents all run long
-    calib_z = [latents(256, cfg.z_dim, cfg.seed + 4 + i).to(device) for i in range(4)]
+    # conditional grids cycle through the classes and are drawn num_classes wide: one column per class
+    grid_y = torch.arange(cfg.grid_n, device=device) % num_classes if num_classes else None
+    calib = [(latents(256, cfg.z_dim, cfg.seed + 4 + i).to(device),
+              torch.arange(256, device=device) % num_classes if num_classes else None) for i in range(4)]
     meta = {"model": cfg.model, "image_shape": list(splits.image_shape), "z_dim": cfg.z_dim,
-            "base_channels": cfg.base_channels, "num_classes": 0, "class_names": splits.class_names,
+            "base_channels": cfg.base_channels, "num_classes": num_classes, "class_names": splits.class_names,
             "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": genforge.__version__,
             "train_config": cfg.to_dict()}
     base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in trainer.optimizers.items()}
@@ -140,7 +148,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     def release_nets() -> dict[str, torch.nn.Module]:
         """EMA copies where the family averages, the trained networks elsewhere."""
         released = {role: ema.shadow.get(role, net) for role, net in nets.items()}
-        recalibrate_batchnorm(released[method.LATENT], calib_z)
+        recalibrate_batchnorm(released[method.LATENT], calib)
         return released
 
     def checkpoint(step: int) -> Path:
@@ -151,9 +159,9 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
 
     def write_grid(step: int) -> Path:
         with torch.inference_mode():
-            images = to_uint8(method.generate(release_nets(), grid_z)).cpu().numpy()
-        path = save_grid(images, run / "samples" / f"step_{step:08d}.png")
-        logger.image("samples", make_grid(images), step)
+            images = to_uint8(method.generate(release_nets(), grid_z, grid_y)).cpu().numpy()
+        path = save_grid(images, run / "samples" / f"step_{step:08d}.png", nrow=num_classes or None)
+        logger.image("samples", make_grid(images, nrow=num_classes or None), step)
         return path
 
     def all_finite() -> bool:
@@ -184,14 +192,16 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                 if epoch != perm_epoch:
                     perm_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
                     perm, perm_epoch = torch.randperm(n_train, generator=perm_gen).to(device), epoch
-                x = x_train[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]]  # (b, c, h, w)
+                idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                x = x_train[idx]                                   # (b, c, h, w)
+                y = y_train[idx] if y_train is not None else None  # (b,) or None
                 if augmenting:
                     x = augment(x, aug_rng, flip=cfg.augment_flip, shift=cfg.augment_shift,
                                 rotate=cfg.augment_rotate)
 
                 # ---- the family's updates (GAN: D then G; VAE: one ELBO step), then the EMA
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                    losses = trainer.train_step(x, noise)
+                    losses = trainer.train_step(x, y, noise)
                 step += 1
                 ema.update(nets, step)
                 finite &= torch.stack(list(losses.values())).isfinite().all()
@@ -224,7 +234,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                     values["images_per_sec"] = (step - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
                     values["epoch"] = epoch
                     values["time"] = elapsed_before + now - t_start
-                    logger.log(step, values)
+                    logger.log(step, values, final=due_ckpt)
                     t_log, step_log = now, step
                 if cfg.sample_every and step % cfg.sample_every == 0:
                     write_grid(step)
