@@ -51,20 +51,73 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    """Generate images: genforge sample MODEL --n 64 --seed 0 --out grid.png (or samples.npz).
+    """Generate images: genforge sample MODEL --n 64 --seed 0 --out grid.png (or samples.npz, or a directory).
 
-    MODEL is a run directory (its best, else last, checkpoint) or a model directory. A .png gets a grid; a
-    .npz gets x as uint8 (N, H, W) or (N, H, W, C), and y for conditional models (--class picks them).
+    MODEL is a run directory (its best, else last, checkpoint) or a model directory. A .png gets a grid and
+    a .png.json sidecar with its latents; a .npz gets x as uint8 (N, H, W) or (N, H, W, C), and y for
+    conditional models (--class picks them); a name without suffix gets a directory of PNGs. Feedback: pick
+    the samples you like from a saved grid, --from grid.png --like 3,7,12, and get new ones near them.
     """
     import genforge
-    from genforge.generation import sample, write_samples
+    from genforge.generation import feedback, sample, write_samples
+    from genforge.generation.steering import parse_ints
 
     model = genforge.load(args.model, device=args.device)
-    classes = args.classes.split(",") if args.classes else None
-    samples = sample(model, args.n, seed=args.seed, classes=classes)
-    path = write_samples(samples, args.out)
+    extra = None
+    if args.like or args.from_grid:
+        if not (args.like and args.from_grid):
+            raise GenforgeError("feedback needs both --from GRID.png and --like I,J,...")
+        if args.classes or args.truncation is not None or args.temperature is not None:
+            raise GenforgeError("a feedback round takes its classes and latents from the grid: "
+                                "drop --class, --truncation and --temperature")
+        samples, extra = feedback(model, args.from_grid, parse_ints(args.like, "--like"), args.n, args.radius,
+                                  args.seed)
+    else:
+        classes = args.classes.split(",") if args.classes else None
+        samples = sample(model, args.n, seed=args.seed, classes=classes, truncation=args.truncation,
+                         temperature=args.temperature, size=args.size, resample=args.resample)
+    path = write_samples(samples, args.out, model, extra)
     print(f"genforge: wrote {args.n} samples (seed {args.seed}) from {model.path} to {path}")
     return 0
+
+
+def cmd_interpolate(args) -> int:
+    """Walk the latent space: genforge interpolate MODEL --seeds 1,2,3 --steps 16 --out walk.gif.
+
+    Spherical (slerp) paths between the latents of the seeds, written as a GIF. --class-sweep instead draws
+    each seed's latent as every class of a conditional model, as a grid PNG (rows: seeds, columns: classes).
+    """
+    import genforge
+    from genforge.generation import class_sweep, interpolate, save_gif, save_grid
+    from genforge.generation.steering import parse_ints
+    from genforge.postprocess import provenance
+
+    model = genforge.load(args.model, device=args.device)
+    seeds = parse_ints(args.seeds, "--seeds")
+    if args.class_sweep:
+        samples = class_sweep(model, seeds)
+        meta = provenance.stamp({**provenance.model_metadata(model), "kind": "class-sweep", "seeds": seeds})
+        path = save_grid(samples.x, args.out, nrow=model.num_classes, metadata=meta, ledger=True)
+    else:
+        samples = interpolate(model, seeds, args.steps, classes=args.classes)
+        path = save_gif(samples.x, args.out, scale=args.scale)
+    print(f"genforge: wrote {len(samples.x)} frames from {model.path} to {path}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    """Check whether an image is one genforge generated, unaltered, and print its settings.
+
+    Exit 0 when verified, 1 when not. Uses the ledger ($GENFORGE_LEDGER) and, when set, the HMAC key
+    ($GENFORGE_PROVENANCE_KEY or $GENFORGE_PROVENANCE_KEY_FILE).
+    """
+    from genforge.postprocess.provenance import verify
+
+    verdict = verify(args.image, Path(args.ledger) if args.ledger else None)
+    print(("verified: " if verdict.verified else "not verified: ") + verdict.reason)
+    if verdict.metadata:
+        print(json.dumps(verdict.metadata, indent=2, sort_keys=True))
+    return 0 if verdict.verified else 1
 
 
 def cmd_info(args) -> int:
@@ -123,9 +176,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--class", dest="classes", metavar="CLASS[,CLASS...]",
                    help="conditional models: class index or name, or a list cycled over the samples")
-    p.add_argument("--out", required=True, help="output file: .png (grid) or .npz")
+    p.add_argument("--truncation", type=float, help="GANs: keep this central share of each latent, in (0, 1]")
+    p.add_argument("--temperature", type=float, help="VAEs: scale of the prior's spread, in (0, 10]")
+    p.add_argument("--size", type=int, help="resize the output to SIZE x SIZE")
+    p.add_argument("--resample", default="lanczos", choices=("nearest", "bilinear", "lanczos"),
+                   help="resize filter (default lanczos)")
+    p.add_argument("--from", dest="from_grid", metavar="GRID.png", help="feedback: a grid written by genforge sample")
+    p.add_argument("--like", metavar="I,J,...", help="feedback: indices of the liked samples in that grid")
+    p.add_argument("--radius", type=float, default=0.3, help="feedback: 0 repeats, 1 ignores the liked (default 0.3)")
+    p.add_argument("--out", required=True, help="output: .png (grid), .npz, or a directory name (PNGs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=cmd_sample)
+
+    short, long = doc(cmd_interpolate)
+    p = sub.add_parser("interpolate", help=short, description=long)
+    p.add_argument("model", help="run directory or model directory")
+    p.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 1,2,3")
+    p.add_argument("--steps", type=int, default=16, help="frames per leg (default 16)")
+    p.add_argument("--class", dest="classes", help="conditional models: the class to walk in (default 0)")
+    p.add_argument("--class-sweep", action="store_true", help="grid of each seed as every class (a .png)")
+    p.add_argument("--scale", type=int, default=2, help="GIF pixel scale (default 2)")
+    p.add_argument("--out", required=True, help="walk.gif, or sweep.png with --class-sweep")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=cmd_interpolate)
+
+    short, long = doc(cmd_verify)
+    p = sub.add_parser("verify", help=short, description=long)
+    p.add_argument("image", help="a PNG file")
+    p.add_argument("--ledger", help="ledger JSONL (default $GENFORGE_LEDGER or ~/.local/share/genforge/ledger.jsonl)")
+    p.set_defaults(func=cmd_verify)
 
     short, long = doc(cmd_info)
     p = sub.add_parser("info", help=short, description=long)

@@ -11,6 +11,15 @@ from genforge.config import from_dict
 torch.set_num_threads(1)  # tests compare exact numbers; one thread keeps them cheap and stable
 
 
+@pytest.fixture(autouse=True)
+def private_ledger(tmp_path, monkeypatch):
+    """Each test writes its provenance ledger into its own folder, never into the user's home."""
+    monkeypatch.setenv("GENFORGE_LEDGER", str(tmp_path / "ledger.jsonl"))
+    monkeypatch.delenv("GENFORGE_PROVENANCE_KEY", raising=False)
+    monkeypatch.delenv("GENFORGE_PROVENANCE_KEY_FILE", raising=False)
+    return tmp_path / "ledger.jsonl"
+
+
 @pytest.fixture(scope="session")
 def digits_npz(tmp_path_factory) -> str:
     """256 real MNIST digits (and labels) from the embedded mnist5k, as an npz spec."""

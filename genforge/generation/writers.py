@@ -1,16 +1,21 @@
-"""Writing samples: a grid PNG or an npz of uint8 arrays, always atomically."""
+"""Writing samples: a grid PNG (with a sidecar JSON of its latents), individual PNGs, or an npz.
+
+Every write is atomic. Every PNG carries genforge's provenance metadata; the
+outputs of ``write_samples`` are also recorded in the provenance ledger
+(``genforge.postprocess.provenance``).
+"""
 
 from __future__ import annotations
 
-import io
+import json
 import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from genforge.errors import GenforgeError
-from genforge.io import atomic_write, atomic_write_bytes
+from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json
+from genforge.postprocess import provenance
 
 
 def make_grid(x: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
@@ -28,11 +33,18 @@ def make_grid(x: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.nd
     return grid[..., 0] if c == 1 else grid
 
 
-def save_grid(x: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
-    grid = make_grid(x, nrow)
-    buf = io.BytesIO()
-    Image.fromarray(grid).save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
+def save_png(image: np.ndarray, path: str | Path, metadata: dict | None = None, ledger: bool = False) -> Path:
+    """One uint8 image to a PNG carrying ``metadata``; with ``ledger`` also a signed ledger line."""
+    data = provenance.png_bytes(image, metadata)
+    path = atomic_write_bytes(path, data)
+    if ledger and metadata is not None:
+        provenance.record(path, data, image, metadata)
+    return path
+
+
+def save_grid(x: np.ndarray, path: str | Path, nrow: int | None = None, metadata: dict | None = None,
+              ledger: bool = False) -> Path:
+    return save_png(make_grid(x, nrow), path, metadata, ledger)
 
 
 def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray | None = None) -> Path:
@@ -40,12 +52,61 @@ def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray | None = None) -> Pa
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
-def write_samples(samples, path: str | Path) -> Path:
-    """Write by suffix: ``.png`` a grid, ``.npz`` arrays ``x`` (uint8) and ``y`` (conditional models)."""
+def sidecar_path(grid: str | Path) -> Path:
+    grid = Path(grid)
+    return grid.with_name(grid.name + ".json")
+
+
+def write_samples(samples, path: str | Path, model, extra: dict | None = None) -> Path:
+    """Write by the path's form: ``.png`` a grid (plus ``.png.json`` with the latents, for feedback rounds),
+    ``.npz`` arrays ``x`` (uint8) and ``y`` (conditional models), a path with no suffix a directory of
+    individual PNGs ``00000.png`` ... Every PNG carries provenance metadata and is recorded in the ledger.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
+    meta = provenance.stamp({**provenance.model_metadata(model), "seed": samples.seed, "n": len(samples.x),
+                             "controls": samples.controls, **(extra or {})})
+    nrow = model.num_classes if (model.num_classes and samples.controls.get("classes") is None) else None
     if suffix == ".png":
-        return save_grid(samples.x, path)
+        nrow = nrow or math.ceil(math.sqrt(len(samples.x)))
+        out = save_grid(samples.x, path, nrow, {**meta, "kind": "grid", "nrow": nrow}, ledger=True)
+        atomic_write_json(sidecar_path(path), {
+            "format": "genforge-grid", "format_version": 1, "grid_file": path.name, "nrow": nrow,
+            **{k: meta[k] for k in ("model", "model_path", "weights_sha256", "seed", "controls")},
+            **(extra or {}),
+            "classes": None if samples.y is None else samples.y.tolist(),
+            "latents": samples.z.tolist()})
+        return out
     if suffix == ".npz":
         return save_npz(path, samples.x, samples.y)
-    raise GenforgeError(f"--out {path}: unknown output format {suffix or '(none)'}; use .png or .npz")
+    if suffix == "":
+        path.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(samples.x):
+            cls = None if samples.y is None else int(samples.y[i])
+            save_png(image, path / f"{i:05d}.png", {**meta, "kind": "single", "index": i, "class": cls,
+                                                    "latent": samples.z[i].tolist()}, ledger=True)
+        return path
+    raise GenforgeError(f"--out {path}: unknown output format {suffix}; use .png (grid), .npz, "
+                        "or a directory name (individual PNGs)")
+
+
+def read_sidecar(grid: str | Path) -> dict:
+    """The sidecar JSON of a grid written by :func:`write_samples`, checked."""
+    path = sidecar_path(grid)
+    try:
+        side = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GenforgeError(f"{path}: missing: feedback needs the sidecar JSON written beside the grid") from None
+    except (ValueError, UnicodeDecodeError):
+        raise GenforgeError(f"{path}: not valid JSON (altered?)") from None
+    if not isinstance(side, dict) or side.get("format") != "genforge-grid":
+        raise GenforgeError(f"{path}: not a genforge grid sidecar")
+    z = side.get("latents")
+    if (not isinstance(z, list) or not z or not all(isinstance(r, list) and len(r) == len(z[0]) for r in z)
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for r in z for v in r)):
+        raise GenforgeError(f"{path}: field 'latents' is malformed (altered?)")
+    classes = side.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != len(z)
+                                or not all(isinstance(c, int) for c in classes)):
+        raise GenforgeError(f"{path}: field 'classes' is malformed (altered?)")
+    return side

@@ -27,6 +27,7 @@ from genforge.data import augment, load_splits, to_tensor
 from genforge.errors import ConfigError, GenforgeError, TrainingError
 from genforge.generation import latents, make_grid, save_grid, to_uint8
 from genforge.io import atomic_write_text
+from genforge.postprocess.provenance import stamp
 from genforge.models import MODELS, build_networks
 from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
 from genforge.training.ema import EMA, recalibrate_batchnorm
@@ -160,7 +161,8 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     def write_grid(step: int) -> Path:
         with torch.inference_mode():
             images = to_uint8(method.generate(release_nets(), grid_z, grid_y)).cpu().numpy()
-        path = save_grid(images, run / "samples" / f"step_{step:08d}.png", nrow=num_classes or None)
+        path = save_grid(images, run / "samples" / f"step_{step:08d}.png", nrow=num_classes or None,
+                         metadata=stamp({"kind": "training-grid", "model": cfg.model, "run": str(run), "step": step}))
         logger.image("samples", make_grid(images, nrow=num_classes or None), step)
         return path
 
