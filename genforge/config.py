@@ -40,7 +40,27 @@ class Config:
     z_dim: int = 100                 # latent size (GAN noise / VAE code)
     base_channels: int = 64          # width of the convolutional networks (dcgan, vae-conv)
     recon_loss: str = "bce"          # VAE reconstruction likelihood: "bce" (Bernoulli) or "mse" (Gaussian)
-    kl_weight: float = 1.0           # weight of the KL term (1.0 is the plain ELBO)
+    kl_weight: float = 1.0           # weight of the KL term: 1.0 is the plain ELBO, above 1 a beta-VAE
+
+    # --- GAN losses and mode-collapse defences ------------------------------------------
+    gan_loss: str = "ns"             # "ns" (non-saturating), "hinge" (SNGAN) or "wgan-gp"
+    gp_weight: float = 10.0          # WGAN-GP gradient penalty weight (Gulrajani et al. 2017)
+    r1_weight: float = 0.0           # R1 penalty on real data, gamma (Mescheder et al. 2018); 0 is off
+    d_steps: int = 1                 # discriminator (critic) steps per generator step, each on its own batch
+    d_norm: str = "batch"            # discriminator normalization: "batch" or "none" (WGAN-GP needs "none")
+    spectral_norm: bool = False      # spectral normalization of every discriminator layer (Miyato et al. 2018)
+    mbstd: bool = False              # minibatch standard deviation feature in the discriminator (Karras et al. 2018)
+    instance_noise: float = 0.0      # std of Gaussian noise added to D's inputs, annealed to 0 (Sonderby et al. 2017)
+    instance_noise_steps: int = 2000 # steps over which the instance noise decays linearly to 0
+    diffaugment: str = ""            # DiffAugment policy (Zhao et al. 2020): any of "color,translation,cutout"
+    ada_target: float = 0.0          # adaptive discriminator augmentation target for r_t (Karras et al. 2020); 0 off
+    ada_interval: int = 4            # steps between ADA probability updates
+    ada_kimg: float = 100.0          # thousands of real images over which ADA's p can move from 0 to 1
+    acgan_weight: float = 1.0        # weight of the auxiliary classification loss (acgan model)
+
+    # --- diffusion -------------------------------------------------------------------
+    noise_schedule: str = "cosine"   # DDPM beta schedule: "linear" (Ho et al. 2020) or "cosine" (Nichol and Dhariwal 2021)
+    cfg_dropout: float = 0.1         # share of class labels dropped in training, for classifier-free guidance
 
     # --- how to train -------------------------------------------------------------
     seed: int = 0
@@ -82,10 +102,14 @@ CHOICES = {
     "nan_policy": ("stop", "rollback"),
     "channels": (0, 1, 3),
     "precision": ("fp32", "bf16"),
+    "gan_loss": ("ns", "hinge", "wgan-gp"),
+    "d_norm": ("batch", "none"),
+    "noise_schedule": ("linear", "cosine"),
 }
 POSITIVE = ("image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
+            "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
             "keep_checkpoints")
-NON_NEGATIVE = ("kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
+NON_NEGATIVE = ("gp_weight", "r1_weight", "instance_noise", "acgan_weight", "kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
                 "augment_rotate", "ema_start", "num_threads", "max_rollbacks")
 
 
@@ -141,6 +165,15 @@ def validate(cfg: Config, source: str = "config") -> Config:
     for name in ("g_betas", "d_betas"):
         if not all(0.0 <= b < 1.0 for b in getattr(cfg, name)):
             raise ConfigError(f"{source}: '{name}' values must be in [0, 1), got {getattr(cfg, name)!r}")
+    policies = [p for p in cfg.diffaugment.split(",") if p]
+    unknown = [p for p in policies if p not in ("color", "translation", "cutout")]
+    if unknown:
+        raise ConfigError(f"{source}: 'diffaugment' takes color, translation and cutout, got {unknown[0]!r}")
+    if not 0.0 <= cfg.ada_target < 1.0 or not 0.0 <= cfg.cfg_dropout < 1.0:
+        raise ConfigError(f"{source}: 'ada_target' and 'cfg_dropout' must be in [0, 1)")
+    if cfg.gan_loss == "wgan-gp" and cfg.d_norm == "batch":
+        raise ConfigError(f"{source}: gan_loss wgan-gp penalizes per-sample gradients, which BatchNorm couples: "
+                          "set d_norm: none")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"{source}: 'ema_decay' must be in [0, 1), got {cfg.ema_decay!r}")
     for name in ("val_fraction", "test_fraction"):

@@ -121,8 +121,8 @@ def _poison(monkeypatch, from_step, times=None):
     original = vae.Trainer.train_step
     calls = {"n": 0, "poisoned": 0}
 
-    def step(self, x, y, noise):
-        out = original(self, x, y, noise)
+    def step(self, x, y, noise, step=0):
+        out = original(self, x, y, noise, step)
         calls["n"] += 1
         if calls["n"] >= from_step and (times is None or calls["poisoned"] < times):
             calls["poisoned"] += 1

@@ -19,6 +19,10 @@ EMA_NETWORKS = ("generator",)  # released samples come from the EMA generator (K
 LATENT = "generator"           # the network whose input is the latent z
 
 
+def latent_dim(z_dim: int, image_shape: tuple[int, int, int]) -> int:
+    return z_dim
+
+
 def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """-[log D(x) + log(1 - D(G(z)))], written with softplus for stability: -log sigmoid(t) = softplus(-t)."""
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
@@ -51,7 +55,15 @@ class Trainer:
         # With BatchNorm the two batches stay apart, as in DCGAN: mixed batch statistics would change D.
         self.joint_d = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules())
 
-    def train_step(self, real: torch.Tensor, y: torch.Tensor | None, noise: torch.Generator) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict:
+        """Trainer state beyond the optimizers that an exact resume needs."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def train_step(self, real: torch.Tensor, y: torch.Tensor | None, noise: torch.Generator,
+                   step: int = 0) -> dict[str, torch.Tensor]:
         """One step on real images (b, c, h, w) in [-1, 1] and their classes (b,) or None. Returns detached losses.
 
         A conditional G draws the fakes for the batch's own classes, so D compares like with like.

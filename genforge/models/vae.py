@@ -19,6 +19,10 @@ EMA_NETWORKS = ("encoder", "decoder")
 LATENT = "decoder"
 
 
+def latent_dim(z_dim: int, image_shape: tuple[int, int, int]) -> int:
+    return z_dim
+
+
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
     """z = mu + sigma * eps with eps ~ N(0, I): sampling made differentiable in mu and logvar."""
     eps = torch.randn(mu.shape, generator=noise, device=mu.device, dtype=mu.dtype)
@@ -61,7 +65,15 @@ class Trainer:
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         self.optimizers = {"vae": torch.optim.Adam(params, lr=cfg.g_lr, betas=tuple(cfg.g_betas), fused=True)}
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor | None, noise: torch.Generator) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict:
+        """Trainer state beyond the optimizers that an exact resume needs."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor | None, noise: torch.Generator,
+                   step: int = 0) -> dict[str, torch.Tensor]:
         """One step on a batch (b, c, h, w) in [0, 1] (classes (b,) or None): minimize recon + kl_weight * KL."""
         opt = self.optimizers["vae"]
         mu, logvar = self.encoder(x, y)                 # (b, z_dim) each

@@ -116,19 +116,20 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
 
     # ---- networks, optimizers, EMA, random streams
     torch.manual_seed(cfg.seed)
-    nets = build_networks(cfg.model, splits.image_shape, cfg.z_dim, cfg.base_channels, num_classes)
+    z_dim = method.latent_dim(cfg.z_dim, splits.image_shape)          # diffusion: the noise image, c*h*w
+    nets = build_networks(cfg.model, splits.image_shape, z_dim, cfg.base_channels, num_classes)
     for net in nets.values():
         net.to(device).train()
     trainer = method.Trainer(cfg, nets)
     ema = EMA({role: nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)   # latents and reparameterization
     aug_rng = torch.Generator().manual_seed(cfg.seed + 2)              # augmentation (drawn on the CPU)
-    grid_z = latents(cfg.grid_n, cfg.z_dim, cfg.seed + 3).to(device)   # the same grid latents all run long
+    grid_z = latents(cfg.grid_n, z_dim, cfg.seed + 3).to(device)       # the same grid latents all run long
     # conditional grids cycle through the classes and are drawn num_classes wide: one column per class
     grid_y = torch.arange(cfg.grid_n, device=device) % num_classes if num_classes else None
-    calib = [(latents(256, cfg.z_dim, cfg.seed + 4 + i).to(device),
+    calib = [(latents(256, z_dim, cfg.seed + 4 + i).to(device),
               torch.arange(256, device=device) % num_classes if num_classes else None) for i in range(4)]
-    meta = {"model": cfg.model, "image_shape": list(splits.image_shape), "z_dim": cfg.z_dim,
+    meta = {"model": cfg.model, "image_shape": list(splits.image_shape), "z_dim": z_dim,
             "base_channels": cfg.base_channels, "num_classes": num_classes, "class_names": splits.class_names,
             "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": genforge.__version__,
             "train_config": cfg.to_dict()}
@@ -142,6 +143,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
         ema.load_state_dict(state["ema"])
         for name, opt in trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+        trainer.load_state_dict(state["trainer"])
         noise.set_state(state["noise_rng"])
         aug_rng.set_state(state["aug_rng"])
         book.update({k: state[k] for k in book})
@@ -155,6 +157,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     def checkpoint(step: int) -> Path:
         state = {"nets": {role: net.state_dict() for role, net in nets.items()}, "ema": ema.state_dict(),
                  "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()},
+                 "trainer": trainer.state_dict(),
                  "noise_rng": noise.get_state(), "aug_rng": aug_rng.get_state(), **book, "step": step}
         return save_checkpoint(run, step, release_nets(), meta, state, keep=cfg.keep_checkpoints)
 
@@ -203,7 +206,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
 
                 # ---- the family's updates (GAN: D then G; VAE: one ELBO step), then the EMA
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                    losses = trainer.train_step(x, y, noise)
+                    losses = trainer.train_step(x, y, noise, step)
                 step += 1
                 ema.update(nets, step)
                 finite &= torch.stack(list(losses.values())).isfinite().all()
