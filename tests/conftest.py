@@ -39,6 +39,7 @@ TINY = {
     "vae-mlp": {"z_dim": 8},
     "vae-conv": {"z_dim": 8, "base_channels": 4},
     "cdcgan": {"base_channels": 4},
+    "acgan": {"base_channels": 4},
     "cvae-conv": {"z_dim": 8, "base_channels": 4},
 }
 

@@ -21,6 +21,13 @@ class ModelSpec(NamedTuple):
     method: ModuleType                    # genforge.models.gan or genforge.models.vae
     networks: dict[str, type[nn.Module]]  # role -> network class
     conditional: bool = False             # trained on (image, class) pairs; generates a requested class
+    fixed: dict = {}                      # discriminator options the recipe fixes (acgan: conditioning="aux")
+
+
+def d_options(cfg) -> dict:
+    """The discriminator options of a config, in the networks' own words. They change the network's
+    weights, so they are saved in the model's config.json."""
+    return {"norm": cfg.d_norm, "spectral_norm": cfg.spectral_norm, "mbstd": cfg.mbstd}
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -33,6 +40,8 @@ MODELS: dict[str, ModelSpec] = {
                         conditional=True),
     "cvae-conv": ModelSpec(vae, {"encoder": networks.ConvEncoder, "decoder": networks.ConvDecoder},
                            conditional=True),
+    "acgan": ModelSpec(gan, {"generator": networks.DCGANGenerator, "discriminator": networks.DCGANDiscriminator},
+                       conditional=True, fixed={"conditioning": "aux"}),
 }
 
 FAMILIES = {"gan": gan, "vae": vae}
@@ -43,15 +52,30 @@ def family_of(model: str) -> str:
 
 
 def build_networks(model: str, image_shape: tuple[int, int, int], z_dim: int, base_channels: int,
-                   num_classes: int = 0) -> dict[str, nn.Module]:
-    """Instantiate every network of a recipe. Seed the global RNG first for reproducible weights."""
+                   num_classes: int = 0, d_opts: dict | None = None) -> dict[str, nn.Module]:
+    """Instantiate every network of a recipe. Seed the global RNG first for reproducible weights.
+
+    ``d_opts`` (see :func:`d_options`) go to the discriminator; the MLP discriminator of the reference design
+    takes none of them.
+    """
     spec = MODELS[model]
     if spec.conditional and num_classes < 2:
         raise ConfigError(f"model {model!r} is class-conditional: it needs labelled data with at least 2 classes")
     if not spec.conditional:
         num_classes = 0
-    return {role: cls(image_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes)
-            for role, cls in spec.networks.items()}
+    nets = {}
+    for role, cls in spec.networks.items():
+        extra = {}
+        if role == "discriminator":
+            extra = {**{k: v for k, v in (d_opts or {}).items() if v != _DEFAULT_D[k]}, **spec.fixed}
+            if extra and cls is networks.MLPDiscriminator:
+                raise ConfigError(f"model {model!r} (the reference MLP discriminator) takes no discriminator "
+                                  f"options, got {', '.join(extra)}")
+        nets[role] = cls(image_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes, **extra)
+    return nets
+
+
+_DEFAULT_D = {"norm": "batch", "spectral_norm": False, "mbstd": False}
 
 
 class GenerativeModel:

@@ -153,7 +153,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
     num_classes = meta.get("num_classes", 0)
     if not isinstance(num_classes, int) or not 0 <= num_classes <= 100_000:
         raise ModelFileError(f"{directory / CONFIG}: field 'num_classes' must be a small non-negative integer")
-    shape = (meta["model"], tuple(meta["image_shape"]), meta["z_dim"], meta["base_channels"], num_classes)
+    d_opts = meta.get("d_options") or {}
+    if (not isinstance(d_opts, dict) or set(d_opts) - {"norm", "spectral_norm", "mbstd"}
+            or d_opts.get("norm", "batch") not in ("batch", "none")
+            or not all(isinstance(d_opts.get(k, False), bool) for k in ("spectral_norm", "mbstd"))):
+        raise ModelFileError(f"{directory / CONFIG}: field 'd_options' is malformed")
+    shape = (meta["model"], tuple(meta["image_shape"]), meta["z_dim"], meta["base_channels"], num_classes, d_opts)
     try:
         with torch.device("meta"):  # build the skeleton without allocating memory for its weights
             skeleton = build_networks(*shape)

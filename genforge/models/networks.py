@@ -159,34 +159,72 @@ class DCGANGenerator(nn.Module):
         return self.blocks(self.project(_with_classes(z, y, self.embed)))  # (b, c, h, w) in [-1, 1]
 
 
-class DCGANDiscriminator(nn.Module):
-    """DCGAN discriminator: stride-2 convs with LeakyReLU (no BatchNorm on the first), then one logit.
+def minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """Append the minibatch standard deviation as one feature map (Karras et al. 2018, section 3).
 
-    Conditional (num_classes > 0): a projection discriminator (Miyato and Koyama 2018, eq. 3),
-    logit = head(h) + <embed(y), h>, with h the flattened features.
+    (b, c, s, s) -> (b, c + 1, s, s). Samples are split into groups of ``group``; the mean over features of
+    each group's per-feature std tells D how varied the batch is, so a collapsed G is easy to spot.
+    """
+    b, c, hh, ww = h.shape
+    g = min(group, b)
+    while b % g:
+        g -= 1
+    stats = h.view(g, b // g, c, hh, ww).var(0, unbiased=False).add(1e-8).sqrt().mean([1, 2, 3])  # (b / g,)
+    stats = stats.repeat(g)[:, None, None, None].expand(b, 1, hh, ww)  # sample k*(b/g)+r gets group r's value
+    return torch.cat([h, stats], dim=1)
+
+
+class DCGANDiscriminator(nn.Module):
+    """DCGAN discriminator: stride-2 convs with LeakyReLU (no normalization on the first), then one logit.
+
+    Options, each a recipe setting:
+    - norm: "batch" (DCGAN) or "none" (WGAN-GP: its penalty needs per-sample gradients, which BatchNorm couples).
+    - spectral_norm: every layer's weight divided by its largest singular value (Miyato et al. 2018).
+    - mbstd: a minibatch-standard-deviation feature map before the head (Karras et al. 2018).
+    - conditioning, when num_classes > 0: "projection" (Miyato and Koyama 2018, eq. 3),
+      logit = head(h) + <embed(y), h>; or "aux" (ACGAN, Odena et al. 2017): a second head classifies the image.
     """
 
-    def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 64, num_classes: int = 0):
+    def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 64, num_classes: int = 0,
+                 norm: str = "batch", spectral_norm: bool = False, mbstd: bool = False,
+                 conditioning: str = "projection"):
         super().__init__()
         stages, side = _conv_plan(image_shape)
         layers: list[nn.Module] = [nn.Conv2d(image_shape[0], base_channels, kernel_size=4, stride=2, padding=1),
                                    _leaky()]
         ch = base_channels
         for _ in range(stages - 1):
-            layers += [nn.Conv2d(ch, ch * 2, kernel_size=4, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(ch * 2), _leaky()]
+            layers.append(nn.Conv2d(ch, ch * 2, kernel_size=4, stride=2, padding=1, bias=norm != "batch"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(ch * 2))
+            layers.append(_leaky())
             ch *= 2
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(ch * side * side, 1)
-        self.embed = nn.Embedding(num_classes, ch * side * side) if num_classes else None
+        self.mbstd = mbstd
+        feat = (ch + mbstd) * side * side
+        self.head = nn.Linear(feat, 1)
+        self.conditioning = conditioning if num_classes else None
+        self.embed = nn.Embedding(num_classes, feat) if self.conditioning == "projection" else None
+        self.classifier = nn.Linear(feat, num_classes) if self.conditioning == "aux" else None
+        if spectral_norm:
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
+                    nn.utils.parametrizations.spectral_norm(module)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x).flatten(1)  # (b, ch * side * side)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                with_classes: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(b, c, h, w) -> (b,) logits; with_classes=True (ACGAN) also the (b, num_classes) class logits."""
+        h = self.features(x)  # (b, ch, side, side)
+        if self.mbstd:
+            h = minibatch_std(h)
+        h = h.flatten(1)  # (b, feat)
         logits = self.head(h).squeeze(1)  # (b,)
         if self.embed is not None:
             if y is None:
                 raise ValueError("this discriminator is class-conditional: pass the classes y")
             logits = logits + (self.embed(y) * h).sum(1)  # the projection term
+        if with_classes:
+            return logits, self.classifier(h)
         return logits
 
 

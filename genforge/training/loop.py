@@ -28,7 +28,7 @@ from genforge.errors import ConfigError, GenforgeError, TrainingError
 from genforge.generation import latents, make_grid, save_grid, to_uint8
 from genforge.io import atomic_write_text
 from genforge.postprocess.provenance import stamp
-from genforge.models import MODELS, build_networks
+from genforge.models import MODELS, build_networks, d_options
 from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
 from genforge.training.ema import EMA, recalibrate_batchnorm
 from genforge.training.log import RunLogger
@@ -109,18 +109,21 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     if spec.conditional and (splits.train.y is None or num_classes < 2):
         raise ConfigError(f"model {cfg.model!r} is class-conditional but data {cfg.data!r} has no labels")
     y_train = torch.from_numpy(splits.train.y).to(device) if num_classes else None  # (N,) int64
-    if cfg.batch_size > n_train:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split ({n_train} images)")
-    steps_per_epoch = n_train // cfg.batch_size
     augmenting = cfg.augment_flip or cfg.augment_shift > 0 or cfg.augment_rotate > 0
 
     # ---- networks, optimizers, EMA, random streams
     torch.manual_seed(cfg.seed)
     z_dim = method.latent_dim(cfg.z_dim, splits.image_shape)          # diffusion: the noise image, c*h*w
-    nets = build_networks(cfg.model, splits.image_shape, z_dim, cfg.base_channels, num_classes)
+    nets = build_networks(cfg.model, splits.image_shape, z_dim, cfg.base_channels, num_classes, d_options(cfg))
     for net in nets.values():
         net.to(device).train()
     trainer = method.Trainer(cfg, nets)
+    # real images one step consumes: a GAN with d_steps > 1 gives each D step its own batch
+    per_step = cfg.batch_size * getattr(trainer, "batch_multiplier", 1)
+    if per_step > n_train:
+        raise ConfigError(f"batch_size {cfg.batch_size} (x d_steps {cfg.d_steps} for GANs) is larger than the "
+                          f"training split ({n_train} images)")
+    steps_per_epoch = n_train // per_step
     ema = EMA({role: nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)   # latents and reparameterization
     aug_rng = torch.Generator().manual_seed(cfg.seed + 2)              # augmentation (drawn on the CPU)
@@ -130,7 +133,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     calib = [(latents(256, z_dim, cfg.seed + 4 + i).to(device),
               torch.arange(256, device=device) % num_classes if num_classes else None) for i in range(4)]
     meta = {"model": cfg.model, "image_shape": list(splits.image_shape), "z_dim": z_dim,
-            "base_channels": cfg.base_channels, "num_classes": num_classes, "class_names": splits.class_names,
+            "base_channels": cfg.base_channels, "num_classes": num_classes, "d_options": d_options(cfg), "class_names": splits.class_names,
             "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": genforge.__version__,
             "train_config": cfg.to_dict()}
     base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in trainer.optimizers.items()}
@@ -197,7 +200,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                 if epoch != perm_epoch:
                     perm_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
                     perm, perm_epoch = torch.randperm(n_train, generator=perm_gen).to(device), epoch
-                idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                idx = perm[i * per_step:(i + 1) * per_step]
                 x = x_train[idx]                                   # (b, c, h, w)
                 y = y_train[idx] if y_train is not None else None  # (b,) or None
                 if augmenting:
@@ -236,7 +239,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                                             f"set nan_policy=rollback")
                     now = time.perf_counter()
                     values = {k: float(v) for k, v in losses.items()}
-                    values["images_per_sec"] = (step - step_log) * cfg.batch_size / max(now - t_log, 1e-9)
+                    values["images_per_sec"] = (step - step_log) * per_step / max(now - t_log, 1e-9)
                     values["epoch"] = epoch
                     values["time"] = elapsed_before + now - t_start
                     logger.log(step, values, final=due_ckpt)

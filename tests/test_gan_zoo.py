@@ -1,0 +1,119 @@
+"""The GAN zoo: losses, penalties and mode-collapse defences train, save, load and resume."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import genforge
+from genforge.config import from_dict
+from genforge.errors import ConfigError
+from genforge.models import build_networks, gan
+from genforge.models.networks import minibatch_std
+from genforge.training import train
+from genforge.training.checkpoint import load_state
+
+VARIANTS = {
+    "hinge-sn": {"gan_loss": "hinge", "spectral_norm": True, "d_norm": "none"},
+    "wgan-gp": {"gan_loss": "wgan-gp", "d_norm": "none", "d_steps": 2},
+    "r1": {"r1_weight": 1.0},
+    "mbstd": {"mbstd": True},
+    "instance-noise": {"instance_noise": 0.1, "instance_noise_steps": 3},
+    "diffaugment": {"diffaugment": "color,translation,cutout", "d_norm": "none"},
+    "ada": {"ada_target": 0.6, "ada_interval": 1},
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_trains_and_round_trips(tmp_path, tiny_config, name):
+    cfg = tiny_config("dcgan", **VARIANTS[name])
+    result = train(cfg, tmp_path / "r", quiet=True)
+    model = genforge.load(tmp_path / "r")
+    assert model.meta["d_options"]["spectral_norm"] == cfg.spectral_norm
+    assert model.sample(2, seed=0).shape == (2, 28, 28)
+    weights = load_file(result.checkpoint / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_acgan_trains_and_generates_classes(tmp_path, tiny_config):
+    train(tiny_config("acgan"), tmp_path / "r", quiet=True)
+    model = genforge.load(tmp_path / "r")
+    assert model.nets["discriminator"].classifier.out_features == 10  # the auxiliary classifier head
+    s = genforge.generation.sample(model, 4, seed=0, classes=[1, 2])
+    assert s.y.tolist() == [1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["ada", "wgan-gp"])
+def test_variant_resumes_exactly(tmp_path, tiny_config, name):
+    once = train(tiny_config("dcgan", **VARIANTS[name], max_steps=6, checkpoint_every=3), tmp_path / "a", quiet=True)
+    train(tiny_config("dcgan", **VARIANTS[name], max_steps=3, checkpoint_every=3), tmp_path / "b", quiet=True)
+    again = train(tiny_config("dcgan", **VARIANTS[name], max_steps=6, checkpoint_every=3), tmp_path / "b",
+                  resume=True, quiet=True)
+    a, b = load_state(once.checkpoint), load_state(again.checkpoint)
+    for role in a["nets"]:
+        for key, value in a["nets"][role].items():
+            assert torch.equal(value, b["nets"][role][key]), (role, key)
+    assert torch.equal(a["trainer"]["ada_p"], b["trainer"]["ada_p"])
+
+
+def test_ada_probability_rises_when_d_overfits(tmp_path, tiny_config):
+    # target 0.01: D(real) > 0 for most images, so r_t > target and p must climb by the same step each time
+    cfg = tiny_config("dcgan", ada_target=0.01, ada_interval=1, ada_kimg=1.0, max_steps=5, checkpoint_every=5)
+    result = train(cfg, tmp_path / "r", quiet=True)
+    p = float(load_state(result.checkpoint)["trainer"]["ada_p"])
+    assert 0 < p <= 5 * 16 / 1000 + 1e-6
+
+
+def test_wgan_gp_needs_no_batchnorm(tiny_config):
+    with pytest.raises(ConfigError, match="wgan-gp .* set d_norm: none"):
+        tiny_config("dcgan", gan_loss="wgan-gp")
+
+
+def test_reference_mlp_discriminator_takes_no_options(tmp_path, tiny_config):
+    with pytest.raises(ConfigError, match="takes no discriminator options"):
+        train(tiny_config("gan-mlp", spectral_norm=True), tmp_path / "r", quiet=True)
+
+
+def test_gradient_penalty_is_zero_for_unit_gradient_critic():
+    class Linear1(torch.nn.Module):  # D(x) = <w, x> with ||w|| = 1 has gradient norm 1 everywhere
+        def forward(self, x, y=None):
+            w = torch.ones_like(x[0]).flatten() / x[0].numel() ** 0.5
+            return x.flatten(1) @ w
+
+    real, fake = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    gp = gan.gradient_penalty(Linear1(), real, fake, None, torch.Generator().manual_seed(0))
+    assert float(gp) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_minibatch_std_sees_collapse():
+    varied = torch.randn(8, 3, 4, 4)
+    collapsed = torch.randn(1, 3, 4, 4).expand(8, -1, -1, -1)
+    assert minibatch_std(varied)[:, -1].min() > 0.5
+    assert minibatch_std(collapsed)[:, -1].max() < 1e-3
+    assert minibatch_std(varied).shape == (8, 4, 4, 4)
+
+
+def test_diffaugment_is_reproducible_and_differentiable():
+    x = torch.rand(4, 1, 16, 16, requires_grad=True)
+    a = gan.diffaugment(x, ["color", "translation", "cutout"], torch.Generator().manual_seed(1))
+    b = gan.diffaugment(x, ["color", "translation", "cutout"], torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    cut = gan.diffaugment(torch.ones(4, 1, 16, 16), ["cutout"], torch.Generator().manual_seed(0))
+    assert ((cut == 0).flatten(1).sum(1) == 64).all()  # an 8x8 hole in each image
+
+
+def test_ada_augment_off_at_p_zero():
+    x = torch.rand(4, 1, 16, 16)
+    assert torch.equal(gan.ada_augment(x, torch.tensor(0.0), torch.Generator().manual_seed(0)), x)
+    assert not torch.equal(gan.ada_augment(x, torch.tensor(1.0), torch.Generator().manual_seed(0)), x)
+
+
+def test_instance_noise_anneals_to_zero(tiny_config):
+    cfg = tiny_config("dcgan", instance_noise=0.5, instance_noise_steps=10)
+    nets = build_networks("dcgan", (1, 28, 28), cfg.z_dim, cfg.base_channels)
+    trainer = gan.Trainer(cfg, nets)
+    x = torch.zeros(2, 1, 28, 28)
+    noise = torch.Generator().manual_seed(0)
+    assert trainer.d_input(x, noise, step=0).std() > 0.3
+    assert torch.equal(trainer.d_input(x, noise, step=10), x)
