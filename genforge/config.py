@@ -88,6 +88,8 @@ class Config:
     device: str = "cpu"              # "cpu", "cuda", "cuda:N" or "auto"
     num_threads: int = 0             # 0: one intra-op thread per physical core
     precision: str = "fp32"          # "bf16": autocast the training step to bfloat16 (faster where the CPU/GPU has it)
+    channels_last: bool = False      # NHWC memory layout for the convolutional networks and the data
+    compile: bool = False            # torch.compile the networks (opt-in: the first steps pay the compile time)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ VARIANTS = {
     "instance-noise": {"instance_noise": 0.1, "instance_noise_steps": 3},
     "diffaugment": {"diffaugment": "color,translation,cutout", "d_norm": "none"},
     "ada": {"ada_target": 0.6, "ada_interval": 1},
+    "channels-last": {"channels_last": True},
 }
 
 
@@ -117,3 +118,20 @@ def test_instance_noise_anneals_to_zero(tiny_config):
     noise = torch.Generator().manual_seed(0)
     assert trainer.d_input(x, noise, step=0).std() > 0.3
     assert torch.equal(trainer.d_input(x, noise, step=10), x)
+
+
+def test_iwae_nll_is_tighter_than_the_elbo(tmp_path, tiny_config):
+    from genforge.data import load_splits, to_tensor
+    from genforge.models import vae
+
+    train(tiny_config("vae-mlp", max_steps=30, g_lr=1e-3, checkpoint_every=30), tmp_path / "r", quiet=True)
+    model = genforge.load(tmp_path / "r")
+    x = to_tensor(load_splits(tiny_config("vae-mlp").data).test.x[:16], "0,1")
+    g = torch.Generator().manual_seed(0)
+    nll_1 = vae.iwae_nll(model.nets, x, k=1, noise=g).mean()    # k=1 is the (negative) ELBO
+    nll_50 = vae.iwae_nll(model.nets, x, k=50, noise=torch.Generator().manual_seed(0)).mean()
+    assert nll_50 < nll_1 and 0 < nll_50
+    bpd = vae.bits_per_dim(nll_50, (1, 28, 28))
+    assert 0 < bpd < 2
+    with pytest.raises(ValueError, match="Bernoulli"):
+        vae.iwae_nll(model.nets, x, recon="mse")

@@ -117,7 +117,14 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     nets = build_networks(cfg.model, splits.image_shape, z_dim, cfg.base_channels, num_classes, d_options(cfg))
     for net in nets.values():
         net.to(device).train()
+        if cfg.channels_last:
+            net.to(memory_format=torch.channels_last)
+    if cfg.channels_last:
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
     trainer = method.Trainer(cfg, nets)
+    if cfg.compile:  # in place, so state_dict keys (and so checkpoints) are the same as without it
+        for net in nets.values():
+            net.compile()
     # real images one step consumes: a GAN with d_steps > 1 gives each D step its own batch
     per_step = cfg.batch_size * getattr(trainer, "batch_multiplier", 1)
     if per_step > n_train:
