@@ -174,14 +174,20 @@ def _cpu_name() -> str:
     return "unknown CPU"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md, keeping the others."""
+def write_section(path: Path, section: str, marks: tuple[str, str] | None = None) -> None:
+    """Replace one benchmark's section of RESULTS.md, keeping the others.
+
+    The section's first and last lines are its markers (``<!-- name:start -->`` ... ``<!-- name:end -->``),
+    unless ``marks`` names them.
+    """
+    lines = section.strip("\n").splitlines()
+    start, end = marks or (lines[0], lines[-1])
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.strip("\n") + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
+        text = text.rstrip("\n") + "\n\n" + section.strip("\n") + "\n"
     from genforge.io import atomic_write_text
 
     atomic_write_text(path, text)

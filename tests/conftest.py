@@ -41,6 +41,8 @@ TINY = {
     "cdcgan": {"base_channels": 4},
     "acgan": {"base_channels": 4},
     "cvae-conv": {"z_dim": 8, "base_channels": 4},
+    "ddpm": {"base_channels": 4},
+    "cddpm": {"base_channels": 4},
 }
 
 

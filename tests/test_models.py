@@ -19,7 +19,8 @@ def test_network_shapes(model, shape):
     torch.manual_seed(0)
     k = 3 if MODELS[model].conditional else 0
     nets = build_networks(model, shape, z_dim=8, base_channels=4, num_classes=k)
-    x, z, y = torch.rand(2, *shape), torch.randn(2, 8), (torch.tensor([0, 2]) if k else None)
+    z_dim = MODELS[model].method.latent_dim(8, shape)  # diffusion: the noise image
+    x, z, y = torch.rand(2, *shape), torch.randn(2, z_dim), (torch.tensor([0, 2]) if k else None)
     method = MODELS[model].method
     assert method.generate(nets, z, y).shape == (2, *shape)
     if "discriminator" in nets:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from genforge.errors import ConfigError
-from genforge.models import gan, networks, vae
+from genforge.models import diffusion, gan, networks, unet, vae
 
 
 class ModelSpec(NamedTuple):
@@ -42,9 +42,12 @@ MODELS: dict[str, ModelSpec] = {
                            conditional=True),
     "acgan": ModelSpec(gan, {"generator": networks.DCGANGenerator, "discriminator": networks.DCGANDiscriminator},
                        conditional=True, fixed={"conditioning": "aux"}),
+    # DDPM with a small UNet, sampled with DDIM; the conditional one with classifier-free guidance
+    "ddpm": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}),
+    "cddpm": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True),
 }
 
-FAMILIES = {"gan": gan, "vae": vae}
+FAMILIES = {"gan": gan, "vae": vae, "diffusion": diffusion}
 
 
 def family_of(model: str) -> str:

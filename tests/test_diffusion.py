@@ -1,0 +1,281 @@
+"""The diffusion family: the UNet, the noise schedules, DDPM training, the DDIM sampler and guidance."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import genforge
+from genforge.cli import build_parser, main
+from genforge.config import from_dict
+from genforge.errors import GenforgeError
+from genforge.generation import sample
+from genforge.models import MODELS, build_networks, diffusion
+from genforge.models.diffusion import NoiseSchedule, T, Trainer, ddim_timesteps, generate, make_schedule, predict_eps
+from genforge.models.unet import UNet
+from genforge.training import train
+from genforge.training.checkpoint import load_state
+
+
+def _metrics_steps(run):
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits_npz):
+    """One tiny trained ddpm (linear schedule, so loading must restore it) and one cddpm."""
+    out = {}
+    for model, schedule in (("ddpm", "linear"), ("cddpm", "cosine")):
+        cfg = from_dict({"data": digits_npz, "model": model, "base_channels": 4, "batch_size": 16, "max_steps": 3,
+                         "checkpoint_every": 3, "sample_every": 0, "tensorboard": False, "grid_n": 4,
+                         "num_threads": 1, "noise_schedule": schedule}, "test")
+        out[model] = tmp_path_factory.mktemp(model) / "run"
+        train(cfg, out[model], quiet=True)
+    return out
+
+
+# --------------------------------------------------------------------------- the network
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_unet_predicts_noise_of_the_image_shape(shape, num_classes):
+    torch.manual_seed(0)
+    net = UNet(shape, base_channels=4, num_classes=num_classes)
+    for p in net.parameters():  # the output layers start at zero: give every weight a value
+        nn.init.normal_(p, std=0.2)
+    x, t = torch.randn(2, *shape), torch.tensor([0, T - 1])
+    y = torch.tensor([0, 2]) if num_classes else None
+    eps = net(x, t, y)
+    assert eps.shape == x.shape and torch.isfinite(eps).all()
+    assert not torch.allclose(eps, net(x, torch.tensor([500, 500]), y))  # the timestep matters
+    if num_classes:
+        # y=None is the null class (index num_classes): the unconditional prediction of guidance
+        assert torch.equal(net(x, t), net(x, t, torch.tensor([3, 3])))
+        assert not torch.allclose(net(x, t), eps)
+
+
+def test_unet_is_cpu_cheap():
+    """The recipes' width (16) costs about 80 MFLOP per 28x28 forward: a few hundred training images/s/core."""
+    net = UNet((1, 28, 28), base_channels=16, num_classes=10)
+    with FlopCounterMode(display=False) as counter:
+        net(torch.randn(1, 1, 28, 28), torch.tensor([10]), torch.tensor([3]))
+    assert 50e6 < counter.get_total_flops() < 100e6
+
+
+# --------------------------------------------------------------------------- the schedule
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedule_decreases_inside_0_1(kind):
+    ab = make_schedule(kind)
+    assert ab.shape == (T,) and ab.dtype == torch.float32
+    assert (ab > 0).all() and (ab < 1).all() and (ab[1:] < ab[:-1]).all()
+    assert ab[0] > 0.999 and ab[-1] < 1e-4  # almost clean at t=0, almost pure noise at t=T-1
+
+
+def test_schedule_values_from_the_papers():
+    linear, cosine = make_schedule("linear"), make_schedule("cosine")
+    assert 1 - linear[0] == pytest.approx(1e-4, rel=1e-3)                    # beta_1 = 1e-4
+    assert linear[-1] == pytest.approx(math.prod(1 - b for b in np.linspace(1e-4, 0.02, T)), rel=1e-3)
+    # cosine: alpha_bar(T/2) = cos((0.5 + s) / (1 + s) * pi/2)^2 / f(0), about one half
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    assert cosine[T // 2 - 1] == pytest.approx(f(0.5) / f(0), rel=1e-4)
+    with pytest.raises(GenforgeError, match="noise_schedule must be linear or cosine, got 'quadratic'"):
+        make_schedule("quadratic")
+
+
+def test_schedule_is_a_network_that_takes_and_ignores_the_common_arguments():
+    sched = NoiseSchedule((1, 28, 28), z_dim=784, base_channels=16, num_classes=10)
+    assert not list(sched.parameters()) and list(sched.state_dict()) == ["alphas_cumprod"]
+
+
+# --------------------------------------------------------------------------- training
+
+@pytest.mark.parametrize("model, schedule", [("ddpm", "linear"), ("cddpm", "cosine")])
+def test_one_training_step(tiny_config, model, schedule):
+    cfg = tiny_config(model, noise_schedule=schedule)
+    torch.manual_seed(0)
+    nets = build_networks(model, (1, 28, 28), 784, cfg.base_channels, num_classes=10 if model == "cddpm" else 0)
+    trainer = Trainer(cfg, nets)
+    assert torch.equal(nets["schedule"].alphas_cumprod, make_schedule(schedule))  # set from the config
+    before = {k: v.clone() for k, v in nets["denoiser"].state_dict().items()}
+    x = torch.rand(16, 1, 28, 28) * 2 - 1
+    y = torch.arange(16) % 10 if model == "cddpm" else None
+    losses = trainer.train_step(x, y, torch.Generator().manual_seed(0))
+    assert list(losses) == ["loss"] and not losses["loss"].requires_grad
+    assert losses["loss"] == pytest.approx(1.0, abs=0.2)  # the zero-initialised output predicts eps = 0: E|eps|^2
+    after = nets["denoiser"].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(nets["schedule"].alphas_cumprod, make_schedule(schedule))  # never trained
+
+
+def _seen_labels(tiny_config, model, batch, **overrides):
+    """Labels the denoiser receives in one training step on ``batch`` tiny 8x8 images of class 3."""
+    cfg = tiny_config(model, **overrides)
+    nets = build_networks(model, (1, 8, 8), 64, cfg.base_channels, num_classes=10 if model == "cddpm" else 0)
+    seen = []
+    nets["denoiser"].register_forward_pre_hook(lambda module, args: seen.append(args[2]))
+    y = torch.full((batch,), 3) if model == "cddpm" else None
+    Trainer(cfg, nets).train_step(torch.zeros(batch, 1, 8, 8), y, torch.Generator().manual_seed(0))
+    return seen[0]
+
+
+def test_cfg_label_dropout_happens_at_the_configured_rate(tiny_config):
+    y = _seen_labels(tiny_config, "cddpm", 4096, cfg_dropout=0.25)
+    assert set(y.tolist()) == {3, 10}  # kept, or the null class (index num_classes)
+    assert (y == 10).float().mean().item() == pytest.approx(0.25, abs=0.02)
+    assert (_seen_labels(tiny_config, "cddpm", 256, cfg_dropout=0.0) == 3).all()
+    assert _seen_labels(tiny_config, "ddpm", 16) is None
+
+
+def test_resume_continues_exactly(tmp_path, tiny_config):
+    """4 steps, then a resume to 8, gives the same weights as 8 steps in one go (t, eps, labels all resumed)."""
+    once = train(tiny_config("cddpm", max_steps=8, checkpoint_every=4), tmp_path / "once", quiet=True)
+    train(tiny_config("cddpm", max_steps=4, checkpoint_every=4), tmp_path / "twice", quiet=True)
+    again = train(tiny_config("cddpm", max_steps=8, checkpoint_every=4), tmp_path / "twice", resume=True, quiet=True)
+    assert again.step == 8
+    a, b = load_state(once.checkpoint), load_state(again.checkpoint)
+    for part in ("nets", "ema"):
+        for role in a[part]:
+            for key, tensor in a[part][role].items():
+                assert torch.equal(tensor, b[part][role][key]), (part, role, key)
+    wa = load_file(once.checkpoint / "model.safetensors")
+    wb = load_file(again.checkpoint / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _metrics_steps(tmp_path / "twice") == [2, 4, 6, 8]
+
+
+# --------------------------------------------------------------------------- model files and sampling
+
+def test_save_load_round_trip_keeps_the_trained_schedule(runs):
+    model = genforge.load(runs["ddpm"])
+    assert model.family == "diffusion" and model.z_dim == 784 and model.num_classes == 0
+    # built with the default (cosine) schedule, then the saved linear one loaded over it
+    assert torch.equal(model.nets["schedule"].alphas_cumprod, make_schedule("linear"))
+    weights = load_file(runs["ddpm"] / "checkpoints" / "step_00000003" / "model.safetensors")
+    assert torch.equal(weights["schedule.alphas_cumprod"], make_schedule("linear"))
+    assert model.sample(3, seed=1).shape == (3, 28, 28)
+
+
+def test_sampling_is_reproducible_and_the_same_from_cli_and_python(runs, tmp_path):
+    model = genforge.load(runs["cddpm"])
+    a = sample(model, 4, seed=5, classes=[1, 2], steps=10)
+    assert np.array_equal(a.x, sample(model, 4, seed=5, classes=[1, 2], steps=10).x)
+    assert not np.array_equal(a.x, sample(model, 4, seed=6, classes=[1, 2], steps=10).x)
+    assert a.y.tolist() == [1, 2, 1, 2] and a.z.shape == (4, 784)
+    # the CLI goes through the same function: same seed, same pixels
+    assert main(["sample", str(runs["cddpm"]), "--n", "4", "--seed", "5", "--out", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as f:
+        assert np.array_equal(f["x"], sample(model, 4, seed=5).x)
+
+
+def test_cli_steps_and_guidance(runs, tmp_path):
+    try:
+        build_parser().parse_args(["sample", "RUN", "--out", "x.png", "--steps", "10", "--guidance", "2"])
+    except SystemExit:
+        pytest.skip("genforge sample has no --steps/--guidance options yet (genforge/cli.py)")
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(runs["cddpm"]), "--n", "4", "--seed", "5", "--steps", "10", "--guidance", "2",
+                 "--out", str(out)]) == 0
+    with np.load(out, allow_pickle=False) as f:
+        assert np.array_equal(f["x"], sample(genforge.load(runs["cddpm"]), 4, seed=5, steps=10, guidance=2.0).x)
+
+
+def test_images_do_not_depend_on_batching(runs):
+    model = genforge.load(runs["cddpm"])
+    whole = sample(model, 6, seed=2, steps=5, guidance=3.0).x
+    assert np.array_equal(whole, sample(model, 6, seed=2, steps=5, guidance=3.0, batch_size=4).x)
+
+
+def test_bad_controls_are_clear_errors(runs):
+    ddpm, cddpm = genforge.load(runs["ddpm"]), genforge.load(runs["cddpm"])
+    with pytest.raises(GenforgeError, match="guidance needs a class-conditional model; ddpm is unconditional"):
+        sample(ddpm, 2, guidance=2.0)
+    with pytest.raises(GenforgeError, match="steps must be an integer from 1 to 1000, got 0"):
+        sample(cddpm, 2, steps=0)
+    with pytest.raises(GenforgeError, match="guidance must be in"):
+        sample(cddpm, 2, guidance=-1.0)
+    with pytest.raises(GenforgeError, match=r"starting noise image: expected \(n, 784\), got \(2, 8\)"):
+        generate(ddpm.nets, torch.randn(2, 8))
+
+
+# --------------------------------------------------------------------------- the sampler's mathematics
+
+class Oracle(nn.Module):
+    """A perfect denoiser for one known x0: returns the true eps of x_t, and records what it was asked."""
+
+    def __init__(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.x0, self.ab = x0, alphas_cumprod
+        self.image_shape, self.num_classes = tuple(x0.shape[1:]), 0
+        self.calls = []
+
+    def forward(self, x, t, y=None):
+        self.calls.append((x.clone(), int(t[0])))
+        ab = self.ab[t][:, None, None, None]
+        return (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [1, 2, 10, 50, T])
+def test_ddim_with_a_perfect_denoiser_lands_on_the_data(kind, steps):
+    """DDIM with eta=0 keeps the noise of x_T fixed: with the true eps, every visited x_t is exactly
+    sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, and the chain ends on x0, whatever the number of steps."""
+    # In float64: at t = T-1 the cosine schedule leaves sqrt(alpha_bar) = 5e-5 of signal, below float32's
+    # resolution of x_t; the test is of the sampler's algebra, not of rounding.
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 1, 8, 8, generator=gen, dtype=torch.float64) * 1.8 - 0.9  # inside [-1, 1]: no clipping
+    z = torch.randn(3, 64, generator=gen, dtype=torch.float64)
+    schedule = NoiseSchedule(kind=kind)
+    ab = schedule.alphas_cumprod.double()
+    oracle = Oracle(x0, ab)
+    images = generate({"denoiser": oracle, "schedule": schedule}, z, steps=steps)
+    assert torch.allclose(images, (x0 + 1) / 2, atol=1e-9)
+    assert [t for _, t in oracle.calls] == ddim_timesteps(steps)
+    eps = (z.view(3, 1, 8, 8) - ab[T - 1].sqrt() * x0) / (1 - ab[T - 1]).sqrt()
+    for x, t in oracle.calls[1:]:
+        assert torch.allclose(x, ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * eps, atol=1e-9), t
+
+
+def test_ddim_timesteps_are_evenly_spaced_from_the_last():
+    assert ddim_timesteps(1) == [999]
+    assert ddim_timesteps(10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert ddim_timesteps(T) == list(range(T - 1, -1, -1))  # the full chain visits every timestep once
+    assert len(set(ddim_timesteps(20))) == 20 and len(set(ddim_timesteps(333))) == 333
+
+
+class Labelled(nn.Module):
+    """A conditional denoiser whose eps is (y + 1) / 10 everywhere (0 for the null class, index 3)."""
+
+    image_shape, num_classes = (1, 4, 4), 3
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x, t, y=None):
+        self.batches.append(None if y is None else y.tolist())
+        value = ((y + 1) % (self.num_classes + 1)).float() / 10
+        return value[:, None, None, None].expand_as(x)
+
+
+def test_classifier_free_guidance_combines_one_batched_forward():
+    net, x, t, y = Labelled(), torch.zeros(2, 1, 4, 4), torch.tensor([9, 9]), torch.tensor([0, 2])
+    eps = predict_eps(net, x, t, y, guidance=3.0)
+    assert net.batches == [[0, 2, 3, 3]]  # conditional and unconditional (null class) in one forward
+    cond, uncond = torch.tensor([0.1, 0.3]), torch.zeros(2)
+    assert torch.allclose(eps[:, 0, 0, 0], uncond + 3.0 * (cond - uncond))
+    net.batches.clear()
+    assert torch.allclose(predict_eps(net, x, t, y, guidance=1.0)[:, 0, 0, 0], cond)  # plain conditional
+    assert net.batches == [[0, 2]]                                                   # one forward, no null
+    assert torch.allclose(predict_eps(net, x, t, y, guidance=0.0)[:, 0, 0, 0], uncond)
+
+
+def test_every_diffusion_recipe_is_registered():
+    assert MODELS["ddpm"].method is diffusion and not MODELS["ddpm"].conditional
+    assert MODELS["cddpm"].method is diffusion and MODELS["cddpm"].conditional
+    assert diffusion.latent_dim(100, (3, 32, 32)) == 3 * 32 * 32
