@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+import numpy as np
 import sys
 import time
 from pathlib import Path
@@ -67,7 +69,8 @@ def cmd_sample(args) -> int:
     if args.like or args.from_grid:
         if not (args.like and args.from_grid):
             raise GenforgeError("feedback needs both --from GRID.png and --like I,J,...")
-        if args.classes or args.truncation is not None or args.temperature is not None:
+        if args.classes or args.truncation is not None or args.temperature is not None or args.steps is not None \
+                or args.guidance is not None:
             raise GenforgeError("a feedback round takes its classes and latents from the grid: "
                                 "drop --class, --truncation and --temperature")
         samples, extra = feedback(model, args.from_grid, parse_ints(args.like, "--like"), args.n, args.radius,
@@ -75,9 +78,72 @@ def cmd_sample(args) -> int:
     else:
         classes = args.classes.split(",") if args.classes else None
         samples = sample(model, args.n, seed=args.seed, classes=classes, truncation=args.truncation,
-                         temperature=args.temperature, size=args.size, resample=args.resample)
+                         temperature=args.temperature, size=args.size, resample=args.resample, steps=args.steps,
+                         guidance=args.guidance)
+    if args.filter or args.keep_top is not None or args.dedup is not None:
+        samples, note = postprocess_samples(model, samples, args)
+        extra = {**(extra or {}), "postprocess": note}
+        print(f"genforge: kept {len(samples.x)} of {args.n} samples ({note})")
     path = write_samples(samples, args.out, model, extra)
-    print(f"genforge: wrote {args.n} samples (seed {args.seed}) from {model.path} to {path}")
+    print(f"genforge: wrote {len(samples.x)} samples (seed {args.seed}) from {model.path} to {path}")
+    return 0
+
+
+def postprocess_samples(model, samples, args):
+    """Apply --filter/--keep-top and --dedup; returns the kept samples and a note of what was done."""
+    import dataclasses
+
+    from genforge.postprocess.filtering import filter_samples, near_duplicates
+
+    keep = np.ones(len(samples.x), dtype=bool)
+    note = {}
+    if args.filter or args.keep_top is not None:
+        method = args.filter or ("drs" if model.family == "gan" else "confidence")
+        evaluator = None
+        if method == "confidence":
+            from genforge.metrics import get_evaluator
+
+            evaluator = get_evaluator(model.meta["data"], model.image_shape)
+        keep_share = 0.8 if args.keep_top is None else args.keep_top
+        keep &= filter_samples(model, samples, method, keep_share, evaluator, seed=args.seed)
+        note.update({"filter": method, "keep_top": keep_share})
+    if args.dedup is not None:
+        if not 0 <= args.dedup <= 255:
+            raise GenforgeError(f"--dedup must be an RMS pixel distance in [0, 255], got {args.dedup}")
+        keep &= ~near_duplicates(samples.x, args.dedup)
+        note["dedup_rms"] = args.dedup
+    idx = np.flatnonzero(keep)
+    return dataclasses.replace(samples, x=samples.x[idx], z=samples.z[idx],
+                               y=None if samples.y is None else samples.y[idx]), note
+
+
+def cmd_memorization(args) -> int:
+    """Are samples copies of training images? genforge memorization MODEL --data SPEC --n 2000 --out pairs.png.
+
+    Nearest training image of each sample in pixel and evaluator-feature space; samples closer than real
+    held-out test images usually are (the --quantile of their distances) are near-copies. Prints the share
+    and writes the worst pairs side by side (sample, then its nearest training image) to --out.
+    """
+    import genforge
+    from genforge.data import load_splits
+    from genforge.generation import sample, save_grid
+    from genforge.metrics import get_evaluator
+    from genforge.postprocess import memorization, provenance
+
+    model = genforge.load(args.model)
+    spec = args.data or model.meta["data"]
+    c, h, _ = model.image_shape
+    splits = load_splits(spec, image_size=h, channels=c)
+    samples = sample(model, args.n, seed=args.seed)
+    report = memorization.check(samples.x, splits.train.x, splits.test.x, get_evaluator(spec, model.image_shape),
+                                args.quantile)
+    print(report.format())
+    if args.out:
+        pairs = memorization.worst_pairs(samples.x, splits.train.x, report, k=args.pairs)
+        meta = provenance.stamp({**provenance.model_metadata(model), "kind": "memorization-pairs",
+                                 "seed": args.seed, "n": args.n, "data": spec})
+        save_grid(pairs, args.out, nrow=2, metadata=meta)
+        print(f"genforge: the {args.pairs} closest pairs (sample | nearest training image) in {args.out}")
     return 0
 
 
@@ -178,15 +244,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conditional models: class index or name, or a list cycled over the samples")
     p.add_argument("--truncation", type=float, help="GANs: keep this central share of each latent, in (0, 1]")
     p.add_argument("--temperature", type=float, help="VAEs: scale of the prior's spread, in (0, 10]")
+    p.add_argument("--steps", type=int, help="diffusion: DDIM sampling steps (default 50; 1000 is the full chain)")
+    p.add_argument("--guidance", type=float, help="conditional diffusion: classifier-free guidance scale (1: none)")
     p.add_argument("--size", type=int, help="resize the output to SIZE x SIZE")
     p.add_argument("--resample", default="lanczos", choices=("nearest", "bilinear", "lanczos"),
                    help="resize filter (default lanczos)")
     p.add_argument("--from", dest="from_grid", metavar="GRID.png", help="feedback: a grid written by genforge sample")
     p.add_argument("--like", metavar="I,J,...", help="feedback: indices of the liked samples in that grid")
     p.add_argument("--radius", type=float, default=0.3, help="feedback: 0 repeats, 1 ignores the liked (default 0.3)")
+    p.add_argument("--filter", choices=("drs", "confidence"),
+                   help="quality filter: discriminator rejection sampling (GANs) or evaluator confidence")
+    p.add_argument("--keep-top", type=float, help="share of samples the filter keeps, in (0, 1] (default 0.8)")
+    p.add_argument("--dedup", type=float, metavar="RMS",
+                   help="drop samples within this RMS pixel distance (0-255) of an earlier one")
     p.add_argument("--out", required=True, help="output: .png (grid), .npz, or a directory name (PNGs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=cmd_sample)
+
+    short, long = doc(cmd_memorization)
+    p = sub.add_parser("memorization", help=short, description=long)
+    p.add_argument("model", help="run directory or model directory")
+    p.add_argument("--data", help="data spec (default: the model's own training data)")
+    p.add_argument("--n", type=int, default=2000, help="samples to check (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quantile", type=float, default=0.01, help="threshold quantile of real test distances")
+    p.add_argument("--pairs", type=int, default=8, help="closest pairs to draw (default 8)")
+    p.add_argument("--out", help="PNG of the closest pairs")
+    p.set_defaults(func=cmd_memorization)
 
     short, long = doc(cmd_interpolate)
     p = sub.add_parser("interpolate", help=short, description=long)
@@ -221,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--on-bad", default="drop", choices=("drop", "reject"), help="drop bad images or fail")
     q.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
     q.set_defaults(func=cmd_data_check)
+    from genforge.metrics.cli import add_metrics_commands
+
+    add_metrics_commands(sub)
+    from genforge.serve.cli import add_serve_commands
+
+    add_serve_commands(sub)
     return parser
 
 

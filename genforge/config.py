@@ -83,6 +83,8 @@ class Config:
     keep_checkpoints: int = 2
     grid_n: int = 64
     tensorboard: bool = True
+    eval_every: int = 0              # every N steps score eval_n samples on the validation split (0: off); the
+    eval_n: int = 2000               # run keeps checkpoints/best.json by validation FID beside last.json
 
     # --- where to run -------------------------------------------------------------
     device: str = "cpu"              # "cpu", "cuda", "cuda:N" or "auto"
@@ -108,10 +110,10 @@ CHOICES = {
     "d_norm": ("batch", "none"),
     "noise_schedule": ("linear", "cosine"),
 }
-POSITIVE = ("image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
+POSITIVE = ("eval_n", "image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
             "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
             "keep_checkpoints")
-NON_NEGATIVE = ("gp_weight", "r1_weight", "instance_noise", "acgan_weight", "kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
+NON_NEGATIVE = ("eval_every", "gp_weight", "r1_weight", "instance_noise", "acgan_weight", "kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
                 "augment_rotate", "ema_start", "num_threads", "max_rollbacks")
 
 

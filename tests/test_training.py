@@ -222,3 +222,17 @@ def test_sigterm_checkpoints_and_resumes(tmp_path, digits_npz):
                               "--max-steps", str(step + 2)], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == step + 2
+
+
+def test_validation_scores_and_best_checkpoint(tmp_path, tiny_config, monkeypatch):
+    """eval_every: validation FID and friends reach metrics.jsonl, and best.json points at the best step."""
+    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path / "cache"))  # the tiny data's evaluator is trained here
+    run = tmp_path / "r"
+    train(tiny_config("vae-mlp", max_steps=6, eval_every=3, eval_n=20, checkpoint_every=100), run, quiet=True)
+    lines = [m for m in _metrics(run) if "val_fid" in m]
+    assert [m["step"] for m in lines] == [3, 6]
+    assert all(m["val_fid"] >= 0 and 0 <= m["val_recall"] <= 1 for m in lines)
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert best["val_fid"] == min(m["val_fid"] for m in lines)
+    assert best["dir"] == f"step_{best['step']:08d}" and (run / "checkpoints" / best["dir"]).is_dir()
+    assert genforge.load(run).meta["step"] == best["step"]  # a run directory loads its best weights

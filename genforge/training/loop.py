@@ -11,6 +11,7 @@ a checkpoint and stops. A non-finite loss never reaches a checkpoint.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -26,7 +27,7 @@ from genforge.config import Config
 from genforge.data import augment, load_splits, to_tensor
 from genforge.errors import ConfigError, GenforgeError, TrainingError
 from genforge.generation import latents, make_grid, save_grid, to_uint8
-from genforge.io import atomic_write_text
+from genforge.io import atomic_write_json, atomic_write_text
 from genforge.postprocess.provenance import stamp
 from genforge.models import MODELS, build_networks, d_options
 from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
@@ -144,7 +145,16 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
             "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": genforge.__version__,
             "train_config": cfg.to_dict()}
     base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in trainer.optimizers.items()}
-    book = {"step": 0, "lr_scale": 1.0, "rollbacks": 0, "elapsed": 0.0}
+    book = {"step": 0, "lr_scale": 1.0, "rollbacks": 0, "elapsed": 0.0, "best_fid": math.inf}
+
+    # ---- validation scoring (optional): the same latents every time, so the curve measures the model only
+    validator = None
+    if cfg.eval_every:
+        from genforge.metrics import TrainingEvaluator
+
+        validator = TrainingEvaluator(cfg.data, splits.val.x, splits.image_shape, n=cfg.eval_n, seed=cfg.seed)
+        eval_z = latents(cfg.eval_n, z_dim, cfg.seed + 5).to(device)
+        eval_y = torch.arange(cfg.eval_n, device=device) % num_classes if num_classes else None
 
     def restore(ckpt: Path) -> None:
         state = load_state(ckpt)
@@ -156,7 +166,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
         trainer.load_state_dict(state["trainer"])
         noise.set_state(state["noise_rng"])
         aug_rng.set_state(state["aug_rng"])
-        book.update({k: state[k] for k in book})
+        book.update({k: state.get(k, book[k]) for k in book})
 
     def release_nets() -> dict[str, torch.nn.Module]:
         """EMA copies where the family averages, the trained networks elsewhere."""
@@ -178,6 +188,13 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                          metadata=stamp({"kind": "training-grid", "model": cfg.model, "run": str(run), "step": step}))
         logger.image("samples", make_grid(images, nrow=num_classes or None), step)
         return path
+
+    def validate() -> dict[str, float]:
+        with torch.inference_mode():
+            nets_ = release_nets()
+            images = torch.cat([to_uint8(method.generate(nets_, z, None if eval_y is None else eval_y[i:i + 500]))
+                                for i, z in zip(range(0, cfg.eval_n, 500), eval_z.split(500))]).cpu().numpy()
+        return validator(images[..., 0] if images.shape[-1] == 1 else images)
 
     def all_finite() -> bool:
         return all(bool(torch.isfinite(p).all()) for net in nets.values() for p in net.parameters())
@@ -223,7 +240,9 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
 
                 last = step == cfg.max_steps
                 over_time = cfg.max_seconds and time.perf_counter() - t_start >= cfg.max_seconds
-                due_ckpt = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
+                due_eval = bool(validator) and (step % cfg.eval_every == 0 or last or over_time)
+                due_ckpt = ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
+                            or due_eval)  # evaluated weights are kept, so "best" can point at them
                 if step % cfg.log_every == 0 or due_ckpt:
                     if not bool(finite) or (due_ckpt and not all_finite()):
                         if cfg.nan_policy == "rollback" and last_ckpt is not None \
@@ -249,13 +268,22 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                     values["images_per_sec"] = (step - step_log) * per_step / max(now - t_log, 1e-9)
                     values["epoch"] = epoch
                     values["time"] = elapsed_before + now - t_start
+                    scores = validate() if due_eval else {}
+                    values.update(scores)
                     logger.log(step, values, final=due_ckpt)
                     t_log, step_log = now, step
                 if cfg.sample_every and step % cfg.sample_every == 0:
                     write_grid(step)
                 if due_ckpt:
+                    improved = due_eval and scores["val_fid"] < book["best_fid"]
+                    if improved:
+                        book["best_fid"] = scores["val_fid"]
                     book["step"], book["elapsed"] = step, elapsed_before + time.perf_counter() - t_start
                     last_ckpt, last_ckpt_step = checkpoint(step), step
+                    if improved:
+                        atomic_write_json(run / "checkpoints" / "best.json",
+                                          {"dir": last_ckpt.name, "step": step, "val_fid": scores["val_fid"],
+                                           "evaluator_sha256": validator.evaluator_sha256})
                 if over_time:
                     logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
                     break

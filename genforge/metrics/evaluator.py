@@ -1,0 +1,340 @@
+"""Evaluators: small frozen CNN classifiers whose penultimate layer is the feature space of every metric.
+
+An FID computed on Inception features of 28x28 digits, or on some other
+project's digit classifier, has no scale anyone else shares. genforge ships its
+own evaluator per data set instead, trained on the train split only with a
+fixed seed, stored as ``NAME.safetensors`` + ``NAME.json`` (data set, split,
+test accuracy, SHA-256 of the weights), and every score carries that hash.
+
+Where an evaluator comes from, in order: the package itself
+(``genforge/metrics/evaluators/``, the one for ``mnist5k``), the cache
+(``$GENFORGE_CACHE/evaluators/`` or ``~/.cache/genforge/evaluators/``), or it
+is trained on first use and written to the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+from torch.nn import functional as F
+
+from genforge.data import augment, load_splits, to_tensor
+from genforge.errors import DataError, GenforgeError, ModelFileError
+from genforge.io import atomic_write_bytes, atomic_write_json
+from genforge.models.files import check_header
+
+FORMAT = "genforge-evaluator"
+FORMAT_VERSION = 1
+SHIPPED_DIR = Path(__file__).parent / "evaluators"
+VALUE_RANGE = "-1,1"
+FEATURE_DIM = 128
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How an evaluator (and the CAS classifier, which must match it) is trained."""
+
+    steps: int = 0              # 0: chosen from the train split size, see steps_for()
+    batch_size: int = 128
+    lr: float = 2e-3            # Adam, cosine decay to 0
+    weight_decay: float = 1e-4
+    shift: int = 1              # augmentation: whole-pixel shifts only; no flips (digits and clothes are not
+    rotate: float = 0.0         # mirror-symmetric), no rotation (it cost Fashion-MNIST ~1% accuracy)
+    seed: int = 0
+
+    def steps_for(self, n_train: int) -> int:
+        """30 epochs, but at least 1,000 and at most 5,000 steps: ~20 s for mnist5k, ~2 min for Fashion-MNIST
+        on two CPU cores."""
+        if self.steps:
+            return self.steps
+        return int(min(5000, max(1000, math.ceil(30 * n_train / self.batch_size))))
+
+
+class EvaluatorNet(nn.Module):
+    """conv3x3-BN-ReLU-maxpool stages (widths 16, 32, 64, 64, ...), pooled to 3x3, then a 128-d embedding.
+
+    Three stages for 28x28 and 32x32 inputs (28 -> 14 -> 7 -> 3); one more per doubling of the side, so
+    the 3x3 adaptive pool only ever averages neighbouring cells. ``features`` is the penultimate layer.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, widths: tuple[int, ...],
+                 feature_dim: int = FEATURE_DIM):
+        super().__init__()
+        c_in = image_shape[0]
+        layers: list[nn.Module] = []
+        for width in widths:
+            layers += [nn.Conv2d(c_in, width, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=2)]
+            c_in = width
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(3), nn.Flatten())  # (b, widths[-1] * 9)
+        self.embed = nn.Sequential(nn.Linear(c_in * 9, feature_dim), nn.ReLU(inplace=True))  # (b, feature_dim)
+        self.head = nn.Sequential(nn.Dropout(p=0.3), nn.Linear(feature_dim, num_classes))  # (b, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def default_widths(image_shape: tuple[int, int, int]) -> tuple[int, ...]:
+    side = min(image_shape[1:])
+    stages = max(3, math.ceil(math.log2(side)) - 2)
+    return (16, 32) + (64,) * (stages - 2)
+
+
+class Evaluator:
+    """A frozen evaluator: the network in eval mode, its metadata (``meta``) and its weights hash.
+
+    ``features(x)`` and ``features_and_probs(x)`` take uint8 images (n, h, w) or (n, h, w, c) and return
+    float64 numpy arrays.
+    """
+
+    def __init__(self, net: EvaluatorNet, meta: dict, path: str = ""):
+        self.net = net.eval().requires_grad_(False)
+        self.meta = meta
+        self.path = path
+
+    @property
+    def sha256(self) -> str:
+        return self.meta["weights_sha256"]
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["image_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta["num_classes"]
+
+    def identity(self) -> dict:
+        """What travels with every score: which ruler measured it."""
+        keys = ("name", "data", "image_shape", "num_classes", "weights_sha256", "test_accuracy", "test_size")
+        return {k: self.meta[k] for k in keys}
+
+    @torch.inference_mode()
+    def _run(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        x = x[..., None] if x.ndim == 3 else x
+        feats, logits = [], []
+        for i in range(0, len(x), batch_size):
+            f = self.net.features(to_tensor(np.ascontiguousarray(x[i:i + batch_size]), VALUE_RANGE))
+            feats.append(f)
+            logits.append(self.net.head(f))
+        return (torch.cat(feats).double().numpy(), torch.softmax(torch.cat(logits).double(), dim=1).numpy())
+
+    def features(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """(n, feature_dim) penultimate activations; eval mode, so a batch never affects its neighbours."""
+        return self._run(x, batch_size)[0]
+
+    def features_and_probs(self, x: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+        """(features (n, feature_dim), class probabilities (n, num_classes)) in one pass."""
+        return self._run(x, batch_size)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, recipe: TrainRecipe = TrainRecipe(),
+                     widths: tuple[int, ...] | None = None, progress: bool = False) -> EvaluatorNet:
+    """Train an :class:`EvaluatorNet` on uint8 images (n, h, w, c) and labels; the same seed, the same weights.
+
+    The evaluators and the CAS classifier both come from here, so "trained on real" and "trained on
+    generated" differ only in their data.
+    """
+    shape = (x.shape[3], x.shape[1], x.shape[2])
+    steps = recipe.steps_for(len(x))
+    with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG: seed it, then restore the caller's
+        torch.manual_seed(recipe.seed)
+        net = EvaluatorNet(shape, num_classes, widths or default_widths(shape))
+        gen = torch.Generator().manual_seed(recipe.seed + 1)  # batches and augmentation
+        data = to_tensor(x, VALUE_RANGE)  # (n, c, h, w)
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+        batch = min(recipe.batch_size, len(x))
+        per_epoch = max(1, len(x) // batch)
+        net.train()
+        t0 = time.perf_counter()
+        for step in range(steps):
+            i = step % per_epoch
+            if i == 0:
+                perm = torch.randperm(len(x), generator=gen)
+            idx = perm[i * batch:(i + 1) * batch]
+            xb = augment(data[idx], gen, shift=recipe.shift, rotate=recipe.rotate)  # (b, c, h, w)
+            loss = F.cross_entropy(net(xb), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if progress and (step + 1) % 250 == 0:
+                print(f"  step {step + 1}/{steps}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)",
+                      file=sys.stderr)
+    return net.eval()
+
+
+@torch.inference_mode()
+def accuracy(net: EvaluatorNet, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
+    net.eval()
+    x = x[..., None] if x.ndim == 3 else x
+    right = 0
+    for i in range(0, len(x), batch_size):
+        pred = net(to_tensor(np.ascontiguousarray(x[i:i + batch_size]), VALUE_RANGE)).argmax(1).numpy()
+        right += int((pred == y[i:i + batch_size]).sum())
+    return right / len(x)
+
+
+def data_sha256(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def train_evaluator(spec: str, image_size: int = 28, channels: int = 0, recipe: TrainRecipe = TrainRecipe(),
+                    progress: bool = True, splits=None) -> Evaluator:
+    """Train the evaluator of data ``spec`` on its train split (split seed 0) and test it on its test split.
+
+    ``splits``: ``load_splits(spec, image_size=..., channels=...)`` when the caller has it already.
+    """
+    splits = splits or load_splits(spec, image_size=image_size, channels=channels)
+    if splits.train.y is None or splits.num_classes < 2:
+        raise DataError(f"{spec}: has no class labels; genforge evaluators are classifiers and need labelled "
+                        "data (folder:DIR with one subfolder per class, or an npz with y)")
+    shape = splits.image_shape
+    widths = default_widths(shape)
+    steps = recipe.steps_for(len(splits.train))
+    if progress:
+        print(f"genforge: training the evaluator for {spec} {_shape_str(shape)} on its train split "
+              f"({len(splits.train)} images, {steps} steps, seed {recipe.seed})", file=sys.stderr)
+    t0 = time.perf_counter()
+    net = train_classifier(splits.train.x, splits.train.y, splits.num_classes, recipe, widths, progress)
+    acc = accuracy(net, splits.test.x, splits.test.y)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": evaluator_key(spec, shape),
+            "data": spec, "image_shape": list(shape), "num_classes": splits.num_classes,
+            "class_names": splits.class_names, "widths": list(widths), "feature_dim": FEATURE_DIM,
+            "value_range": VALUE_RANGE, "split": "train", "split_seed": 0, "train_size": len(splits.train),
+            "train_sha256": data_sha256(splits.train.x),
+            "train_recipe": {**recipe.__dict__, "steps": steps},
+            "test_accuracy": round(acc, 6), "test_size": len(splits.test), "train_seconds": 0.0,
+            # CPU float reductions depend on the thread count: same seed, same threads, same weights
+            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+    meta["train_seconds"] = round(time.perf_counter() - t0, 1)
+    if progress:
+        print(f"genforge: evaluator test accuracy {100 * acc:.2f}% on {len(splits.test)} test images "
+              f"({meta['train_seconds']:.0f} s)", file=sys.stderr)
+    return Evaluator(net, meta)
+
+
+def save_evaluator(evaluator: Evaluator, directory: str | Path) -> Path:
+    """Write ``NAME.safetensors`` and ``NAME.json`` (with the weights' SHA-256) into ``directory``."""
+    directory = Path(directory)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in evaluator.net.state_dict().items()}
+    data = st_save(tensors, metadata={"format": FORMAT})
+    meta = {**evaluator.meta, "weights_sha256": hashlib.sha256(data).hexdigest(),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    name = meta["name"]
+    atomic_write_bytes(directory / f"{name}.safetensors", data)
+    atomic_write_json(directory / f"{name}.json", meta)
+    evaluator.meta, evaluator.path = meta, str(directory / f"{name}.safetensors")
+    return directory / f"{name}.json"
+
+
+def load_evaluator(path: str | Path) -> Evaluator:
+    """Load ``NAME.json`` + ``NAME.safetensors``: fields, header and SHA-256 checked before any weight is used."""
+    path = Path(path)
+    json_path = path.with_suffix(".json")
+    weights = path.with_suffix(".safetensors")
+    try:
+        meta = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        raise ModelFileError(f"evaluator {json_path}: missing") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ModelFileError(f"evaluator {json_path}: not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"evaluator {json_path}: not a genforge evaluator (format {FORMAT!r} "
+                             f"version {FORMAT_VERSION})")
+    checks = {"name": str, "data": str, "image_shape": list, "num_classes": int, "widths": list,
+              "feature_dim": int, "weights_sha256": str, "test_accuracy": float, "test_size": int}
+    for key, typ in checks.items():
+        if not isinstance(meta.get(key), typ):
+            raise ModelFileError(f"evaluator {json_path}: field '{key}' missing or not a {typ.__name__}")
+    shape = meta["image_shape"]
+    if len(shape) != 3 or shape[0] not in (1, 3) or not all(isinstance(s, int) and 4 <= s <= 4096 for s in shape[1:]):
+        raise ModelFileError(f"evaluator {json_path}: field 'image_shape' must be [c, h, w], got {shape}")
+    if not (2 <= meta["num_classes"] <= 100_000 and 1 <= meta["feature_dim"] <= 65536 and meta["widths"]
+            and all(isinstance(w, int) and 1 <= w <= 4096 for w in meta["widths"])):
+        raise ModelFileError(f"evaluator {json_path}: num_classes, feature_dim or widths out of range")
+    args = (tuple(shape), meta["num_classes"], tuple(meta["widths"]), meta["feature_dim"])
+    with torch.device("meta"):
+        skeleton = EvaluatorNet(*args)
+    check_header(weights, skeleton.state_dict())
+    data = weights.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
+        raise ModelFileError(f"evaluator {weights}: SHA-256 does not match {json_path.name}: the file was altered "
+                             "or truncated (delete it to retrain a cached one)")
+    net = EvaluatorNet(*args)
+    net.load_state_dict(st_load(data), strict=True)
+    return Evaluator(net, meta, str(weights))
+
+
+# ------------------------------------------------------------------------------------------ where they live
+
+
+def _shape_str(shape) -> str:
+    c, h, w = shape
+    return f"{h}x{w}x{c}"
+
+
+def evaluator_key(spec: str, image_shape: tuple[int, int, int]) -> str:
+    """``mnist5k-28x28x1``; specs with a path get a short hash of the spec, so two folders never collide."""
+    spec = spec.strip()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_.")[:60]
+    if ":" in spec:
+        slug += "-" + hashlib.sha256(spec.encode()).hexdigest()[:10]
+    return f"{slug}-{_shape_str(image_shape)}"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GENFORGE_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "genforge") / "evaluators"
+
+
+def find_evaluator(spec: str, image_shape: tuple[int, int, int]) -> Path | None:
+    key = evaluator_key(spec, image_shape)
+    for directory in (SHIPPED_DIR, cache_dir()):
+        if (directory / f"{key}.json").is_file():
+            return directory / f"{key}.json"
+    return None
+
+
+def get_evaluator(spec: str, image_shape: tuple[int, int, int], recipe: TrainRecipe = TrainRecipe(),
+                  progress: bool = True) -> Evaluator:
+    """The evaluator for data ``spec`` at ``image_shape`` (c, h, w): shipped, cached, or trained now and cached."""
+    image_shape = tuple(int(s) for s in image_shape)
+    if len(image_shape) != 3 or image_shape[0] not in (1, 3) or image_shape[1] != image_shape[2]:
+        raise GenforgeError(f"evaluators take square images with 1 or 3 channels, got (c, h, w) = {image_shape}")
+    found = find_evaluator(spec, image_shape)
+    if found is not None:
+        return load_evaluator(found)
+    target = cache_dir()
+    if progress:
+        print(f"genforge: no evaluator for {spec} {_shape_str(image_shape)} yet: training one now "
+              f"(once; a few minutes on a CPU), cached in {target}", file=sys.stderr)
+    evaluator = train_evaluator(spec, image_size=image_shape[1], channels=image_shape[0], recipe=recipe,
+                                progress=progress)
+    save_evaluator(evaluator, target)
+    return evaluator

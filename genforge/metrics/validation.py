@@ -1,0 +1,80 @@
+"""The cheap evaluation the training loop runs every K steps on the validation split.
+
+The loop generates ``n`` images from the EMA model with a fixed seed and calls the evaluator:
+
+    val = TrainingEvaluator(cfg.data, splits.val.x, splits.image_shape, n=2000)   # once
+    logger.log(step, val(images))        # {"val_fid": ..., "val_precision": ..., ...}
+
+The real validation features, their mean and covariance and their k-NN radii are computed once, here;
+each call then costs one forward pass of the evaluator over ``n`` images plus the metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genforge.errors import GenforgeError
+from genforge.metrics import scores
+from genforge.metrics.evaluate import check_images
+from genforge.metrics.evaluator import get_evaluator
+
+KID_SUBSETS = 20  # the full eval uses 100; 20 keeps a call under a second and the std is logged anyway
+
+
+class TrainingEvaluator:
+    """Scores generated images against the validation split in the shipped (or cached) evaluator's features.
+
+    ``data_spec``: the run's data (picks the evaluator; trained on first use for data without a shipped or
+    cached one). ``val_x``: uint8 (N, H, W) or (N, H, W, C) validation images. ``image_shape``: (c, h, w).
+    ``n``: how many generated images each call expects. ``seed``: fixes the subsets KID and the
+    precision/recall subsample draw, so two calls on the same images agree exactly.
+    ``ref_x``: optional real images (a random train subset of size n; data sets are often sorted by class)
+    scored once as ``self.reference``: the value real data reaches on each metric, to log beside the curves.
+
+    ``evaluator_sha256`` names the ruler: log it with the scores (the best-by-FID choice is only meaningful
+    within one evaluator).
+    """
+
+    def __init__(self, data_spec: str, val_x: np.ndarray, image_shape: tuple[int, int, int], n: int = 2000,
+                 seed: int = 0, ref_x: np.ndarray | None = None):
+        self.evaluator = get_evaluator(data_spec, tuple(image_shape))
+        self.evaluator_sha256 = self.evaluator.sha256
+        self.evaluator_name = self.evaluator.name
+        self.image_shape = tuple(image_shape)
+        self.n, self.seed = n, seed
+        val = check_images(val_x, f"{data_spec} validation split", self.image_shape)
+        scores.need(len(val), scores.DC_K + 1, "validation scoring")
+        self.real_f = self.evaluator.features(val)  # (N_val, d)
+        # precision/recall and density/coverage compare equal-sized sets (see evaluate.score_features)
+        self.m = min(len(val), n)
+        rng = np.random.default_rng(seed)
+        self.real_m = self.real_f[np.sort(rng.choice(len(val), self.m, replace=False))]
+        with scores.one_blas_thread():
+            self.real_stats = scores.mean_cov(self.real_f)
+            self.radii_pr = scores.knn_radii(self.real_m, scores.PR_K)
+            self.radii_dc = scores.knn_radii(self.real_m, scores.DC_K)
+        self.reference = self(ref_x) if ref_x is not None else None
+
+    def __call__(self, images_uint8: np.ndarray) -> dict[str, float]:
+        x = check_images(images_uint8, "generated validation images", self.image_shape)
+        if len(x) <= scores.DC_K:
+            raise GenforgeError(f"validation scoring needs more than {scores.DC_K} images, got {len(x)}")
+        fake_f, fake_p = self.evaluator.features_and_probs(x)
+        with scores.one_blas_thread():
+            return self._score(fake_f, fake_p)
+
+    def _score(self, fake_f: np.ndarray, fake_p: np.ndarray) -> dict[str, float]:
+        rng = np.random.default_rng(self.seed + 1)
+        m = min(self.m, len(fake_f))
+        fake_m = fake_f[np.sort(rng.choice(len(fake_f), m, replace=False))]
+        real_m, radii_pr, radii_dc = self.real_m, self.radii_pr, self.radii_dc
+        if m < self.m:  # fewer images than expected: shrink the real side to match, radii recomputed
+            real_m = real_m[np.sort(rng.choice(self.m, m, replace=False))]
+            radii_pr, radii_dc = scores.knn_radii(real_m, scores.PR_K), scores.knn_radii(real_m, scores.DC_K)
+        kid, kid_std = scores.kid(self.real_f, fake_f, subsets=KID_SUBSETS, subset_size=1000, seed=self.seed)
+        precision, recall = scores.precision_recall(real_m, fake_m, scores.PR_K, radii_pr)
+        density, coverage = scores.density_coverage(real_m, fake_m, scores.DC_K, radii_dc)
+        return {"val_fid": scores.frechet_distance(*self.real_stats, *scores.mean_cov(fake_f)),
+                "val_kid": kid, "val_kid_std": kid_std, "val_precision": precision, "val_recall": recall,
+                "val_density": density, "val_coverage": coverage,
+                "val_is": scores.inception_score(fake_p)[0], "val_class_entropy": scores.class_entropy(fake_p)}

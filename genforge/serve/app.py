@@ -1,0 +1,585 @@
+"""The HTTP service: a FastAPI app over genforge's own sampling code.
+
+    POST /v1/generate       images from (model, n, seed, class, controls)    generator
+    POST /v1/feedback       more like the liked images of a response          generator
+    GET  /v1/models         what is served: family, classes, size, hash      viewer
+    GET  /v1/admin/keys     key management (POST creates, DELETE revokes)     admin
+    POST /v1/admin/reload   load the model files again                       admin
+    GET  /metrics           Prometheus text                                   viewer
+    GET  /healthz           liveness, no key
+    GET  /                  the web page, no key (it asks for one)
+
+Every request passes the ``Gate`` first (authentication, role, rate limit,
+bounded body read; then metrics and one audit line), so a request without a
+valid key is refused before its body is read. Latents are drawn per request
+exactly as :func:`genforge.generation.sample` draws them; the per-model
+``Batcher`` merges concurrent requests into one ``decode`` call, so a seed
+gives the same pixels here as in ``genforge sample``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import logging
+import math
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Callable
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+import genforge
+from genforge.errors import GenforgeError
+from genforge.generation.sampling import (check_controls, class_indices, decode, latents, resize,
+                                          truncated_latents)
+from genforge.generation.writers import make_grid
+from genforge.postprocess import provenance
+from genforge.serve.audit import AuditLog
+from genforge.serve.batching import Batcher, QueueFull
+from genforge.serve.keys import KeyStore, Principal, role_allows
+from genforge.serve.limits import BodyTimeout, BodyTooLarge, RateLimiter, read_body, retry_after
+from genforge.serve.monitoring import Metrics
+from genforge.serve.schemas import (ErrorBody, FeedbackRequest, GenerateRequest, GenerateResponse, KeyCreate,
+                                    ModelInfo, ModelsResponse)
+
+log = logging.getLogger("genforge.serve")
+STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+          "style.css": "text/css; charset=utf-8"}
+PAGE_HEADERS = {  # the page loads nothing from elsewhere and runs no inline script
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+CLIENT_GONE = 499  # nginx's status for "client closed the request": only in metrics and the audit log
+INLINE_RENDER = 16 * 28 * 28  # pixel values encoded on the event loop; more are encoded in a worker thread
+
+
+@dataclass
+class ServeConfig:
+    """The service's limits and switches; ``genforge serve --help`` documents each flag."""
+    max_n: int = 64                 # images per request (413 above)
+    max_pixels: int = 1 << 22       # n * height * width * channels of one response (413 above)
+    max_body: int = 1 << 20         # request body bytes (413 above)
+    body_timeout: float = 10.0      # seconds to receive a body (408 after)
+    request_timeout: float = 30.0   # seconds from queueing to images (503 after)
+    max_batch: int = 64             # images per forward pass; 1 turns micro-batching off
+    max_wait: float = 0.002         # seconds the oldest request waits for company
+    max_queue: int = 256            # requests waiting per model (503 beyond)
+    rate: float = 20.0              # requests per second per key (0: no limit)
+    burst: int = 40                 # bucket size: requests a key may send at once
+    auth: bool = True               # False only with --insecure-no-auth on loopback
+
+
+@dataclass
+class Served:
+    """One served model: its name in the API, the model, how to load it again, and its batcher."""
+    name: str
+    model: object                           # GenerativeModel, or OnnxModel for --backend onnx
+    load: Callable[[], object]              # reads the model files again (admin reload)
+    backend: str = "torch"
+    batcher: Batcher | None = field(default=None, repr=False)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers, self.reason = status, message, headers or {}, reason
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)
+
+
+def requires(role: str):
+    """Mark an endpoint with the least role that may call it; the Gate enforces it."""
+    def mark(fn):
+        fn.required_role = role
+        return fn
+    return mark
+
+
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 413, 415, 422, 429, 503)}
+
+
+# --------------------------------------------------------------------------- the gate (ASGI middleware)
+
+class Gate:
+    """Authentication, roles, rate limits and the bounded body read; then metrics and the audit line."""
+
+    def __init__(self, app, service: "Service"):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        svc, t0 = self.service, time.perf_counter()
+        endpoint, role = svc.route_of(scope)
+        state = scope.setdefault("state", {})
+        state["audit"] = record = {}
+        status = 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            reply, principal = None, None
+            if role is not None:
+                principal, reply = svc.admit(scope, role)
+                state["principal"] = principal
+            if reply is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+                reply, receive = await svc.buffer_body(scope, receive, record)
+            if reply is not None:
+                await reply(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        except ConnectionAbortedError:
+            status = CLIENT_GONE
+        finally:
+            latency = time.perf_counter() - t0
+            svc.metrics.requests.labels(endpoint, str(status)).inc()
+            svc.metrics.latency.labels(endpoint).observe(latency)
+            if svc.audit is not None and scope["path"].startswith("/v1/"):
+                p = state.get("principal")
+                try:
+                    svc.audit.write({"key_id": p.key_id if p else None, "method": scope["method"],
+                                     "endpoint": endpoint if endpoint != "other" else scope["path"][:200],
+                                     "client": (scope.get("client") or ["?"])[0], "status": status,
+                                     "latency_ms": round(latency * 1000, 3), **record})
+                except OSError:  # disk full...: say so loudly; the response has gone already
+                    log.exception("could not write the audit log %s", svc.audit.path)
+
+
+# --------------------------------------------------------------------------- the service
+
+class Service:
+    def __init__(self, models: dict[str, Served], config: ServeConfig, keys: KeyStore | None, audit: AuditLog | None):
+        if config.auth and keys is None:
+            raise GenforgeError("authentication is on: give a key file")
+        self.models, self.config, self.keys, self.audit = models, config, keys, audit
+        self.metrics = Metrics()
+        self.limiter = RateLimiter(config.rate, config.burst)
+        self.routes: list = []  # set by create_app
+
+    # ------------------------------------------------------------- gate helpers
+
+    def route_of(self, scope) -> tuple[str, str | None]:
+        """(route template for metrics, least role the endpoint needs or None)."""
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return route.path, getattr(getattr(route, "endpoint", None), "required_role", None)
+        return "other", None
+
+    def admit(self, scope, role: str) -> tuple[Principal | None, JSONResponse | None]:
+        """Who is asking, and the refusal (401, 403, 429) if they may not."""
+        reject = self.metrics.rejections.labels
+        if not self.config.auth:
+            principal = Principal("anonymous", "admin")
+            bucket = "client:" + str((scope.get("client") or ["?"])[0])
+        else:
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+            scheme, _, token = header.partition(" ")
+            try:
+                principal = self.keys.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+            except GenforgeError as e:  # the key file became unreadable
+                log.error("%s", e)
+                return None, error_response(503, "the server cannot read its key file")
+            if principal is None:
+                reject("unauthorized").inc()
+                return None, error_response(401, "missing, unknown or revoked API key: send "
+                                                 "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+            if not role_allows(principal.role, role):
+                reject("forbidden").inc()
+                return principal, error_response(403, f"key {principal.key_id} has role {principal.role}; this "
+                                                      f"endpoint needs {role}")
+            bucket = principal.key_id
+        wait = self.limiter.take(bucket)
+        if wait > 0:
+            reject("rate_limited").inc()
+            return principal, error_response(429, f"rate limit of {self.config.rate:g} requests/s for this key "
+                                                  f"exceeded: retry in {wait:.2f} s",
+                                             {"Retry-After": retry_after(wait)})
+        return principal, None
+
+    async def buffer_body(self, scope, receive, record: dict):
+        """Read the body within the size and time limits; (refusal or None, a receive that replays it)."""
+        cfg, reject = self.config, self.metrics.rejections.labels
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and (not declared.isdigit() or int(declared) > cfg.max_body):
+            reject("body_too_large").inc()
+            return error_response(413, f"request body over the limit of {cfg.max_body} bytes"), receive
+        try:
+            body = await read_body(receive, cfg.max_body, cfg.body_timeout)
+        except BodyTooLarge:
+            reject("body_too_large").inc()
+            return error_response(413, f"request body over the limit of {cfg.max_body} bytes"), receive
+        except BodyTimeout:
+            reject("body_timeout").inc()
+            return error_response(408, f"request body not received within {cfg.body_timeout:g} s",
+                                  {"Connection": "close"}), receive
+        record["body_sha256"] = hashlib.sha256(body).hexdigest()
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then: http.disconnect when the client goes away
+
+        return None, replay
+
+    # ------------------------------------------------------------- generation
+
+    def served(self, name: str) -> Served:
+        if name not in self.models:
+            raise ApiError(404, f"no model {name!r} here; this server has: {', '.join(self.models)}")
+        return self.models[name]
+
+    def check_size(self, served: Served, n: int, size: int | None) -> None:
+        cfg = self.config
+        if n > cfg.max_n:
+            raise ApiError(413, f"n={n} is over this server's limit of {cfg.max_n} images per request",
+                           reason="too_many_images")
+        c, h, w = served.model.image_shape
+        pixels = n * c * (size * size if size else h * w)
+        if pixels > cfg.max_pixels:
+            raise ApiError(413, f"{n} images of {size or h}x{size or w}x{c} is {pixels} values, over this server's "
+                                f"limit of {cfg.max_pixels} per request", reason="too_many_pixels")
+
+    async def images(self, request: Request, served: Served, z: torch.Tensor, y: np.ndarray | None,
+                     controls: dict) -> np.ndarray:
+        """Queue (z, y) on the model's batcher; give up on timeout or when the client goes away."""
+        key = tuple(sorted((k, v) for k, v in controls.items() if v is not None))
+        work = asyncio.ensure_future(served.batcher.submit(served.model, z, y, key))
+        gone = asyncio.ensure_future(client_gone(request))
+        try:
+            done, _ = await asyncio.wait({work, gone}, timeout=self.config.request_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()  # withdraws the request from the queue (see Batcher.submit)
+        if work in done:
+            try:
+                return work.result()
+            except QueueFull:
+                raise ApiError(503, f"model {served.name} has {self.config.max_queue} requests waiting: retry "
+                                    "shortly", {"Retry-After": "1"}, reason="queue_full") from None
+            except GenforgeError as e:
+                raise ApiError(422, str(e)) from None
+        if gone in done:
+            raise ApiError(CLIENT_GONE, "client went away", reason="client_gone")
+        raise ApiError(503, f"no result within the {self.config.request_timeout:g} s request timeout",
+                       {"Retry-After": "1"}, reason="timeout")
+
+
+async def client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body has been read, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def draw_latents(model, n: int, seed: int, truncation: float | None, temperature: float | None) -> torch.Tensor:
+    """The latents (n, z_dim) that :func:`genforge.generation.sample` draws for these arguments.
+
+    test_serve.py holds the two equal pixel for pixel; change both together.
+    """
+    if truncation is not None and truncation < 1:
+        z = truncated_latents(n, model.z_dim, seed, truncation)
+    else:
+        z = latents(n, model.z_dim, seed)
+    return z * temperature if temperature is not None else z
+
+
+def resolve_classes(served: Served, classes, n: int) -> np.ndarray | None:
+    """Per-image classes as ``sample`` resolves them; an unknown class is a 404 naming the known ones."""
+    model = served.model
+    if classes is not None and model.num_classes:
+        names = model.class_names or []
+        for c in classes if isinstance(classes, list) else [classes]:
+            if isinstance(c, str) and not c.strip().isdigit():
+                if c not in names:
+                    raise ApiError(404, f"model {served.name} has no class {c!r}; its classes: {', '.join(names)}")
+            elif not 0 <= int(c) < model.num_classes:
+                raise ApiError(404, f"model {served.name} has no class {c}; its classes are 0 to "
+                                    f"{model.num_classes - 1}")
+    try:
+        return class_indices(model, classes, n)
+    except GenforgeError as e:
+        raise ApiError(422, str(e)) from None
+
+
+def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: torch.Tensor, seed: int,
+           controls: dict, with_latents: bool) -> tuple[Response, list[str]]:
+    """The response in the requested format, and each image's pixel hash (for the audit log).
+
+    PNGs carry genforge's provenance metadata, as those ``genforge sample`` writes.
+    """
+    model = served.model
+    pixel_hashes = [provenance.pixel_sha256(img) for img in x]
+    meta = provenance.stamp({"model": model.name, "served_as": served.name,
+                             "weights_sha256": model.meta.get("weights_sha256"), "step": model.meta.get("step"),
+                             "seed": seed, "n": len(x), "controls": controls})
+    headers = {"X-Genforge-Seed": str(seed), "X-Genforge-Model": served.name}
+    if fmt == "png":
+        nrow = model.num_classes if (model.num_classes and "classes" not in controls) else math.ceil(math.sqrt(len(x)))
+        data = provenance.png_bytes(make_grid(x, nrow), {**meta, "kind": "grid", "nrow": nrow})
+        return Response(data, media_type="image/png", headers=headers), pixel_hashes
+    if fmt == "npz":
+        buf = io.BytesIO()
+        arrays = {"x": x, "z": z.numpy(), "seed": np.int64(seed)}
+        if y is not None:
+            arrays["y"] = y
+        np.savez_compressed(buf, **arrays)
+        disposition = f'attachment; filename="{served.name}-{seed}.npz"'
+        return Response(buf.getvalue(), media_type="application/octet-stream",
+                        headers={**headers, "Content-Disposition": disposition}), pixel_hashes
+    images = [base64.b64encode(provenance.png_bytes(
+        img, {**meta, "kind": "single", "index": i, "class": None if y is None else int(y[i])})).decode()
+        for i, img in enumerate(x)]
+    body = {"model": served.name, "seed": seed, "n": len(x), "controls": controls, "images": images,
+            "classes": None if y is None else y.tolist(), "latents": z.numpy().tolist() if with_latents else None,
+            "pixels_sha256": pixel_hashes}
+    return JSONResponse(body, headers=headers), pixel_hashes
+
+
+def model_info(served: Served) -> ModelInfo:
+    m = served.model
+    controls = {"gan": ["truncation"], "vae": ["temperature"], "diffusion": ["steps", "guidance"]}.get(m.family, [])
+    return ModelInfo(name=served.name, recipe=m.name, family=m.family, backend=served.backend,
+                     num_classes=m.num_classes,
+                     classes=(m.class_names or [str(i) for i in range(m.num_classes)]) if m.num_classes else None,
+                     image_shape=list(m.image_shape), image_size=m.image_shape[1], z_dim=m.z_dim,
+                     weights_sha256=m.meta.get("weights_sha256"), step=m.meta.get("step"),
+                     controls=controls + ["size", "resample"])
+
+
+# --------------------------------------------------------------------------- the app
+
+def create_app(models: dict[str, Served], config: ServeConfig | None = None, keys: KeyStore | None = None,
+               audit: AuditLog | None = None) -> FastAPI:
+    """The FastAPI app serving ``models`` (name -> Served). Batchers start with the app's lifespan."""
+    config = config or ServeConfig()
+    svc = Service(models, config, keys, audit)
+
+    def on_batch(name):
+        def record(images: int, requests: int):
+            svc.metrics.batch_images.labels(name).observe(images)
+            svc.metrics.batch_requests.labels(name).observe(requests)
+            svc.metrics.images.labels(name).inc(images)
+        return record
+
+    @asynccontextmanager
+    async def lifespan(app):
+        for name, served in models.items():
+            served.batcher = Batcher(decode_for_batcher, config.max_batch, config.max_wait, config.max_queue,
+                                     on_batch=on_batch(name))
+            served.batcher.start()
+            svc.metrics.queue_depth.labels(name).set_function(served.batcher.depth)
+        yield
+        for served in models.values():
+            await served.batcher.stop()
+            served.batcher.executor.shutdown(wait=False)
+
+    app = FastAPI(title="genforge", version=genforge.__version__, lifespan=lifespan,
+                  description="Generate images from genforge models. Send 'Authorization: Bearer <key>' "
+                              "(genforge keys create).")
+    app.state.service = svc
+    bearer = [Depends(HTTPBearer(auto_error=False, description="an API key from genforge keys create"))]
+
+    # ---------------------------------------------------------------- errors: always a JSON body
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        if e.reason:
+            svc.metrics.rejections.labels(e.reason).inc()
+        return error_response(e.status, e.message, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        errors = e.errors()
+        if any(err.get("type") == "json_invalid" for err in errors):
+            return error_response(400, "request body is not valid JSON")
+        content_type = request.headers.get("content-type", "")
+        if any(tuple(err.get("loc", ())) == ("body",) for err in errors) and "json" not in content_type:
+            return error_response(415, "send the body as a JSON object with 'Content-Type: application/json'")
+        parts = [f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'request body'}: {err.get('msg')}"
+                 for err in errors[:5]]
+        return error_response(422, "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return error_response(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, e: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return error_response(500, "internal error (logged on the server)")
+
+    # ---------------------------------------------------------------- endpoints
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz():
+        return {"status": "ok", "version": genforge.__version__, "auth": config.auth, "models": len(models)}
+
+    @app.get("/metrics", tags=["service"], dependencies=bearer, response_class=Response)
+    @requires("viewer")
+    async def metrics():
+        return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
+
+    @app.get("/v1/models", tags=["models"], dependencies=bearer, response_model=ModelsResponse, responses=ERRORS)
+    @requires("viewer")
+    async def list_models():
+        return ModelsResponse(models=[model_info(s) for s in models.values()])
+
+    @app.post("/v1/generate", tags=["generation"], dependencies=bearer, responses={
+        **ERRORS, 200: {"model": GenerateResponse, "content": {"image/png": {}, "application/octet-stream": {}}}})
+    @requires("generator")
+    async def generate(req: GenerateRequest, request: Request):
+        """Images from a seed and controls: the same pixels as ``genforge sample`` with the same arguments."""
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        request.state.audit["params"] = {**req.model_dump(by_alias=True, exclude_none=True), "seed": seed}
+        served = svc.served(req.model)
+        svc.check_size(served, req.n, req.size)
+        y = resolve_classes(served, req.class_, req.n)
+        try:
+            check_controls(served.model, req.truncation, req.temperature, req.size, req.resample, req.steps,
+                           req.guidance)
+        except GenforgeError as e:
+            raise ApiError(422, str(e)) from None
+        z = draw_latents(served.model, req.n, seed, req.truncation, req.temperature)
+        x = await svc.images(request, served, z, y, {"steps": req.steps, "guidance": req.guidance})
+        controls = {k: v for k, v in (("classes", req.class_), ("truncation", req.truncation),
+                                      ("temperature", req.temperature), ("size", req.size), ("steps", req.steps),
+                                      ("guidance", req.guidance)) if v is not None}
+        if req.size is not None:
+            controls["resample"] = req.resample
+            x = await asyncio.to_thread(resize, x, req.size, req.resample)
+        return await finish(request, served, req.format, x, y, z, seed, controls, req.latents)
+
+    @app.post("/v1/feedback", tags=["generation"], dependencies=bearer, responses={
+        **ERRORS, 200: {"model": GenerateResponse, "content": {"image/png": {}, "application/octet-stream": {}}}})
+    @requires("generator")
+    async def feedback(req: FeedbackRequest, request: Request):
+        """More like the liked images: the latents of ``genforge sample --from GRID --like ...``, computed from the
+        liked latents a previous response returned (the server keeps no state between requests)."""
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        z_liked = [item.z for item in req.liked]
+        request.state.audit["params"] = {
+            "model": req.model, "n": req.n, "radius": req.radius, "seed": seed, "format": req.format,
+            "liked": len(req.liked), "liked_sha256": hashlib.sha256(repr(z_liked).encode()).hexdigest()}
+        served = svc.served(req.model)
+        model = served.model
+        svc.check_size(served, req.n, None)
+        if any(len(v) != model.z_dim for v in z_liked):
+            raise ApiError(422, f"liked: each latent must have {model.z_dim} values for model {served.name}")
+        liked_y = [item.class_ for item in req.liked]
+        if model.num_classes:
+            if any(c is None for c in liked_y):
+                raise ApiError(422, f"liked: model {served.name} is class-conditional: give each liked image's class")
+            bad = [c for c in liked_y if c >= model.num_classes]
+            if bad:
+                raise ApiError(404, f"model {served.name} has no class {bad[0]}; its classes are 0 to "
+                                    f"{model.num_classes - 1}")
+        elif any(c is not None for c in liked_y):
+            raise ApiError(422, f"liked: model {served.name} is unconditional: give no classes")
+        # As steering.feedback: liked images in turn, each new latent sqrt(1 - r^2) z + r eps, eps from the seed.
+        pick = torch.tensor([i % len(z_liked) for i in range(req.n)])
+        eps = latents(req.n, model.z_dim, seed)                                            # (n, z_dim)
+        z = math.sqrt(1 - req.radius**2) * torch.tensor(z_liked, dtype=torch.float32)[pick] + req.radius * eps
+        y = np.asarray(liked_y, dtype=np.int64)[pick.numpy()] if model.num_classes else None
+        x = await svc.images(request, served, z, y, {})
+        return await finish(request, served, req.format, x, y, z, seed, {"radius": req.radius}, req.latents)
+
+    async def finish(request, served, fmt, x, y, z, seed, controls, with_latents) -> Response:
+        args = (served, fmt, x, y, z, seed, controls, with_latents)
+        # A few small images encode in less time than a hand-off to a thread takes; larger ones go to one.
+        response, pixel_hashes = render(*args) if x.size <= INLINE_RENDER else await asyncio.to_thread(render, *args)
+        request.state.audit["result"] = {"n": len(x), "pixels_sha256": pixel_hashes,
+                                         "body_sha256": hashlib.sha256(response.body).hexdigest()}
+        return response
+
+    # ---------------------------------------------------------------- admin
+
+    @app.get("/v1/admin/keys", tags=["admin"], dependencies=bearer, responses=ERRORS)
+    @requires("admin")
+    async def list_keys():
+        return {"keys": [{k: v for k, v in r.items() if k != "sha256"} for r in svc.keys.records()]} \
+            if svc.keys else {"keys": []}
+
+    @app.post("/v1/admin/keys", tags=["admin"], dependencies=bearer, responses=ERRORS, status_code=201)
+    @requires("admin")
+    async def create_key(req: KeyCreate, request: Request):
+        """A new key, shown in this response only."""
+        if svc.keys is None:
+            raise ApiError(422, "this server runs without authentication (--insecure-no-auth): no keys to manage")
+        key, rec = svc.keys.create(req.role, req.name)
+        request.state.audit["params"] = {"role": req.role, "name": req.name, "created_id": rec["id"]}
+        return {"key": key, **{k: v for k, v in rec.items() if k != "sha256"}}
+
+    @app.delete("/v1/admin/keys/{key_id}", tags=["admin"], dependencies=bearer, responses=ERRORS)
+    @requires("admin")
+    async def revoke_key(key_id: str, request: Request):
+        if svc.keys is None:
+            raise ApiError(422, "this server runs without authentication (--insecure-no-auth): no keys to manage")
+        request.state.audit["params"] = {"revoked_id": key_id}
+        try:
+            rec = svc.keys.revoke(key_id)
+        except GenforgeError as e:
+            raise ApiError(404, str(e)) from None
+        return {k: v for k, v in rec.items() if k != "sha256"}
+
+    @app.post("/v1/admin/reload", tags=["admin"], dependencies=bearer, response_model=ModelsResponse,
+              responses=ERRORS)
+    @requires("admin")
+    async def reload_models():
+        """Load every model's files again (after retraining into the same directory). All or nothing."""
+        try:
+            fresh = {name: await asyncio.to_thread(s.load) for name, s in models.items()}
+        except GenforgeError as e:
+            raise ApiError(422, f"reload failed, still serving the previous models: {e}") from None
+        for name, model in fresh.items():
+            models[name].model = model  # queued requests keep the model they were drawn for
+        return ModelsResponse(models=[model_info(s) for s in models.values()])
+
+    # ---------------------------------------------------------------- the page
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return static_file("index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        if name not in STATIC:
+            raise ApiError(404, f"no file {name!r}")
+        return static_file(name)
+
+    svc.routes = list(app.router.routes)
+    app.add_middleware(Gate, service=svc)
+    return app
+
+
+def decode_for_batcher(model, z: torch.Tensor, y: np.ndarray | None, **controls) -> np.ndarray:
+    """The batcher's forward pass: genforge's own decode (inference mode, uint8 rounding)."""
+    return decode(model, z, y, **controls)
+
+
+def static_file(name: str) -> Response:
+    data = resources.files("genforge.serve").joinpath("static", name).read_bytes()
+    return Response(data, media_type=STATIC[name], headers=PAGE_HEADERS)

@@ -1,0 +1,183 @@
+"""The audit log: one JSON line per API request, hash-chained and signed.
+
+Each line holds the time, the key id (never the key), the endpoint, the
+request's parameters, hashes of what was returned, the status and the
+latency, plus:
+
+- ``seq``: 1, 2, 3, ... (a deleted or moved line breaks the count);
+- ``prev``: the SHA-256 of the previous line's bytes (all zeros for the first),
+  so editing, deleting or reordering a line breaks the chain after it;
+- ``hmac``: HMAC-SHA256 of the line's other fields under a secret key, so a
+  full rewrite with a recomputed chain is caught too: the forger lacks the key.
+
+The key comes from ``$GENFORGE_AUDIT_KEY`` (hex or text), else the file named
+by ``$GENFORGE_AUDIT_KEY_FILE``, else ``~/.config/genforge/audit.key`` (made,
+mode 0600, on first use). Never from the command line, where other users of
+the machine can read it. Keep the key away from the log's machine for the
+strongest guarantee.
+
+Each line is appended and flushed as the request ends, so a crash of the
+server loses at most the requests in flight (``fsync=True`` survives a power
+cut too, at a few milliseconds a line). What a chain cannot show by itself is
+the loss of its last lines; ``verify`` prints the last line's hash, to note
+elsewhere if that matters.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from genforge.errors import GenforgeError
+
+KEY_ENV, KEY_FILE_ENV = "GENFORGE_AUDIT_KEY", "GENFORGE_AUDIT_KEY_FILE"
+GENESIS = "0" * 64
+TAIL_BYTES = 4 << 20
+
+
+def default_audit_log() -> Path:
+    return Path.home() / ".local/share/genforge/audit.jsonl"
+
+
+def load_key(create: bool = False) -> bytes:
+    """The HMAC key: environment variable, key file, or the default key file (made when ``create``)."""
+    if os.environ.get(KEY_ENV):
+        raw = os.environ[KEY_ENV].strip()
+        try:
+            key = bytes.fromhex(raw)
+        except ValueError:
+            key = raw.encode()
+    else:
+        path = Path(os.environ.get(KEY_FILE_ENV) or Path.home() / ".config/genforge/audit.key")
+        if not path.exists() and create and not os.environ.get(KEY_FILE_ENV):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        try:
+            raw = path.read_text().strip()
+        except OSError as e:
+            raise GenforgeError(f"audit key file {path}: {e.strerror} (set ${KEY_ENV} or ${KEY_FILE_ENV})") from None
+        try:
+            key = bytes.fromhex(raw)
+        except ValueError:
+            key = raw.encode()
+    if len(key) < 16:
+        raise GenforgeError("audit key too short: give at least 16 bytes (32 hex digits)")
+    return key
+
+
+def _line_bytes(fields: dict) -> bytes:
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _mac(key: bytes, fields: dict) -> str:
+    return hmac.new(key, _line_bytes(fields), hashlib.sha256).hexdigest()
+
+
+class AuditLog:
+    """Appends signed, chained lines to a JSONL file. One writer per file (an exclusive lock says so)."""
+
+    def __init__(self, path: str | Path, key: bytes, fsync: bool = False):
+        self.path = Path(path)
+        self.key, self.fsync = key, fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "ab")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise GenforgeError(f"audit log {self.path} is in use by another server: give each its own "
+                                "--audit-log") from None
+        self.seq, self.prev = self._tail()
+        self.lock = threading.Lock()
+
+    def _tail(self) -> tuple[int, str]:
+        """(seq, hash) of the last line, to continue the chain across restarts.
+
+        A last line torn by a crash (no newline) is closed with one and chained like any other line; ``verify``
+        reports it as not JSON, and the lines after it still verify.
+        """
+        size = self.path.stat().st_size
+        if size == 0:
+            return 0, GENESIS
+        with open(self.path, "rb") as f:
+            f.seek(max(0, size - TAIL_BYTES))  # lines are far shorter: parameters are bounded by the body limit
+            lines = f.read().split(b"\n")
+        if lines[-1] != b"":
+            self.file.write(b"\n")
+            self.file.flush()
+        else:
+            lines.pop()
+        seq = 0
+        for back, data in enumerate(reversed(lines[-2:])):
+            try:
+                seq = int(json.loads(data)["seq"]) + back
+                break
+            except (ValueError, KeyError, TypeError):
+                continue
+        return seq, hashlib.sha256(lines[-1]).hexdigest()
+
+    def write(self, fields: dict) -> None:
+        """Append one line: ``fields`` plus time, seq, prev and hmac."""
+        with self.lock:
+            self.seq += 1
+            now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            line = {"time": now, **fields, "seq": self.seq, "prev": self.prev}
+            line["hmac"] = _mac(self.key, line)
+            data = _line_bytes(line)
+            self.file.write(data + b"\n")
+            self.file.flush()
+            if self.fsync:
+                os.fsync(self.file.fileno())
+            self.prev = hashlib.sha256(data).hexdigest()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def verify(path: str | Path, key: bytes) -> tuple[list[str], int, str]:
+    """Check every line of an audit log: (problems, each naming its line number; lines read; last line's hash)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise GenforgeError(f"{path}: {e.strerror}") from None
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    problems: list[str] = []
+    prev, expected_seq = GENESIS, 1
+    for number, data in enumerate(lines, start=1):
+        where = f"line {number}"
+        try:
+            line = json.loads(data)
+            if not isinstance(line, dict):
+                raise ValueError
+        except ValueError:
+            problems.append(f"{where}: not a JSON object (edited or torn)")
+            prev, expected_seq = hashlib.sha256(data).hexdigest(), expected_seq + 1
+            continue
+        fields = {k: v for k, v in line.items() if k != "hmac"}
+        if not isinstance(line.get("hmac"), str) or not hmac.compare_digest(_mac(key, fields), line["hmac"]):
+            problems.append(f"{where}: HMAC does not match: the line was edited, or written with another key")
+        if line.get("prev") != prev:
+            problems.append(f"{where}: 'prev' is not the hash of the line before it: a line before it was "
+                            "edited, deleted or moved")
+        if line.get("seq") != expected_seq:
+            problems.append(f"{where}: sequence number {line.get('seq')!r} where {expected_seq} was expected: "
+                            "lines were deleted or reordered")
+        if isinstance(line.get("seq"), int):
+            expected_seq = line["seq"]
+        expected_seq += 1
+        prev = hashlib.sha256(data).hexdigest()
+    if raw and not raw.endswith(b"\n"):
+        problems.append(f"line {len(lines)}: no newline at the end: torn write (crash) or truncated file")
+    return problems, len(lines), prev

@@ -1,0 +1,171 @@
+"""ONNX export of generators and decoders, and the onnxruntime backend that serves them.
+
+``export_onnx(model, out)`` writes the network that maps latents (and
+classes) to images, wrapped as ``method.generate`` wraps it (images in
+[0, 1], shape (b, c, h, w)), with a dynamic batch dimension:
+
+    out/model.onnx     inputs z float32 (b, z_dim) [and y int64 (b,)], output images float32 (b, c, h, w)
+    out/config.json    the model's config.json plus an "onnx" section (file, SHA-256, inputs, opset)
+
+``load_onnx(out)`` checks the hash and opens an onnxruntime session.
+``OnnxModel`` behaves as a :class:`~genforge.models.GenerativeModel` for
+sampling: ``sample(onnx_model, n, seed)`` runs genforge's own sampling code,
+with the forward pass on onnxruntime. An ONNX file is a protobuf graph of
+standard operators: loading one runs no code (unlike a pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from genforge.errors import GenforgeError, ModelFileError
+from genforge.io import atomic_write_bytes, atomic_write_json
+from genforge.models import GenerativeModel
+
+ONNX_FILE = "model.onnx"
+OPSET = 18
+EXPORTABLE = ("gan", "vae")  # one forward pass from latent to image; a diffusion sampler loops over steps
+
+
+class _Generate(nn.Module):
+    """The latent network of a model behind its method's ``generate``: (z[, y]) -> images in [0, 1]."""
+
+    def __init__(self, model: GenerativeModel):
+        super().__init__()
+        self.role = model.method.LATENT                 # "generator" (GAN) or "decoder" (VAE)
+        self.net = model.nets[self.role]
+        self.generate = model.method.generate
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.generate({self.role: self.net}, z, y)  # (b, c, h, w)
+
+
+def export_onnx(model: GenerativeModel, out: str | Path) -> Path:
+    """Export ``model``'s generator (GAN) or decoder (VAE) to ``out/model.onnx`` with its config.json."""
+    if model.family not in EXPORTABLE:
+        raise GenforgeError(f"export supports GAN generators and VAE decoders; model {model.name} is a "
+                            f"{model.family}, whose sampler is a loop of many network calls")
+    if model.device.type != "cpu":
+        model = model.to("cpu")
+    import onnx  # noqa: F401  (the exporter needs it; a clear ImportError beats a deep one)
+
+    out = Path(out)
+    wrapper = _Generate(model).eval()
+    conditional = model.num_classes > 0
+    z = torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(0))
+    args = (z, torch.zeros(2, dtype=torch.int64)) if conditional else (z,)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    names = ["z", "y"] if conditional else ["z"]
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    with warnings.catch_warnings():
+        # the exporter's chatter (deprecations, "torchvision is not installed") is not the user's business
+        warnings.simplefilter("ignore")
+        quiet.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(wrapper, args, dynamo=True, input_names=names, output_names=["images"],
+                                        dynamic_shapes=tuple({0: batch} for _ in args), opset_version=OPSET,
+                                        verbose=False)
+        finally:
+            quiet.setLevel(level)
+    data = program.model_proto.SerializeToString()
+    atomic_write_bytes(out / ONNX_FILE, data)
+    meta = {**model.meta, "onnx": {"file": ONNX_FILE, "sha256": hashlib.sha256(data).hexdigest(), "opset": OPSET,
+                                   "inputs": names, "output": "images", "network": wrapper.role,
+                                   "exported_from": str(model.path),
+                                   "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+    atomic_write_json(out / "config.json", meta)
+    return out
+
+
+class _OnnxMethod:
+    """Stands in for a family module: ``generate`` runs the onnxruntime session."""
+
+    def __init__(self, family_method):
+        self.family = family_method
+
+    def __getattr__(self, name):  # LATENT, VALUE_RANGE...: as the family says
+        return getattr(self.family, name)
+
+    @staticmethod
+    def generate(nets: dict, z: torch.Tensor, y: torch.Tensor | None = None, **controls) -> torch.Tensor:
+        if controls:
+            raise GenforgeError(f"the ONNX backend takes no {', '.join(controls)}")
+        session = nets["onnx"]
+        feed = {"z": z.detach().cpu().numpy().astype(np.float32, copy=False)}
+        if y is not None:
+            feed["y"] = y.detach().cpu().numpy().astype(np.int64, copy=False)
+        return torch.from_numpy(session.run(["images"], feed)[0])  # (b, c, h, w) in [0, 1]
+
+
+class OnnxModel(GenerativeModel):
+    """A model whose forward pass runs on onnxruntime; metadata and sampling as GenerativeModel's."""
+
+    def __init__(self, session, meta: dict, path: str = ""):
+        from genforge.models import MODELS
+
+        self.nets = {"onnx": session}
+        self.meta = meta
+        self.path = path
+        self.method = _OnnxMethod(MODELS[meta["model"]].method)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def to(self, device) -> "OnnxModel":
+        if torch.device(device).type != "cpu":
+            raise GenforgeError("the ONNX backend runs on the CPU here")
+        return self
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({self.name}, family={self.family}, image_shape={self.image_shape}, z_dim={self.z_dim})"
+
+
+def is_onnx_dir(path: str | Path) -> bool:
+    return (Path(path) / ONNX_FILE).is_file()
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
+    """Open an export written by :func:`export_onnx`, checking its config and the ONNX file's SHA-256."""
+    import onnxruntime as ort
+
+    from genforge.models.files import _read_meta
+
+    path = Path(path)
+    meta = _read_meta(path)
+    info = meta.get("onnx")
+    if not isinstance(info, dict) or info.get("file") != ONNX_FILE or not isinstance(info.get("sha256"), str):
+        raise ModelFileError(f"{path / 'config.json'}: no valid 'onnx' section: not written by genforge export")
+    data = (path / ONNX_FILE).read_bytes()
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise ModelFileError(f"{path / ONNX_FILE}: SHA-256 does not match config.json: altered or truncated")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for a malformed graph
+        raise ModelFileError(f"{path / ONNX_FILE}: onnxruntime cannot load it: {e}") from None
+    wanted = ["z", "y"] if meta.get("num_classes", 0) else ["z"]
+    if [i.name for i in session.get_inputs()] != wanted:
+        raise ModelFileError(f"{path / ONNX_FILE}: inputs {[i.name for i in session.get_inputs()]}, "
+                             f"expected {wanted}")
+    return OnnxModel(session, meta, str(path))
+
+
+def describe(path: str | Path) -> str:
+    """One line on an export, for the CLI."""
+    meta = json.loads((Path(path) / "config.json").read_text())
+    info = meta["onnx"]
+    return (f"{meta['model']} {info['network']} -> {Path(path) / ONNX_FILE} (opset {info['opset']}, inputs "
+            f"{', '.join(info['inputs'])}, sha256 {info['sha256'][:12]}...)")

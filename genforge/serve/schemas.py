@@ -1,0 +1,108 @@
+"""Request and response bodies of the HTTP API (pydantic). Unknown fields are refused, types are strict
+(``"n": "4"`` is an error, not 4), and NaN or infinite numbers are refused."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genforge.generation.sampling import MAX_SIZE, MAX_TEMPERATURE
+
+MIN_TRUNCATION = 0.01  # below this, truncation by resampling redraws for a long time: a cheap way to busy a server
+MAX_LATENT = 1000.0    # |z| bound for latents sent back in a feedback round (N(0, 1) values lie within 10)
+
+ClassSpec = Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1, max_length=100)]
+Format = Literal["base64", "png", "npz"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class GenerateRequest(Strict):
+    """What to generate. Same seed and controls, same pixels as ``genforge sample`` and ``genforge.sample``."""
+
+    model: str = Field(min_length=1, max_length=200, description="a name from GET /v1/models")
+    n: int = Field(1, ge=1, description="number of images (at most the server's --max-n, else 413)")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="random seed; omitted: the server picks one, and "
+                                                                 "returns it")
+    class_: ClassSpec | Annotated[list[ClassSpec], Field(min_length=1, max_length=1000)] | None = Field(
+        None, alias="class",
+        description="conditional models: a class index or name, or a list cycled over the images; omitted: "
+                    "every class in turn")
+    truncation: float | None = Field(None, ge=MIN_TRUNCATION, le=1, description="GANs: keep this central share "
+                                                                                 "of each latent coordinate")
+    temperature: float | None = Field(None, gt=0, le=MAX_TEMPERATURE, description="VAEs: scale of the prior")
+    size: int | None = Field(None, ge=1, le=MAX_SIZE, description="resize the output to size x size")
+    resample: Literal["nearest", "bilinear", "lanczos"] = Field("lanczos", description="resize filter")
+    steps: int | None = Field(None, ge=1, le=1000, description="diffusion models: sampler steps")
+    guidance: float | None = Field(None, ge=0, le=20, description="conditional diffusion models: guidance scale")
+    format: Format = Field("base64", description="base64: JSON with one PNG per image; png: one grid PNG; "
+                                                 "npz: arrays x (uint8), y (classes), z (latents)")
+    latents: bool = Field(True, description="base64 format: return each image's latent, for feedback rounds")
+
+
+class Liked(Strict):
+    z: list[Annotated[float, Field(ge=-MAX_LATENT, le=MAX_LATENT)]] = Field(
+        min_length=1, max_length=65536, description="the latent of a liked image, as a response returned it")
+    class_: Annotated[int, Field(ge=0)] | None = Field(None, alias="class", description="its class "
+                                                                                         "(conditional models)")
+
+
+class FeedbackRequest(Strict):
+    """More like these: new latents near the liked ones, sqrt(1 - r^2) z_liked + r eps with eps from seed."""
+
+    model: str = Field(min_length=1, max_length=200)
+    liked: list[Liked] = Field(min_length=1, max_length=256, description="the liked images' latents and classes")
+    n: int = Field(8, ge=1, description="number of new images; liked images are used in turn")
+    radius: float = Field(0.3, ge=0, le=1, description="0 repeats the liked images, 1 ignores them")
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    format: Format = "base64"
+    latents: bool = True
+
+
+class GenerateResponse(BaseModel):
+    """The base64 format. png and npz carry the seed in the X-Genforge-Seed header (npz also as array seed)."""
+
+    model: str
+    seed: int
+    n: int
+    controls: dict
+    images: list[str] = Field(description="base64 PNGs, each with genforge's provenance metadata")
+    classes: list[int] | None
+    latents: list[list[float]] | None
+    pixels_sha256: list[str] = Field(description="SHA-256 of each image's pixels, as in the audit log")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    recipe: str
+    family: str
+    backend: str
+    num_classes: int
+    classes: list[str] | None
+    image_shape: list[int] = Field(description="[channels, height, width]")
+    image_size: int
+    z_dim: int
+    weights_sha256: str | None
+    step: int | None
+    controls: list[str]
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class KeyCreate(Strict):
+    role: Literal["viewer", "generator", "admin"]
+    name: str = Field("", max_length=100)
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
