@@ -57,7 +57,7 @@ def main() -> None:
     if not runs:
         for recipe in RECIPES:
             cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", [f"max_seconds={args.budget}", "max_steps=1000000",
-                                                                    "tensorboard=false", "sample_every=0"])
+                                                                    "tensorboard=false", "sample_every=0", "eval_every=0"])
             runs.append(train(cfg, Path(tmp.name) / recipe, quiet=True).run)
 
     rows, memo = [], []

@@ -81,8 +81,14 @@ def step_flops(cfg, image_shape) -> tuple[float, float]:
     y = torch.arange(cfg.batch_size) % k if k else None
     noise = torch.Generator().manual_seed(0)
     trainer.train_step(x, y, noise)
-    with FlopCounterMode(display=False) as counter:
-        trainer.train_step(x, y, noise)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            trainer.train_step(x, y, noise)
+    except RuntimeError:  # the flop counter cannot follow autograd.grad (WGAN-GP's penalty): count without it
+        trainer = method.Trainer(load_config(None, [f"model={cfg.model}", f"batch_size={cfg.batch_size}",
+                                                    f"d_steps={cfg.d_steps}", "d_norm=none"]), nets)
+        with FlopCounterMode(display=False) as counter:
+            trainer.train_step(x, y, noise)
     t0 = time.perf_counter()
     for _ in range(2):
         trainer.train_step(x, y, noise)
@@ -97,7 +103,8 @@ def measure(recipe: Path, precision: str, windows: int) -> dict:
     k = max(3, round(WINDOW_SECONDS * rough / cfg.batch_size))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(recipe, [f"precision={precision}", f"max_steps={k * (windows + 1)}", f"log_every={k}",
-                                   "sample_every=0", "checkpoint_every=0", "tensorboard=false", "max_seconds=0"])
+                                   "sample_every=0", "checkpoint_every=0", "tensorboard=false", "max_seconds=0",
+                                   "eval_every=0"])
         train(cfg, Path(tmp) / "run", quiet=True)
         rates = [json.loads(line)["images_per_sec"] for line in (Path(tmp) / "run/metrics.jsonl").open()]
     ips = statistics.median(rates[1:])  # first window is warm-up
