@@ -14,6 +14,15 @@ from pathlib import Path
 from typing import Callable, IO
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def fsync_dir(path: str | Path) -> None:
     """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
     with contextlib.suppress(OSError):
@@ -30,6 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the user's usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

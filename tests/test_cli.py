@@ -42,11 +42,13 @@ def test_train_then_sample_end_to_end(tmp_path, digits_npz):
 ])
 def test_bad_input_is_one_line_nonzero_no_traceback(args, message, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
+    runs_before = set((ROOT / "runs").iterdir()) if (ROOT / "runs").is_dir() else set()
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("genforge: error: ") and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not (ROOT / "runs").exists()  # a failed start leaves no empty run directory behind
+    runs_after = set((ROOT / "runs").iterdir()) if (ROOT / "runs").is_dir() else set()
+    assert runs_after == runs_before  # a failed start leaves no empty run directory behind
 
 
 def test_debug_shows_traceback():
@@ -58,3 +60,14 @@ def test_data_check_reports(capsys):
     assert main(["data", "check", "mnist5k"]) == 0
     out = capsys.readouterr().out
     assert "5000" in out
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from genforge.io import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "x.txt", "hi")
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
