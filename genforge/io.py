@@ -33,13 +33,16 @@ def fsync_dir(path: str | Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, then atomically replace ``path``."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], private: bool = False) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, then atomically replace ``path``.
+
+    The file gets the permissions the user's umask gives new files, or 0600 with ``private`` (secrets).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the user's usual permissions
+        os.fchmod(fd, 0o600 if private else 0o666 & ~_UMASK)  # mkstemp alone would make every file 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -53,13 +56,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | Path, data: bytes, private: bool = False) -> Path:
+    return atomic_write(path, lambda f: f.write(data), private)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: str | Path, text: str, private: bool = False) -> Path:
+    return atomic_write_bytes(path, text.encode(), private)
 
 
-def atomic_write_json(path: str | Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | Path, obj, private: bool = False) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", private)

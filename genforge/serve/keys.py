@@ -85,8 +85,9 @@ class KeyStore:
         return doc["keys"]
 
     def _write(self, records: list[dict]) -> None:
-        # atomic_write creates the temporary file with mode 0600: only the owner reads the hashes
-        atomic_write_json(self.path, {"format": FORMAT, "format_version": FORMAT_VERSION, "keys": records})
+        # private: mode 0600, only the owner reads the hashes
+        atomic_write_json(self.path, {"format": FORMAT, "format_version": FORMAT_VERSION, "keys": records},
+                          private=True)
 
     @contextlib.contextmanager
     def _locked(self):
