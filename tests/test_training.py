@@ -1,7 +1,6 @@
 """Training: one run per family, the run directory, exact resume, NaN handling, signals, atomic checkpoints."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -178,13 +177,9 @@ def test_malicious_resume_state_refused(tmp_path, tiny_config):
     run = tmp_path / "r"
     train(tiny_config("vae-mlp", max_steps=2), run, quiet=True)
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
-
-    import pickle  # noqa: the attack under test; genforge itself never imports pickle
-
-    (last_checkpoint(run) / "state.pt").write_bytes(pickle.dumps(Evil()))
+    # A protocol-0 pickle, written by hand, that calls os.system("touch .../pwned") when unpickled.
+    evil = b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR."
+    (last_checkpoint(run) / "state.pt").write_bytes(evil)
     with pytest.raises(GenforgeError, match="not a valid resume state"):
         train(tiny_config("vae-mlp", max_steps=4), run, resume=True, quiet=True)
     assert not (tmp_path / "pwned").exists()

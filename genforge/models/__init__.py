@@ -47,8 +47,6 @@ MODELS: dict[str, ModelSpec] = {
     "cddpm": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True),
 }
 
-FAMILIES = {"gan": gan, "vae": vae, "diffusion": diffusion}
-
 
 def family_of(model: str) -> str:
     return MODELS[model].method.__name__.rsplit(".", 1)[-1]

@@ -22,7 +22,7 @@ from torch import nn
 
 from genforge.errors import GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json
-from genforge.models import MODELS, GenerativeModel, build_networks
+from genforge.models import MODELS, GenerativeModel, build_networks, family_of
 
 FORMAT = "genforge-model"
 FORMAT_VERSION = 1
@@ -50,7 +50,7 @@ def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict) ->
     directory = Path(directory)
     data = st_save(state_tensors(nets), metadata={"format": FORMAT})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta,
-            "family": MODELS[meta["model"]].method.__name__.rsplit(".", 1)[-1],
+            "family": family_of(meta["model"]),
             "networks": sorted(nets), "weights_sha256": hashlib.sha256(data).hexdigest(),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_bytes(directory / WEIGHTS, data)
