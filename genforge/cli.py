@@ -18,6 +18,8 @@ from genforge.errors import GenforgeError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+KEY_FILE_HELP = ("encryption key file (default $GENFORGE_ENCRYPTION_KEY_FILE, else $GENFORGE_ENCRYPTION_KEY); "
+                 "keys are never taken on the command line")
 
 
 def cmd_train(args) -> int:
@@ -36,6 +38,8 @@ def cmd_train(args) -> int:
         overrides.append(f"max_seconds={args.max_seconds}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
+    if args.encrypt:
+        overrides.append("encrypt=true")
     if args.resume:
         if args.config or args.out:
             raise GenforgeError("--resume RUN_DIR takes the run's own config.yaml: give no CONFIG or --out")
@@ -64,6 +68,11 @@ def cmd_sample(args) -> int:
     from genforge.generation import feedback, sample, write_samples
     from genforge.generation.steering import parse_ints
 
+    keyring = None
+    if args.encrypt:  # the key is found before any sampling work
+        from genforge.security.crypto import load_keyring
+
+        keyring = load_keyring()
     model = genforge.load(args.model, device=args.device)
     extra = None
     if args.like or args.from_grid:
@@ -84,7 +93,7 @@ def cmd_sample(args) -> int:
         samples, note = postprocess_samples(model, samples, args)
         extra = {**(extra or {}), "postprocess": note}
         print(f"genforge: kept {len(samples.x)} of {args.n} samples ({note})")
-    path = write_samples(samples, args.out, model, extra)
+    path = write_samples(samples, args.out, model, extra, keyring)
     print(f"genforge: wrote {len(samples.x)} samples (seed {args.seed}) from {model.path} to {path}")
     return 0
 
@@ -196,6 +205,11 @@ def cmd_info(args) -> int:
     print(f"model directory: {model.path}")
     for key, value in meta.items():
         print(f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}")
+    from genforge.models.files import WEIGHTS
+    from genforge.security.crypto import key_id_of
+
+    key_id = key_id_of(Path(model.path) / WEIGHTS)
+    print(f"  weights file: {'encrypted with key ' + repr(key_id) if key_id else 'not encrypted'}")
     return 0
 
 
@@ -218,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="genforge", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--key-file", dest="global_key_file", metavar="KEY_FILE",
+                        help=KEY_FILE_HELP + " (for any command, e.g. genforge --key-file K eval x.npz)")
     from genforge import __version__
 
     parser.add_argument("--version", action="version", version=f"genforge {__version__}")
@@ -233,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, help="same as --set max_seconds=S")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (same as --set device=...)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--encrypt", action="store_true", help="write checkpoints encrypted (same as --set encrypt=true)")
+    p.add_argument("--key-file", help=KEY_FILE_HELP)
     p.set_defaults(func=cmd_train)
 
     short, long = doc(cmd_sample)
@@ -259,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop samples within this RMS pixel distance (0-255) of an earlier one")
     p.add_argument("--out", required=True, help="output: .png (grid), .npz, or a directory name (PNGs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--encrypt", action="store_true", help="write the .npz encrypted")
+    p.add_argument("--key-file", help=KEY_FILE_HELP)
     p.set_defaults(func=cmd_sample)
 
     short, long = doc(cmd_memorization)
@@ -293,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     short, long = doc(cmd_info)
     p = sub.add_parser("info", help=short, description=long)
     p.add_argument("model", help="run directory or model directory")
+    p.add_argument("--key-file", help=KEY_FILE_HELP)
     p.set_defaults(func=cmd_info)
 
     short, long = doc(cmd_data_check)
@@ -311,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     from genforge.serve.cli import add_serve_commands
 
     add_serve_commands(sub)
+    from genforge.security.cli import add_security_commands
+
+    add_security_commands(sub)
     return parser
 
 
@@ -318,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from genforge.security.crypto import use_key_file
+
+        use_key_file(getattr(args, "key_file", None) or args.global_key_file)
         return args.func(args)
     except GenforgeError as e:
         if args.debug:

@@ -81,6 +81,7 @@ class Config:
     sample_every: int = 500          # sample grid PNG every N steps (0: only at the end)
     checkpoint_every: int = 1000     # checkpoint every N steps (one is always written at the end)
     keep_checkpoints: int = 2
+    encrypt: bool = False            # checkpoint weights and resume state AES-256-GCM encrypted (genforge.security.crypto)
     grid_n: int = 64
     tensorboard: bool = True
     eval_every: int = 0              # every N steps score eval_n samples on the validation split (0: off); the

@@ -26,10 +26,13 @@ def read_npz(path: Path) -> Pool:
     """Read `x` (uint8, integer or float images) and optional integer `y` from `path`."""
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist")
-    if not zipfile.is_zipfile(path):
+    from genforge.security.crypto import plain_source
+
+    source = plain_source(path)  # the file, or its decrypted bytes in memory (genforge security encrypt)
+    if not zipfile.is_zipfile(source):
         raise DataError(f"{path}: not an .npz archive (not a zip file); save arrays with numpy.savez")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(source) as zf:
             members = {name[: -len(".npy")]: name for name in zf.namelist() if name.endswith(".npy")}
             if "x" not in members:
                 have = ", ".join(sorted(members)) or "none"
@@ -53,7 +56,9 @@ def read_npz(path: Path) -> Pool:
     try:
         # allow_pickle=False is the guarantee; the header checks above just
         # make the refusal early and the message precise.
-        with np.load(path, allow_pickle=False) as data:
+        if not isinstance(source, Path):
+            source.seek(0)  # np.load reads from where zipfile left it
+        with np.load(source, allow_pickle=False) as data:
             x = data["x"]
             y = data["y"] if y_shape is not None else None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:

@@ -47,9 +47,19 @@ def save_grid(x: np.ndarray, path: str | Path, nrow: int | None = None, metadata
     return save_png(make_grid(x, nrow), path, metadata, ledger)
 
 
-def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray | None = None) -> Path:
+def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray | None = None, keyring=None) -> Path:
+    """Arrays ``x`` (and ``y``) as a compressed npz; with a ``keyring`` encrypted as it is written (the plain
+    archive never exists on disk, and memory holds one chunk of it)."""
     arrays = {"x": x} if y is None else {"x": x, "y": y}
-    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    if keyring is None:
+        return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    from genforge.security.crypto import EncryptingWriter
+
+    def write(f):
+        with EncryptingWriter(f, Path(path).name, keyring) as w:
+            np.savez_compressed(w, **arrays)
+
+    return atomic_write(path, write)
 
 
 def sidecar_path(grid: str | Path) -> Path:
@@ -57,13 +67,19 @@ def sidecar_path(grid: str | Path) -> Path:
     return grid.with_name(grid.name + ".json")
 
 
-def write_samples(samples, path: str | Path, model, extra: dict | None = None) -> Path:
+def write_samples(samples, path: str | Path, model, extra: dict | None = None, keyring=None) -> Path:
     """Write by the path's form: ``.png`` a grid (plus ``.png.json`` with the latents, for feedback rounds),
     ``.npz`` arrays ``x`` (uint8) and ``y`` (conditional models), a path with no suffix a directory of
     individual PNGs ``00000.png`` ... Every PNG carries provenance metadata and is recorded in the ledger.
+    With a ``keyring`` the npz is written encrypted (:mod:`genforge.security.crypto`); PNGs cannot be.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if keyring is not None and suffix != ".npz":
+        raise GenforgeError(f"--out {path}: only .npz sample sets can be written encrypted (an encrypted PNG "
+                            "would be neither viewable nor verifiable)")
+    if keyring is not None:
+        return save_npz(path, samples.x, samples.y, keyring)
     meta = provenance.stamp({**provenance.model_metadata(model), "seed": samples.seed, "n": len(samples.x),
                              "controls": samples.controls, **(extra or {})})
     nrow = model.num_classes if (model.num_classes and samples.controls.get("classes") is None) else None

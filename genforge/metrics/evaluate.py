@@ -91,10 +91,13 @@ def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     path = Path(path)
     if not path.is_file():
         raise GenforgeError(f"samples file not found: {path}")
-    if not zipfile.is_zipfile(path):
+    from genforge.security.crypto import plain_source
+
+    source = plain_source(path)  # the file, or its decrypted bytes in memory (genforge sample --encrypt)
+    if not zipfile.is_zipfile(source):
         raise GenforgeError(f"{path}: not an .npz archive; save samples with numpy.savez(path, x=..., y=...)")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(source) as zf:
             members = {name[:-4]: name for name in zf.namelist() if name.endswith(".npy")}
             if "x" not in members:
                 raise GenforgeError(f"{path}: no array named 'x' (the samples); arrays present: "
@@ -102,7 +105,9 @@ def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             for key in ("x", "y"):
                 if key in members:
                     _peek(zf, members[key], path)
-        with np.load(path, allow_pickle=False) as f:
+        if not isinstance(source, Path):
+            source.seek(0)  # np.load reads from where zipfile left it
+        with np.load(source, allow_pickle=False) as f:
             x = f["x"]
             y = f["y"] if "y" in members else None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:

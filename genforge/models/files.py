@@ -9,6 +9,7 @@ weights recorded at save time, so a truncated or altered file is a clear error.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import struct
@@ -41,11 +42,12 @@ def state_tensors(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
             for role, net in nets.items() for k, v in net.state_dict().items()}
 
 
-def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict) -> Path:
+def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict, keyring=None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically.
 
     ``meta`` must hold at least model, image_shape, z_dim and base_channels; the format fields and the
-    weights' SHA-256 are added here.
+    weights' SHA-256 (of the plain safetensors bytes) are added here. With a ``keyring``
+    (:mod:`genforge.security.crypto`) the weights are written encrypted; config.json stays readable.
     """
     directory = Path(directory)
     data = st_save(state_tensors(nets), metadata={"format": FORMAT})
@@ -53,7 +55,12 @@ def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict) ->
             "family": family_of(meta["model"]),
             "networks": sorted(nets), "weights_sha256": hashlib.sha256(data).hexdigest(),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    atomic_write_bytes(directory / WEIGHTS, data)
+    if keyring is not None:
+        from genforge.security.crypto import write_encrypted
+
+        write_encrypted(directory / WEIGHTS, data, keyring)
+    else:
+        atomic_write_bytes(directory / WEIGHTS, data)
     atomic_write_json(directory / CONFIG, meta)
     return directory
 
@@ -105,11 +112,14 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def check_header(file: Path, expected: dict[str, torch.Tensor]) -> None:
-    """Validate a safetensors header against the expected tensors before reading any tensor data."""
+def check_header(file: Path, expected: dict[str, torch.Tensor], data: bytes | None = None) -> None:
+    """Validate a safetensors header against the expected tensors before reading any tensor data.
+
+    ``data``: the file's bytes when they are already in memory (a decrypted file).
+    """
     try:
-        size = file.stat().st_size
-        with open(file, "rb") as f:
+        size = file.stat().st_size if data is None else len(data)
+        with open(file, "rb") if data is None else io.BytesIO(data) as f:
             head = f.read(8)
             if len(head) < 8:
                 raise ModelFileError(f"{file}: truncated (no safetensors header)")
@@ -165,8 +175,14 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
     except GenforgeError as e:
         raise ModelFileError(f"{directory / CONFIG}: {e}") from None
     weights = directory / WEIGHTS
-    check_header(weights, state_tensors_meta(skeleton))
-    data = weights.read_bytes()
+    from genforge.security.crypto import is_encrypted, read_plain
+
+    if is_encrypted(weights):  # decrypted in memory: the plain weights never touch the disk
+        data = read_plain(weights)
+        check_header(weights, state_tensors_meta(skeleton), data)
+    else:
+        check_header(weights, state_tensors_meta(skeleton))
+        data = weights.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
         raise ModelFileError(f"{weights}: SHA-256 does not match config.json: the file was altered or truncated")
     tensors = st_load(data)

@@ -30,7 +30,16 @@ def checkpoint_dir(run: Path) -> Path:
 
 
 def save_checkpoint(run: Path, step: int, release_nets: dict, meta: dict, state: dict, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` and point ``last.json`` at it; prune to the newest ``keep``."""
+    """Write checkpoint ``step`` and point ``last.json`` at it; prune to the newest ``keep``.
+
+    With ``encrypt: true`` in the training config the weights and the resume state are written encrypted
+    (:mod:`genforge.security.crypto`, key from ``--key-file`` or the environment).
+    """
+    keyring = None
+    if (meta.get("train_config") or {}).get("encrypt"):
+        from genforge.security.crypto import encrypt_bytes, load_keyring
+
+        keyring = load_keyring()
     root = checkpoint_dir(run)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
@@ -38,11 +47,11 @@ def save_checkpoint(run: Path, step: int, release_nets: dict, meta: dict, state:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_model(tmp, release_nets, {**meta, "step": step})
+        save_model(tmp, release_nets, {**meta, "step": step}, keyring)
         buf = io.BytesIO()
         torch.save(state, buf)
         with open(tmp / STATE, "wb") as f:
-            f.write(buf.getvalue())
+            f.write(buf.getvalue() if keyring is None else encrypt_bytes(buf.getvalue(), STATE, keyring))
             f.flush()
             os.fsync(f.fileno())
         final = root / name
@@ -90,8 +99,11 @@ def load_state(ckpt: Path) -> dict:
     path = Path(ckpt) / STATE
     if not path.is_file():
         raise ModelFileError(f"{path}: resume state missing")
+    from genforge.security.crypto import plain_source
+
+    source = plain_source(path)  # the file, or its decrypted bytes in memory
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError on truncation, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFileError(f"{path}: not a valid resume state ({first[:200]})") from None

@@ -95,6 +95,10 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     """Train ``cfg`` into the run directory ``run`` (or continue it with ``resume=True``)."""
     run = Path(run)
     check_run_dir(run, resume)
+    if cfg.encrypt:  # a missing or unreadable key is found now, not at the first checkpoint
+        from genforge.security.crypto import load_keyring
+
+        load_keyring()
     device = pick_device(cfg.device)
     set_threads(cfg.num_threads)
     spec = MODELS[cfg.model]
