@@ -332,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     from genforge.serve.cli import add_serve_commands
 
     add_serve_commands(sub)
+    from genforge.apps.apps_cli import add_apps_commands; add_apps_commands(sub)  # noqa: E702  repair, transfer, augment
     from genforge.security.cli import add_security_commands
 
     add_security_commands(sub)
