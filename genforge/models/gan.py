@@ -234,8 +234,11 @@ class Trainer:
 
         # ADA: nudge p towards the target of the overfitting signal r_t = E[sign(D(x_real))] (their eq. 1).
         if cfg.ada_target > 0 and (step + 1) % cfg.ada_interval == 0:
+            from genforge.training.distributed import sum_across_ranks, world_size  # late: training imports models
+
+            sum_across_ranks(self.ada_sum, self.ada_n)  # under torchrun every process moves p the same way
             r_t = self.ada_sum / self.ada_n.clamp(min=1)
-            adjust = b * cfg.d_steps * cfg.ada_interval / (cfg.ada_kimg * 1000)
+            adjust = b * world_size() * cfg.d_steps * cfg.ada_interval / (cfg.ada_kimg * 1000)
             self.ada_p.add_(torch.sign(r_t - cfg.ada_target) * adjust).clamp_(0.0, 1.0)
             self.ada_sum.zero_()
             self.ada_n.zero_()

@@ -13,10 +13,15 @@ PRINT_SECONDS = 10.0
 
 
 class RunLogger:
-    def __init__(self, run: Path, total_steps: int, start_step: int, tensorboard: bool, quiet: bool):
-        self.metrics = open(Path(run) / "metrics.jsonl", "a", buffering=1)  # line-buffered: a crash loses at most a line
+    """``enabled=False`` (every process but rank 0 under torchrun) writes and prints nothing."""
+
+    def __init__(self, run: Path, total_steps: int, start_step: int, tensorboard: bool, quiet: bool,
+                 enabled: bool = True):
+        # line-buffered: a crash loses at most a line
+        self.metrics = open(Path(run) / "metrics.jsonl", "a", buffering=1) if enabled else None
         self.writer = None
-        if tensorboard:
+        quiet = quiet or not enabled
+        if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when asked for
 
             self.writer = SummaryWriter(str(Path(run) / "tensorboard"))
@@ -28,6 +33,8 @@ class RunLogger:
         self.last_print = 0.0
 
     def log(self, step: int, values: dict[str, float], final: bool = False) -> None:
+        if self.metrics is None:
+            return
         self.metrics.write(json.dumps({"step": step, **values}) + "\n")
         if self.writer is not None:
             for key, value in values.items():
@@ -57,6 +64,7 @@ class RunLogger:
 
     def close(self) -> None:
         self.bar.close()
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.writer is not None:
             self.writer.close()

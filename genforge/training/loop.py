@@ -30,6 +30,7 @@ from genforge.generation import latents, make_grid, save_grid, to_uint8
 from genforge.io import atomic_write_json, atomic_write_text
 from genforge.postprocess.provenance import stamp
 from genforge.models import MODELS, build_networks, d_options
+from genforge.training import distributed
 from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
 from genforge.training.ema import EMA, recalibrate_batchnorm
 from genforge.training.log import RunLogger
@@ -92,15 +93,28 @@ def check_run_dir(run: Path, resume: bool) -> None:
 
 
 def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = False) -> TrainResult:
-    """Train ``cfg`` into the run directory ``run`` (or continue it with ``resume=True``)."""
+    """Train ``cfg`` into the run directory ``run`` (or continue it with ``resume=True``).
+
+    Under ``torchrun --nproc_per_node=N`` every process calls this; ``distributed.py`` says what they share.
+    """
+    ctx = distributed.setup(pick_device(cfg.device))  # rank 0 of 1 unless torchrun started us
+    try:
+        return _train(cfg, run, resume, quiet or not ctx.is_main, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distributed.Context) -> TrainResult:
     run = Path(run)
     check_run_dir(run, resume)
     if cfg.encrypt:  # a missing or unreadable key is found now, not at the first checkpoint
         from genforge.security.crypto import load_keyring
 
         load_keyring()
-    device = pick_device(cfg.device)
-    set_threads(cfg.num_threads)
+    device = ctx.device
+    set_threads(cfg.num_threads or ctx.cpu_threads)
+    if ctx.active and getattr(cfg, "dp_epsilon", 0) > 0:
+        raise ConfigError("differential privacy (dp_epsilon) trains in one process only: run it without torchrun")
     spec = MODELS[cfg.model]
     method = spec.method
 
@@ -126,19 +140,22 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
             net.to(memory_format=torch.channels_last)
     if cfg.channels_last:
         x_train = x_train.contiguous(memory_format=torch.channels_last)
-    trainer = method.Trainer(cfg, nets)
+    trainer = method.Trainer(cfg, ctx.wrap(nets))  # under torchrun: DDP-wrapped, gradients averaged over processes
     if cfg.compile:  # in place, so state_dict keys (and so checkpoints) are the same as without it
         for net in nets.values():
             net.compile()
-    # real images one step consumes: a GAN with d_steps > 1 gives each D step its own batch
-    per_step = cfg.batch_size * getattr(trainer, "batch_multiplier", 1)
+    # real images one step consumes (over all processes: the global batch); a GAN with d_steps > 1 gives each
+    # D step its own batch
+    per_step = cfg.batch_size * getattr(trainer, "batch_multiplier", 1) * ctx.world_size
     if per_step > n_train:
-        raise ConfigError(f"batch_size {cfg.batch_size} (x d_steps {cfg.d_steps} for GANs) is larger than the "
+        raise ConfigError(f"batch_size {cfg.batch_size} (x d_steps {cfg.d_steps} for GANs"
+                          f"{f', x {ctx.world_size} processes' if ctx.active else ''}) is larger than the "
                           f"training split ({n_train} images)")
     steps_per_epoch = n_train // per_step
     ema = EMA({role: nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
-    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)   # latents and reparameterization
-    aug_rng = torch.Generator().manual_seed(cfg.seed + 2)              # augmentation (drawn on the CPU)
+    # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.
+    noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))
+    aug_rng = torch.Generator().manual_seed(ctx.seed(cfg.seed + 2))
     grid_z = latents(cfg.grid_n, z_dim, cfg.seed + 3).to(device)       # the same grid latents all run long
     # conditional grids cycle through the classes and are drawn num_classes wide: one column per class
     grid_y = torch.arange(cfg.grid_n, device=device) % num_classes if num_classes else None
@@ -153,7 +170,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
 
     # ---- validation scoring (optional): the same latents every time, so the curve measures the model only
     validator = None
-    if cfg.eval_every:
+    if cfg.eval_every and ctx.is_main:
         from genforge.metrics import TrainingEvaluator
 
         validator = TrainingEvaluator(cfg.data, splits.val.x, splits.image_shape, n=cfg.eval_n, seed=cfg.seed)
@@ -168,9 +185,15 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
         for name, opt in trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         trainer.load_state_dict(state["trainer"])
-        noise.set_state(state["noise_rng"])
-        aug_rng.set_state(state["aug_rng"])
+        streams = state.get("rank_rngs") or [(state["noise_rng"], state["aug_rng"])]
+        if ctx.rank < len(streams):
+            noise.set_state(streams[ctx.rank][0])
+            aug_rng.set_state(streams[ctx.rank][1])
+        else:  # more processes than the run had: a fresh stream of its own, a function of rank and step
+            noise.manual_seed(ctx.seed(cfg.seed + 1) + 7919 * state["step"])
+            aug_rng.manual_seed(ctx.seed(cfg.seed + 2) + 7919 * state["step"])
         book.update({k: state.get(k, book[k]) for k in book})
+        return state
 
     def release_nets() -> dict[str, torch.nn.Module]:
         """EMA copies where the family averages, the trained networks elsewhere."""
@@ -179,13 +202,25 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
         return released
 
     def checkpoint(step: int) -> Path:
+        ctx.check_in_sync(nets, step)  # under torchrun: every process holds the same weights, or stop here
+        streams = ctx.gather((noise.get_state(), aug_rng.get_state()))  # every process's random streams
+        if not ctx.is_main:  # rank 0 writes; the others wait until the checkpoint is complete
+            ctx.barrier()
+            return last_checkpoint(run)
         state = {"nets": {role: net.state_dict() for role, net in nets.items()}, "ema": ema.state_dict(),
                  "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()},
                  "trainer": trainer.state_dict(),
-                 "noise_rng": noise.get_state(), "aug_rng": aug_rng.get_state(), **book, "step": step}
-        return save_checkpoint(run, step, release_nets(), meta, state, keep=cfg.keep_checkpoints)
+                 "noise_rng": noise.get_state(), "aug_rng": aug_rng.get_state(), **book, "step": step,
+                 "world_size": ctx.world_size, "global_batch": per_step}
+        if ctx.active:
+            state["rank_rngs"] = streams
+        path = save_checkpoint(run, step, release_nets(), meta, state, keep=cfg.keep_checkpoints)
+        ctx.barrier()
+        return path
 
-    def write_grid(step: int) -> Path:
+    def write_grid(step: int) -> Path | None:
+        if not ctx.is_main:
+            return None
         with torch.inference_mode():
             images = to_uint8(method.generate(release_nets(), grid_z, grid_y)).cpu().numpy()
         path = save_grid(images, run / "samples" / f"step_{step:08d}.png", nrow=num_classes or None,
@@ -204,15 +239,22 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
         return all(bool(torch.isfinite(p).all()) for net in nets.values() for p in net.parameters())
 
     # Everything the user can get wrong has been checked by now: only now is anything written.
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if resume:
-        restore(last_checkpoint(run))
+    if ctx.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    saved = restore(last_checkpoint(run)) if resume else {}  # every process loads the same checkpoint
     start_step = step = book["step"]
     elapsed_before = book["elapsed"]
-    logger = RunLogger(run, cfg.max_steps, start_step, cfg.tensorboard, quiet)
+    logger = RunLogger(run, cfg.max_steps, start_step, cfg.tensorboard, quiet, enabled=ctx.is_main)
     logger.message(f"genforge: training {cfg.model} on {cfg.data} ({n_train} images, {splits.image_shape}) "
                    f"on {device}; run directory: {run}")
+    if ctx.active:
+        logger.message(f"genforge: {ctx.world_size} processes, batch_size {cfg.batch_size} each: "
+                       f"{per_step} images per step")
+    if saved.get("global_batch", per_step) != per_step:
+        logger.message(f"genforge: this run took {saved['global_batch']} images per step "
+                       f"({saved.get('world_size', 1)} processes), now {per_step}: the data order and the "
+                       f"learning dynamics change (keep batch_size x processes to continue as before)")
 
     last_ckpt: Path | None = last_checkpoint(run) if resume else None
     last_ckpt_step = step if resume else -1
@@ -222,13 +264,13 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     perm, perm_epoch = None, -1
     with _StopOnSignal(logger) as stop:
         try:
-            while step < cfg.max_steps and not stop.signum:
+            while step < cfg.max_steps and not ctx.any(stop.signum):  # any process's signal stops them all
                 # ---- the batch: a fixed permutation per epoch, so batch k is the same after a resume
                 epoch, i = divmod(step, steps_per_epoch)
                 if epoch != perm_epoch:
                     perm_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
                     perm, perm_epoch = torch.randperm(n_train, generator=perm_gen).to(device), epoch
-                idx = perm[i * per_step:(i + 1) * per_step]
+                idx = ctx.shard(perm[i * per_step:(i + 1) * per_step])  # this process's part of the batch
                 x = x_train[idx]                                   # (b, c, h, w)
                 y = y_train[idx] if y_train is not None else None  # (b,) or None
                 if augmenting:
@@ -243,11 +285,12 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                 finite &= torch.stack(list(losses.values())).isfinite().all()
 
                 last = step == cfg.max_steps
-                over_time = cfg.max_seconds and time.perf_counter() - t_start >= cfg.max_seconds
-                due_eval = bool(validator) and (step % cfg.eval_every == 0 or last or over_time)
+                over_time = cfg.max_seconds and ctx.any(time.perf_counter() - t_start >= cfg.max_seconds)
+                due_eval = bool(cfg.eval_every) and (step % cfg.eval_every == 0 or last or over_time)
                 due_ckpt = ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
                             or due_eval)  # evaluated weights are kept, so "best" can point at them
                 if step % cfg.log_every == 0 or due_ckpt:
+                    losses, finite = ctx.mean(losses, finite)  # under torchrun: over all processes
                     if not bool(finite) or (due_ckpt and not all_finite()):
                         if cfg.nan_policy == "rollback" and last_ckpt is not None \
                                 and book["rollbacks"] < cfg.max_rollbacks:
@@ -272,14 +315,14 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                     values["images_per_sec"] = (step - step_log) * per_step / max(now - t_log, 1e-9)
                     values["epoch"] = epoch
                     values["time"] = elapsed_before + now - t_start
-                    scores = validate() if due_eval else {}
+                    scores = validate() if due_eval and ctx.is_main else {}
                     values.update(scores)
                     logger.log(step, values, final=due_ckpt)
                     t_log, step_log = now, step
                 if cfg.sample_every and step % cfg.sample_every == 0:
                     write_grid(step)
                 if due_ckpt:
-                    improved = due_eval and scores["val_fid"] < book["best_fid"]
+                    improved = "val_fid" in scores and scores["val_fid"] < book["best_fid"]
                     if improved:
                         book["best_fid"] = scores["val_fid"]
                     book["step"], book["elapsed"] = step, elapsed_before + time.perf_counter() - t_start
@@ -295,7 +338,8 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
                 book["step"], book["elapsed"] = step, elapsed_before + time.perf_counter() - t_start
                 last_ckpt, last_ckpt_step = checkpoint(step), step
             grid = write_grid(step)
-            atomic_write_text(run / "samples" / "last.txt", grid.name + "\n")
+            if grid is not None:
+                atomic_write_text(run / "samples" / "last.txt", grid.name + "\n")
         finally:
             logger.close()
     if not quiet:
