@@ -31,6 +31,7 @@ from genforge.io import atomic_write_json, atomic_write_text
 from genforge.postprocess.provenance import stamp
 from genforge.models import MODELS, build_networks, d_options
 from genforge.training import distributed
+from genforge.training import distributed
 from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
 from genforge.training.ema import EMA, recalibrate_batchnorm
 from genforge.training.log import RunLogger
@@ -62,8 +63,9 @@ def set_threads(num_threads: int) -> int:
 class _StopOnSignal:
     """First Ctrl-C / SIGTERM: finish the step, checkpoint, stop. Second: abort at once."""
 
-    def __init__(self, logger: RunLogger):
+    def __init__(self, logger: RunLogger, debounce: float = 0.0):
         self.logger, self.signum, self.saved = logger, 0, {}
+        self.debounce, self.first = debounce, 0.0
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -73,8 +75,10 @@ class _StopOnSignal:
 
     def _handle(self, signum, frame):
         if self.signum:
+            if time.monotonic() - self.first < self.debounce:
+                return  # under torchrun one Ctrl-C arrives twice: from the terminal and forwarded by torchrun
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum, self.first = signum, time.monotonic()
         self.logger.message(f"{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
                             "(again to abort at once; the last checkpoint stays intact)")
 
@@ -262,7 +266,7 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
     t_start = t_log = time.perf_counter()
     step_log = step
     perm, perm_epoch = None, -1
-    with _StopOnSignal(logger) as stop:
+    with _StopOnSignal(logger, debounce=2.0 if ctx.active else 0.0) as stop:
         try:
             while step < cfg.max_steps and not ctx.any(stop.signum):  # any process's signal stops them all
                 # ---- the batch: a fixed permutation per epoch, so batch k is the same after a resume
