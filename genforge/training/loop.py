@@ -31,7 +31,6 @@ from genforge.io import atomic_write_json, atomic_write_text
 from genforge.postprocess.provenance import stamp
 from genforge.models import MODELS, build_networks, d_options
 from genforge.training import distributed
-from genforge.training import distributed
 from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
 from genforge.training.ema import EMA, recalibrate_batchnorm
 from genforge.training.log import RunLogger
