@@ -333,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_commands(sub)
     from genforge.apps.apps_cli import add_apps_commands; add_apps_commands(sub)  # noqa: E702  repair, transfer, augment
+    from genforge.apps.inspect_cli import add_inspect_commands; add_inspect_commands(sub)  # noqa: E702  inspection
     from genforge.security.cli import add_security_commands
 
     add_security_commands(sub)

@@ -1,0 +1,392 @@
+"""The anomaly detectors of ``genforge inspect``: one interface, four methods.
+
+Every detector learns from normal images only and answers one question per image: how unlike the
+training images is it? They share one small interface, so the fitting, thresholding, saving and
+scoring code in ``inspection.py`` is the same for all of them:
+
+    det = DETECTORS["vae"](image_shape, **options)
+    det.fit(x_train, seed)              # x: float32 (n, c, h, w) in [0, 1], normal images only
+    score, residual = det.score(x)      # (n,) float64, higher is more anomalous; (n, h, w) float32 heat map
+    det.tensors()                       # everything learnt, for safetensors; det.options() for the JSON
+
+``vae`` and ``ganomaly`` are the generative detectors (genforge's own networks and VAE method);
+``pca`` and ``knn`` are the baselines they must beat.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCORE_BATCH = 256  # fixed, so that a detector scores an image the same whatever else is in the call
+
+
+def _batches(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+def _train_batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
+    """Index batches for ``steps`` steps: reshuffled every epoch, the same for the same generator."""
+    batch = min(batch_size, n)
+    per_epoch = max(1, n // batch)
+    for step in range(steps):
+        i = step % per_epoch
+        if i == 0:
+            perm = torch.randperm(n, generator=gen)
+        yield perm[i * batch:(i + 1) * batch]
+
+
+def _standardize(values: np.ndarray, stats: dict) -> np.ndarray:
+    return (values - stats["mean"]) / stats["std"]
+
+
+def _stats(values: np.ndarray) -> dict:
+    return {"mean": float(values.mean()), "std": float(max(values.std(), 1e-12))}
+
+
+# ------------------------------------------------------------------------------------------- baselines
+
+
+class PCADetector:
+    """Baseline: squared error of the reconstruction from the top principal components of the normal images.
+
+    The number of components is the fewest that explain ``variance`` of the training pixels' variance.
+    """
+
+    name = "pca"
+
+    def __init__(self, image_shape, variance: float = 0.9, n_components: int = 0):
+        self.image_shape = tuple(image_shape)
+        self.variance = float(variance)
+        d = math.prod(self.image_shape)
+        self.mean = torch.zeros(d, dtype=torch.float64)
+        self.components = torch.zeros(n_components, d, dtype=torch.float64)  # (k, d), orthonormal rows
+
+    def options(self) -> dict:
+        return {"variance": self.variance, "n_components": int(self.components.shape[0])}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "components": self.components}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.mean, self.components = tensors["mean"], tensors["components"]
+
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+        flat = x.flatten(1).double()                          # (n, d)
+        self.mean = flat.mean(0)
+        _, s, vh = torch.linalg.svd(flat - self.mean, full_matrices=False)
+        explained = (s.square().cumsum(0) / s.square().sum().clamp_min(1e-12))
+        k = int(torch.searchsorted(explained, torch.tensor(self.variance, dtype=explained.dtype)).item()) + 1
+        self.components = vh[:min(k, len(s))].contiguous()
+        if log:
+            log(f"pca: {self.components.shape[0]} components explain {100 * self.variance:g}% of the variance")
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1).double() - self.mean              # (n, d)
+        proj = flat @ self.components.T @ self.components     # (n, d)
+        return (proj + self.mean).view(x.shape)
+
+    def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        err = (x.double() - self.reconstruct(x)).square().mean(1)  # (n, h, w), channel mean
+        return err.flatten(1).sum(1).numpy(), err.float().numpy()
+
+
+class KNNDetector:
+    """Baseline: mean Euclidean distance to the k nearest training images, on raw pixels.
+
+    Keeps at most ``bank_size`` training images (a seeded random subset). The heat map is the absolute
+    difference to the nearest one.
+    """
+
+    name = "knn"
+
+    def __init__(self, image_shape, k: int = 5, bank_size: int = 5000, n_bank: int = 0):
+        self.image_shape = tuple(image_shape)
+        self.k, self.bank_size = int(k), int(bank_size)
+        self.bank = torch.zeros(n_bank, math.prod(self.image_shape))  # (m, d) float32
+
+    def options(self) -> dict:
+        return {"k": self.k, "bank_size": self.bank_size, "n_bank": int(self.bank.shape[0])}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"bank": self.bank}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.bank = tensors["bank"]
+
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+        flat = x.flatten(1).float()
+        if len(flat) > self.bank_size:
+            keep = torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:self.bank_size]
+            flat = flat[keep.sort().values]
+        self.bank = flat.contiguous()
+
+    def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        k = min(self.k, len(self.bank))
+        bank_sq = self.bank.double().square().sum(1)              # (m,)
+        scores, residuals = [], []
+        for sl in _batches(len(x), SCORE_BATCH):
+            q = x[sl].flatten(1).float()                           # (b, d)
+            # ||q - b||^2 = ||q||^2 + ||b||^2 - 2 q.b, in float64 so near neighbours do not cancel to noise
+            d2 = (q.double().square().sum(1, keepdim=True) + bank_sq - 2 * q.double() @ self.bank.double().T)
+            d2, idx = d2.clamp_min(0).topk(k, dim=1, largest=False)  # (b, k)
+            scores.append(d2.sqrt().mean(1))
+            nearest = self.bank[idx[:, 0]].view(-1, *self.image_shape)
+            residuals.append((x[sl].float() - nearest).abs().mean(1))  # (b, h, w)
+        return torch.cat(scores).numpy(), torch.cat(residuals).numpy()
+
+
+# ------------------------------------------------------------------------------------------- generative
+
+
+def _conv_nets(image_shape, z_dim: int, base_channels: int, roles: dict[str, str]) -> dict[str, nn.Module]:
+    """genforge's own networks (``genforge.models.networks``) for the roles a detector needs."""
+    from genforge.models import networks
+
+    kinds = {"encoder": networks.ConvEncoder, "decoder": networks.ConvDecoder,
+             "discriminator": networks.DCGANDiscriminator}
+    return {role: kinds[kind](tuple(image_shape), z_dim=z_dim, base_channels=base_channels)
+            for role, kind in roles.items()}
+
+
+def _net_tensors(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{role}.{k}": v.detach() for role, net in nets.items()
+            for k, v in net.state_dict().items()}
+
+
+def _load_nets(nets: dict[str, nn.Module], tensors: dict[str, torch.Tensor]) -> None:
+    for role, net in nets.items():
+        prefix = f"{role}."
+        net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        net.eval().requires_grad_(False)
+
+
+class VAEDetector:
+    """A convolutional VAE (``vae-conv``: genforge's ConvEncoder / ConvDecoder and the VAE method's ELBO step)
+    trained on normal images; what it cannot reconstruct is suspect (An and Cho 2015).
+
+    Per image it measures, through the posterior mean z = mu(x) (no sampling, so scores are deterministic):
+      residual  sum of squared pixel errors |x - x_hat|^2           (the reconstruction error)
+      elbo      Bernoulli negative log-likelihood + KL(q(z|x) || p(z))  (the negative ELBO at z = mu)
+      latent    mean distance of mu(x) to its k nearest training codes   (how far from normal in the code space)
+    ``score`` picks one, or "combined": the sum of the three, each standardized by its mean and spread on
+    the normal training images. The combined score is the default: on the benchmark (benchmarks/RESULTS.md)
+    the pixel residual alone misses anomalies that are easy to draw (a "1" among other digits: few pixels,
+    small error), which the latent term catches.
+    """
+
+    name = "vae"
+    SCORES = ("residual", "elbo", "latent", "combined")
+
+    def __init__(self, image_shape, z_dim: int = 16, base_channels: int = 32, steps: int = 600,
+                 batch_size: int = 64, lr: float = 1e-3, score: str = "combined", k: int = 5,
+                 bank_size: int = 2000, n_bank: int = 0, stats: dict | None = None):
+        if score not in self.SCORES:
+            from genforge.errors import GenforgeError
+
+            raise GenforgeError(f"vae: unknown score {score!r}; choose one of {', '.join(self.SCORES)}")
+        self.image_shape = tuple(image_shape)
+        self.z_dim, self.base_channels, self.steps = int(z_dim), int(base_channels), int(steps)
+        self.batch_size, self.lr, self.score_kind, self.k = int(batch_size), float(lr), score, int(k)
+        self.bank_size = int(bank_size)
+        self.nets = _conv_nets(self.image_shape, self.z_dim, self.base_channels,
+                               {"encoder": "encoder", "decoder": "decoder"})
+        self.bank = torch.zeros(n_bank, self.z_dim)           # (m, z_dim) training codes
+        self.stats = stats or {}                               # component -> {"mean", "std"} on training images
+
+    def options(self) -> dict:
+        return {"z_dim": self.z_dim, "base_channels": self.base_channels, "steps": self.steps,
+                "batch_size": self.batch_size, "lr": self.lr, "score": self.score_kind, "k": self.k,
+                "bank_size": self.bank_size, "n_bank": int(self.bank.shape[0]), "stats": self.stats}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**_net_tensors(self.nets), "bank": self.bank}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        _load_nets(self.nets, tensors)
+        self.bank = tensors["bank"]
+
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+        from genforge.config import Config
+        from genforge.models import vae
+
+        # The fields vae.Trainer reads; the detector's own options were checked when it was built.
+        cfg = Config(model="vae-conv", recon_loss="bce", kl_weight=1.0, g_lr=self.lr, g_betas=[0.9, 0.999],
+                     z_dim=self.z_dim, base_channels=self.base_channels)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.nets = _conv_nets(self.image_shape, self.z_dim, self.base_channels,
+                                   {"encoder": "encoder", "decoder": "decoder"})
+            for net in self.nets.values():
+                net.train()
+            trainer = vae.Trainer(cfg, self.nets)   # the same ELBO step `genforge train` runs
+            gen = torch.Generator().manual_seed(seed + 1)
+            for step, idx in enumerate(_train_batches(len(x), self.batch_size, self.steps, gen)):
+                out = trainer.train_step(x[idx], None, gen, step)
+                if not torch.isfinite(out["loss"]):
+                    from genforge.errors import TrainingError
+
+                    raise TrainingError(f"vae detector: non-finite loss at step {step}; lower lr (now {self.lr})")
+                if log and (step + 1) % 200 == 0:
+                    log(f"vae: step {step + 1}/{self.steps}: -elbo {out['loss'].item():.1f}")
+        for net in self.nets.values():
+            net.eval().requires_grad_(False)
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 2))[:self.bank_size]
+        self.bank = self._parts(x[keep.sort().values])["mu"]
+        self.stats = {}
+        parts = self._components(x, exclude_self=True)
+        self.stats = {name: _stats(values) for name, values in parts.items()}
+
+    @torch.no_grad()
+    def _parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"mu": [], "residual": [], "elbo": [], "map": []}
+        for sl in _batches(len(x), SCORE_BATCH):
+            xb = x[sl]
+            mu, logvar = self.nets["encoder"](xb)              # (b, z_dim) each
+            logits = self.nets["decoder"](mu)                  # (b, c, h, w)
+            err = (torch.sigmoid(logits) - xb).square()
+            bce = F.binary_cross_entropy_with_logits(logits, xb, reduction="none").flatten(1).sum(1)
+            kl = -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)
+            out["mu"].append(mu)
+            out["residual"].append(err.flatten(1).sum(1))
+            out["elbo"].append(bce + kl)
+            out["map"].append(err.mean(1))                      # (b, h, w)
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def _latent_distance(self, mu: torch.Tensor, exclude_self: bool) -> torch.Tensor:
+        k = min(self.k, len(self.bank) - int(exclude_self))
+        d = torch.cdist(mu.double(), self.bank.double())       # (n, m)
+        d = d.topk(k + int(exclude_self), dim=1, largest=False).values
+        return d[:, int(exclude_self):].mean(1)                 # a training image's own code is not a neighbour
+
+    def _components(self, x: torch.Tensor, exclude_self: bool = False) -> dict[str, np.ndarray]:
+        parts = self._parts(x)
+        # exclude_self is only exact for images in the bank; for the rest it drops the nearest neighbour,
+        # which only matters for the standardization statistics, not for any score.
+        return {"residual": np.log(parts["residual"].double().numpy() + 1e-12),
+                "elbo": parts["elbo"].double().numpy(),
+                "latent": self._latent_distance(parts["mu"], exclude_self).numpy()}
+
+    def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        parts = self._parts(x)
+        if self.score_kind == "residual":
+            values = parts["residual"].double().numpy()
+        elif self.score_kind == "elbo":
+            values = parts["elbo"].double().numpy()
+        else:
+            comps = {"residual": np.log(parts["residual"].double().numpy() + 1e-12),
+                     "elbo": parts["elbo"].double().numpy(),
+                     "latent": self._latent_distance(parts["mu"], False).numpy()}
+            if self.score_kind == "latent":
+                values = comps["latent"]
+            else:
+                values = sum(_standardize(comps[name], self.stats[name]) for name in ("residual", "elbo", "latent"))
+        return values, parts["map"].numpy()
+
+
+class GANomalyDetector:
+    """GANomaly (Akcay et al. 2018): an encoder-decoder-encoder generator trained adversarially on normal images.
+
+    G_E encodes x to z, G_D decodes z to x_hat, E encodes x_hat again to z_hat; a discriminator D pushes x_hat
+    towards the normal images. The anomaly score is the latent inconsistency |z - z_hat|^2 (the paper's
+    eq. 7); the heat map is |x - x_hat|. Networks are genforge's ConvEncoder (its mu head as the code),
+    ConvDecoder and DCGANDiscriminator. Loss weights follow the paper: adversarial (feature matching) 1,
+    contextual (L1) 50, encoder (L2) 1.
+    """
+
+    name = "ganomaly"
+
+    def __init__(self, image_shape, z_dim: int = 16, base_channels: int = 32, steps: int = 600,
+                 batch_size: int = 64, lr: float = 2e-4, w_adv: float = 1.0, w_con: float = 50.0,
+                 w_enc: float = 1.0, score: str = "latent"):
+        self.score_kind = score
+        self.image_shape = tuple(image_shape)
+        self.z_dim, self.base_channels, self.steps = int(z_dim), int(base_channels), int(steps)
+        self.batch_size, self.lr = int(batch_size), float(lr)
+        self.w_adv, self.w_con, self.w_enc = float(w_adv), float(w_con), float(w_enc)
+        self.nets = self._build()
+
+    def _build(self) -> dict[str, nn.Module]:
+        return _conv_nets(self.image_shape, self.z_dim, self.base_channels,
+                          {"g_encoder": "encoder", "g_decoder": "decoder", "encoder": "encoder",
+                           "discriminator": "discriminator"})
+
+    def options(self) -> dict:
+        return {"z_dim": self.z_dim, "base_channels": self.base_channels, "steps": self.steps,
+                "batch_size": self.batch_size, "lr": self.lr, "w_adv": self.w_adv, "w_con": self.w_con,
+                "w_enc": self.w_enc, "score": self.score_kind}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return _net_tensors(self.nets)
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        _load_nets(self.nets, tensors)
+
+    def _generate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = self.nets["g_encoder"](x)[0]                         # (b, z_dim)
+        x_hat = torch.sigmoid(self.nets["g_decoder"](z))         # (b, c, h, w) in [0, 1]
+        z_hat = self.nets["encoder"](x_hat)[0]                   # (b, z_dim)
+        return z, x_hat, z_hat
+
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.nets = self._build()
+        nets = self.nets
+        for net in nets.values():
+            net.train()
+        g_params = [p for role in ("g_encoder", "g_decoder", "encoder") for p in nets[role].parameters()]
+        opt_g = torch.optim.Adam(g_params, lr=self.lr, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(nets["discriminator"].parameters(), lr=self.lr, betas=(0.5, 0.999))
+        D = nets["discriminator"]
+        gen = torch.Generator().manual_seed(seed + 1)
+        for step, idx in enumerate(_train_batches(len(x), self.batch_size, self.steps, gen)):
+            real = x[idx] * 2 - 1                                # D was built for tanh images in [-1, 1]
+            z, x_hat, z_hat = self._generate(x[idx])
+            fake = x_hat * 2 - 1
+            # (1) update D: maximize log D(x) + log(1 - D(G(x)))
+            d_loss = F.softplus(-D(real)).mean() + F.softplus(D(fake.detach())).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            # (2) update G_E, G_D, E: feature matching + contextual L1 + latent L2 (GANomaly eq. 4-6)
+            adv = (D.features(real).flatten(1).mean(0) - D.features(fake).flatten(1).mean(0)).square().mean()
+            con = (x[idx] - x_hat).abs().mean()
+            enc = (z - z_hat).square().mean()
+            g_loss = self.w_adv * adv + self.w_con * con + self.w_enc * enc
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            if not torch.isfinite(g_loss):
+                from genforge.errors import TrainingError
+
+                raise TrainingError(f"ganomaly detector: non-finite loss at step {step}; lower lr (now {self.lr})")
+            if d_loss.item() < 1e-5:  # D has won outright: re-initialize it, as the GANomaly code does
+                for module in D.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+            if log and (step + 1) % 200 == 0:
+                log(f"ganomaly: step {step + 1}/{self.steps}: d {d_loss.item():.3f} con {con.item():.4f} "
+                    f"enc {enc.item():.4f}")
+        for net in nets.values():
+            net.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = [], []
+        for sl in _batches(len(x), SCORE_BATCH):
+            z, x_hat, z_hat = self._generate(x[sl])
+            err = (x[sl] - x_hat).abs()
+            scores.append((z - z_hat).square().mean(1).double() if self.score_kind == "latent"
+                          else err.flatten(1).sum(1).double())
+            maps.append(err.mean(1))
+        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+
+# A registry is a dict literal: name -> detector class.
+DETECTORS = {"vae": VAEDetector, "ganomaly": GANomalyDetector, "pca": PCADetector, "knn": KNNDetector}
