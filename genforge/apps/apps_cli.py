@@ -142,7 +142,7 @@ def cmd_repair(args) -> int:
             shown = shown.copy()
             shown[:, mask] = 128  # the missing region in grey
         out = np.stack([shown, out], 1).reshape(-1, *out.shape[1:])  # input, repair, input, repair...
-        nrow = 2 * min(8, len(x))
+        nrow = 2 * min(10, len(x))
     path = write_images(out, names if not args.compare else [f"{n}_{k}" for n in names for k in ("in", "out")],
                         args.out, meta, nrow)
     print(f"genforge: repaired {len(x)} images ({args.task}) with {model.path}; wrote {path}")
@@ -227,8 +227,8 @@ def add_apps_commands(sub) -> None:
     p.add_argument("--task", required=True, choices=("inpaint", "denoise", "sr2x"))
     p.add_argument("--mask", help="inpaint: x,y,w,h in pixels, or a mask image (white = missing)")
     p.add_argument("--noise-std", type=float, help="denoise: noise std in [0, 1] pixel units (default: estimated)")
-    p.add_argument("--steps", type=int, default=200, help="VAE/GAN: optimisation steps on the latent (default 200)")
-    p.add_argument("--restarts", type=int, default=4, help="VAE/GAN: starting latents per image (default 4)")
+    p.add_argument("--steps", type=int, default=100, help="VAE/GAN: optimisation steps on the latent (default 100)")
+    p.add_argument("--restarts", type=int, default=2, help="VAE/GAN: starting latents per image (default 2)")
     p.add_argument("--diffusion-steps", type=int, default=50, help="diffusion: DDIM steps (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true", help="grid: each input beside its repair")

@@ -40,9 +40,9 @@ MODEL_ERROR = 0.1  # per-pixel std of what the model cannot draw exactly, in [0,
 class RepairOptions:
     """Knobs of the latent optimisation (VAE, GAN) and of the diffusion sampler."""
 
-    steps: int = 200          # Adam steps on z
+    steps: int = 100          # Adam steps on z (more fits the known pixels closer, and the hole worse)
     lr: float = 0.05
-    restarts: int = 4         # starting latents per image (and per class for conditional models); best kept
+    restarts: int = 2         # starting latents per image (and per class for conditional models); best kept
     diffusion_steps: int = 50  # DDIM steps
     seed: int = 0
 
