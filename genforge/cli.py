@@ -38,6 +38,12 @@ def cmd_train(args) -> int:
         overrides.append(f"max_seconds={args.max_seconds}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
+    for flag, value in (("dp_epsilon", args.dp_epsilon), ("dp_delta", args.dp_delta),
+                        ("dp_max_grad_norm", args.dp_max_grad_norm)):
+        if value is not None:
+            if not value > 0:  # in a config, dp_epsilon: 0 means no DP; on the command line it is a mistake
+                raise GenforgeError(f"--{flag.replace('_', '-')} must be positive, got {value:g}")
+            overrides.append(f"{flag}={value!r}")
     if args.encrypt:
         overrides.append("encrypt=true")
     if args.resume:
@@ -203,6 +209,11 @@ def cmd_info(args) -> int:
     meta = dict(model.meta)
     meta.pop("train_config", None)
     print(f"model directory: {model.path}")
+    privacy = meta.get("privacy")  # written by genforge/security/privacy.py; all its fields follow below
+    print("  differential privacy: " + (f"epsilon {privacy['epsilon']:g} at delta {privacy['delta']:g} for the "
+                                        f"{' and '.join(privacy['private_networks'])} ({privacy['mechanism']}, "
+                                        f"{privacy['steps']} steps, target epsilon {privacy['target_epsilon']:g})"
+                                        if privacy else "none"))
     for key, value in meta.items():
         print(f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}")
     from genforge.models.files import WEIGHTS
@@ -249,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, help="same as --set max_seconds=S")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (same as --set device=...)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--dp-epsilon", type=float, metavar="E",
+                   help="train with differential privacy (DP-SGD, Opacus) to this epsilon (same as --set dp_epsilon=E)")
+    p.add_argument("--dp-delta", type=float, metavar="D", help="DP delta, below 1/N (default 1e-5)")
+    p.add_argument("--dp-max-grad-norm", type=float, metavar="C", help="DP per-sample clipping norm (default 1.0)")
     p.add_argument("--encrypt", action="store_true", help="write checkpoints encrypted (same as --set encrypt=true)")
     p.add_argument("--key-file", help=KEY_FILE_HELP)
     p.set_defaults(func=cmd_train)

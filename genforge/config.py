@@ -47,7 +47,7 @@ class Config:
     gp_weight: float = 10.0          # WGAN-GP gradient penalty weight (Gulrajani et al. 2017)
     r1_weight: float = 0.0           # R1 penalty on real data, gamma (Mescheder et al. 2018); 0 is off
     d_steps: int = 1                 # discriminator (critic) steps per generator step, each on its own batch
-    d_norm: str = "batch"            # discriminator normalization: "batch" or "none" (WGAN-GP needs "none")
+    d_norm: str = "batch"            # discriminator normalization: "batch", "group" or "none" (WGAN-GP, DP: not "batch")
     spectral_norm: bool = False      # spectral normalization of every discriminator layer (Miyato et al. 2018)
     mbstd: bool = False              # minibatch standard deviation feature in the discriminator (Karras et al. 2018)
     instance_noise: float = 0.0      # std of Gaussian noise added to D's inputs, annealed to 0 (Sonderby et al. 2017)
@@ -61,6 +61,11 @@ class Config:
     # --- diffusion -------------------------------------------------------------------
     noise_schedule: str = "cosine"   # DDPM beta schedule: "linear" (Ho et al. 2020) or "cosine" (Nichol and Dhariwal 2021)
     cfg_dropout: float = 0.1         # share of class labels dropped in training, for classifier-free guidance
+
+    # --- differential privacy (DP-SGD with Opacus; genforge/security/privacy.py) ----------
+    dp_epsilon: float = 0.0          # target epsilon of the networks that see real data; 0: no differential privacy
+    dp_delta: float = 1e-5           # target delta; must be below 1 / (training images)
+    dp_max_grad_norm: float = 1.0    # per-sample gradient clipping norm C
 
     # --- how to train -------------------------------------------------------------
     seed: int = 0
@@ -108,13 +113,13 @@ CHOICES = {
     "channels": (0, 1, 3),
     "precision": ("fp32", "bf16"),
     "gan_loss": ("ns", "hinge", "wgan-gp"),
-    "d_norm": ("batch", "none"),
+    "d_norm": ("batch", "group", "none"),
     "noise_schedule": ("linear", "cosine"),
 }
 POSITIVE = ("eval_n", "image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
             "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
-            "keep_checkpoints")
-NON_NEGATIVE = ("eval_every", "gp_weight", "r1_weight", "instance_noise", "acgan_weight", "kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
+            "keep_checkpoints", "dp_max_grad_norm")
+NON_NEGATIVE = ("dp_epsilon", "eval_every", "gp_weight", "r1_weight", "instance_noise", "acgan_weight", "kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
                 "augment_rotate", "ema_start", "num_threads", "max_rollbacks")
 
 
@@ -186,6 +191,9 @@ def validate(cfg: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: '{name}' must be in [0, 0.5), got {getattr(cfg, name)!r}")
     if not (cfg.device in ("cpu", "cuda", "auto") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"{source}: 'device' must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
+    from genforge.security.privacy import check_config  # late import, as MODELS above
+
+    check_config(cfg, source)
     return cfg
 
 

@@ -165,7 +165,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
         raise ModelFileError(f"{directory / CONFIG}: field 'num_classes' must be a small non-negative integer")
     d_opts = meta.get("d_options") or {}
     if (not isinstance(d_opts, dict) or set(d_opts) - {"norm", "spectral_norm", "mbstd"}
-            or d_opts.get("norm", "batch") not in ("batch", "none")
+            or d_opts.get("norm", "batch") not in ("batch", "group", "none")
             or not all(isinstance(d_opts.get(k, False), bool) for k in ("spectral_norm", "mbstd"))):
         raise ModelFileError(f"{directory / CONFIG}: field 'd_options' is malformed")
     shape = (meta["model"], tuple(meta["image_shape"]), meta["z_dim"], meta["base_channels"], num_classes, d_opts)

@@ -157,8 +157,13 @@ class Trainer:
         }
         # D scores real and fake in one pass when nothing in it mixes samples (same numbers, larger matrix
         # products). BatchNorm and minibatch std do mix them, so then the batches stay apart, as in DCGAN.
+        # With DP (dp_epsilon > 0) they stay apart too: Opacus then adds the per-sample gradients of the real
+        # and the fake pass row by row, so the unit it clips is the pair (x_i, G(z_i)), and one noisy step is
+        # charged per D update. The fakes need no privacy, but clipping them with their real partner does not
+        # charge the budget twice (Opacus issue #418: its DCGAN example once took a second, noisy step on the
+        # fakes alone); it only bounds their pull on D as well. See genforge/security/privacy.py.
         mixes = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules())
-        self.joint_d = not mixes and not getattr(self.D, "mbstd", False)
+        self.joint_d = not mixes and not getattr(self.D, "mbstd", False) and not cfg.dp_epsilon > 0
         self.policy = [p for p in cfg.diffaugment.split(",") if p]
         device = next(self.D.parameters()).device
         # ADA's probability and its running overfitting signal live on the device: no sync per step.

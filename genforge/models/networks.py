@@ -178,7 +178,9 @@ class DCGANDiscriminator(nn.Module):
     """DCGAN discriminator: stride-2 convs with LeakyReLU (no normalization on the first), then one logit.
 
     Options, each a recipe setting:
-    - norm: "batch" (DCGAN) or "none" (WGAN-GP: its penalty needs per-sample gradients, which BatchNorm couples).
+    - norm: "batch" (DCGAN), "group" or "none". WGAN-GP's penalty and DP-SGD's clipping need per-sample
+      gradients, which BatchNorm couples across the batch; GroupNorm (Wu and He 2018) normalizes each sample
+      on its own, in groups of channels.
     - spectral_norm: every layer's weight divided by its largest singular value (Miyato et al. 2018).
     - mbstd: a minibatch-standard-deviation feature map before the head (Karras et al. 2018).
     - conditioning, when num_classes > 0: "projection" (Miyato and Koyama 2018, eq. 3),
@@ -194,9 +196,11 @@ class DCGANDiscriminator(nn.Module):
                                    _leaky()]
         ch = base_channels
         for _ in range(stages - 1):
-            layers.append(nn.Conv2d(ch, ch * 2, kernel_size=4, stride=2, padding=1, bias=norm != "batch"))
+            layers.append(nn.Conv2d(ch, ch * 2, kernel_size=4, stride=2, padding=1, bias=norm == "none"))
             if norm == "batch":
                 layers.append(nn.BatchNorm2d(ch * 2))
+            elif norm == "group":  # up to 32 groups (their default), as many as divide the channels
+                layers.append(nn.GroupNorm(num_groups=math.gcd(32, ch * 2), num_channels=ch * 2))
             layers.append(_leaky())
             ch *= 2
         self.features = nn.Sequential(*layers)

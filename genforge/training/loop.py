@@ -30,6 +30,7 @@ from genforge.generation import latents, make_grid, save_grid, to_uint8
 from genforge.io import atomic_write_json, atomic_write_text
 from genforge.postprocess.provenance import stamp
 from genforge.models import MODELS, build_networks, d_options
+from genforge.security.privacy import PrivateTraining, check_resume
 from genforge.training import distributed
 from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
 from genforge.training.ema import EMA, recalibrate_batchnorm
@@ -156,6 +157,9 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
                           f"training split ({n_train} images)")
     steps_per_epoch = n_train // per_step
     ema = EMA({role: nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
+    # DP-SGD (after the EMA copies, which must not carry Opacus' hooks): takes over the private networks'
+    # optimizer, draws Poisson batches, keeps the privacy accountant. genforge/security/privacy.py.
+    dp = PrivateTraining(cfg, trainer, nets, n_train, device) if cfg.dp_epsilon > 0 else None
     # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.
     noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))
     aug_rng = torch.Generator().manual_seed(ctx.seed(cfg.seed + 2))
@@ -188,6 +192,8 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
         for name, opt in trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         trainer.load_state_dict(state["trainer"])
+        if dp is not None:
+            dp.load_state_dict(state["privacy"])
         streams = state.get("rank_rngs") or [(state["noise_rng"], state["aug_rng"])]
         if ctx.rank < len(streams):
             noise.set_state(streams[ctx.rank][0])
@@ -217,7 +223,11 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
                  "world_size": ctx.world_size, "global_batch": per_step}
         if ctx.active:
             state["rank_rngs"] = streams
-        path = save_checkpoint(run, step, release_nets(), meta, state, keep=cfg.keep_checkpoints)
+        info = meta
+        if dp is not None:  # the accountant travels with the resume state, the epsilon spent with the model
+            state["privacy"] = dp.state_dict()
+            info = {**meta, "privacy": dp.report()}
+        path = save_checkpoint(run, step, release_nets(), info, state, keep=cfg.keep_checkpoints)
         ctx.barrier()
         return path
 
@@ -241,6 +251,8 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
     def all_finite() -> bool:
         return all(bool(torch.isfinite(p).all()) for net in nets.values() for p in net.parameters())
 
+    if resume:
+        check_resume(cfg, last_checkpoint(run))
     # Everything the user can get wrong has been checked by now: only now is anything written.
     if ctx.is_main:
         run.mkdir(parents=True, exist_ok=True)
@@ -258,6 +270,8 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
         logger.message(f"genforge: this run took {saved['global_batch']} images per step "
                        f"({saved.get('world_size', 1)} processes), now {per_step}: the data order and the "
                        f"learning dynamics change (keep batch_size x processes to continue as before)")
+    if dp is not None:
+        logger.message(dp.describe())
 
     last_ckpt: Path | None = last_checkpoint(run) if resume else None
     last_ckpt_step = step if resume else -1
@@ -270,19 +284,26 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
             while step < cfg.max_steps and not ctx.any(stop.signum):  # any process's signal stops them all
                 # ---- the batch: a fixed permutation per epoch, so batch k is the same after a resume
                 epoch, i = divmod(step, steps_per_epoch)
-                if epoch != perm_epoch:
-                    perm_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-                    perm, perm_epoch = torch.randperm(n_train, generator=perm_gen).to(device), epoch
-                idx = ctx.shard(perm[i * per_step:(i + 1) * per_step])  # this process's part of the batch
+                if dp is not None:  # DP-SGD: a Poisson batch (the accountant's assumption), until the budget
+                    if not dp.allows_step():
+                        logger.message(f"privacy budget reached: epsilon {dp.epsilon():.3f} of {cfg.dp_epsilon:g} "
+                                       f"(delta {cfg.dp_delta:g}) after {dp.steps()} DP-SGD steps; stopping")
+                        break
+                    idx = dp.batch(step).to(device)
+                else:
+                    if epoch != perm_epoch:
+                        perm_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+                        perm, perm_epoch = torch.randperm(n_train, generator=perm_gen).to(device), epoch
+                    idx = ctx.shard(perm[i * per_step:(i + 1) * per_step])  # this process's part of the batch
                 x = x_train[idx]                                   # (b, c, h, w)
                 y = y_train[idx] if y_train is not None else None  # (b,) or None
-                if augmenting:
+                if augmenting and len(idx):
                     x = augment(x, aug_rng, flip=cfg.augment_flip, shift=cfg.augment_shift,
                                 rotate=cfg.augment_rotate)
 
                 # ---- the family's updates (GAN: D then G; VAE: one ELBO step), then the EMA
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                    losses = trainer.train_step(x, y, noise, step)
+                    losses = trainer.train_step(x, y, noise, step) if len(idx) else dp.empty_step()
                 step += 1
                 ema.update(nets, step)
                 finite &= torch.stack(list(losses.values())).isfinite().all()
@@ -318,6 +339,8 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
                     values["images_per_sec"] = (step - step_log) * per_step / max(now - t_log, 1e-9)
                     values["epoch"] = epoch
                     values["time"] = elapsed_before + now - t_start
+                    if dp is not None:
+                        values.update(dp.log_values())
                     scores = validate() if due_eval and ctx.is_main else {}
                     values.update(scores)
                     logger.log(step, values, final=due_ckpt)

@@ -1,0 +1,334 @@
+"""Differential privacy for the networks that see real data: DP-SGD (Abadi et al. 2016) with Opacus.
+
+What is private, and why that is enough:
+
+- VAE family (``vae-mlp``, ``vae-conv``, ``cvae-conv``): encoder and decoder are one model trained on real
+  images, so both are trained with DP-SGD, with one clipping norm over all their weights.
+- GAN family (``gan-mlp``, ``dcgan``): only the discriminator touches real images. It is trained with
+  DP-SGD; the generator learns from the discriminator's outputs on fakes alone, so it is a function of
+  private outputs: DP by post-processing (Dwork and Roth 2014, prop. 2.1), the argument of DP-GAN (Xie et
+  al. 2018) and GS-WGAN. The EMA copies and sample grids are post-processing too.
+
+One DP-SGD step (``opacus.optimizers.DPOptimizer``): per-sample gradients g_i from Opacus' hooks, each
+clipped to norm C (``dp_max_grad_norm``), summed, plus N(0, sigma^2 C^2) noise, divided by the expected
+batch size. The batch is a Poisson sample (each training image in with probability q = batch_size / N,
+drawn here as a fixed function of a secret and the step, so a resume needs no loader state); that is the
+sampling the RDP accountant assumes (Mironov et al. 2019). sigma is solved from the target (epsilon,
+delta) and the planned steps with ``opacus.accountants.utils.get_noise_multiplier``; training stops before
+a step that would spend more than ``dp_epsilon``.
+
+Refused combinations (``check_config``), each a known pitfall from Opacus' tracker: BatchNorm (mixes the
+samples of a batch, so there is no per-sample gradient); the gradient penalty of WGAN-GP and R1 (a second,
+double-backward pass that the per-sample hooks do not follow); minibatch std, spectral norm's power
+iteration and ADA's data-driven probability (each couples samples or learns from real data outside the
+accounted step); conditional GANs (G is fed the real batch's labels, bypassing D).
+
+Imports of Opacus are deferred: genforge runs without the ``privacy`` extra until DP is asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import secrets
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from genforge.errors import ConfigError, GenforgeError
+
+# family -> (the networks that see real data, the trainer optimizer that updates them)
+PRIVATE = {"vae": (("encoder", "decoder"), "vae"), "gan": (("discriminator",), "discriminator")}
+MIN_EXPECTED_BATCH = 8  # an empty Poisson batch (probability (1 - q)^N < e^-8 per step) still works, see empty_step
+INSTALL = "differential privacy needs Opacus: pip install 'genforge[privacy]' (or pip install 'opacus>=1.5')"
+
+
+def enabled(cfg) -> bool:
+    return cfg.dp_epsilon > 0
+
+
+def check_config(cfg, source: str = "config") -> None:
+    """Refuse DP settings that are out of range or that DP-SGD cannot honour. Called by ``config.validate``;
+    needs no Opacus. The checks that need the data (delta < 1/N) happen in :class:`PrivateTraining`."""
+    from genforge.config import Config
+    from genforge.models import MODELS, family_of, networks
+
+    if not 0.0 < cfg.dp_delta < 1.0:
+        raise ConfigError(f"{source}: 'dp_delta' must be in (0, 1) and below 1 / (training images), "
+                          f"got {cfg.dp_delta!r}")
+    if not enabled(cfg):
+        if cfg.dp_delta != Config.dp_delta or cfg.dp_max_grad_norm != Config.dp_max_grad_norm:
+            raise ConfigError(f"{source}: 'dp_delta' or 'dp_max_grad_norm' is set but 'dp_epsilon' is 0, which "
+                              "means no differential privacy: set dp_epsilon to the privacy budget")
+        return
+    if not math.isfinite(cfg.dp_epsilon):
+        raise ConfigError(f"{source}: 'dp_epsilon' must be a finite number (0 turns differential privacy off), "
+                          f"got {cfg.dp_epsilon!r}")
+    family, spec = family_of(cfg.model), MODELS[cfg.model]
+
+    def refuse(why: str) -> None:
+        raise ConfigError(f"{source}: dp_epsilon is set (differential privacy) but {why}")
+
+    if family not in PRIVATE:
+        refuse(f"model {cfg.model!r} is a {family} model; DP-SGD is implemented for the VAE family and for "
+               "GAN discriminators")
+    if family == "gan":
+        if spec.conditional:
+            refuse(f"model {cfg.model!r} is a conditional GAN, whose generator is given the real batch's classes: "
+                   "the labels would reach G outside the private discriminator. Use cvae-conv for private "
+                   "class-conditional generation")
+        if cfg.gan_loss == "wgan-gp":
+            refuse("gan_loss wgan-gp adds a gradient penalty, a second (double-backward) pass per step whose "
+                   "per-sample gradients Opacus cannot compute: use gan_loss ns or hinge")
+        if cfg.r1_weight > 0:
+            refuse("r1_weight > 0 adds the R1 gradient penalty, a second (double-backward) pass per step whose "
+                   "per-sample gradients Opacus cannot compute: set r1_weight: 0")
+        if cfg.d_steps != 1:
+            refuse(f"d_steps is {cfg.d_steps}: DP-SGD here draws one Poisson batch per step: set d_steps: 1")
+        if cfg.mbstd:
+            refuse("mbstd feeds each sample the statistics of the whole batch, so no gradient is per-sample: "
+                   "set mbstd: false")
+        if cfg.spectral_norm:
+            refuse("spectral_norm's power iteration is not supported by Opacus' per-sample gradients: "
+                   "set spectral_norm: false")
+        if cfg.ada_target > 0:
+            refuse("ada_target > 0 tunes the augmentation from D's outputs on real images outside the accounted "
+                   "step: set ada_target: 0 (DiffAugment is fine)")
+        if cfg.d_norm == "batch" and spec.networks["discriminator"] is networks.DCGANDiscriminator:
+            refuse("the discriminator uses BatchNorm (d_norm: batch), which mixes the samples of a batch, so "
+                   "Opacus has no per-sample gradient: set d_norm: group (GroupNorm) or none")
+    if cfg.nan_policy == "rollback":
+        refuse("nan_policy rollback would re-run steps whose privacy is already spent: use nan_policy: stop")
+    if cfg.eval_every:
+        refuse("eval_every scores checkpoints on the validation split and keeps the best one, a choice made on "
+               "private data outside the accountant: set eval_every: 0 and evaluate afterwards on data you "
+               "may use")
+    if cfg.compile:
+        refuse("compile is not supported with Opacus' per-sample gradient hooks: set compile: false")
+    if cfg.precision != "fp32":
+        refuse("per-sample clipping in bf16 is untested here: set precision: fp32")
+
+
+@functools.lru_cache(maxsize=64)
+def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
+    """Renyi DP of one subsampled-Gaussian step at Opacus' default orders. RDP adds up over steps
+    (Mironov 2017, prop. 1), so any history's epsilon is a weighted sum of these: one evaluation per
+    (sigma, q), where ``RDPAccountant.get_epsilon`` re-evaluates the slow fractional orders on every call."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp
+
+    return tuple(rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                 orders=RDPAccountant.DEFAULT_ALPHAS))
+
+
+def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon at ``delta`` of an RDP accountant's history [(sigma, q, steps), ...]: what
+    ``opacus.accountants.RDPAccountant.get_epsilon`` returns, computed from the cached per-step RDP."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp
+
+    if not history:
+        return 0.0
+    total = sum(n * np.asarray(_rdp_per_step(s, q)) for s, q, n in history)
+    eps, _ = rdp.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=total, delta=delta)
+    return float(eps)
+
+
+@functools.lru_cache(maxsize=64)
+def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """sigma that spends (epsilon, delta) in ``steps`` steps at rate q (Opacus' binary search, to 0.01)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
+                                accountant="rdp")
+
+
+def _opacus():
+    try:
+        import opacus  # noqa: F401
+    except ImportError:
+        raise GenforgeError(INSTALL) from None
+    return opacus
+
+
+@functools.cache
+def _grad_sampler_class():
+    from opacus import GradSampleModule
+    from opacus.grad_sample.grad_sample_module import requires_grad
+
+    class GradSampler(GradSampleModule):
+        """Opacus' per-sample gradient hooks, silent while the network's weights are frozen.
+
+        The GAN's generator step runs D with frozen weights to reach G; Opacus stored no activations for that
+        pass (its forward hook skips frozen layers) and would fail looking for them in the backward hook.
+        """
+
+        def capture_backprops_hook(self, module, *args, **kwargs):
+            if requires_grad(module):
+                return super().capture_backprops_hook(module, *args, **kwargs)
+
+    return GradSampler
+
+
+def attach_grad_sampler(net: nn.Module) -> nn.Module:
+    """Add Opacus' per-sample gradient hooks to ``net`` in place; returns the Opacus wrapper (keep it alive).
+
+    ``net`` itself stays what the trainer calls and what checkpoints save, so its state_dict keys do not change.
+    """
+    _opacus()
+    return _grad_sampler_class()(net, batch_first=True, loss_reduction="mean", strict=True)
+
+
+class PrivateTraining:
+    """DP-SGD for one run: per-sample hooks on the private networks, the DP optimizer in the trainer's place,
+    Poisson batches, the RDP accountant, the budget, and their resume state.
+
+    The training loop calls :meth:`batch` for each step's indices, :meth:`allows_step` before each step,
+    :meth:`log_values` when it logs, :meth:`report` for the model's config.json and
+    :meth:`state_dict` / :meth:`load_state_dict` with the checkpoint.
+    """
+
+    def __init__(self, cfg, trainer, nets: dict[str, nn.Module], n_train: int, device: torch.device):
+        _opacus()
+        from opacus.accountants import RDPAccountant
+        from opacus.optimizers import DPOptimizer
+        from opacus.validators import ModuleValidator
+        from genforge.models import family_of
+
+        roles, opt_name = PRIVATE[family_of(cfg.model)]
+        if not cfg.dp_delta < 1 / n_train:
+            raise ConfigError(f"'dp_delta' must be below 1 / N = {1 / n_train:.3g} for the {n_train} training images "
+                              f"(a larger delta allows leaking a whole record), got {cfg.dp_delta!r}")
+        self.target_epsilon, self.delta, self.max_grad_norm = cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm
+        self.n = n_train
+        self.expected_batch = cfg.batch_size
+        self.sample_rate = cfg.batch_size / n_train
+        if self.expected_batch < MIN_EXPECTED_BATCH:
+            raise ConfigError(f"'batch_size' {cfg.batch_size} is too small for DP-SGD's Poisson batches "
+                              f"(at least {MIN_EXPECTED_BATCH})")
+        self.roles = roles
+        for role in roles:
+            problems = ModuleValidator.validate(nets[role], strict=False)
+            if problems:
+                raise ConfigError(f"the {role} cannot be trained with DP-SGD: {problems[0]}")
+        self.samplers = [attach_grad_sampler(nets[role]) for role in roles]
+        try:
+            self.noise_multiplier = noise_multiplier_for(self.target_epsilon, self.delta, self.sample_rate,
+                                                         cfg.max_steps)
+        except ValueError:
+            raise ConfigError(f"'dp_epsilon' {self.target_epsilon:g} is too small for {cfg.max_steps} steps at "
+                              f"sampling rate {self.sample_rate:.3g}: the noise would exceed 1e6 times the "
+                              "clipping norm. Raise dp_epsilon or lower max_steps") from None
+        # Both random streams come from the OS, not from cfg.seed: config.json carries the seed, and whoever
+        # knows the noise can subtract it. They are saved in state.pt only (keep it as private as the data).
+        self.secret = secrets.randbits(62)
+        self.noise = torch.Generator(device=device).manual_seed(secrets.randbits(62))
+        self.accountant = RDPAccountant()
+        self.optimizer = DPOptimizer(trainer.optimizers[opt_name], noise_multiplier=self.noise_multiplier,
+                                     max_grad_norm=self.max_grad_norm, expected_batch_size=self.expected_batch,
+                                     loss_reduction="mean", generator=self.noise)
+        self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+        trainer.optimizers[opt_name] = self.optimizer
+        self._limit = self._steps_within_budget()
+
+    # ------------------------------------------------------------------ batches
+    def batch(self, step: int) -> torch.Tensor:
+        """Indices of step ``step``'s Poisson batch: each image in with probability q, independently. (k,) int64.
+
+        A fixed function of (secret, step), so a resumed run draws the batches it would have drawn. The size
+        varies around batch_size; it can be 0 (see :meth:`empty_step`).
+        """
+        gen = torch.Generator().manual_seed((self.secret * 1_000_003 + step) % 2**63)
+        return (torch.rand(self.n, generator=gen) < self.sample_rate).nonzero().squeeze(1)
+
+    def empty_step(self) -> dict[str, torch.Tensor]:
+        """The DP-SGD step of an empty Poisson batch: no gradient, only the noise, and the accountant still
+        counts it (skipping it would change the mechanism the accountant describes). The family's own step
+        (the GAN's generator update too) is skipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.optimizer.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+        self.optimizer.step()
+        return {"dp_empty_batch": torch.ones(())}
+
+    # ------------------------------------------------------------------ accounting
+    def steps(self) -> int:
+        """DP-SGD steps taken so far (all runs of this training, resumes included)."""
+        return sum(n for _, _, n in self.accountant.history)
+
+    def epsilon(self) -> float:
+        return epsilon_spent(self.accountant.history, self.delta)
+
+    def _epsilon_after(self, extra: int) -> float:
+        return epsilon_spent(list(self.accountant.history) + [(self.noise_multiplier, self.sample_rate, extra)],
+                             self.delta)
+
+    def _steps_within_budget(self) -> int:
+        """The total step count at which the budget is spent: the most steps with epsilon <= dp_epsilon."""
+        if self._epsilon_after(1) > self.target_epsilon:
+            return self.steps()
+        lo, hi = 1, 2
+        while self._epsilon_after(hi) <= self.target_epsilon and hi < 2**40:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:  # eps(lo) <= target < eps(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self._epsilon_after(mid) <= self.target_epsilon else (lo, mid)
+        return self.steps() + lo
+
+    def allows_step(self) -> bool:
+        """False once one more step would spend more than dp_epsilon: training stops there."""
+        return self.steps() < self._limit
+
+    def describe(self) -> str:
+        return (f"genforge: DP-SGD on the {' and '.join(self.roles)}: target epsilon {self.target_epsilon:g} at delta "
+                f"{self.delta:g}, noise multiplier {self.noise_multiplier:.3f}, clipping norm {self.max_grad_norm:g}, "
+                f"Poisson sampling rate {self.sample_rate:.4f}; budget lasts {self._limit} steps "
+                f"({self.steps()} taken, epsilon {self.epsilon():.3f} spent)")
+
+    def log_values(self) -> dict[str, float]:
+        return {"epsilon": self.epsilon()}
+
+    def report(self) -> dict:
+        """What the model's config.json records, and ``genforge info`` prints."""
+        return {"mechanism": "DP-SGD (Opacus)", "epsilon": round(self.epsilon(), 4), "delta": self.delta,
+                "target_epsilon": self.target_epsilon, "accountant": "rdp", "sampling": "poisson",
+                "sample_rate": self.sample_rate, "noise_multiplier": self.noise_multiplier,
+                "max_grad_norm": self.max_grad_norm, "steps": self.steps(), "training_images": self.n,
+                "private_networks": list(self.roles)}
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        """Plain lists, numbers and one tensor: loadable with ``torch.load(weights_only=True)``."""
+        return {"history": [[float(s), float(q), int(n)] for s, q, n in self.accountant.history],
+                "noise_multiplier": self.noise_multiplier, "secret": self.secret, "noise_rng": self.noise.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the accountant, the noise and the batches where the checkpoint left them. The noise
+        multiplier is the run's own: a resume with a longer max_steps stops when the budget is spent."""
+        self.accountant.history = [(float(s), float(q), int(n)) for s, q, n in state["history"]]
+        self.noise_multiplier = float(state["noise_multiplier"])
+        self.optimizer.noise_multiplier = self.noise_multiplier
+        self.secret = int(state["secret"])
+        self.noise.set_state(state["noise_rng"])
+        self._limit = self._steps_within_budget()
+
+
+def check_resume(cfg, ckpt: Path | None) -> None:
+    """A run keeps its privacy setting across a resume: turning DP on half-way (the first steps were not
+    private) or off (the model would be released as if private) is refused before anything is written."""
+    if ckpt is None:
+        return
+    try:
+        meta = json.loads((Path(ckpt) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # the checkpoint loader reports a broken checkpoint itself
+    was = isinstance(meta, dict) and "privacy" in meta
+    if was and not enabled(cfg):
+        raise ConfigError(f"{ckpt}: this run was trained with differential privacy; resuming it without "
+                          "dp_epsilon would void the guarantee")
+    if enabled(cfg) and not was:
+        raise ConfigError(f"{ckpt}: this run was trained without differential privacy; dp_epsilon cannot be "
+                          "turned on half-way (start a new run)")
