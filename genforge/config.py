@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +144,10 @@ def _coerce(name: str, value, source: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        number = value if isinstance(value, float) else float(value) if abs(value) < 1e308 else math.inf
+        if not math.isfinite(number):  # .nan would pass every range check (all its comparisons are false)
+            raise ConfigError(f"{where} must be a finite number, got {str(value)[:20]}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
@@ -218,7 +222,7 @@ def parse_override(item: str) -> tuple[str, object]:
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an impossible date like 2001-02-30
         value = raw
     if _HINTS.get(key.strip()) is str and not isinstance(value, str):
         value = raw  # "data=npz:x.npz" or "model=123" stay strings
@@ -238,12 +242,18 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"config file not found: {path}") from None
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}: not valid YAML{at}") from None
+        except ValueError as e:  # PyYAML's constructors: an impossible date (2001-02-30), ...
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     cfg = from_dict(values, source)
     if overrides:
         extra = dict(parse_override(o) for o in overrides)

@@ -8,8 +8,10 @@ claiming terabytes is refused before numpy allocates or unpickles anything.
 
 from __future__ import annotations
 
+import lzma
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,11 @@ from genforge.errors import DataError
 
 # Largest array we agree to load from an archive (float32 Fashion-MNIST is 220 MB).
 MAX_NPZ_BYTES = 4 * 2**30
+# What zipfile raises on a damaged or hostile archive: BadZipFile, its decompressors' errors (zlib.error,
+# LZMAError; bz2 raises OSError), NotImplementedError for an unknown compression method, RuntimeError for an
+# encrypted member, EOFError and ValueError (numpy's .npy header parser too).
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError, RuntimeError, OSError, EOFError,
+              ValueError)
 
 
 def read_npz(path: Path) -> Pool:
@@ -39,7 +46,7 @@ def read_npz(path: Path) -> Pool:
                 raise DataError(f"{path}: no array named 'x' (the images); arrays present: {have}")
             x_shape, x_dtype = _peek(zf, members["x"], path)
             y_shape = _peek(zf, members["y"], path)[0] if "y" in members else None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except ZIP_ERRORS as e:
         raise DataError(f"{path}: corrupt .npz archive ({e})") from e
 
     if x_dtype.kind not in "uif" or len(x_shape) not in (3, 4) or (len(x_shape) == 4 and x_shape[3] not in (1, 3)):
@@ -47,6 +54,8 @@ def read_npz(path: Path) -> Pool:
             f"{path}: x has shape {x_shape} and dtype {x_dtype}; expected (N, H, W) or (N, H, W, C) "
             "with C 1 or 3, of uint8, integer or float values"
         )
+    if 0 in x_shape[:3]:
+        raise DataError(f"{path}: x has shape {x_shape}: no images, or images without pixels")
     if y_shape is not None and (len(y_shape) != 1 or y_shape[0] != x_shape[0]):
         raise DataError(
             f"{path}: y has shape {y_shape} but x holds {x_shape[0]} images; "
@@ -61,7 +70,7 @@ def read_npz(path: Path) -> Pool:
         with np.load(source, allow_pickle=False) as data:
             x = data["x"]
             y = data["y"] if y_shape is not None else None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except ZIP_ERRORS as e:
         raise DataError(f"{path}: corrupt .npz archive ({e})") from e
 
     if x.ndim == 3:

@@ -48,8 +48,8 @@ def check_images(x, where: str, image_shape: tuple[int, int, int] | None = None)
         raise GenforgeError(f"{where}: expected a numpy array of images, got {type(x).__name__}")
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3)):
         raise GenforgeError(f"{where}: x has shape {x.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3")
-    if len(x) == 0:
-        raise GenforgeError(f"{where}: x holds no images")
+    if 0 in x.shape[:3]:
+        raise GenforgeError(f"{where}: x has shape {x.shape}: no images, or images without pixels")
     if x.dtype.kind == "f":
         finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if not finite.all():
@@ -86,7 +86,7 @@ def check_labels(y, n: int, num_classes: int, where: str) -> np.ndarray:
 
 def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``x`` and optional ``y`` from an npz of samples; headers are checked before anything is loaded."""
-    from genforge.data.npz import _peek  # refuses object arrays, zip bombs and lying headers
+    from genforge.data.npz import ZIP_ERRORS, _peek  # _peek refuses object arrays, zip bombs and lying headers
 
     path = Path(path)
     if not path.is_file():
@@ -110,7 +110,7 @@ def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         with np.load(source, allow_pickle=False) as f:
             x = f["x"]
             y = f["y"] if "y" in members else None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except ZIP_ERRORS as e:
         raise GenforgeError(f"{path}: corrupt .npz archive ({e})") from None
     return x, y
 

@@ -90,7 +90,7 @@ def _read_meta(path: Path) -> dict:
         meta = json.loads((path / CONFIG).read_text())
     except FileNotFoundError:
         raise ModelFileError(f"{path / CONFIG}: missing") from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested too deeply
         raise ModelFileError(f"{path / CONFIG}: not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path / CONFIG}: not a genforge model config (format must be {FORMAT!r})")
@@ -130,8 +130,10 @@ def check_header(file: Path, expected: dict[str, torch.Tensor], data: bytes | No
             header = json.loads(f.read(n))
     except FileNotFoundError:
         raise ModelFileError(f"{file}: missing") from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ModelFileError(f"{file}: safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{file}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
     missing = sorted(set(expected) - set(header))
     extra = sorted(set(header) - set(expected))
@@ -144,12 +146,18 @@ def check_header(file: Path, expected: dict[str, torch.Tensor], data: bytes | No
         if not isinstance(info, dict):
             raise ModelFileError(f"{file}: tensor '{key}' has a malformed header entry")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype != _TORCH_DTYPE.get(want.dtype) or list(shape or []) != list(want.shape):
+        if (dtype != _TORCH_DTYPE.get(want.dtype) or not isinstance(shape, list)
+                or not all(type(s) is int for s in shape) or shape != list(want.shape)):
             raise ModelFileError(f"{file}: tensor '{key}' is {dtype} {shape}, config.json needs "
                                  f"{_TORCH_DTYPE.get(want.dtype)} {list(want.shape)}")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1] <= payload
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= payload
                 or offsets[1] - offsets[0] != math.prod(want.shape) * _DTYPE_BYTES[dtype]):
             raise ModelFileError(f"{file}: tensor '{key}' data lies outside the file (truncated?)")
+    # safetensors needs the tensors to tile the data exactly, without gaps or overlaps
+    spans = sorted(tuple(header[key]["data_offsets"]) for key in expected)
+    if [a for a, _ in spans] != [0] + [b for _, b in spans[:-1]] or (spans and spans[-1][1] != payload):
+        raise ModelFileError(f"{file}: tensor data overlaps, leaves gaps or does not end with the file (altered?)")
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
