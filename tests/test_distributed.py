@@ -51,12 +51,12 @@ def _worker(rank: int, store: str, jobs: list, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     result = {}
     try:
-        for name, cfg, run, noiseless in jobs:
+        for name, cfg, run, noiseless, resume in jobs:
             reparameterize = vae.reparameterize
             if noiseless:
                 vae.reparameterize = _no_noise
             try:
-                result[name] = train(cfg, run, quiet=True).step
+                result[name] = train(cfg, run, resume=resume, quiet=True).step
             finally:
                 vae.reparameterize = reparameterize
         # the guard: rank-dependent weights must be refused on every process
@@ -102,9 +102,12 @@ def session(tmp_path_factory, digits_npz):
 
     root = tmp_path_factory.mktemp("ddp")
     vae_cfg = dict(max_steps=8, g_lr=1e-3)
-    jobs = [("vae-noiseless", make("vae-mlp", **vae_cfg), str(root / "vae2-noiseless"), True),
-            ("vae", make("vae-mlp", **vae_cfg), str(root / "vae2"), False)]
-    jobs += [(name, make(model, max_steps=3, checkpoint_every=2, **extra), str(root / name), False)
+    jobs = [("vae-noiseless", make("vae-mlp", **vae_cfg), str(root / "vae2-noiseless"), True, False),
+            ("vae", make("vae-mlp", **vae_cfg), str(root / "vae2"), False, False),
+            # 4 steps, then resumed to 8 by the same 2 processes
+            ("vae-half", make("vae-mlp", g_lr=1e-3), str(root / "vae2-resumed"), False, False),
+            ("vae-resumed", make("vae-mlp", **vae_cfg), str(root / "vae2-resumed"), False, True)]
+    jobs += [(name, make(model, max_steps=3, checkpoint_every=2, **extra), str(root / name), False, False)
              for name, (model, extra) in VARIANTS.items()]
     context = mp.spawn(_worker, args=(str(root / "store"), jobs, str(root)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + TIMEOUT
@@ -158,6 +161,17 @@ def test_two_processes_with_their_own_noise_stay_close(session, tmp_path):
     assert two.keys() == ref.keys()
     assert all(two[s] == pytest.approx(ref[s], rel=0.05) for s in ref), (two, ref)
     assert two != ref  # the noise is really not shared
+
+
+def test_two_processes_resume_exactly(session):
+    """Each process's random stream is in the checkpoint: 4 steps + 4 resumed steps = 8 steps in one go."""
+    root, _, results = session
+    assert all(r["vae-half"] == 4 and r["vae-resumed"] == 8 for r in results)
+    a, b = load_state(last_checkpoint(root / "vae2")), load_state(last_checkpoint(root / "vae2-resumed"))
+    for role in a["nets"]:
+        for key, tensor in a["nets"][role].items():
+            assert torch.equal(tensor, b["nets"][role][key]), (role, key)
+    assert [m["loss"] for m in _metrics(root / "vae2")] == [m["loss"] for m in _metrics(root / "vae2-resumed")]
 
 
 @pytest.mark.parametrize("name", VARIANTS)
