@@ -37,9 +37,14 @@ Choices, and why:
   the CPU, and rank 0's BatchNorm recalibration of the EMA generator (alone,
   in train mode) would wait forever for the other processes.
 - ``find_unused_parameters`` stays off: every parameter of a wrapped network
-  gets its gradient in every backward pass that reaches it. The GAN's G step
-  runs D forward with D's parameters frozen, so no D gradient hook fires and
-  DDP expects none; G's gradients are averaged in that backward pass.
+  gets its gradient in every backward pass that reaches it (DDP fails only
+  when some of a network's gradients arrive and others do not). The G step
+  runs D forward with D's parameters frozen: none of D's gradient hooks fire,
+  D has nothing to average, and G's gradients are averaged in that backward
+  pass. G runs in the D step too, on fakes that are detached: no G gradient
+  there. The fused real+fake D pass is one forward; DCGAN's separate passes
+  (BatchNorm in D) are two forwards before one backward, which DDP allows.
+  Checked by ``tests/test_distributed.py`` for each GAN variant.
 - EMA: updated on every process, identically (the weights are identical);
   one lerp per step, and ``release_nets`` stays valid on any process.
 - Random numbers: the initial weights are rank 0's (DDP broadcasts them when
