@@ -240,6 +240,9 @@ def test_no_option_takes_a_key_on_the_command_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "never accepted on the command line" in err and secret not in err
     assert not (tmp_path / "y").exists()
+    assert main(["info", str(tmp_path), "--key-file", f"k1:{secret}"]) == 2  # the ID:KEY form too
+    err = capsys.readouterr().err
+    assert "never accepted on the command line" in err and secret not in err
 
 
 # ------------------------------------------------------------------------------------------- rotation

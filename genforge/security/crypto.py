@@ -138,11 +138,7 @@ def parse_keyring(data: bytes, source: str) -> Keyring:
 
 def read_key_file(path: str | Path) -> Keyring:
     """A keyring from a key file that only its owner (and the owner's group, read-only) may use."""
-    path = Path(path)
-    if re.fullmatch(r"[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=", path.name) and not path.exists():
-        # someone passed the key itself: do not echo it into logs, and do not take it
-        raise EncryptionError("--key-file takes the path of a key file; keys are never accepted on the command "
-                              "line (other users can read it): put the key in a file or $" + ENV_KEY)
+    path = _not_a_key(path)
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
@@ -160,13 +156,21 @@ def read_key_file(path: str | Path) -> Keyring:
     return parse_keyring(data, str(path))
 
 
+def _not_a_key(path: str | Path) -> Path:
+    """Refuse a key given where a key file's path belongs, without echoing it into logs."""
+    if not Path(path).exists() and re.search(r"[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=", str(path)):
+        raise EncryptionError("--key-file takes the path of a key file; keys are never accepted on the command "
+                              "line (other users can read it): put the key in a file or $" + ENV_KEY)
+    return Path(path)
+
+
 _cli_key_file: Path | None = None
 
 
 def use_key_file(path: str | Path | None) -> None:
     """Make ``path`` the key file of this process (the CLI's ``--key-file``); None goes back to the environment."""
     global _cli_key_file
-    _cli_key_file = Path(path) if path else None
+    _cli_key_file = _not_a_key(path) if path else None
 
 
 def load_keyring(key_file: str | Path | None = None) -> Keyring:
