@@ -135,3 +135,38 @@ def test_iwae_nll_is_tighter_than_the_elbo(tmp_path, tiny_config):
     assert 0 < bpd < 2
     with pytest.raises(ValueError, match="Bernoulli"):
         vae.iwae_nll(model.nets, x, recon="mse")
+
+
+def test_conditional_generator_takes_the_class_in_its_norms():
+    """z is the conditional G's only input; the class sets every BatchNorm's gain and bias (Miyato and Koyama)."""
+    torch.manual_seed(0)
+    nets = build_networks("cdcgan", (1, 28, 28), z_dim=8, base_channels=4, num_classes=3)
+    g = nets["generator"]
+    assert g.project.in_features == 8  # no class embedding beside z
+    with torch.no_grad():
+        for norm in g.norms:  # away from the identity init, so the class visibly changes the output
+            norm.gain.weight.normal_(1.0, 0.5)
+            norm.bias.weight.normal_(0.0, 0.5)
+    g.eval()
+    z = torch.randn(4, 8)
+    same_class = torch.zeros(4, dtype=torch.long)
+    out = g(z, same_class)
+    assert out.shape == (4, 1, 28, 28)
+    assert (out[0] - out[1]).abs().mean() > 1e-3                       # another z, another image
+    assert (g(z, same_class + 2) - out).abs().mean() > 1e-3            # another class, another image
+    with pytest.raises(ValueError, match="pass the classes"):
+        g(z)
+
+
+def test_projection_discriminator_uses_pooled_features():
+    torch.manual_seed(0)
+    d = build_networks("cdcgan", (1, 28, 28), z_dim=8, base_channels=4, num_classes=3)["discriminator"]
+    assert d.embed.weight.shape == (3, 8)  # one embedding per class over the 8 pooled channels
+    x = torch.randn(2, 1, 28, 28)
+    y0, y1 = torch.tensor([0, 0]), torch.tensor([1, 1])
+    d.eval()
+    with torch.no_grad():
+        # the logits differ by exactly the projection term <embed(y0) - embed(y1), sum-pooled features>
+        pooled = d.features(x).sum([2, 3])
+        expected = ((d.embed.weight[0] - d.embed.weight[1]) * pooled).sum(1)
+        assert torch.allclose(d(x, y0) - d(x, y1), expected, atol=1e-5)

@@ -133,30 +133,60 @@ def _conv_plan(image_shape: Shape) -> tuple[int, int]:
     return stages, side
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose gain and bias are looked up per class (de Vries et al. 2017; Miyato and Koyama 2018).
+
+    The class then modulates every layer of G instead of entering once beside z. With z and the class
+    concatenated at the input, a projection discriminator lets G learn one image per class and ignore z
+    (measured: recall 0.000 on mnist5k); with the class in the norms, z is the generator's only input.
+    """
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.norm(h) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]  # (b, ch, s, s)
+
+
 class DCGANGenerator(nn.Module):
-    """DCGAN generator (Radford et al. 2016): project z to (bc * 2**stages, s, s), then stride-2 transposed convs."""
+    """DCGAN generator (Radford et al. 2016): project z to (bc * 2**stages, s, s), then stride-2 transposed convs.
+
+    Class-conditional (num_classes > 0): every BatchNorm becomes a ConditionalBatchNorm2d.
+    """
 
     def __init__(self, image_shape: Shape, z_dim: int = 100, base_channels: int = 64, num_classes: int = 0):
         super().__init__()
         stages, side = _conv_plan(image_shape)
         ch = base_channels * 2 ** stages  # widest at the lowest resolution
         self.start = (ch, side, side)
-        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None  # class -> extra latent dims
-        self.project = nn.Sequential(
-            nn.Linear(z_dim * (2 if num_classes else 1), ch * side * side, bias=False),
-            nn.Unflatten(1, self.start),
-            nn.BatchNorm2d(ch), nn.ReLU(),
-        )
-        blocks: list[nn.Module] = []
-        for i in range(stages - 1):
-            blocks += [nn.ConvTranspose2d(ch, ch // 2, kernel_size=4, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(ch // 2), nn.ReLU()]
+        self.conditional = bool(num_classes)
+
+        def norm(channels: int) -> nn.Module:
+            return ConditionalBatchNorm2d(channels, num_classes) if num_classes else nn.BatchNorm2d(channels)
+
+        self.project = nn.Linear(z_dim, ch * side * side, bias=False)
+        self.norms = nn.ModuleList([norm(ch)])
+        self.ups = nn.ModuleList()
+        for _ in range(stages - 1):
+            self.ups.append(nn.ConvTranspose2d(ch, ch // 2, kernel_size=4, stride=2, padding=1, bias=False))
+            self.norms.append(norm(ch // 2))
             ch //= 2
-        blocks += [nn.ConvTranspose2d(ch, image_shape[0], kernel_size=4, stride=2, padding=1), nn.Tanh()]
-        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.ConvTranspose2d(ch, image_shape[0], kernel_size=4, stride=2, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.blocks(self.project(_with_classes(z, y, self.embed)))  # (b, c, h, w) in [-1, 1]
+        if self.conditional and y is None:
+            raise ValueError("this generator is class-conditional: pass the classes y")
+        args = (y,) if self.conditional else ()
+        h = self.project(z).view(z.shape[0], *self.start)  # (b, ch, s, s)
+        h = torch.relu(self.norms[0](h, *args))
+        for up, norm in zip(self.ups, self.norms[1:]):
+            h = torch.relu(norm(up(h), *args))           # (b, ch / 2, 2s, 2s)
+        return torch.tanh(self.out(h))                   # (b, c, h, w) in [-1, 1]
 
 
 def minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:
@@ -184,7 +214,7 @@ class DCGANDiscriminator(nn.Module):
     - spectral_norm: every layer's weight divided by its largest singular value (Miyato et al. 2018).
     - mbstd: a minibatch-standard-deviation feature map before the head (Karras et al. 2018).
     - conditioning, when num_classes > 0: "projection" (Miyato and Koyama 2018, eq. 3),
-      logit = head(h) + <embed(y), h>; or "aux" (ACGAN, Odena et al. 2017): a second head classifies the image.
+      logit = head(h) + <embed(y), sum-pooled h>; or "aux" (ACGAN, Odena et al. 2017): a second head classifies the image.
     """
 
     def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 64, num_classes: int = 0,
@@ -208,7 +238,8 @@ class DCGANDiscriminator(nn.Module):
         feat = (ch + mbstd) * side * side
         self.head = nn.Linear(feat, 1)
         self.conditioning = conditioning if num_classes else None
-        self.embed = nn.Embedding(num_classes, feat) if self.conditioning == "projection" else None
+        # projection on the globally sum-pooled features (their phi(x)), one ch-wide embedding per class
+        self.embed = nn.Embedding(num_classes, ch + mbstd) if self.conditioning == "projection" else None
         self.classifier = nn.Linear(feat, num_classes) if self.conditioning == "aux" else None
         if spectral_norm:
             for module in self.modules():
@@ -221,12 +252,13 @@ class DCGANDiscriminator(nn.Module):
         h = self.features(x)  # (b, ch, side, side)
         if self.mbstd:
             h = minibatch_std(h)
+        pooled = h.sum([2, 3])  # (b, ch)
         h = h.flatten(1)  # (b, feat)
         logits = self.head(h).squeeze(1)  # (b,)
         if self.embed is not None:
             if y is None:
                 raise ValueError("this discriminator is class-conditional: pass the classes y")
-            logits = logits + (self.embed(y) * h).sum(1)  # the projection term
+            logits = logits + (self.embed(y) * pooled).sum(1)  # the projection term
         if with_classes:
             return logits, self.classifier(h)
         return logits
