@@ -174,10 +174,13 @@ class VAEDetector:
       residual  sum of squared pixel errors |x - x_hat|^2           (the reconstruction error)
       elbo      Bernoulli negative log-likelihood + KL(q(z|x) || p(z))  (the negative ELBO at z = mu)
       latent    mean distance of mu(x) to its k nearest training codes   (how far from normal in the code space)
-    ``score`` picks one, or "combined": the sum of the three, each standardized by its mean and spread on
-    the normal training images. The combined score is the default: on the benchmark (benchmarks/RESULTS.md)
-    the pixel residual alone misses anomalies that are easy to draw (a "1" among other digits: few pixels,
-    small error), which the latent term catches.
+    ``score`` picks one, or "combined" (the default): log residual + latent, each standardized by its mean
+    and spread on calibration images, a tenth of the normal training images held out of training (training
+    images reconstruct better than new ones; standardizing on them would overweight the residual). Why these
+    two: they fail in opposite places. The residual misses anomalies with little ink, easy to draw (a "1"
+    among other digits); the latent distance misses anomalies the encoder maps onto normal codes. The ELBO
+    is mostly the reconstruction term again (Bernoulli instead of squared error), so it is left out.
+    Measured on both protocols in benchmarks/RESULTS.md.
     """
 
     name = "vae"
@@ -197,7 +200,7 @@ class VAEDetector:
         self.nets = _conv_nets(self.image_shape, self.z_dim, self.base_channels,
                                {"encoder": "encoder", "decoder": "decoder"})
         self.bank = torch.zeros(n_bank, self.z_dim)           # (m, z_dim) training codes
-        self.stats = stats or {}                               # component -> {"mean", "std"} on training images
+        self.stats = stats or {}                               # component -> {"mean", "std"} on calibration images
 
     def options(self) -> dict:
         return {"z_dim": self.z_dim, "base_channels": self.base_channels, "steps": self.steps,
@@ -226,6 +229,9 @@ class VAEDetector:
                 net.train()
             trainer = vae.Trainer(cfg, self.nets)   # the same ELBO step `genforge train` runs
             gen = torch.Generator().manual_seed(seed + 1)
+            order = torch.randperm(len(x), generator=gen)
+            held = max(1, len(x) // 10)                  # calibration images: never trained on
+            x_cal, x = x[order[:held].sort().values], x[order[held:].sort().values]
             for step, idx in enumerate(_train_batches(len(x), self.batch_size, self.steps, gen)):
                 out = trainer.train_step(x[idx], None, gen, step)
                 if not torch.isfinite(out["loss"]):
@@ -239,8 +245,9 @@ class VAEDetector:
         keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 2))[:self.bank_size]
         self.bank = self._parts(x[keep.sort().values])["mu"]
         self.stats = {}
-        parts = self._components(x, exclude_self=True)
-        self.stats = {name: _stats(values) for name, values in parts.items()}
+        comps, _ = self.components(x_cal)
+        comps["residual"] = np.log(comps["residual"] + 1e-12)
+        self.stats = {name: _stats(values) for name, values in comps.items()}
 
     @torch.no_grad()
     def _parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -258,35 +265,28 @@ class VAEDetector:
             out["map"].append(err.mean(1))                      # (b, h, w)
         return {k: torch.cat(v) for k, v in out.items()}
 
-    def _latent_distance(self, mu: torch.Tensor, exclude_self: bool) -> torch.Tensor:
-        k = min(self.k, len(self.bank) - int(exclude_self))
+    def _latent_distance(self, mu: torch.Tensor) -> torch.Tensor:
         d = torch.cdist(mu.double(), self.bank.double())       # (n, m)
-        d = d.topk(k + int(exclude_self), dim=1, largest=False).values
-        return d[:, int(exclude_self):].mean(1)                 # a training image's own code is not a neighbour
+        return d.topk(min(self.k, len(self.bank)), dim=1, largest=False).values.mean(1)
 
-    def _components(self, x: torch.Tensor, exclude_self: bool = False) -> dict[str, np.ndarray]:
+    def components(self, x: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Every score this VAE gives, by name (higher: more anomalous), and the residual maps (n, h, w).
+
+        The residual enters the combined score as a logarithm: its spread grows with its size, and the log
+        makes its standardized values comparable to the latent distance's.
+        """
         parts = self._parts(x)
-        # exclude_self is only exact for images in the bank; for the rest it drops the nearest neighbour,
-        # which only matters for the standardization statistics, not for any score.
-        return {"residual": np.log(parts["residual"].double().numpy() + 1e-12),
-                "elbo": parts["elbo"].double().numpy(),
-                "latent": self._latent_distance(parts["mu"], exclude_self).numpy()}
+        residual = parts["residual"].double().numpy()
+        comps = {"residual": residual, "elbo": parts["elbo"].double().numpy(),
+                 "latent": self._latent_distance(parts["mu"]).numpy()}
+        if self.stats:
+            logs = {**comps, "residual": np.log(residual + 1e-12)}
+            comps["combined"] = sum(_standardize(logs[name], self.stats[name]) for name in ("residual", "latent"))
+        return comps, parts["map"].numpy()
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        parts = self._parts(x)
-        if self.score_kind == "residual":
-            values = parts["residual"].double().numpy()
-        elif self.score_kind == "elbo":
-            values = parts["elbo"].double().numpy()
-        else:
-            comps = {"residual": np.log(parts["residual"].double().numpy() + 1e-12),
-                     "elbo": parts["elbo"].double().numpy(),
-                     "latent": self._latent_distance(parts["mu"], False).numpy()}
-            if self.score_kind == "latent":
-                values = comps["latent"]
-            else:
-                values = sum(_standardize(comps[name], self.stats[name]) for name in ("residual", "elbo", "latent"))
-        return values, parts["map"].numpy()
+        comps, maps = self.components(x)
+        return comps[self.score_kind], maps
 
 
 class GANomalyDetector:
@@ -300,10 +300,15 @@ class GANomalyDetector:
     """
 
     name = "ganomaly"
+    SCORES = ("latent", "residual")
 
     def __init__(self, image_shape, z_dim: int = 16, base_channels: int = 32, steps: int = 600,
                  batch_size: int = 64, lr: float = 2e-4, w_adv: float = 1.0, w_con: float = 50.0,
                  w_enc: float = 1.0, score: str = "latent"):
+        if score not in self.SCORES:
+            from genforge.errors import GenforgeError
+
+            raise GenforgeError(f"ganomaly: unknown score {score!r}; choose one of {', '.join(self.SCORES)}")
         self.score_kind = score
         self.image_shape = tuple(image_shape)
         self.z_dim, self.base_channels, self.steps = int(z_dim), int(base_channels), int(steps)
@@ -377,15 +382,21 @@ class GANomalyDetector:
             net.eval().requires_grad_(False)
 
     @torch.no_grad()
-    def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = [], []
+    def components(self, x: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Both scores by name: "latent" |z - z_hat|^2 (the paper's) and "residual" sum |x - x_hat|; the maps."""
+        latent, residual, maps = [], [], []
         for sl in _batches(len(x), SCORE_BATCH):
             z, x_hat, z_hat = self._generate(x[sl])
-            err = (x[sl] - x_hat).abs()
-            scores.append((z - z_hat).square().mean(1).double() if self.score_kind == "latent"
-                          else err.flatten(1).sum(1).double())
+            err = (x[sl] - x_hat).abs()                          # (b, c, h, w)
+            latent.append((z - z_hat).square().mean(1).double())
+            residual.append(err.flatten(1).sum(1).double())
             maps.append(err.mean(1))
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+        return ({"latent": torch.cat(latent).numpy(), "residual": torch.cat(residual).numpy()},
+                torch.cat(maps).numpy())
+
+    def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        comps, maps = self.components(x)
+        return comps[self.score_kind], maps
 
 
 # A registry is a dict literal: name -> detector class.
