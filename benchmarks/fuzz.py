@@ -46,8 +46,8 @@ def main() -> int:
         cases = [0]
         inner = fn.hypothesis.inner_test
 
-        def counting(*a, _inner=inner, **kw):
-            cases[0] += 1
+        def counting(*a, _inner=inner, _cases=cases, **kw):
+            _cases[0] += 1
             return _inner(*a, **kw)
 
         fn.hypothesis.inner_test = counting
@@ -73,10 +73,10 @@ def main() -> int:
              f"- machine: {_cpu_name()}, torch {torch.__version__}, {platform.python_version()}, one thread",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- command: `flock /tmp/genforge-cpu.lock python benchmarks/fuzz.py --examples {args.examples}`",
-             f"- hypothesis, fresh randomness; each case starts from a valid file and mutates it (or builds a valid "
-             f"container with hostile contents). \"loaded\" and \"refused\" count reader calls (some cases call two "
-             f"readers, some stop earlier); any exception other than a GenforgeError is a failure. CI runs the same "
-             f"tests with 60 derandomized cases each (`pytest tests/test_fuzz.py`).",
+             "- hypothesis, fresh randomness; each case starts from a valid file and mutates it (or builds a valid "
+             "container with hostile contents). \"loaded\" and \"refused\" count reader calls (some cases call two "
+             "readers, some stop earlier); any exception other than a GenforgeError is a failure. CI runs the same "
+             "tests with 60 derandomized cases each (`pytest tests/test_fuzz.py`).",
              f"- total: {sum(r[1] for r in rows)} cases in {total:.0f} s, {failed} failing tests", "",
              "| fuzz test | cases | loaded | refused | seconds | result |", "|---|---:|---:|---:|---:|---|"]
     lines += [f"| {n} | {c} | {lo} | {rf} | {s:.1f} | {v} |" for n, c, lo, rf, s, v in rows]

@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("cryptography")
 
-import genforge  # noqa: E402
-from genforge.cli import main  # noqa: E402
-from genforge.errors import GenforgeError  # noqa: E402
-from genforge.security import crypto  # noqa: E402
-from genforge.security.crypto import EncryptionError  # noqa: E402
-from genforge.training import train  # noqa: E402
-from genforge.training.checkpoint import last_checkpoint, load_state  # noqa: E402
+import genforge
+from genforge.cli import main
+from genforge.errors import GenforgeError
+from genforge.security import crypto
+from genforge.security.crypto import EncryptionError
+from genforge.training import train
+from genforge.training.checkpoint import last_checkpoint, load_state
 
 SMALL = 12  # 4 KiB chunks: many chunks from little data
 
@@ -126,8 +126,7 @@ def test_not_an_encrypted_file_and_future_versions(keyring):
 def test_streaming_keeps_memory_bounded(tmp_path, keyring):
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
-        for _ in range(16):
-            f.write(os.urandom(1 << 20))  # 16 MiB
+        f.writelines(os.urandom(1 << 20) for _ in range(16))  # 16 MiB
     data_hash = _sha(big)
     ring2 = crypto.add_key(keyring, "k2")
     tracemalloc.start()

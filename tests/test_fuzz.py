@@ -325,6 +325,29 @@ def test_model_config_json(data):
     load_and_sample(write_model(weights, raw))
 
 
+@FUZZ
+@given(pointer=st.sampled_from(["last.json", "best.json"]), value=JSON | st.sampled_from(
+    ["step_00000001", "", ".", "..", "../model", "/", "step_1/../..", "model-seed"]).map(lambda d: {"dir": d}),
+       deep=st.booleans())
+def test_run_directory_pointers(pointer, value, deep):
+    """A run directory's checkpoints/last.json and best.json, rewritten."""
+    from genforge.training.checkpoint import last_checkpoint
+
+    run = WORK / "run"
+    ckpts = run / "checkpoints"
+    if not (ckpts / "step_00000001").exists():
+        import shutil
+
+        shutil.copytree(model_dir(), ckpts / "step_00000001")
+    for p in ckpts.glob("*.json"):
+        p.unlink()
+    raw = b"[" * 100_000 if deep else json.dumps(value).encode()
+    (ckpts / pointer).write_bytes(raw)
+    load_and_sample(run)
+    found = loads_or_refuses(last_checkpoint, run)
+    assert found is None or found.parent == ckpts
+
+
 # ------------------------------------------------------------------------------------------------ config
 
 
@@ -490,7 +513,7 @@ def _model_with_header(header_raw: bytes | None = None, edit=None) -> Path:
 
 
 def _first(header):
-    return header[sorted(k for k in header if k != "__metadata__")[0]]
+    return header[min(k for k in header if k != "__metadata__")]
 
 
 def _swap_offsets(header):  # two tensors of the same size trade places: allowed; one shifted by 4 bytes: not
@@ -517,3 +540,18 @@ def test_found_model_files(what, directory, message):
 
     with pytest.raises(GenforgeError, match=message):
         genforge.load(directory())
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"dir": 5}', b'{"dir": ["step_1"]}', b'{"dir": "../elsewhere"}'])
+def test_found_run_pointers(raw):
+    """RecursionError, then TypeError from ``ckpts / 5`` in resolve(); a pointer out of checkpoints/ was followed."""
+    import genforge
+    from genforge.training.checkpoint import last_checkpoint
+
+    run = WORK / "pointer-run"
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run / "checkpoints" / "last.json").write_bytes(raw)
+    with pytest.raises(GenforgeError, match="not a valid checkpoint pointer"):
+        genforge.load(run)
+    with pytest.raises(GenforgeError, match="not a valid checkpoint pointer"):
+        last_checkpoint(run)

@@ -77,12 +77,19 @@ def resolve(path: str | Path) -> Path:
     ckpts = path / "checkpoints"
     for pointer in ("best.json", "last.json"):
         if (ckpts / pointer).is_file():
-            try:
-                target = json.loads((ckpts / pointer).read_text())["dir"]
-            except (ValueError, KeyError, TypeError):
-                raise ModelFileError(f"{ckpts / pointer}: not a valid checkpoint pointer") from None
-            return ckpts / target
+            return ckpts / read_pointer(ckpts / pointer)
     raise ModelFileError(f"{path}: no {CONFIG} here and no checkpoints/last.json: not a model or run directory")
+
+
+def read_pointer(pointer: Path) -> str:
+    """The checkpoint a ``last.json`` or ``best.json`` points at: the name of a directory beside it."""
+    try:
+        target = json.loads(pointer.read_text())["dir"]
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+        target = None
+    if not isinstance(target, str) or Path(target).name != target or target in ("", ".", ".."):
+        raise ModelFileError(f"{pointer}: not a valid checkpoint pointer")
+    return target
 
 
 def _read_meta(path: Path) -> dict:

@@ -63,8 +63,8 @@ def cmd_encrypt(args) -> int:
     (state.pt) encrypted; name files to encrypt others (an npz data set: genforge then reads it as
     npz:FILE with the key). Each file is replaced atomically; files already encrypted are left as they are.
     """
-    from genforge.security import crypto
     from genforge.models.files import WEIGHTS
+    from genforge.security import crypto
     from genforge.training.checkpoint import STATE
 
     keyring = crypto.load_keyring()

@@ -352,7 +352,8 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, name: str, keyring: Keyring, wh
         raise EncryptionError(f"{where}: the key named '{h.key_id}' in {keyring.source} is not the key this file "
                               "was encrypted with (or the file's header was altered)")
     gcm, name_b, seg = _aead(file_key), _name(name), h.chunk + TAG
-    from cryptography.exceptions import InvalidTag  # importable once _aead has found the package
+    # importable once _aead has found the package
+    from cryptography.exceptions import InvalidTag
 
     buf, i = _read_full(src, seg), 0
     while True:

@@ -11,7 +11,6 @@ point at it. A crash at any moment leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from genforge.errors import ModelFileError
 from genforge.io import atomic_write_json, fsync_dir
-from genforge.models.files import save_model
+from genforge.models.files import read_pointer, save_model
 
 STATE = "state.pt"
 
@@ -75,8 +74,8 @@ def _prune(root: Path, keep: int) -> None:
     pinned = set()
     for pointer in ("last.json", "best.json"):
         try:
-            pinned.add(json.loads((root / pointer).read_text())["dir"])
-        except (OSError, ValueError, KeyError):
+            pinned.add(read_pointer(root / pointer))
+        except (OSError, ModelFileError):
             pass
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in steps[:-keep]:
@@ -88,10 +87,7 @@ def last_checkpoint(run: Path) -> Path | None:
     pointer = checkpoint_dir(run) / "last.json"
     if not pointer.is_file():
         return None
-    try:
-        return checkpoint_dir(run) / json.loads(pointer.read_text())["dir"]
-    except (ValueError, KeyError, TypeError):
-        raise ModelFileError(f"{pointer}: not a valid checkpoint pointer") from None
+    return checkpoint_dir(run) / read_pointer(pointer)
 
 
 def load_state(ckpt: Path) -> dict:
