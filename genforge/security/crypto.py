@@ -267,8 +267,8 @@ class EncryptingWriter(io.RawIOBase):
         file_key, check_key = _derive(keyring.keys[keyring.primary], salt)
         header = MAGIC + bytes([VERSION, chunk_log2, len(key_id)]) + key_id + salt + prefix
         header += hmac.new(check_key, header, hashlib.sha256).digest()[:16]
-        dst.write(header)
         self._dst, self._gcm, self._header, self._name = dst, _aead(file_key), header, _name(name)
+        dst.write(header)
         self._prefix, self._chunk = prefix, 1 << chunk_log2
         self._buf, self._i, self._pos, self._done = bytearray(), 0, 0, False
 
