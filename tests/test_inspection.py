@@ -75,7 +75,7 @@ def test_threshold_flags_the_target_share_of_normal_validation_scores():
 
 
 def test_threshold_comes_from_validation_images_only(digits):
-    train, val, test, _ = digits
+    train, val, _, _ = digits
     det = inspection.fit("pca", train, val, fpr=0.2)
     val_scores = det.score(val).score
     assert det.threshold == inspection.choose_threshold(val_scores, 0.2)

@@ -91,7 +91,7 @@ def cmd_inspect_score(args) -> int:
     from genforge.data import load_splits
 
     det = inspection.load(args.detector)
-    c, h, _ = det.image_shape
+    _, h, _ = det.image_shape
     if args.split == "all":
         splits = load_splits(args.data, image_size=h, val_fraction=0.0, test_fraction=0.0, dedup=False)
         parts = [splits.train] + ([splits.test] if len(splits.test) else [])

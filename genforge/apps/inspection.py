@@ -170,13 +170,13 @@ def choose_threshold(val_scores: np.ndarray, fpr: float) -> float:
     smallest score. Test images never enter here.
     """
     s = np.sort(np.asarray(val_scores, dtype=np.float64))
-    allowed = int(math.floor(fpr * len(s) + 1e-9))
+    allowed = math.floor(fpr * len(s) + 1e-9)
     return float(s[len(s) - 1 - allowed])
 
 
 def score_stats(scores: np.ndarray) -> dict:
     q = np.quantile(scores, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
-    return {"n": int(len(scores)), "mean": float(scores.mean()), "std": float(scores.std()),
+    return {"n": len(scores), "mean": float(scores.mean()), "std": float(scores.std()),
             "min": float(scores.min()), "max": float(scores.max()),
             "quantiles": {k: float(v) for k, v in zip(("1", "5", "25", "50", "75", "95", "99"), q)}}
 
@@ -220,7 +220,7 @@ def fit(name: str, train: np.ndarray, val: np.ndarray, *, fpr: float = DEFAULT_F
             "val_scores": score_stats(val_scores),
             # heat maps of every image share one colour scale: the 99.9th percentile of normal residual pixels
             "residual_scale": float(max(np.quantile(val_maps, 0.999), 1e-12)),
-            "train_size": int(len(x)), "seed": int(seed), "fit_seconds": round(fit_seconds, 2),
+            "train_size": len(x), "seed": int(seed), "fit_seconds": round(fit_seconds, 2),
             "data": data or {}, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
     return Detector(method, meta)
 
@@ -230,8 +230,9 @@ def fit(name: str, train: np.ndarray, val: np.ndarray, *, fpr: float = DEFAULT_F
 
 def save(detector: Detector, directory: str | Path) -> Path:
     """Write ``detector.safetensors`` and ``detector.json`` (threshold, statistics, SHA-256) atomically."""
-    from genforge import __version__
     from safetensors.torch import save as st_save
+
+    from genforge import __version__
 
     directory = Path(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in detector.method.tensors().items()}

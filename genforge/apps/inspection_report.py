@@ -18,6 +18,8 @@ import csv
 import html
 import io
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from genforge.errors import GenforgeError
-from genforge.io import atomic_write, atomic_write_json, atomic_write_text
+from genforge.io import atomic_write_json, atomic_write_text, fsync_dir
 
 SCORES = "scores.csv"
 SUMMARY = "summary.json"
@@ -41,12 +43,6 @@ def heatmap_image(image: np.ndarray, residual: np.ndarray, scale: float) -> Imag
     heat = colormaps["inferno"](np.clip(residual / scale, 0, 1))[..., :3]   # (h, w, 3) in [0, 1]
     heat = np.round(heat * 255).astype(np.uint8)
     return Image.fromarray(np.concatenate([rgb, heat], axis=1), "RGB")
-
-
-def _png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def write_results(out: str | Path, detector, scored, images: np.ndarray, *, classes: np.ndarray | None = None,
@@ -68,13 +64,10 @@ def write_results(out: str | Path, detector, scored, images: np.ndarray, *, clas
         rows.append(f"{i},{float(s)!r},{'anomaly' if a else 'normal'},{_csv_field(cls)},{t}")
     atomic_write_text(out / SCORES, "\n".join(rows) + "\n")
     if heatmaps:
-        scale = detector.meta["residual_scale"]
-        for i in range(len(x)):
-            atomic_write(out / HEATMAPS / f"{i:05d}.png",
-                         lambda f, i=i: f.write(_png_bytes(heatmap_image(x[i], scored.residual[i], scale))))
+        write_heatmaps(out / HEATMAPS, x, scored.residual, detector.meta["residual_scale"])
     summary = {"format": "genforge-inspection", "format_version": 1, **(about or {}),
                "detector_name": detector.name, "threshold": detector.threshold,
-               "target_fpr": detector.meta["target_fpr"], "n": int(len(scored.score)),
+               "target_fpr": detector.meta["target_fpr"], "n": len(scored.score),
                "flagged": int(scored.anomaly.sum()), "heatmaps": bool(heatmaps),
                "class_names": class_names, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if truth is not None and 0 < truth.sum() < len(truth):
@@ -82,6 +75,26 @@ def write_results(out: str | Path, detector, scored, images: np.ndarray, *, clas
         summary.update(detection_counts(scored.anomaly, truth))
     atomic_write_json(out / SUMMARY, summary)
     return summary
+
+
+def write_heatmaps(directory: Path, x: np.ndarray, residual: np.ndarray, scale: float) -> None:
+    """One PNG per image into a temporary directory beside ``directory``, then renamed into place: a crash
+    leaves the previous heat maps (or none), never a mix. (One fsync'd atomic write per file would cost
+    seconds per thousand images.)"""
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.{time.time_ns()}.tmp")
+    tmp.mkdir()  # unlike mkdtemp, keeps the user's umask
+    try:
+        for i in range(len(x)):
+            heatmap_image(x[i], residual[i], scale).save(tmp / f"{i:05d}.png", format="PNG")
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            shutil.rmtree(old)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(directory.parent)
 
 
 def _csv_field(text: str) -> str:
@@ -155,12 +168,12 @@ def build_report(results: str | Path) -> str:
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>"]
     facts = [("detector", summary.get("detector")), ("split", summary.get("split")),
              ("images", len(score)), ("flagged as anomalies", f"{int(anomaly.sum())} ({100 * anomaly.mean():.1f}%)"),
-             ("threshold", f"{threshold:.6g} (chosen on normal validation images for a "
-                           f"{100 * summary.get('target_fpr', 0):g}% false-positive rate)")]
+             ("threshold", (f"{threshold:.6g} (chosen on normal validation images for a "
+                            f"{100 * summary.get('target_fpr', 0):g}% false-positive rate)"))]
     if "auroc" in summary:
         facts += [("image AUROC", f"{summary['auroc']:.4f}"),
-                  ("F1 at the threshold", f"{summary['f1']:.4f} (precision {summary['precision']:.3f}, "
-                                          f"recall {summary['recall']:.3f}, false-positive rate {summary['fpr']:.3f})"),
+                  ("F1 at the threshold", (f"{summary['f1']:.4f} (precision {summary['precision']:.3f}, recall "
+                                           f"{summary['recall']:.3f}, false-positive rate {summary['fpr']:.3f})")),
                   ("confusion", f"tp {summary['tp']}, fp {summary['fp']}, fn {summary['fn']}, tn {summary['tn']}")]
     parts.append("<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                                      for k, v in facts) + "</table>")
