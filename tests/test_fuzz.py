@@ -9,6 +9,7 @@ runs many more with fresh randomness and records time and case count in ``benchm
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import gzip
@@ -16,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -36,6 +38,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="GENFORGE_FUZZ
                 print_blob=True)
 ROOT = Path(__file__).parent.parent
 WORK = Path(tempfile.mkdtemp(prefix="genforge-fuzz-"))  # one file per reader, rewritten by every case
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 BOUNDARY = [0, 1, 2, 3, 7, 12, 14, 99, 255, 256, 65535, 2**31 - 1, 2**31, 2**32 - 1]
 
 
@@ -336,8 +339,6 @@ def test_run_directory_pointers(pointer, value, deep):
     run = WORK / "run"
     ckpts = run / "checkpoints"
     if not (ckpts / "step_00000001").exists():
-        import shutil
-
         shutil.copytree(model_dir(), ckpts / "step_00000001")
     for p in ckpts.glob("*.json"):
         p.unlink()
