@@ -388,6 +388,10 @@ def test_sample_encrypt_npz_then_read_and_eval(tmp_path, tiny_config, key_file, 
     capsys.readouterr()
     assert main(["--key-file", str(key_file), "data", "check", f"npz:{out}"]) == 0
     assert "24" in capsys.readouterr().out
+    assert main(["eval", str(out), "--data", "mnist5k", "--n", "24", "--no-cas"]) == 2  # no key
+    assert "no encryption key" in capsys.readouterr().err
+    assert main(["--key-file", str(key_file), "eval", str(out), "--data", "mnist5k", "--n", "24", "--no-cas"]) == 0
+    assert "FID" in capsys.readouterr().out
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "g.png"), "--encrypt",
                  "--key-file", str(key_file)]) == 2
     assert "only .npz sample sets can be written encrypted" in capsys.readouterr().err
