@@ -58,7 +58,9 @@ def header_len(key_id: str) -> int:
 def test_round_trip_at_chunk_boundaries(keyring, n):
     data = os.urandom(n)
     blob = crypto.encrypt_bytes(data, "w.bin", keyring, SMALL)
-    assert blob.startswith(crypto.MAGIC) and data not in blob[header_len("k1"):] or n == 0
+    assert blob.startswith(crypto.MAGIC)
+    if n >= 16:  # (a byte or two may turn up in random ciphertext by chance)
+        assert data[:16] not in blob
     assert crypto.decrypt_bytes(blob, "w.bin", keyring) == data
     assert len(chunks_of(blob, header_len("k1"))) == max(1, -(-n // 4096))
 
