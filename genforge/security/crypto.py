@@ -309,14 +309,19 @@ class EncryptingWriter(io.RawIOBase):
         self.close()
 
 
-def _read_full(src: BinaryIO, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        got = src.read(n - len(out))
-        if not got:
+def _read_full(src: BinaryIO, n: int, first: bytes = b"") -> bytearray:
+    """``first`` and then up to ``n - len(first)`` bytes of ``src``: fewer only at its end. One buffer, no copies."""
+    out = bytearray(n)
+    out[:len(first)] = first
+    view, got = memoryview(out), len(first)
+    while got < n:
+        step = src.readinto(view[got:])
+        if not step:
             break
-        out += got
-    return bytes(out)
+        got += step
+    view.release()
+    del out[got:]
+    return out
 
 
 def _read_header(src: BinaryIO, where: str) -> _Header:
@@ -359,7 +364,7 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, name: str, keyring: Keyring, wh
     while True:
         if len(buf) < TAG:
             raise EncryptionError(f"{where}: encrypted file is truncated (chunk {i} cut short)")
-        following = _read_full(src, seg) if len(buf) == seg else b""
+        following = src.read(1) if len(buf) == seg else b""  # a chunk is the last one when nothing follows it
         last = not following
         try:
             dst.write(gcm.decrypt(_nonce(h.prefix, i, last), buf, _aad(h.raw, name_b, i, last)))
@@ -368,7 +373,7 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, name: str, keyring: Keyring, wh
                                   "renamed since it was encrypted (its name is authenticated too)") from None
         if last:
             return
-        buf, i = following, i + 1
+        buf, i = _read_full(src, seg, following), i + 1
         if i >= 1 << 32:
             raise EncryptionError(f"{where}: more chunks than the format allows (altered?)")
 
