@@ -67,7 +67,7 @@ def main() -> None:
         f"- machine: {_cpu_name()}, torch {torch.__version__}, {platform.python_version()}, 2 threads; "
         f"{minutes:.1f} minutes in all",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- command: `python benchmarks/augmentation.py {' '.join(sys.argv[1:])}`",
+        f"- command: `{' '.join(['python benchmarks/augmentation.py', *sys.argv[1:]])}`",
         f"- data: {data}, test split of {result['test_size']} images; generator: `{recipe}` trained on the K "
         f"real images per class only, {options.gen_steps} steps; {options.synthetic_per_class} generated images "
         f"per class; classifier: genforge's evaluator network, {options.classifier_steps} steps of batch "

@@ -53,6 +53,15 @@ def test_inpaint_keeps_known_pixels_exactly(tmp_path_factory, digits_npz, digits
         assert _mse(out, digits) < 0.6 * _mse(hole, digits)
 
 
+def test_diffusion_super_resolution_and_denoising(tmp_path_factory, digits_npz, digits):
+    model = _train(tmp_path_factory, digits_npz, "ddpm", 2, base_channels=4)
+    low = digits[:4].reshape(-1, 14, 2, 14, 2).mean((2, 4)).round().astype(np.uint8)
+    out = repair(model, low, "sr2x", options=FAST)
+    assert out.shape == (4, 28, 28)
+    assert np.abs(out.reshape(-1, 14, 2, 14, 2).mean((2, 4)) - low).mean() < 1.0  # 2x2 means put back
+    assert repair(model, digits[:4], "denoise", noise_std=0.2, options=FAST).shape == (4, 28, 28)
+
+
 def test_inpaint_per_image_masks(vae, digits):
     masks = np.zeros((len(digits), 28, 28), dtype=bool)
     for i in range(len(digits)):

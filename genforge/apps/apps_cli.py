@@ -126,8 +126,8 @@ def cmd_repair(args) -> int:
     x, names = read_images(args.images)
     mask = read_mask(args.mask, model.image_shape[1:]) if args.mask else None
     options = RepairOptions(steps=args.steps, restarts=args.restarts, diffusion_steps=args.diffusion_steps,
-                            seed=args.seed)
-    for name in ("steps", "restarts", "diffusion_steps"):
+                            resample=args.resample, seed=args.seed)
+    for name in ("steps", "restarts", "diffusion_steps", "resample"):
         if getattr(options, name) < 1:
             raise GenforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
     out = repair(model, x, args.task, mask=mask, noise_std=args.noise_std, options=options)
@@ -229,7 +229,9 @@ def add_apps_commands(sub) -> None:
     p.add_argument("--noise-std", type=float, help="denoise: noise std in [0, 1] pixel units (default: estimated)")
     p.add_argument("--steps", type=int, default=100, help="VAE/GAN: optimisation steps on the latent (default 100)")
     p.add_argument("--restarts", type=int, default=2, help="VAE/GAN: starting latents per image (default 2)")
-    p.add_argument("--diffusion-steps", type=int, default=50, help="diffusion: DDIM steps (default 50)")
+    p.add_argument("--diffusion-steps", type=int, default=25, help="diffusion: DDIM steps (default 25)")
+    p.add_argument("--resample", type=int, default=4,
+                   help="diffusion, inpaint and sr2x: RePaint passes over each step (default 4; 1: plain replacement)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true", help="grid: each input beside its repair")
     p.add_argument("--out", required=True, help=".png grid, .npz, or a folder of PNGs")
