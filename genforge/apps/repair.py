@@ -3,7 +3,8 @@
 Each task is a known corruption ``y = A(x) + noise`` of a clean image ``x``:
 
     inpaint   A(x) = x on the known pixels (a mask marks the missing ones)
-    denoise   A(x) = x, plus Gaussian noise of standard deviation sigma
+    denoise   A(x) = x, plus Gaussian noise of standard deviation sigma, clipped to [0, 1] by the 8 bits
+              (so A(x) = E[clip(x + noise)], see ``expected_clipped``)
     sr2x      A(x) = the 2x2 mean of x (28x28 -> 14x14), the same as Pillow's BOX filter at 2x
 
 and repair looks for the image the model finds likely that explains ``y``:
@@ -15,7 +16,8 @@ and repair looks for the image the model finds likely that explains ``y``:
   pasted (inpainting), the 2x2 means corrected (super-resolution, back-projection).
 - diffusion models, by DDIM with the measurement imposed at every step ("replacement", Song et al. 2021,
   appendix I; ILVR, Choi et al. 2021, for super-resolution): after each step the part of x_s that A sees
-  is replaced by the measurement noised to the same level. Denoising starts the chain at the timestep
+  is replaced by the measurement noised to the same level, and each step is taken ``resample`` times,
+  diffusing back in between (RePaint, Lugmayr et al. 2022). Denoising starts the chain at the timestep
   whose noise level equals sigma (the noisy image *is* a scaled x_t, as in SDEdit, Meng et al. 2022).
 
 Images are uint8 numpy, (n, h, w) or (n, h, w, c), as everywhere in genforge.
