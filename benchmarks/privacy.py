@@ -57,7 +57,8 @@ def run_one(recipe: Path, epsilon: float, steps: int, runs: Path, n: int, seed: 
     privacy = genforge.load(run).meta.get("privacy")
     t0 = time.perf_counter()
     scored = evaluate(run, n=n, seed=seed, progress=False)
-    return {"epsilon": epsilon, "steps": result.step, "train_seconds": train_s, "eval_seconds": time.perf_counter() - t0,
+    return {"epsilon": epsilon, "steps": result.step, "train_seconds": train_s,
+            "eval_seconds": time.perf_counter() - t0,
             "privacy": privacy, "result": scored, "batch_size": cfg.batch_size, "delta": cfg.dp_delta}
 
 
@@ -114,7 +115,8 @@ def main() -> None:
     ev = first["result"]["evaluator"]
     command = "flock /tmp/genforge-cpu.lock python benchmarks/privacy.py" + (
         " " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
-    lines = [MARKS[0], "## Differential privacy: sample quality at epsilon 1, 10 and infinity (`benchmarks/privacy.py`)",
+    lines = [MARKS[0],
+             "## Differential privacy: sample quality at epsilon 1, 10 and infinity (`benchmarks/privacy.py`)",
              "",
              f"- command: `{command}` ({total / 60:.1f} minutes in all)",
              f"- machine: {os.cpu_count()} cores ({_cpu_name()}), {threads} torch threads, torch {torch.__version__}, "

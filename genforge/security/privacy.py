@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,9 @@ from genforge.errors import ConfigError, GenforgeError
 # family -> (the networks that see real data, the trainer optimizer that updates them)
 PRIVATE = {"vae": (("encoder", "decoder"), "vae"), "gan": (("discriminator",), "discriminator")}
 MIN_EXPECTED_BATCH = 8  # an empty Poisson batch (probability (1 - q)^N < e^-8 per step) still works, see empty_step
+# Opacus warns when the best RDP order is its largest: the epsilon reported is then a slightly loose (safe)
+# upper bound. Kept at Opacus' default orders, so figures match its accountant; the warning is not repeated.
+_LARGEST_ALPHA = "Optimal order is the largest alpha"
 INSTALL = "differential privacy needs Opacus: pip install 'genforge[privacy]' (or pip install 'opacus>=1.5')"
 
 
@@ -133,7 +137,9 @@ def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> floa
     if not history:
         return 0.0
     total = sum(n * np.asarray(_rdp_per_step(s, q)) for s, q, n in history)
-    eps, _ = rdp.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=total, delta=delta)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LARGEST_ALPHA)
+        eps, _ = rdp.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=total, delta=delta)
     return float(eps)
 
 
@@ -142,8 +148,10 @@ def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps
     """sigma that spends (epsilon, delta) in ``steps`` steps at rate q (Opacus' binary search, to 0.01)."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
-                                accountant="rdp")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LARGEST_ALPHA)
+        return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                    steps=steps, accountant="rdp")
 
 
 def _opacus():
@@ -179,6 +187,10 @@ def attach_grad_sampler(net: nn.Module) -> nn.Module:
     ``net`` itself stays what the trainer calls and what checkpoints save, so its state_dict keys do not change.
     """
     _opacus()
+    # Opacus' full backward hooks fire on the first layer too, whose input (the real images) needs no gradient;
+    # PyTorch warns about exactly that case, which is expected here.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
+                                              "respect to module outputs since no inputs require gradients")
     return _grad_sampler_class()(net, batch_first=True, loss_reduction="mean", strict=True)
 
 
