@@ -43,7 +43,6 @@ from genforge.errors import ConfigError, GenforgeError
 
 # family -> (the networks that see real data, the trainer optimizer that updates them)
 PRIVATE = {"vae": (("encoder", "decoder"), "vae"), "gan": (("discriminator",), "discriminator")}
-MIN_EXPECTED_BATCH = 8  # an empty Poisson batch (probability (1 - q)^N < e^-8 per step) still works, see empty_step
 # Opacus warns when the best RDP order is its largest: the epsilon reported is then a slightly loose (safe)
 # upper bound. Kept at Opacus' default orders, so figures match its accountant; the warning is not repeated.
 _LARGEST_ALPHA = "Optimal order is the largest alpha"
@@ -218,9 +217,6 @@ class PrivateTraining:
         self.n = n_train
         self.expected_batch = cfg.batch_size
         self.sample_rate = cfg.batch_size / n_train
-        if self.expected_batch < MIN_EXPECTED_BATCH:
-            raise ConfigError(f"'batch_size' {cfg.batch_size} is too small for DP-SGD's Poisson batches "
-                              f"(at least {MIN_EXPECTED_BATCH})")
         self.roles = roles
         for role in roles:
             problems = ModuleValidator.validate(nets[role], strict=False)
