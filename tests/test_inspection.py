@@ -139,6 +139,14 @@ def test_a_normal_class_that_does_not_exist_is_refused(digits_npz):
     assert normal.normal_classes == [0, 1, 2, 4, 5, 6, 7, 8, 9]
 
 
+def test_a_class_filter_on_unlabelled_data_is_refused(tmp_path):
+    path = tmp_path / "plain.npz"
+    np.savez(path, x=np.random.default_rng(0).integers(0, 255, (30, 28, 28), dtype=np.uint8))
+    with pytest.raises(DataError, match="has no class labels"):
+        inspection.load_normal(f"npz:{path}", normal_classes=["1"])
+    assert inspection.load_normal(f"npz:{path}").normal_classes is None  # every image is normal
+
+
 def test_an_altered_detector_file_is_refused(digits, tmp_path):
     train, val, _, _ = digits
     inspection.save(inspection.fit("knn", train, val), tmp_path)
