@@ -457,14 +457,14 @@ def _corrupt_deflate() -> bytes:
     return bytes(blob)
 
 
-@pytest.mark.parametrize("what, data", [
+@pytest.mark.parametrize("what, data", [pytest.param(w, d, id=w.split(" (")[0]) for w, d in [
     ("deflate stream corrupt (zlib.error)", _corrupt_deflate()),
     ("unknown compression method 99 (NotImplementedError)", _with_central_field(_compressed_npz(), 10, 99)),
     ("member marked encrypted (RuntimeError)", _with_central_field(_compressed_npz(), 8, 1)),
     ("no images (reshape ValueError)", npz_bytes(x=np.zeros((0, 5, 5), np.int16))),
     ("images without pixels (min of empty array)", npz_bytes(x=np.zeros((1, 0, 0), np.int16))),
     ("float images without pixels", npz_bytes(x=np.zeros((2, 0, 5, 1), np.float32))),
-])
+]])
 def test_found_npz(what, data):
     from genforge.data.npz import read_npz
     from genforge.metrics.evaluate import check_images, read_samples
@@ -482,7 +482,7 @@ def test_found_npz(what, data):
     (b"g_betas: " + b"[" * 3000 + b"\n", "nested too deeply"),                # RecursionError
     (b"max_seconds: .nan\n", "'max_seconds' must be a finite number"),        # was accepted: NaN passes every check
     (b"d_lr: 1" + b"0" * 400 + b"\n", "'d_lr' must be a finite number"),     # OverflowError in float()
-])
+], ids=["not-utf8", "impossible-date", "nested-too-deeply", "nan", "overflow"])
 def test_found_config(text, message):
     from genforge.config import load_config
     from genforge.errors import ConfigError
@@ -522,7 +522,7 @@ def _swap_offsets(header):  # two tensors of the same size trade places: allowed
     entry["data_offsets"] = [entry["data_offsets"][0] + 4, entry["data_offsets"][1] + 4]
 
 
-@pytest.mark.parametrize("what, directory, message", [
+@pytest.mark.parametrize("what, directory, message", [pytest.param(*case, id=case[0].split(" (")[0]) for case in [
     ("header is a JSON list (AttributeError)", lambda: _model_with_header(b"[]"), "not a JSON object"),
     ("header is null", lambda: _model_with_header(b"null"), "not a JSON object"),
     ("header nested too deeply (RecursionError)", lambda: _model_with_header(b"[" * 100_000), "not valid JSON"),
@@ -535,7 +535,7 @@ def _swap_offsets(header):  # two tensors of the same size trade places: allowed
     ("config.json nested too deeply (RecursionError)",
      lambda: write_model((model_dir() / "model.safetensors").read_bytes(), b'{"model": ' + b"[" * 100_000 + b"}"),
      "not valid JSON"),
-])
+]])
 def test_found_model_files(what, directory, message):
     import genforge
 
@@ -543,7 +543,8 @@ def test_found_model_files(what, directory, message):
         genforge.load(directory())
 
 
-@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"dir": 5}', b'{"dir": ["step_1"]}', b'{"dir": "../elsewhere"}'])
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"dir": 5}', b'{"dir": ["step_1"]}', b'{"dir": "../elsewhere"}'],
+                         ids=["nested-too-deeply", "number", "list", "outside"])
 def test_found_run_pointers(raw):
     """RecursionError, then TypeError from ``ckpts / 5`` in resolve(); a pointer out of checkpoints/ was followed."""
     import genforge
