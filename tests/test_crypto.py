@@ -410,3 +410,18 @@ def test_encrypt_command_on_an_existing_run(tmp_path, tiny_config, key_file, cap
     assert capsys.readouterr().out.count("encrypted, key 'k1'") == 2
     crypto.use_key_file(key_file)
     assert np.array_equal(genforge.load(run).sample(4, seed=0), before)
+
+
+def test_encrypted_run_writes_no_sample_grids(tmp_path, digits_npz, key_file, capsys):
+    """A grid PNG of a model trained on confidential data would show that data in the clear."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"model: vae-mlp\ndata: {digits_npz}\nz_dim: 8\nbatch_size: 16\nlog_every: 2\n"
+                   "sample_every: 1\ncheckpoint_every: 2\ngrid_n: 4\ntensorboard: false\nnum_threads: 1\n")
+    plain, enc = tmp_path / "plain", tmp_path / "enc"
+    assert main(["train", str(cfg), "--out", str(plain), "--max-steps", "2"]) == 0
+    assert sorted(p.name for p in (plain / "samples").glob("step_*.png"))  # the plain twin draws grids
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--out", str(enc), "--max-steps", "2", "--encrypt",
+                 "--key-file", str(key_file)]) == 0
+    assert "no sample grids are written" in capsys.readouterr().err
+    assert not list(enc.rglob("*.png"))

@@ -232,7 +232,8 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
         return path
 
     def write_grid(step: int) -> Path | None:
-        if not ctx.is_main:
+        # grids of a model trained on confidential data may show that data: an encrypted run writes none
+        if not ctx.is_main or cfg.encrypt:
             return None
         with torch.inference_mode():
             images = to_uint8(method.generate(release_nets(), grid_z, grid_y)).cpu().numpy()
@@ -272,6 +273,9 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
                        f"learning dynamics change (keep batch_size x processes to continue as before)")
     if dp is not None:
         logger.message(dp.describe())
+    if cfg.encrypt and cfg.sample_every:
+        logger.message("genforge: encrypt: no sample grids are written (PNGs cannot be encrypted and would show "
+                       "what the model learned); draw samples with: genforge sample RUN --out x.npz --encrypt")
 
     last_ckpt: Path | None = last_checkpoint(run) if resume else None
     last_ckpt_step = step if resume else -1
