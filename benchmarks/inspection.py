@@ -40,6 +40,13 @@ GENERATIVE = ("vae", "ganomaly")
 BASELINES = ("pca", "knn")
 
 
+def _option(text: str) -> tuple[str, int]:
+    key, _, value = text.partition("=")
+    if not key or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected KEY=INT, got {text!r}")
+    return key, int(value)
+
+
 def run_case(splits, spec: str, protocol: str, c: int, args, x_test, y_test) -> dict[str, dict]:
     """Fit every detector for one class of one protocol; {row name: {auroc, f1, ...}}."""
     if protocol == "one-class":
@@ -55,8 +62,8 @@ def run_case(splits, spec: str, protocol: str, c: int, args, x_test, y_test) -> 
     x = inspection.as_tensor(x_test)
     rows = {}
     for name in args.detectors:
-        options = {"vae": {"steps": args.vae_steps}, "ganomaly": {"steps": args.gan_steps,
-                                                                   "base_channels": 16}}.get(name, {})
+        options = {"vae": {"steps": args.vae_steps, **dict(args.vae_option)},
+                   "ganomaly": {"steps": args.gan_steps, "base_channels": 16}}.get(name, {})
         t0 = time.perf_counter()
         det = inspection.fit(name, normal.train, val, fpr=args.fpr, seed=args.seed, options=options)
         scored = det.score(x_test)
@@ -121,6 +128,8 @@ def main() -> None:
     parser.add_argument("--max-val", type=int, default=1000)
     parser.add_argument("--max-test", type=int, default=2000)
     parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--vae-option", type=_option, action="append", default=[], metavar="KEY=INT",
+                        help="another VAE detector option, e.g. z_dim=32 or bank_size=5000 (repeatable)")
     parser.add_argument("--gan-steps", type=int, default=300)
     parser.add_argument("--fpr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)

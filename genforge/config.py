@@ -62,6 +62,10 @@ class Config:
     # --- diffusion -------------------------------------------------------------------
     noise_schedule: str = "cosine"   # DDPM beta schedule: "linear" (Ho et al. 2020) or "cosine" (Nichol and Dhariwal 2021)
     cfg_dropout: float = 0.1         # share of class labels dropped in training, for classifier-free guidance
+    # how the trained model samples unless a caller says otherwise (genforge sample --sampler/--steps/--guidance)
+    sampler: str = "ddim"            # "ddim" or "dpm++2m" (DPM-Solver++, better at 10 to 20 steps)
+    sample_steps: int = 50           # sampler steps, 1 to 1000 (1000: the full chain)
+    guidance: float = 1.0            # conditional models: classifier-free guidance scale (1: plain conditional)
 
     # --- differential privacy (DP-SGD with Opacus; genforge/security/privacy.py) ----------
     dp_epsilon: float = 0.0          # target epsilon of the networks that see real data; 0: no differential privacy
@@ -183,6 +187,12 @@ def validate(cfg: Config, source: str = "config") -> Config:
     unknown = [p for p in policies if p not in ("color", "translation", "cutout")]
     if unknown:
         raise ConfigError(f"{source}: 'diffaugment' takes color, translation and cutout, got {unknown[0]!r}")
+    if not 0.0 <= cfg.guidance <= 20.0:
+        raise ConfigError(f"{source}: 'guidance' must be in [0, 20], got {cfg.guidance}")
+    if cfg.sampler not in ("ddim", "dpm++2m"):
+        raise ConfigError(f"{source}: 'sampler' must be ddim or dpm++2m, got {cfg.sampler!r}")
+    if not 1 <= cfg.sample_steps <= 1000:
+        raise ConfigError(f"{source}: 'sample_steps' must be from 1 to 1000, got {cfg.sample_steps}")
     if not 0.0 <= cfg.ada_target < 1.0 or not 0.0 <= cfg.cfg_dropout < 1.0:
         raise ConfigError(f"{source}: 'ada_target' and 'cfg_dropout' must be in [0, 1)")
     if cfg.gan_loss == "wgan-gp" and cfg.d_norm == "batch":

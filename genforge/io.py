@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file in the same directory, fsync, then rename.
+"""Atomic file writes: a temporary file in the same directory, fsync, then rename; and the one JSON reader.
 
 A crash, Ctrl-C or full disk in the middle of a write leaves the previous file
 untouched; readers never see a half-written file.
@@ -66,3 +66,17 @@ def atomic_write_text(path: str | Path, text: str, private: bool = False) -> Pat
 
 def atomic_write_json(path: str | Path, obj, private: bool = False) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", private)
+
+
+def read_json(path: str | Path, error: type[Exception], missing: str = "missing", invalid: str = "not valid JSON",
+              label: str | None = None):
+    """The parsed contents of a JSON file. A missing file raises ``error("LABEL: " + missing)``; undecodable
+    text, bad JSON or JSON nested too deeply to parse raises ``error("LABEL: " + invalid)``. LABEL is the
+    path unless given. Checking the document's shape is the caller's job."""
+    label = str(path) if label is None else label
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{label}: {missing}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested too deeply
+        raise error(f"{label}: {invalid}") from None

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import genforge
 from genforge.cli import build_parser, main
 from genforge.config import from_dict
-from genforge.errors import GenforgeError
+from genforge.errors import ConfigError, GenforgeError, ModelFileError
 from genforge.generation import sample
+from genforge.generation.sampling import SAMPLERS
 from genforge.models import MODELS, build_networks, diffusion
 from genforge.models.diffusion import NoiseSchedule, T, Trainer, ddim_timesteps, generate, make_schedule, predict_eps
 from genforge.models.unet import UNet
@@ -203,6 +205,51 @@ def test_bad_controls_are_clear_errors(runs):
         generate(ddpm.nets, torch.randn(2, 8))
 
 
+def test_the_recipe_sets_how_its_model_samples(tmp_path, digits_npz, monkeypatch):
+    """Config sampler / sample_steps / guidance: the training grids, the validation samples and every later
+    sample() that gives no control of its own use them; a control given wins over the recipe's."""
+    calls = []
+    real = diffusion.generate
+
+    def recording(nets, z, y=None, **controls):
+        calls.append(controls)
+        return real(nets, z, y, **controls)
+
+    monkeypatch.setattr(diffusion, "generate", recording)
+    cfg = from_dict({"data": digits_npz, "model": "cddpm", "base_channels": 4, "batch_size": 16, "max_steps": 2,
+                     "checkpoint_every": 2, "sample_every": 2, "tensorboard": False, "grid_n": 4, "num_threads": 1,
+                     "guidance": 2.5, "sampler": "dpm++2m", "sample_steps": 4}, "test")
+    train(cfg, tmp_path / "run", quiet=True)
+    recipe = {"sampler": "dpm++2m", "steps": 4, "guidance": 2.5}
+    assert calls and all(c == recipe for c in calls)  # the training grid
+    model = genforge.load(tmp_path / "run")
+    assert model.sampling_defaults == recipe
+    calls.clear()
+    sample(model, 3, seed=1)
+    sample(model, 3, seed=1, steps=7, guidance=0.0)
+    assert calls == [recipe, {**recipe, "steps": 7, "guidance": 0.0}]
+    # a model file from before these keys samples as genforge always did: 50 DDIM steps, guidance 1
+    old = dict(model.meta, train_config={k: v for k, v in model.meta["train_config"].items()
+                                         if k not in ("guidance", "sampler", "sample_steps")})
+    assert type(model)(model.nets, old).sampling_defaults == {"sampler": "ddim", "steps": 50, "guidance": 1.0}
+    # a config.json edited to a value sampling cannot honour is refused at load, naming the field
+    copy = tmp_path / "edited"
+    shutil.copytree(model.path, copy)
+    meta = json.loads((copy / "config.json").read_text())
+    meta["train_config"]["sample_steps"] = 0
+    (copy / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=r"config.json: field 'train_config.sample_steps' has a bad value 0"):
+        genforge.load(copy)
+
+
+@pytest.mark.parametrize("key, value, message", [("sampler", "euler", "'sampler' must be ddim or dpm\\+\\+2m"),
+                                                 ("sample_steps", 0, "'sample_steps' must be from 1 to 1000"),
+                                                 ("guidance", 21.0, "'guidance' must be in \\[0, 20\\]")])
+def test_bad_sampling_settings_in_a_recipe(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict({"model": "cddpm", key: value}, "recipe.yaml")
+
+
 # --------------------------------------------------------------------------- the sampler's mathematics
 
 class Oracle(nn.Module):
@@ -239,6 +286,81 @@ def test_ddim_with_a_perfect_denoiser_lands_on_the_data(kind, steps):
     eps = (z.view(3, 1, 8, 8) - ab[T - 1].sqrt() * x0) / (1 - ab[T - 1]).sqrt()
     for x, t in oracle.calls[1:]:
         assert torch.allclose(x, ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * eps, atol=1e-9), t
+
+
+@pytest.mark.parametrize("steps", [1, 2, 20])
+def test_dpm_solver_with_a_perfect_denoiser_also_lands_on_the_data(steps):
+    """With the true eps of one known x0, every x0 prediction is x0 itself, so DPM-Solver++'s extrapolation
+    D = x0 and the chain ends on the data like DDIM's."""
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.rand(2, 1, 8, 8, generator=gen, dtype=torch.float64) * 1.8 - 0.9
+    schedule = NoiseSchedule(kind="cosine")
+    oracle = Oracle(x0, schedule.alphas_cumprod.double())
+    images = generate({"denoiser": oracle, "schedule": schedule}, torch.randn(2, 64, generator=gen,
+                                                                             dtype=torch.float64),
+                      steps=steps, sampler="dpm++2m")
+    assert torch.allclose(images, (x0 + 1) / 2, atol=1e-9)
+    assert [t for _, t in oracle.calls] == ddim_timesteps(steps)  # one network call per step, same timesteps
+
+
+class GaussianData(nn.Module):
+    """The exact eps predictor for data x0 ~ N(0, s^2 I): E[eps | x_t] = sigma_t x_t / (ab_t s^2 + 1 - ab_t).
+
+    Its probability-flow ODE has a closed form, x_t = x_T sqrt(ab_t s^2 + 1 - ab_t) / sqrt(ab_T s^2 + 1 - ab_T),
+    so a sampler's distance from it is its discretisation error alone. Records the x_t of each call by t."""
+
+    image_shape, num_classes = (1, 4, 4), 0
+
+    def __init__(self, s: float, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.s, self.ab, self.seen = s, alphas_cumprod, {}
+
+    def forward(self, x, t, y=None):
+        self.seen[int(t[0])] = x.clone()
+        ab = self.ab[t][:, None, None, None]
+        return (1 - ab).sqrt() * x / (ab * self.s ** 2 + 1 - ab)
+
+
+def test_dpm_solver_is_second_order_where_ddim_is_first():
+    """The error at t = 499, which 10, 20, 40 and 80 steps all visit, against the closed form: it falls with
+    the step count like h for DDIM and like h^2 for DPM-Solver++(2M)."""
+    schedule = NoiseSchedule(kind="cosine")
+    ab = schedule.alphas_cumprod.double()
+    s = 0.2  # the data spread: every x0 prediction stays inside the clipping range [-1, 1]
+    net = GaussianData(s, ab)
+    z = torch.randn(64, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def error(steps, sampler):
+        generate({"denoiser": net, "schedule": schedule}, z, steps=steps, sampler=sampler)
+        x, t = net.seen[499], 499
+        exact = z.view(64, 1, 4, 4) * ((ab[t] * s ** 2 + 1 - ab[t]) / (ab[T - 1] * s ** 2 + 1 - ab[T - 1])).sqrt()
+        return (x - exact).abs().max().item() / exact.abs().max().item()
+
+    ddim = {n: error(n, "ddim") for n in (10, 20, 40, 80)}
+    dpm = {n: error(n, "dpm++2m") for n in (10, 20, 40, 80)}
+    assert all(dpm[n] < ddim[n] / 3 for n in (20, 40, 80))
+    assert 1.5 < ddim[40] / ddim[80] < 2.5   # first order: twice the steps, half the error
+    assert dpm[40] / dpm[80] > 3              # second order: about a quarter
+
+
+def test_bad_sampler_is_a_clear_error(runs):
+    ddpm = genforge.load(runs["ddpm"])
+    with pytest.raises(GenforgeError, match="sampler must be one of ddim, dpm\\+\\+2m, got 'euler'"):
+        sample(ddpm, 2, sampler="euler")
+    with pytest.raises(GenforgeError, match="sampler must be one of"):
+        generate(ddpm.nets, torch.randn(2, 784), sampler="euler")
+    assert diffusion.SAMPLERS == SAMPLERS  # the generation module's copy of the list
+
+
+def test_cli_sampler(runs, tmp_path):
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(runs["ddpm"]), "--n", "3", "--seed", "4", "--steps", "8", "--sampler", "dpm++2m",
+                 "--out", str(out)]) == 0
+    model = genforge.load(runs["ddpm"])
+    with np.load(out, allow_pickle=False) as f:
+        dpm = f["x"]
+    assert np.array_equal(dpm, sample(model, 3, seed=4, steps=8, sampler="dpm++2m").x)
+    assert not np.array_equal(dpm, sample(model, 3, seed=4, steps=8).x)  # a different sampler, other pixels
 
 
 def test_ddim_timesteps_are_evenly_spaced_from_the_last():

@@ -52,7 +52,8 @@ def _run(tmp_path_factory, digits_npz, model, **extra):
 def runs(tmp_path_factory, digits_npz):
     return {"dc": _run(tmp_path_factory, digits_npz, "dcgan"),
             "cdc": _run(tmp_path_factory, digits_npz, "cdcgan"),
-            "vae": _run(tmp_path_factory, digits_npz, "vae-conv", z_dim=8)}
+            "vae": _run(tmp_path_factory, digits_npz, "vae-conv", z_dim=8),
+            "ddpm": _run(tmp_path_factory, digits_npz, "ddpm")}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def make_app(loaded, runs, keys, tmp_path):
     store, made = keys
     logs = []
 
-    def make(models=("dc", "cdc", "vae"), **config):
+    def make(models=("dc", "cdc", "vae", "ddpm"), **config):
         served = {n: Served(n, loaded[n], lambda n=n: genforge.load(runs[n])) for n in models}
         logs.append(AuditLog(tmp_path / f"audit-{len(logs)}.jsonl", bytes.fromhex(AUDIT_KEY)))
         app = create_app(served, ServeConfig(**{"rate": 0, **config}), store, logs[-1])
@@ -126,6 +127,7 @@ def serving(app):
     ("vae", {"temperature": 0.5, "size": 32, "resample": "bilinear"},
      {"temperature": 0.5, "size": 32, "resample": "bilinear"}),
     ("cdc", {"class": [3, "7"]}, {"classes": [3, "7"]}),
+    ("ddpm", {"steps": 3, "sampler": "dpm++2m"}, {"steps": 3, "sampler": "dpm++2m"}),
 ])
 def test_generate_gives_the_pixels_of_sample(client, loaded, name, request_fields, sample_kwargs):
     c, made = client
@@ -195,11 +197,12 @@ def test_models_lists_what_is_served(client, loaded):
     r = c.get("/v1/models", headers=auth(made["viewer"]))
     assert r.status_code == 200
     info = {m["name"]: m for m in r.json()["models"]}
-    assert set(info) == {"dc", "cdc", "vae"}
+    assert set(info) == {"dc", "cdc", "vae", "ddpm"}
     assert info["cdc"]["num_classes"] == 10 and len(info["cdc"]["classes"]) == 10
     assert info["dc"]["weights_sha256"] == loaded["dc"].meta["weights_sha256"]
     assert info["vae"]["family"] == "vae" and info["vae"]["image_shape"] == [1, 28, 28]
     assert "truncation" in info["dc"]["controls"] and "temperature" in info["vae"]["controls"]
+    assert {"steps", "sampler"} <= set(info["ddpm"]["controls"])
     assert c.get("/healthz").json()["status"] == "ok"
     schema = c.get("/openapi.json").json()
     assert {"/v1/generate", "/v1/feedback", "/v1/models"} <= set(schema["paths"])
@@ -234,6 +237,8 @@ def test_page_and_its_files_are_served(client):
     ({"model": "dc", "temperature": 0.5}, 422, "temperature is a VAE control"),
     ({"model": "dc", "truncation": 0.001}, 422, "truncation"),
     ({"model": "dc", "format": "gif"}, 422, "format"),
+    ({"model": "ddpm", "sampler": "euler"}, 422, "sampler: Input should be 'ddim' or 'dpm++2m'"),
+    ({"model": "dc", "sampler": "ddim"}, 422, "steps, guidance and sampler are diffusion controls"),
     ([1, 2], 422, "dictionary"),
 ])
 def test_bad_generate_requests_get_a_clear_json_error(client, body, status, words):

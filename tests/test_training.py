@@ -191,6 +191,27 @@ def test_max_seconds_stops_and_checkpoints(tmp_path, tiny_config):
     assert 0 < result.step < 10**6 and result.checkpoint.name == f"step_{result.step:08d}"
 
 
+def test_max_seconds_reached_during_validation_stops_without_scoring_again(tmp_path, tiny_config, monkeypatch):
+    """The budget runs out while step k is validated: k is checkpointed and scored, and the loop stops there
+    (before, it trained step k + 1 and validated that too)."""
+    from genforge.metrics.validation import TrainingEvaluator
+
+    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path / "cache"))
+    real = TrainingEvaluator.__call__
+
+    def slow(self, images):
+        time.sleep(1.5)  # longer than the whole budget
+        return real(self, images)
+
+    monkeypatch.setattr(TrainingEvaluator, "__call__", slow)
+    run = tmp_path / "r"
+    result = train(tiny_config("vae-mlp", max_steps=10**6, max_seconds=1.0, eval_every=3, eval_n=20,
+                               checkpoint_every=10**5), run, quiet=True)
+    scored = [m["step"] for m in _metrics(run) if "val_fid" in m]
+    assert scored == [result.step] and result.step <= 3
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == result.step
+
+
 def test_tensorboard_events_written(tmp_path, tiny_config):
     train(tiny_config("vae-mlp", tensorboard=True, sample_every=2), tmp_path / "r", quiet=True)
     assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))

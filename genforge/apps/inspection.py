@@ -16,7 +16,6 @@ model, the shape checks, and the files. A reloaded detector scores bit for bit a
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch
 
 from genforge.apps.inspection_detectors import DETECTORS
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json
+from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 
 FORMAT = "genforge-detector"
 FORMAT_VERSION = 1
@@ -256,13 +255,8 @@ def load(directory: str | Path) -> Detector:
     if directory.is_file():
         directory = directory.parent
     path = directory / CONFIG
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: missing (not a detector directory; make one with genforge inspect fit)") \
-            from None
-    except (ValueError, UnicodeDecodeError):
-        raise ModelFileError(f"{path}: not valid JSON") from None
+    meta = read_json(path, ModelFileError,
+                     missing="missing (not a detector directory; make one with genforge inspect fit)")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: not a genforge detector (format {FORMAT!r} version {FORMAT_VERSION})")
     checks = {"detector": str, "options": dict, "image_shape": list, "threshold": float, "target_fpr": float,

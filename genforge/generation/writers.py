@@ -7,14 +7,13 @@ outputs of ``write_samples`` are also recorded in the provenance ledger
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from genforge.errors import GenforgeError
-from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json
+from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
 from genforge.postprocess import provenance
 
 
@@ -109,12 +108,8 @@ def write_samples(samples, path: str | Path, model, extra: dict | None = None, k
 def read_sidecar(grid: str | Path) -> dict:
     """The sidecar JSON of a grid written by :func:`write_samples`, checked."""
     path = sidecar_path(grid)
-    try:
-        side = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GenforgeError(f"{path}: missing: feedback needs the sidecar JSON written beside the grid") from None
-    except (ValueError, UnicodeDecodeError):
-        raise GenforgeError(f"{path}: not valid JSON (altered?)") from None
+    side = read_json(path, GenforgeError, missing="missing: feedback needs the sidecar JSON written beside the grid",
+                     invalid="not valid JSON (altered?)")
     if not isinstance(side, dict) or side.get("format") != "genforge-grid":
         raise GenforgeError(f"{path}: not a genforge grid sidecar")
     z = side.get("latents")

@@ -20,6 +20,7 @@ import numpy as np
 import genforge
 from genforge.data import load_splits
 from genforge.errors import GenforgeError
+from genforge.io import read_json
 from genforge.metrics import scores
 from genforge.metrics.evaluator import Evaluator, TrainRecipe, accuracy, data_sha256, get_evaluator, train_classifier
 
@@ -263,15 +264,8 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
 
 def load_result(path: str | Path) -> dict:
     """Read the JSON that ``genforge eval --json`` wrote, checking that it is one."""
-    import json
-
     path = Path(path)
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GenforgeError(f"eval result not found: {path}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise GenforgeError(f"{path}: not valid JSON") from None
+    result = read_json(path, GenforgeError, missing="eval result not found")
     if not isinstance(result, dict) or result.get("format") != FORMAT:
         raise GenforgeError(f"{path}: not a genforge eval result (write one with genforge eval ... --json FILE)")
     sha = result.get("evaluator", {}).get("weights_sha256") if isinstance(result.get("evaluator"), dict) else None

@@ -15,7 +15,6 @@ is trained on first use and written to the cache.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -33,7 +32,7 @@ from torch.nn import functional as F
 
 from genforge.data import augment, load_splits, to_tensor
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json
+from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 from genforge.models.files import check_header
 
 FORMAT = "genforge-evaluator"
@@ -258,12 +257,7 @@ def load_evaluator(path: str | Path) -> Evaluator:
     path = Path(path)
     json_path = path.with_suffix(".json")
     weights = path.with_suffix(".safetensors")
-    try:
-        meta = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise ModelFileError(f"evaluator {json_path}: missing") from None
-    except (ValueError, UnicodeDecodeError):
-        raise ModelFileError(f"evaluator {json_path}: not valid JSON") from None
+    meta = read_json(json_path, ModelFileError, label=f"evaluator {json_path}")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"evaluator {json_path}: not a genforge evaluator (format {FORMAT!r} "
                              f"version {FORMAT_VERSION})")

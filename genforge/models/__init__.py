@@ -99,7 +99,22 @@ class GenerativeModel:
 
     @property
     def family(self) -> str:
-        return self.meta["family"]
+        return family_of(self.meta["model"])  # from the recipe, not config.json's copy: one source of truth
+
+    @property
+    def sampling_defaults(self) -> dict:
+        """Diffusion: the recipe's sampler, steps and (conditional models) guidance, for callers that give none.
+
+        From the training config (``sampler``, ``sample_steps``, ``guidance``); models saved before those
+        keys existed get 50 DDIM steps and guidance 1. Other families: {}.
+        """
+        if self.family != "diffusion":
+            return {}
+        cfg = self.meta.get("train_config") or {}  # checked by genforge.load
+        out = {"sampler": cfg.get("sampler", "ddim"), "steps": int(cfg.get("sample_steps", 50))}
+        if self.num_classes:
+            out["guidance"] = float(cfg.get("guidance", 1.0))
+        return out
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -22,7 +22,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from genforge.errors import GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json
+from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 from genforge.models import MODELS, GenerativeModel, build_networks, family_of
 
 FORMAT = "genforge-model"
@@ -93,12 +93,7 @@ def read_pointer(pointer: Path) -> str:
 
 
 def _read_meta(path: Path) -> dict:
-    try:
-        meta = json.loads((path / CONFIG).read_text())
-    except FileNotFoundError:
-        raise ModelFileError(f"{path / CONFIG}: missing") from None
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested too deeply
-        raise ModelFileError(f"{path / CONFIG}: not valid JSON") from None
+    meta = read_json(path / CONFIG, ModelFileError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path / CONFIG}: not a genforge model config (format must be {FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -178,6 +173,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
     num_classes = meta.get("num_classes", 0)
     if not isinstance(num_classes, int) or not 0 <= num_classes <= 100_000:
         raise ModelFileError(f"{directory / CONFIG}: field 'num_classes' must be a small non-negative integer")
+    _check_sampling(meta, directory / CONFIG)
     d_opts = meta.get("d_options") or {}
     if (not isinstance(d_opts, dict) or set(d_opts) - {"norm", "spectral_norm", "mbstd"}
             or d_opts.get("norm", "batch") not in ("batch", "group", "none")
@@ -207,6 +203,24 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
         net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
         net.to(device)
     return GenerativeModel(nets, meta, str(directory))
+
+
+SAMPLING_FIELDS = {  # train_config fields that sampling reads from a loaded model (GenerativeModel.sampling_defaults)
+    "sampler": lambda v: v in ("ddim", "dpm++2m"),
+    "sample_steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000,
+    "guidance": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 20,
+}
+
+
+def _check_sampling(meta: dict, where: Path) -> None:
+    cfg = meta.get("train_config")
+    if cfg is None:
+        return
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"{where}: field 'train_config' must be a mapping")
+    for key, ok in SAMPLING_FIELDS.items():
+        if key in cfg and not ok(cfg[key]):
+            raise ModelFileError(f"{where}: field 'train_config.{key}' has a bad value {cfg[key]!r}")
 
 
 def state_tensors_meta(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

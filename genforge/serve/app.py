@@ -361,7 +361,7 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
 
 def model_info(served: Served) -> ModelInfo:
     m = served.model
-    controls = {"gan": ["truncation"], "vae": ["temperature"], "diffusion": ["steps", "guidance"]}.get(m.family, [])
+    controls = {"gan": ["truncation"], "vae": ["temperature"], "diffusion": ["steps", "guidance", "sampler"]}.get(m.family, [])
     return ModelInfo(name=served.name, recipe=m.name, family=m.family, backend=served.backend,
                      num_classes=m.num_classes,
                      classes=(m.class_names or [str(i) for i in range(m.num_classes)]) if m.num_classes else None,
@@ -460,14 +460,15 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
         y = resolve_classes(served, req.class_, req.n)
         try:
             check_controls(served.model, req.truncation, req.temperature, req.size, req.resample, req.steps,
-                           req.guidance)
+                           req.guidance, req.sampler)
         except GenforgeError as e:
             raise ApiError(422, str(e)) from None
         z = draw_latents(served.model, req.n, seed, req.truncation, req.temperature)
-        x = await svc.images(request, served, z, y, {"steps": req.steps, "guidance": req.guidance})
+        x = await svc.images(request, served, z, y, {"steps": req.steps, "guidance": req.guidance,
+                                                               "sampler": req.sampler})
         controls = {k: v for k, v in (("classes", req.class_), ("truncation", req.truncation),
                                       ("temperature", req.temperature), ("size", req.size), ("steps", req.steps),
-                                      ("guidance", req.guidance)) if v is not None}
+                                      ("guidance", req.guidance), ("sampler", req.sampler)) if v is not None}
         if req.size is not None:
             controls["resample"] = req.resample
             x = await asyncio.to_thread(resize, x, req.size, req.resample)

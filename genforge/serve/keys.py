@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genforge.errors import GenforgeError
-from genforge.io import atomic_write_json
+from genforge.io import atomic_write_json, read_json
 
 ROLES = {"viewer": 0, "generator": 1, "admin": 2}
 FORMAT, FORMAT_VERSION = "genforge-keys", 1
@@ -68,12 +67,9 @@ class KeyStore:
     # ------------------------------------------------------------------ file
 
     def _read(self) -> list[dict]:
-        try:
-            doc = json.loads(self.path.read_text())
-        except FileNotFoundError:
+        if not self.path.exists():
             return []
-        except (ValueError, UnicodeDecodeError):
-            raise GenforgeError(f"{self.path}: not valid JSON (a genforge key file?)") from None
+        doc = read_json(self.path, GenforgeError, invalid="not valid JSON (a genforge key file?)")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("keys"), list):
             raise GenforgeError(f"{self.path}: not a genforge key file (format must be {FORMAT!r})")
         if doc.get("format_version") != FORMAT_VERSION:

@@ -38,6 +38,8 @@ class GenerateRequest(Strict):
     resample: Literal["nearest", "bilinear", "lanczos"] = Field("lanczos", description="resize filter")
     steps: int | None = Field(None, ge=1, le=1000, description="diffusion models: sampler steps")
     guidance: float | None = Field(None, ge=0, le=20, description="conditional diffusion models: guidance scale")
+    sampler: Literal["ddim", "dpm++2m"] | None = Field(None, description="diffusion models: the sampler "
+                                                                         "(default ddim)")
     format: Format = Field("base64", description="base64: JSON with one PNG per image; png: one grid PNG; "
                                                  "npz: arrays x (uint8), y (classes), z (latents)")
     latents: bool = Field(True, description="base64 format: return each image's latent, for feedback rounds")

@@ -29,7 +29,7 @@ from genforge.errors import ConfigError, GenforgeError, TrainingError
 from genforge.generation import latents, make_grid, save_grid, to_uint8
 from genforge.io import atomic_write_json, atomic_write_text
 from genforge.postprocess.provenance import stamp
-from genforge.models import MODELS, build_networks, d_options
+from genforge.models import MODELS, build_networks, d_options, family_of
 from genforge.security.privacy import PrivateTraining, check_resume
 from genforge.training import distributed
 from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
@@ -231,12 +231,17 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
         ctx.barrier()
         return path
 
+    # diffusion: grids and validation sample the way the finished model will (the recipe's sampler settings)
+    sampling = {}
+    if family_of(cfg.model) == "diffusion":
+        sampling = {"sampler": cfg.sampler, "steps": cfg.sample_steps, **({"guidance": cfg.guidance} if num_classes else {})}
+
     def write_grid(step: int) -> Path | None:
         # grids of a model trained on confidential data may show that data: an encrypted run writes none
         if not ctx.is_main or cfg.encrypt:
             return None
         with torch.inference_mode():
-            images = to_uint8(method.generate(release_nets(), grid_z, grid_y)).cpu().numpy()
+            images = to_uint8(method.generate(release_nets(), grid_z, grid_y, **sampling)).cpu().numpy()
         path = save_grid(images, run / "samples" / f"step_{step:08d}.png", nrow=num_classes or None,
                          metadata=stamp({"kind": "training-grid", "model": cfg.model, "run": str(run), "step": step}))
         logger.image("samples", make_grid(images, nrow=num_classes or None), step)
@@ -245,7 +250,8 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
     def validate() -> dict[str, float]:
         with torch.inference_mode():
             nets_ = release_nets()
-            images = torch.cat([to_uint8(method.generate(nets_, z, None if eval_y is None else eval_y[i:i + 500]))
+            images = torch.cat([to_uint8(method.generate(nets_, z, None if eval_y is None else eval_y[i:i + 500],
+                                                         **sampling))
                                 for i, z in zip(range(0, cfg.eval_n, 500), eval_z.split(500))]).cpu().numpy()
         return validator(images[..., 0] if images.shape[-1] == 1 else images)
 
@@ -286,6 +292,12 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
     with _StopOnSignal(logger, debounce=2.0 if ctx.active else 0.0) as stop:
         try:
             while step < cfg.max_steps and not ctx.any(stop.signum):  # any process's signal stops them all
+                if (cfg.max_seconds and last_ckpt_step == step and step > start_step
+                        and ctx.any(time.perf_counter() - t_start >= cfg.max_seconds)):
+                    # the budget ran out during the last step's validation or checkpoint: that step is saved
+                    # (and scored), so stop here rather than train one more step and score it again
+                    logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
+                    break
                 # ---- the batch: a fixed permutation per epoch, so batch k is the same after a resume
                 epoch, i = divmod(step, steps_per_epoch)
                 if dp is not None:  # DP-SGD: a Poisson batch (the accountant's assumption), until the budget
