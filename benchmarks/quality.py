@@ -120,10 +120,11 @@ def guidance_sweep(model, run: Path, n: int, seed: int) -> dict:
     out = {"n": n, "sampler": model.sampling_defaults["sampler"], "steps": model.sampling_defaults["steps"]}
     for g in GUIDANCE:
         s = sample(model, n, seed=seed, guidance=g)
-        np.savez(npz := run / f"samples-guidance-{g:g}.npz", x=s.x, y=s.y)
+        labels = {"y": s.y} if model.cluster_prior is None else {}  # clusters are not the evaluator's classes
+        np.savez(npz := run / f"samples-guidance-{g:g}.npz", x=s.x, **labels)
         res = evaluate(str(npz), data=model.meta["data"], n=n, seed=seed, with_cas=False,
                        progress=False)["rows"]["samples"]
-        out[f"{g:g}"] = {"fid": res["fid"], "class_match": res["class_match"]}
+        out[f"{g:g}"] = {"fid": res["fid"], "class_match": res.get("class_match")}
     return out
 
 
@@ -199,7 +200,8 @@ def targets(rows: list[dict]) -> list[str]:
                 g = r["guidance"]
                 lines.append(f"- {data}: `{r['recipe']}` by guidance scale ({g['n']} samples, {g['steps']} "
                              f"{g['sampler']} steps): " + ", ".join(
-                                 f"{k}: FID {v['fid']:.2f}, class match {100 * v['class_match']:.1f}%"
+                                 f"{k}: FID {v['fid']:.2f}" + (f", class match {100 * v['class_match']:.1f}%"
+                                                               if v.get("class_match") is not None else "")
                                  for k, v in g.items() if isinstance(v, dict)))
     return lines
 

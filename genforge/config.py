@@ -62,6 +62,8 @@ class Config:
     # --- diffusion -------------------------------------------------------------------
     noise_schedule: str = "cosine"   # DDPM beta schedule: "linear" (Ho et al. 2020) or "cosine" (Nichol and Dhariwal 2021)
     cfg_dropout: float = 0.1         # share of class labels dropped in training, for classifier-free guidance
+    clusters: int = 0                # cddpm without labels: k-means clusters of the training images stand in for
+                                     # classes, drawn by size when sampling (cluster guidance); 0: use the labels
     # how the trained model samples unless a caller says otherwise (genforge sample --sampler/--steps/--guidance)
     sampler: str = "ddim"            # "ddim" or "dpm++2m" (DPM-Solver++, better at 10 to 20 steps)
     sample_steps: int = 50           # sampler steps, 1 to 1000 (1000: the full chain)
@@ -193,6 +195,9 @@ def validate(cfg: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: 'sampler' must be ddim or dpm++2m, got {cfg.sampler!r}")
     if not 1 <= cfg.sample_steps <= 1000:
         raise ConfigError(f"{source}: 'sample_steps' must be from 1 to 1000, got {cfg.sample_steps}")
+    if cfg.clusters and (cfg.model != "cddpm" or not 2 <= cfg.clusters <= 1000):
+        raise ConfigError(f"{source}: 'clusters' (cluster guidance) takes 2 to 1000 clusters and model cddpm, got "
+                          f"{cfg.clusters} clusters and model {cfg.model!r}")
     if not 0.0 <= cfg.ada_target < 1.0 or not 0.0 <= cfg.cfg_dropout < 1.0:
         raise ConfigError(f"{source}: 'ada_target' and 'cfg_dropout' must be in [0, 1)")
     if cfg.gan_loss == "wgan-gp" and cfg.d_norm == "batch":

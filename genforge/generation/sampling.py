@@ -70,15 +70,23 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def class_indices(model, classes, n: int) -> np.ndarray | None:
+def prior_classes(prior, n: int, seed: int) -> np.ndarray:
+    """``n`` classes (int64) drawn independently with probabilities ``prior``, reproducibly from ``seed``."""
+    p = np.asarray(prior, dtype=np.float64)
+    return np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()).astype(np.int64)
+
+
+def class_indices(model, classes, n: int, seed: int = 0) -> np.ndarray | None:
     """The class of each of ``n`` samples: None for unconditional models; for conditional ones ``classes`` is
     one class or a list cycled over the samples (indices, or names from the model's class_names); by
-    default every class in turn."""
+    default every class in turn, or for a cluster-guided model clusters drawn by size (from ``seed``)."""
     k = model.num_classes
     if k == 0:
         if classes is not None:
             raise GenforgeError(f"model {model.name} is unconditional: it cannot generate a requested class")
         return None
+    if classes is None and model.cluster_prior is not None:
+        return prior_classes(model.cluster_prior, n, seed)
     if classes is None:
         wanted = list(range(k))
     else:
@@ -182,7 +190,7 @@ def sample(model, n: int, seed: int = 0, classes=None, truncation: float | None 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise GenforgeError(f"seed must be a non-negative integer, got {seed!r}")
     check_controls(model, truncation, temperature, size, resample, steps, guidance, sampler)
-    y = class_indices(model, classes, n)
+    y = class_indices(model, classes, n, seed)
     if truncation is not None and truncation < 1:
         z = truncated_latents(n, model.z_dim, seed, truncation)
     else:

@@ -81,7 +81,8 @@ def write_samples(samples, path: str | Path, model, extra: dict | None = None, k
         return save_npz(path, samples.x, samples.y, keyring)
     meta = provenance.stamp({**provenance.model_metadata(model), "seed": samples.seed, "n": len(samples.x),
                              "controls": samples.controls, **(extra or {})})
-    nrow = model.num_classes if (model.num_classes and samples.controls.get("classes") is None) else None
+    by_class = model.num_classes and model.cluster_prior is None and samples.controls.get("classes") is None
+    nrow = model.num_classes if by_class else None  # one column per class; clusters drawn by size: square
     if suffix == ".png":
         nrow = nrow or math.ceil(math.sqrt(len(samples.x)))
         out = save_grid(samples.x, path, nrow, {**meta, "kind": "grid", "nrow": nrow}, ledger=True)

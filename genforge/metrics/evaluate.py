@@ -164,11 +164,14 @@ def cas(evaluator: Evaluator, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, 
 
 
 def _sample_model(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The one sampling function every entry point calls; conditional models cycle through every class."""
+    """The one sampling function every entry point calls; conditional models cycle through every class.
+
+    A cluster-guided model is scored as the unconditional model it is: its clusters are not classes, so
+    no labels come back (no class match, no CAS)."""
     from genforge.generation import sample
 
     samples = sample(model, n, seed=seed)
-    return samples.x, samples.y
+    return samples.x, (None if model.cluster_prior is not None else samples.y)
 
 
 def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inception_weights: str | None = None,

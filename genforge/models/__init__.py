@@ -102,6 +102,15 @@ class GenerativeModel:
         return family_of(self.meta["model"])  # from the recipe, not config.json's copy: one source of truth
 
     @property
+    def cluster_prior(self) -> list[float] | None:
+        """Cluster-guided models (config ``clusters``): each cluster's share of the training images; else None.
+
+        Such a model is unconditional to its users: its classes are k-means clusters, drawn in proportion
+        to these shares when no class is asked for (checked by genforge.load)."""
+        clusters = self.meta.get("clusters")
+        return clusters["prior"] if clusters else None
+
+    @property
     def sampling_defaults(self) -> dict:
         """Diffusion: the recipe's sampler, steps and (conditional models) guidance, for callers that give none.
 

@@ -174,6 +174,14 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
     if not isinstance(num_classes, int) or not 0 <= num_classes <= 100_000:
         raise ModelFileError(f"{directory / CONFIG}: field 'num_classes' must be a small non-negative integer")
     _check_sampling(meta, directory / CONFIG)
+    clusters = meta.get("clusters")
+    if clusters is not None:
+        prior = clusters.get("prior") if isinstance(clusters, dict) else None
+        if (not isinstance(prior, list) or len(prior) != num_classes
+                or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 1 for p in prior)
+                or not abs(sum(prior) - 1) < 1e-6):
+            raise ModelFileError(f"{directory / CONFIG}: field 'clusters' must hold 'prior', one share per class "
+                                 f"({num_classes}) summing to 1")
     d_opts = meta.get("d_options") or {}
     if (not isinstance(d_opts, dict) or set(d_opts) - {"norm", "spectral_norm", "mbstd"}
             or d_opts.get("norm", "batch") not in ("batch", "group", "none")

@@ -307,7 +307,7 @@ def draw_latents(model, n: int, seed: int, truncation: float | None, temperature
     return z * temperature if temperature is not None else z
 
 
-def resolve_classes(served: Served, classes, n: int) -> np.ndarray | None:
+def resolve_classes(served: Served, classes, n: int, seed: int = 0) -> np.ndarray | None:
     """Per-image classes as ``sample`` resolves them; an unknown class is a 404 naming the known ones."""
     model = served.model
     if classes is not None and model.num_classes:
@@ -320,7 +320,7 @@ def resolve_classes(served: Served, classes, n: int) -> np.ndarray | None:
                 raise ApiError(404, f"model {served.name} has no class {c}; its classes are 0 to "
                                     f"{model.num_classes - 1}")
     try:
-        return class_indices(model, classes, n)
+        return class_indices(model, classes, n, seed)
     except GenforgeError as e:
         raise ApiError(422, str(e)) from None
 
@@ -457,7 +457,7 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
         request.state.audit["params"] = {**req.model_dump(by_alias=True, exclude_none=True), "seed": seed}
         served = svc.served(req.model)
         svc.check_size(served, req.n, req.size)
-        y = resolve_classes(served, req.class_, req.n)
+        y = resolve_classes(served, req.class_, req.n, seed)
         try:
             check_controls(served.model, req.truncation, req.temperature, req.size, req.resample, req.steps,
                            req.guidance, req.sampler)

@@ -27,6 +27,7 @@ from genforge.config import Config
 from genforge.data import augment, load_splits, to_tensor
 from genforge.errors import ConfigError, GenforgeError, TrainingError
 from genforge.generation import latents, make_grid, save_grid, to_uint8
+from genforge.generation.sampling import prior_classes
 from genforge.io import atomic_write_json, atomic_write_text
 from genforge.postprocess.provenance import stamp
 from genforge.models import MODELS, build_networks, d_options, family_of
@@ -128,10 +129,18 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
                          seed=cfg.split_seed)
     x_train = to_tensor(splits.train.x, method.VALUE_RANGE).to(device)  # (N, c, h, w)
     n_train = x_train.shape[0]
-    num_classes = splits.num_classes if spec.conditional else 0
-    if spec.conditional and (splits.train.y is None or num_classes < 2):
-        raise ConfigError(f"model {cfg.model!r} is class-conditional but data {cfg.data!r} has no labels")
-    y_train = torch.from_numpy(splits.train.y).to(device) if num_classes else None  # (N,) int64
+    labels, class_names, clusters = splits.train.y, splits.class_names, None
+    if cfg.clusters:  # cluster guidance: k-means clusters replace the labels, which are never read
+        from genforge.data.clusters import cluster_labels
+
+        labels, prior = cluster_labels(splits.train.x, cfg.clusters, cfg.seed)
+        class_names = [f"cluster {i}" for i in range(cfg.clusters)]
+        clusters = {"k": cfg.clusters, "prior": prior.tolist(), "method": "k-means on 32 principal components"}
+    num_classes = len(class_names or []) if spec.conditional else 0
+    if spec.conditional and (labels is None or num_classes < 2):
+        raise ConfigError(f"model {cfg.model!r} is class-conditional but data {cfg.data!r} has no labels "
+                          "(set clusters: K to train it on k-means clusters instead)")
+    y_train = torch.from_numpy(labels).to(device) if num_classes else None  # (N,) int64
     augmenting = cfg.augment_flip or cfg.augment_shift > 0 or cfg.augment_rotate > 0
 
     # ---- networks, optimizers, EMA, random streams
@@ -166,12 +175,16 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
     grid_z = latents(cfg.grid_n, z_dim, cfg.seed + 3).to(device)       # the same grid latents all run long
     # conditional grids cycle through the classes and are drawn num_classes wide: one column per class
     grid_y = torch.arange(cfg.grid_n, device=device) % num_classes if num_classes else None
+    grid_cols = num_classes or None
+    if clusters:  # a cluster-guided model's grid looks like an unconditional one: clusters drawn by size
+        grid_y = torch.from_numpy(prior_classes(clusters["prior"], cfg.grid_n, cfg.seed + 3)).to(device)
+        grid_cols = None
     calib = [(latents(256, z_dim, cfg.seed + 4 + i).to(device),
               torch.arange(256, device=device) % num_classes if num_classes else None) for i in range(4)]
     meta = {"model": cfg.model, "image_shape": list(splits.image_shape), "z_dim": z_dim,
-            "base_channels": cfg.base_channels, "num_classes": num_classes, "d_options": d_options(cfg), "class_names": splits.class_names,
+            "base_channels": cfg.base_channels, "num_classes": num_classes, "d_options": d_options(cfg), "class_names": class_names,
             "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": genforge.__version__,
-            "train_config": cfg.to_dict()}
+            "train_config": cfg.to_dict(), **({"clusters": clusters} if clusters else {})}
     base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in trainer.optimizers.items()}
     book = {"step": 0, "lr_scale": 1.0, "rollbacks": 0, "elapsed": 0.0, "best_fid": math.inf}
 
@@ -183,6 +196,8 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
         validator = TrainingEvaluator(cfg.data, splits.val.x, splits.image_shape, n=cfg.eval_n, seed=cfg.seed)
         eval_z = latents(cfg.eval_n, z_dim, cfg.seed + 5).to(device)
         eval_y = torch.arange(cfg.eval_n, device=device) % num_classes if num_classes else None
+        if clusters:  # scored as the unconditional model it stands for: clusters drawn by size
+            eval_y = torch.from_numpy(prior_classes(clusters["prior"], cfg.eval_n, cfg.seed + 5)).to(device)
 
     def restore(ckpt: Path) -> None:
         state = load_state(ckpt)
@@ -242,9 +257,9 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
             return None
         with torch.inference_mode():
             images = to_uint8(method.generate(release_nets(), grid_z, grid_y, **sampling)).cpu().numpy()
-        path = save_grid(images, run / "samples" / f"step_{step:08d}.png", nrow=num_classes or None,
+        path = save_grid(images, run / "samples" / f"step_{step:08d}.png", nrow=grid_cols,
                          metadata=stamp({"kind": "training-grid", "model": cfg.model, "run": str(run), "step": step}))
-        logger.image("samples", make_grid(images, nrow=num_classes or None), step)
+        logger.image("samples", make_grid(images, nrow=grid_cols), step)
         return path
 
     def validate() -> dict[str, float]:

@@ -1,0 +1,96 @@
+"""Cluster guidance: k-means pseudo-labels, a cddpm trained on them without labels, sampled as unconditional."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import genforge
+from genforge.cli import main
+from genforge.config import from_dict
+from genforge.data.clusters import cluster_labels
+from genforge.errors import ConfigError, ModelFileError
+from genforge.generation import sample
+from genforge.generation.sampling import prior_classes
+from genforge.metrics.evaluate import _sample_model
+from genforge.training import train
+
+
+def test_kmeans_finds_obvious_groups_largest_first_and_reproducibly():
+    rng = np.random.default_rng(0)
+    x = np.zeros((90, 8, 8), dtype=np.uint8)
+    x[:60, :4] = 200   # 60 images bright on top
+    x[60:, 4:] = 200   # 30 bright at the bottom
+    x = np.clip(x + rng.integers(0, 30, x.shape), 0, 255).astype(np.uint8)
+    labels, prior = cluster_labels(x, 2, seed=3)
+    assert labels.tolist() == [0] * 60 + [1] * 30  # the larger cluster is cluster 0
+    assert prior.tolist() == pytest.approx([60 / 90, 30 / 90])
+    again, _ = cluster_labels(x, 2, seed=3)
+    assert np.array_equal(labels, again)
+    with pytest.raises(ValueError, match="cannot make 91 clusters of 90 images"):
+        cluster_labels(x, 91)
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tmp_path_factory, digits_npz):
+    """The tiny digits without their labels."""
+    with np.load(digits_npz.removeprefix("npz:")) as f:
+        x = f["x"]
+    path = tmp_path_factory.mktemp("unlabeled") / "x.npz"
+    np.savez(path, x=x)
+    return f"npz:{path}"
+
+
+def _config(data, **extra):
+    return from_dict({"data": data, "model": "cddpm", "clusters": 3, "base_channels": 4, "batch_size": 16,
+                      "max_steps": 2, "checkpoint_every": 2, "sample_every": 2, "tensorboard": False, "grid_n": 6,
+                      "num_threads": 1, "sample_steps": 3, **extra}, "test")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, unlabeled):
+    path = tmp_path_factory.mktemp("clusters") / "run"
+    train(_config(unlabeled), path, quiet=True)
+    return path
+
+
+def test_a_cddpm_trains_on_clusters_of_unlabeled_images(run, unlabeled):
+    model = genforge.load(run)
+    assert model.num_classes == 3 and model.class_names == ["cluster 0", "cluster 1", "cluster 2"]
+    assert len(model.cluster_prior) == 3 and sum(model.cluster_prior) == pytest.approx(1)
+    assert model.cluster_prior == sorted(model.cluster_prior, reverse=True)
+    # without clusters the same unlabeled data is refused, with a hint
+    with pytest.raises(ConfigError, match="has no labels \\(set clusters: K"):
+        train(_config(unlabeled, clusters=0), run.parent / "refused", quiet=True)
+
+
+def test_it_samples_like_an_unconditional_model(run, tmp_path):
+    model = genforge.load(run)
+    s = sample(model, 12, seed=4)
+    assert s.y.tolist() == prior_classes(model.cluster_prior, 12, 4).tolist()  # clusters drawn by size
+    assert np.array_equal(s.x, sample(model, 12, seed=4).x)
+    assert sample(model, 2, seed=4, classes=2).y.tolist() == [2, 2]              # a cluster can still be asked for
+    x, y = _sample_model(model, 12, 4)
+    assert y is None and np.array_equal(x, s.x)  # scored as unconditional: clusters are not classes
+    # the CLI grid is square, not one column per cluster
+    assert main(["sample", str(run), "--n", "9", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    side = json.loads((tmp_path / "g.png.json").read_text())
+    assert side["nrow"] == 3
+
+
+def test_bad_cluster_settings(unlabeled, run, tmp_path):
+    with pytest.raises(ConfigError, match="'clusters' .* takes 2 to 1000 clusters and model cddpm, got 3 clusters "
+                                          "and model 'ddpm'"):
+        _config(unlabeled, model="ddpm")
+    with pytest.raises(ConfigError, match="got 1 clusters"):
+        _config(unlabeled, clusters=1)
+    copy = tmp_path / "edited"
+    shutil.copytree(genforge.load(run).path, copy)
+    meta = json.loads((copy / "config.json").read_text())
+    meta["clusters"]["prior"] = [0.5, 0.5]
+    (copy / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="field 'clusters' must hold 'prior', one share per class \\(3\\)"):
+        genforge.load(copy)
