@@ -9,9 +9,10 @@ split: FID, KID, precision, recall, density, coverage, classifier IS and class e
 for conditional recipes; the importance-weighted NLL on the test split for VAEs with a Bernoulli decoder.
 Each data set's table ends with the real-data reference row (a train subset of the same size against the
 same test split), so every number reads against what real images score. `gan-mlp` (the reference design's
-network) is the first row of the run. Diffusion recipes are also sampled with the full-step chain and with
-20 DDIM steps on ``--ddim-n`` samples each, for the DDIM target. The issue's targets are checked from the
-measured rows and printed as met or not met.
+network) is the first row of the run. Unconditional diffusion recipes are also sampled with the full-step
+chain, with 20 DDIM steps and with 20 DPM-Solver++(2M) steps on ``--ddim-n`` samples each, for the DDIM
+target; conditional (and cluster-guided) diffusion recipes get a guidance sweep on as many samples. The
+issue's targets are checked from the measured rows and printed as met or not met.
 
 Prints the tables and writes them into ``benchmarks/RESULTS.md`` between the ``--section`` markers.
 """
@@ -45,7 +46,8 @@ from genforge.training.loop import set_threads  # noqa: E402
 
 REFERENCE = "gan-mlp"  # the reference design's own network: the first row of every run
 DEFAULT_RECIPES = ["fashion-gan-mlp", "fashion-vae-mlp", "fashion-dcgan", "fashion-sngan", "fashion-wgan-gp",
-                   "fashion-vae-conv", "fashion-ddpm", "fashion-cvae-conv", "fashion-cdcgan", "fashion-cddpm"]
+                   "fashion-vae-conv", "fashion-ddpm", "fashion-ddpm-clusters", "fashion-cvae-conv", "fashion-cdcgan",
+                   "fashion-acgan", "fashion-cddpm"]
 NLL_IMAGES, NLL_K = 1000, 100  # test images and importance samples of the VAE NLL estimate
 
 
