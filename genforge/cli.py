@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from genforge.config import SAMPLERS
 from genforge.errors import GenforgeError
 
 EXIT_USER_ERROR = 2
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation", type=float, help="GANs: keep this central share of each latent, in (0, 1]")
     p.add_argument("--temperature", type=float, help="VAEs: scale of the prior's spread, in (0, 10]")
     p.add_argument("--steps", type=int, help="diffusion: sampler steps (default 50; 1000 is the full chain)")
-    p.add_argument("--sampler", choices=("ddim", "dpm++2m"),
+    p.add_argument("--sampler", choices=SAMPLERS,
                    help="diffusion: ddim (default) or dpm++2m (DPM-Solver++, better at 10 to 20 steps)")
     p.add_argument("--guidance", type=float, help="conditional diffusion: classifier-free guidance scale (1: none)")
     p.add_argument("--size", type=int, help="resize the output to SIZE x SIZE")

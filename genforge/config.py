@@ -110,6 +110,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
+SAMPLERS = ("ddim", "dpm++2m")  # diffusion samplers (genforge/models/diffusion.py), the one list of them
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
 
@@ -122,6 +123,7 @@ CHOICES = {
     "gan_loss": ("ns", "hinge", "wgan-gp"),
     "d_norm": ("batch", "group", "none"),
     "noise_schedule": ("linear", "cosine"),
+    "sampler": SAMPLERS,
 }
 POSITIVE = ("eval_n", "image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
             "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
@@ -191,8 +193,6 @@ def validate(cfg: Config, source: str = "config") -> Config:
         raise ConfigError(f"{source}: 'diffaugment' takes color, translation and cutout, got {unknown[0]!r}")
     if not 0.0 <= cfg.guidance <= 20.0:
         raise ConfigError(f"{source}: 'guidance' must be in [0, 20], got {cfg.guidance}")
-    if cfg.sampler not in ("ddim", "dpm++2m"):
-        raise ConfigError(f"{source}: 'sampler' must be ddim or dpm++2m, got {cfg.sampler!r}")
     if not 1 <= cfg.sample_steps <= 1000:
         raise ConfigError(f"{source}: 'sample_steps' must be from 1 to 1000, got {cfg.sample_steps}")
     if cfg.clusters and (cfg.model != "cddpm" or not 2 <= cfg.clusters <= 1000):

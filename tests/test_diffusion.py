@@ -242,7 +242,7 @@ def test_the_recipe_sets_how_its_model_samples(tmp_path, digits_npz, monkeypatch
         genforge.load(copy)
 
 
-@pytest.mark.parametrize("key, value, message", [("sampler", "euler", "'sampler' must be ddim or dpm\\+\\+2m"),
+@pytest.mark.parametrize("key, value, message", [("sampler", "euler", "'sampler' must be one of ddim, dpm\\+\\+2m"),
                                                  ("sample_steps", 0, "'sample_steps' must be from 1 to 1000"),
                                                  ("guidance", 21.0, "'guidance' must be in \\[0, 20\\]")])
 def test_bad_sampling_settings_in_a_recipe(key, value, message):

@@ -16,13 +16,13 @@ import torch
 from PIL import Image
 
 from genforge.errors import GenforgeError
+from genforge.config import SAMPLERS
 
 MAX_SAMPLES = 1_000_000
 MAX_SIZE = 2048
 MAX_TEMPERATURE = 10.0
 MAX_DIFFUSION_STEPS = 1000
 MAX_GUIDANCE = 20.0
-SAMPLERS = ("ddim", "dpm++2m")  # genforge.models.diffusion.SAMPLERS (checked equal in the tests)
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "lanczos": Image.Resampling.LANCZOS}
 

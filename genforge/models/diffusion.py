@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.config import Config
+from genforge.config import SAMPLERS, Config
 from genforge.errors import GenforgeError
 
 VALUE_RANGE = "-1,1"           # the forward process shrinks data towards N(0, I): data centred on 0
@@ -36,7 +36,6 @@ LATENT = "denoiser"            # the network that turns the latent (the noise im
 
 T = 1000            # training timesteps (DDPM)
 DEFAULT_STEPS = 50  # sampler steps when the caller gives none
-SAMPLERS = ("ddim", "dpm++2m")
 DEFAULT_SAMPLER = "ddim"
 
 

@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from genforge.config import SAMPLERS
 from genforge.errors import GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 from genforge.models import MODELS, GenerativeModel, build_networks, family_of
@@ -214,7 +215,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
 
 
 SAMPLING_FIELDS = {  # train_config fields that sampling reads from a loaded model (GenerativeModel.sampling_defaults)
-    "sampler": lambda v: v in ("ddim", "dpm++2m"),
+    "sampler": lambda v: v in SAMPLERS,
     "sample_steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000,
     "guidance": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 20,
 }

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genforge.generation.sampling import MAX_SIZE, MAX_TEMPERATURE
+from genforge.generation.sampling import MAX_SIZE, MAX_TEMPERATURE, SAMPLERS
 
 MIN_TRUNCATION = 0.01  # below this, truncation by resampling redraws for a long time: a cheap way to busy a server
 MAX_LATENT = 1000.0    # |z| bound for latents sent back in a feedback round (N(0, 1) values lie within 10)
@@ -38,7 +38,7 @@ class GenerateRequest(Strict):
     resample: Literal["nearest", "bilinear", "lanczos"] = Field("lanczos", description="resize filter")
     steps: int | None = Field(None, ge=1, le=1000, description="diffusion models: sampler steps")
     guidance: float | None = Field(None, ge=0, le=20, description="conditional diffusion models: guidance scale")
-    sampler: Literal["ddim", "dpm++2m"] | None = Field(None, description="diffusion models: the sampler "
+    sampler: Literal[SAMPLERS] | None = Field(None, description="diffusion models: the sampler "
                                                                          "(default ddim)")
     format: Format = Field("base64", description="base64: JSON with one PNG per image; png: one grid PNG; "
                                                  "npz: arrays x (uint8), y (classes), z (latents)")
