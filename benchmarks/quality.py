@@ -87,16 +87,17 @@ def vae_nll(model, cfg, seed: int) -> dict:
             "images": len(x), "k": NLL_K}
 
 
-def ddim_check(model, run: Path, n: int, seed: int) -> dict:
+def ddim_check(model, run: Path, n: int, seed: int, old: dict | None = None) -> dict:
     """FID of the full-step chain (1000 DDIM steps), of 20 DDIM steps and of 20 DPM-Solver++(2M) steps, from
     the same n latents. The full chain's samples are kept in the run directory and reused when present (they
-    take ten minutes), so a re-check after a sampler change costs only the 20-step samples."""
+    take ten minutes), so a re-check after a sampler change costs only the 20-step samples: ``old`` is the
+    earlier check, whose timing of the chain is kept."""
     out = {"n": n}
     for key, steps, sampler in ((str(diffusion.T), diffusion.T, "ddim"), ("20", 20, "ddim"),
                                 ("20_dpm++2m", 20, "dpm++2m")):
         npz = run / f"samples-{steps}-steps{'' if sampler == 'ddim' else '-' + sampler}.npz"
         t0 = time.perf_counter()
-        if steps == diffusion.T and npz.is_file() and (old := _old_check(run)) and old["n"] == n:
+        if steps == diffusion.T and npz.is_file() and old and old["n"] == n:
             out[f"seconds_{key}"] = old[f"seconds_{key}"]  # the chain's samples from the earlier call
         else:
             np.savez(npz, x=sample(model, n, seed=seed, steps=steps, sampler=sampler).x)
@@ -106,11 +107,6 @@ def ddim_check(model, run: Path, n: int, seed: int) -> dict:
     out["ratio"] = out["fid_20"] / out[f"fid_{diffusion.T}"]
     out["ratio_dpm++2m"] = out["fid_20_dpm++2m"] / out[f"fid_{diffusion.T}"]
     return out
-
-
-def _old_check(run: Path) -> dict | None:
-    row = run.parent / f"{run.name}.row.json"
-    return json.loads(row.read_text()).get("ddim") if row.is_file() else None
 
 
 GUIDANCE = (1.0, 2.0, 3.0, 4.0)
@@ -246,7 +242,8 @@ def main() -> None:
             rows.append(row := json.loads(row_file.read_text()))
             print(f"{recipe.stem}: row taken from {row_file}", flush=True)
             if row.get("ddim") and "ratio_dpm++2m" not in row["ddim"]:  # a row from before the DPM-Solver check
-                row["ddim"] = ddim_check(genforge.load(runs / recipe.stem), runs / recipe.stem, args.ddim_n, args.seed)
+                row["ddim"] = ddim_check(genforge.load(runs / recipe.stem), runs / recipe.stem, args.ddim_n, args.seed,
+                                         old=row["ddim"])
                 row_file.write_text(json.dumps(row, indent=1))
             continue
         try:

@@ -119,11 +119,8 @@ class GenerativeModel:
         """
         if self.family != "diffusion":
             return {}
-        cfg = self.meta.get("train_config") or {}  # checked by genforge.load
-        out = {"sampler": cfg.get("sampler", "ddim"), "steps": int(cfg.get("sample_steps", 50))}
-        if self.num_classes:
-            out["guidance"] = float(cfg.get("guidance", 1.0))
-        return out
+        return self.method.recipe_controls(self.meta.get("train_config") or {},  # checked by genforge.load
+                                           bool(self.num_classes))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

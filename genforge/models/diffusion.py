@@ -39,6 +39,18 @@ DEFAULT_STEPS = 50  # sampler steps when the caller gives none
 DEFAULT_SAMPLER = "ddim"
 
 
+def recipe_controls(train_config: dict, conditional: bool) -> dict:
+    """The sampler, steps and (conditional models) guidance a recipe asks its model to sample with.
+
+    From a training config as a dict (``Config.to_dict()`` or a model's ``train_config``); a model saved
+    before these keys existed gets DEFAULT_STEPS of DEFAULT_SAMPLER and guidance 1."""
+    out = {"sampler": train_config.get("sampler", DEFAULT_SAMPLER),
+           "steps": int(train_config.get("sample_steps", DEFAULT_STEPS))}
+    if conditional:
+        out["guidance"] = float(train_config.get("guidance", 1.0))
+    return out
+
+
 def latent_dim(z_dim: int, image_shape: tuple[int, int, int]) -> int:
     """The starting noise image, flattened: c*h*w (``z_dim`` does not apply)."""
     return math.prod(image_shape)

@@ -173,12 +173,16 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
     noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))
     aug_rng = torch.Generator().manual_seed(ctx.seed(cfg.seed + 2))
     grid_z = latents(cfg.grid_n, z_dim, cfg.seed + 3).to(device)       # the same grid latents all run long
+
+    def classes(n: int, seed: int) -> torch.Tensor | None:
+        """Classes of n grid or validation samples: each class in turn; clusters drawn by size; or None."""
+        if clusters:  # a cluster-guided model is shown and scored as the unconditional model it stands for
+            return torch.from_numpy(prior_classes(clusters["prior"], n, seed)).to(device)
+        return torch.arange(n, device=device) % num_classes if num_classes else None
+
     # conditional grids cycle through the classes and are drawn num_classes wide: one column per class
-    grid_y = torch.arange(cfg.grid_n, device=device) % num_classes if num_classes else None
-    grid_cols = num_classes or None
-    if clusters:  # a cluster-guided model's grid looks like an unconditional one: clusters drawn by size
-        grid_y = torch.from_numpy(prior_classes(clusters["prior"], cfg.grid_n, cfg.seed + 3)).to(device)
-        grid_cols = None
+    grid_y = classes(cfg.grid_n, cfg.seed + 3)
+    grid_cols = None if clusters else (num_classes or None)
     calib = [(latents(256, z_dim, cfg.seed + 4 + i).to(device),
               torch.arange(256, device=device) % num_classes if num_classes else None) for i in range(4)]
     meta = {"model": cfg.model, "image_shape": list(splits.image_shape), "z_dim": z_dim,
@@ -195,9 +199,7 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
 
         validator = TrainingEvaluator(cfg.data, splits.val.x, splits.image_shape, n=cfg.eval_n, seed=cfg.seed)
         eval_z = latents(cfg.eval_n, z_dim, cfg.seed + 5).to(device)
-        eval_y = torch.arange(cfg.eval_n, device=device) % num_classes if num_classes else None
-        if clusters:  # scored as the unconditional model it stands for: clusters drawn by size
-            eval_y = torch.from_numpy(prior_classes(clusters["prior"], cfg.eval_n, cfg.seed + 5)).to(device)
+        eval_y = classes(cfg.eval_n, cfg.seed + 5)
 
     def restore(ckpt: Path) -> None:
         state = load_state(ckpt)
@@ -247,9 +249,7 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
         return path
 
     # diffusion: grids and validation sample the way the finished model will (the recipe's sampler settings)
-    sampling = {}
-    if family_of(cfg.model) == "diffusion":
-        sampling = {"sampler": cfg.sampler, "steps": cfg.sample_steps, **({"guidance": cfg.guidance} if num_classes else {})}
+    sampling = method.recipe_controls(cfg.to_dict(), bool(num_classes)) if family_of(cfg.model) == "diffusion" else {}
 
     def write_grid(step: int) -> Path | None:
         # grids of a model trained on confidential data may show that data: an encrypted run writes none
