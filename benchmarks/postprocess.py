@@ -56,7 +56,7 @@ def main() -> None:
     runs = [Path(r) for r in args.runs] if args.runs else []
     if not runs:
         for recipe in RECIPES:
-            cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", [f"max_seconds={args.budget}", "max_steps=1000000",
+            cfg = load_config(ROOT / "genforge" / "recipes" / f"{recipe}.yaml", [f"max_seconds={args.budget}", "max_steps=1000000",
                                                                     "tensorboard=false", "sample_every=0", "eval_every=0"])
             runs.append(train(cfg, Path(tmp.name) / recipe, quiet=True).run)
 

@@ -1,6 +1,6 @@
 """What differential privacy costs in sample quality: FID and CAS at epsilon 1, 10 and infinity.
 
-    flock /tmp/genforge-cpu.lock python benchmarks/privacy.py [--recipe configs/mnist5k-dp-cvae-conv.yaml]
+    flock /tmp/genforge-cpu.lock python benchmarks/privacy.py [--recipe genforge/recipes/mnist5k-dp-cvae-conv.yaml]
         [--steps 300] [--epsilons 1 10 inf] [--n 2000] [--runs DIR] [--no-write]
 
 One recipe (default: the conditional VAE, the cheaper family, conditional so that CAS applies) is trained for
@@ -80,7 +80,7 @@ def table(rows: list[dict]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default=str(ROOT / "configs" / "mnist5k-dp-cvae-conv.yaml"),
+    ap.add_argument("--recipe", default=str(ROOT / "genforge" / "recipes" / "mnist5k-dp-cvae-conv.yaml"),
                     help="a conditional recipe (CAS needs labelled samples); default the DP conditional VAE")
     ap.add_argument("--steps", type=int, default=300, help="training steps at every epsilon (default 300)")
     ap.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 10.0, math.inf],

@@ -223,11 +223,11 @@ def main() -> None:
     args = ap.parse_args()
 
     threads = set_threads(0)
-    recipes = sorted(ROOT.glob("configs/*.yaml"))
+    recipes = sorted(ROOT.glob("genforge/recipes/*.yaml"))
     if args.recipes:
         unknown = sorted(set(args.recipes) - {r.stem for r in recipes})
         if unknown:
-            sys.exit(f"quality.py: unknown recipes {unknown}; see configs/")
+            sys.exit(f"quality.py: unknown recipes {unknown}; see genforge/recipes/")
         recipes = sorted((r for r in recipes if r.stem in args.recipes),
                          key=lambda r: (REFERENCE not in r.stem, args.recipes.index(r.stem)))
     tmp = tempfile.TemporaryDirectory() if not args.runs else None

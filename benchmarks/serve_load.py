@@ -14,7 +14,7 @@ errors, and the mean images per forward pass the server reports in /metrics.
 The load generator is a minimal HTTP/1.1 keep-alive client on asyncio streams:
 server and client share this machine's cores, and a general-purpose client
 (httpx) spends more CPU per request than the server does, which would measure
-the client. Without --model it trains ``configs/mnist5k-dcgan.yaml`` for 200
+the client. Without --model it trains ``genforge/recipes/mnist5k-dcgan.yaml`` for 200
 steps first (about a minute). Writes its section of ``benchmarks/RESULTS.md``.
 """
 
@@ -169,8 +169,8 @@ def ensure_model(path: str | None) -> Path:
     if path:
         return Path(path)
     if not (DEFAULT_RUN / "checkpoints" / "last.json").is_file():
-        print(f"training configs/mnist5k-dcgan.yaml for 200 steps into {DEFAULT_RUN} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "genforge", "train", str(ROOT / "configs/mnist5k-dcgan.yaml"),
+        print(f"training genforge/recipes/mnist5k-dcgan.yaml for 200 steps into {DEFAULT_RUN} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "genforge", "train", str(ROOT / "genforge/recipes/mnist5k-dcgan.yaml"),
                         "--out", str(DEFAULT_RUN), "--max-steps", "200", "--quiet"], check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     return DEFAULT_RUN

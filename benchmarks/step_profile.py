@@ -110,7 +110,7 @@ def main() -> None:
              "operator accounts for is Python and dispatch overhead. Profiled wall time is longer than a clean "
              "run's (the profiler's own cost): the images/s column is from a clean run of the same steps", ""]
     for name in args.recipes:
-        r = profile_recipe(ROOT / "configs" / f"{name}.yaml", args.steps)
+        r = profile_recipe(ROOT / "genforge" / "recipes" / f"{name}.yaml", args.steps)
         shares = {g: t / r["wall"] for g, t in r["groups"].items()}
         shares["Python and dispatch overhead"] = r["overhead"] / r["wall"]
         print(f"{name}: {r['images_per_sec']:.0f} images/s (clean), profiled wall {r['wall']:.2f} s")

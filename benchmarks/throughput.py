@@ -116,17 +116,17 @@ def measure(recipe: Path, precision: str, windows: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=5, help="timed windows per recipe (median taken)")
-    ap.add_argument("--recipes", nargs="*", help="recipe names (default: every configs/mnist5k-*.yaml)")
+    ap.add_argument("--recipes", nargs="*", help="recipe names (default: every genforge/recipes/mnist5k-*.yaml)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
 
     threads = set_threads(0)
     # By default one recipe per network and method: the mnist5k ones (fashion-* share their networks).
-    recipes = sorted(ROOT.glob("configs/mnist5k-*.yaml"))
+    recipes = sorted(ROOT.glob("genforge/recipes/mnist5k-*.yaml"))
     if args.recipes:
-        recipes = [r for r in sorted(ROOT.glob("configs/*.yaml")) if r.stem in args.recipes]
-    reference = ROOT / "configs/mnist5k-gan-mlp.yaml"  # the reference row comes first
+        recipes = [r for r in sorted(ROOT.glob("genforge/recipes/*.yaml")) if r.stem in args.recipes]
+    reference = ROOT / "genforge/recipes/mnist5k-gan-mlp.yaml"  # the reference row comes first
     recipes = [reference] + [r for r in recipes if r != reference]
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matmul peak on {threads} threads: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")

@@ -1,19 +1,25 @@
-"""genforge: generative image models you can trust, from raw data to served samples.
+"""genforge: generative models you can trust, from raw data to served samples.
+
+GAN, VAE and diffusion families on images today (sensor series, tables, text and audio are next), one
+explicit training loop with exact resume, one generation plan, evaluation with a real-data reference row,
+an HTTP service and web page, encryption at rest and differential privacy.
 
     import genforge
-    model = genforge.load("runs/mnist5k-dcgan")   # a run directory or a model directory
-    images = model.sample(64, seed=0)             # uint8 (64, 28, 28)
+    model = genforge.load("runs/mnist5k-dcgan")        # a run directory or a model directory
+    samples = model.sample(64, seed=0, truncation=0.7)  # .x uint8 (64, 28, 28); .images PIL; .y; .z
 
-Layout: ``data`` (preprocessing), ``models`` (networks and the GAN / VAE
-methods), ``training`` (the loop, checkpoints), ``generation`` (sampling).
+The package is layered; each layer imports only those below it (``tests/test_layers.py``):
+``errors``, ``io``, ``crypto`` / ``controls``, ``config``, ``modalities`` / ``data`` / ``models`` /
+``generation`` / ``postprocess`` / ``metrics`` / ``training`` / ``apps`` / ``export`` / ``security`` /
+``serve`` / ``cli``.
 """
 
-__version__ = "0.1.0"
+from genforge.version import __version__
 
 
 def load(path, device="cpu"):
     """Load a trained model from a run directory or a model directory (config.json + model.safetensors)."""
-    from genforge.models.files import load as _load
+    from genforge.generation.model import load as _load  # late: `import genforge` stays free of torch
 
     return _load(path, device=device)
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from genforge.config import SAMPLERS
+from genforge.controls import SAMPLERS
 from genforge.errors import GenforgeError
 
 EXIT_USER_ERROR = 2
@@ -24,7 +24,7 @@ KEY_FILE_HELP = ("encryption key file (default $GENFORGE_ENCRYPTION_KEY_FILE, el
 
 
 def cmd_train(args) -> int:
-    """Train a model from a recipe: genforge train configs/mnist5k-dcgan.yaml [--set key=value ...].
+    """Train a model from a recipe: genforge train genforge/recipes/mnist5k-dcgan.yaml [--set key=value ...].
 
     The run directory (default runs/NAME-TIME) receives the resolved config, metrics.jsonl, TensorBoard
     events, sample grids and checkpoints. Continue a stopped run with --resume RUN_DIR.
@@ -56,7 +56,7 @@ def cmd_train(args) -> int:
         cfg = load_config(run / "config.yaml", overrides)
     else:
         if not args.config:
-            raise GenforgeError("give a CONFIG file (see configs/) or --resume RUN_DIR")
+            raise GenforgeError("give a CONFIG file (see genforge/recipes/) or --resume RUN_DIR")
         cfg = load_config(args.config, overrides)
         run = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, run, resume=bool(args.resume), quiet=args.quiet)
@@ -71,16 +71,16 @@ def cmd_sample(args) -> int:
     conditional models (--class picks them); a name without suffix gets a directory of PNGs. Feedback: pick
     the samples you like from a saved grid, --from grid.png --like 3,7,12, and get new ones near them.
     """
-    import genforge
+    from genforge.generation.model import load as load_model
     from genforge.generation import feedback, sample, write_samples
     from genforge.generation.steering import parse_ints
 
     keyring = None
     if args.encrypt:  # the key is found before any sampling work
-        from genforge.security.crypto import load_keyring
+        from genforge.crypto import load_keyring
 
         keyring = load_keyring()
-    model = genforge.load(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     extra = None
     if args.like or args.from_grid:
         if not (args.like and args.from_grid):
@@ -140,13 +140,14 @@ def cmd_memorization(args) -> int:
     held-out test images usually are (the --quantile of their distances) are near-copies. Prints the share
     and writes the worst pairs side by side (sample, then its nearest training image) to --out.
     """
-    import genforge
+    from genforge.generation.model import load as load_model
     from genforge.data import load_splits
     from genforge.generation import sample, save_grid
     from genforge.metrics import get_evaluator
-    from genforge.postprocess import memorization, provenance
+    from genforge.generation import provenance
+    from genforge.postprocess import memorization
 
-    model = genforge.load(args.model)
+    model = load_model(args.model)
     spec = args.data or model.meta["data"]
     c, h, _ = model.image_shape
     splits = load_splits(spec, image_size=h, channels=c)
@@ -169,12 +170,12 @@ def cmd_interpolate(args) -> int:
     Spherical (slerp) paths between the latents of the seeds, written as a GIF. --class-sweep instead draws
     each seed's latent as every class of a conditional model, as a grid PNG (rows: seeds, columns: classes).
     """
-    import genforge
+    from genforge.generation.model import load as load_model
     from genforge.generation import class_sweep, interpolate, save_gif, save_grid
     from genforge.generation.steering import parse_ints
-    from genforge.postprocess import provenance
+    from genforge.generation import provenance
 
-    model = genforge.load(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     seeds = parse_ints(args.seeds, "--seeds")
     if args.class_sweep:
         samples = class_sweep(model, seeds)
@@ -193,7 +194,7 @@ def cmd_verify(args) -> int:
     Exit 0 when verified, 1 when not. Uses the ledger ($GENFORGE_LEDGER) and, when set, the HMAC key
     ($GENFORGE_PROVENANCE_KEY or $GENFORGE_PROVENANCE_KEY_FILE).
     """
-    from genforge.postprocess.provenance import verify
+    from genforge.generation.provenance import verify
 
     verdict = verify(args.image, Path(args.ledger) if args.ledger else None)
     print(("verified: " if verdict.verified else "not verified: ") + verdict.reason)
@@ -204,13 +205,13 @@ def cmd_verify(args) -> int:
 
 def cmd_info(args) -> int:
     """Show what a model or run directory holds: recipe, data, image shape, step, weights hash."""
-    import genforge
+    from genforge.generation.model import load as load_model
 
-    model = genforge.load(args.model)
+    model = load_model(args.model)
     meta = dict(model.meta)
     meta.pop("train_config", None)
     print(f"model directory: {model.path}")
-    privacy = meta.get("privacy")  # written by genforge/security/privacy.py; all its fields follow below
+    privacy = meta.get("privacy")  # written by genforge/training/privacy.py; all its fields follow below
     print("  differential privacy: " + (f"epsilon {privacy['epsilon']:g} at delta {privacy['delta']:g} for the "
                                         f"{' and '.join(privacy['private_networks'])} ({privacy['mechanism']}, "
                                         f"{privacy['steps']} steps, target epsilon {privacy['target_epsilon']:g})"
@@ -218,7 +219,7 @@ def cmd_info(args) -> int:
     for key, value in meta.items():
         print(f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}")
     from genforge.models.files import WEIGHTS
-    from genforge.security.crypto import key_id_of
+    from genforge.crypto import key_id_of
 
     key_id = key_id_of(Path(model.path) / WEIGHTS)
     print(f"  weights file: {'encrypted with key ' + repr(key_id) if key_id else 'not encrypted'}")
@@ -246,14 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--key-file", dest="global_key_file", metavar="KEY_FILE",
                         help=KEY_FILE_HELP + " (for any command, e.g. genforge --key-file K eval x.npz)")
-    from genforge import __version__
+    from genforge.version import __version__
 
     parser.add_argument("--version", action="version", version=f"genforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     short, long = doc(cmd_train)
     p = sub.add_parser("train", help=short, description=long)
-    p.add_argument("config", nargs="?", help="recipe YAML, e.g. configs/mnist5k-dcgan.yaml")
+    p.add_argument("config", nargs="?", help="recipe YAML, e.g. genforge/recipes/mnist5k-dcgan.yaml")
     p.add_argument("--out", help="run directory (default runs/NAME-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="override config fields")
@@ -350,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     from genforge.serve.cli import add_serve_commands
 
     add_serve_commands(sub)
-    from genforge.apps.apps_cli import add_apps_commands; add_apps_commands(sub)  # noqa: E702  repair, transfer, augment
-    from genforge.apps.inspect_cli import add_inspect_commands; add_inspect_commands(sub)  # noqa: E702  inspection
+    from genforge.apps.cli import add_apps_commands; add_apps_commands(sub)  # noqa: E702  repair, transfer, augment
+    from genforge.apps.inspection.cli import add_inspect_commands; add_inspect_commands(sub)  # noqa: E702  inspection
     from genforge.security.cli import add_security_commands
 
     add_security_commands(sub)
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from genforge.security.crypto import use_key_file
+        from genforge.crypto import use_key_file
 
         use_key_file(getattr(args, "key_file", None) or args.global_key_file)
         return args.func(args)

@@ -1,6 +1,6 @@
 """Typed, flat training configuration: every default in one place.
 
-A recipe under ``configs/`` is a YAML mapping of a few of these fields; any
+A recipe under ``genforge/recipes/`` is a YAML mapping of a few of these fields; any
 field can be overridden from the command line with ``--set key=value``. The
 config is validated on load (unknown key, wrong type, out-of-range value) and
 the resolved version is written beside every run.
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from genforge.errors import ConfigError
+from genforge import controls
+from genforge.errors import ConfigError, GenforgeError
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Config:
     sample_steps: int = 50           # sampler steps, 1 to 1000 (1000: the full chain)
     guidance: float = 1.0            # conditional models: classifier-free guidance scale (1: plain conditional)
 
-    # --- differential privacy (DP-SGD with Opacus; genforge/security/privacy.py) ----------
+    # --- differential privacy (DP-SGD with Opacus; genforge/training/privacy.py) ----------
     dp_epsilon: float = 0.0          # target epsilon of the networks that see real data; 0: no differential privacy
     dp_delta: float = 1e-5           # target delta; must be below 1 / (training images)
     dp_max_grad_norm: float = 1.0    # per-sample gradient clipping norm C
@@ -93,7 +94,7 @@ class Config:
     sample_every: int = 500          # sample grid PNG every N steps (0: only at the end)
     checkpoint_every: int = 1000     # checkpoint every N steps (one is always written at the end)
     keep_checkpoints: int = 2
-    encrypt: bool = False            # checkpoint weights and resume state AES-256-GCM encrypted (genforge.security.crypto)
+    encrypt: bool = False            # checkpoint weights and resume state AES-256-GCM encrypted (genforge.crypto)
     grid_n: int = 64
     tensorboard: bool = True
     eval_every: int = 0              # every N steps score eval_n samples on the validation split (0: off); the
@@ -110,7 +111,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SAMPLERS = ("ddim", "dpm++2m")  # diffusion samplers (genforge/models/diffusion.py), the one list of them
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
 
@@ -123,8 +123,9 @@ CHOICES = {
     "gan_loss": ("ns", "hinge", "wgan-gp"),
     "d_norm": ("batch", "group", "none"),
     "noise_schedule": ("linear", "cosine"),
-    "sampler": SAMPLERS,
 }
+# recipe fields that set a trained model's sampling defaults: their ranges are the controls' own
+RECIPE_CONTROLS = {c.recipe_field: c for c in (controls.STEPS, controls.SAMPLER, controls.GUIDANCE)}
 POSITIVE = ("eval_n", "image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
             "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
             "keep_checkpoints", "dp_max_grad_norm")
@@ -169,9 +170,10 @@ def _coerce(name: str, value, source: str):
 
 
 def validate(cfg: Config, source: str = "config") -> Config:
-    """Range and choice checks that a type alone cannot express."""
-    from genforge.models import MODELS  # late import: models import config
+    """Range and choice checks of the fields themselves, which a type alone cannot express.
 
+    Checks that need the model registry or the privacy rules (is ``model`` a known recipe, can it train with
+    differential privacy) belong to the layers that own them: :func:`genforge.training.check_config`."""
     for name, choices in CHOICES.items():
         if getattr(cfg, name) not in choices:
             raise ConfigError(f"{source}: '{name}' must be one of {', '.join(map(str, choices))}, "
@@ -182,8 +184,6 @@ def validate(cfg: Config, source: str = "config") -> Config:
     for name in NON_NEGATIVE:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{source}: '{name}' must not be negative, got {getattr(cfg, name)!r}")
-    if cfg.model not in MODELS:
-        raise ConfigError(f"{source}: unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     for name in ("g_betas", "d_betas"):
         if not all(0.0 <= b < 1.0 for b in getattr(cfg, name)):
             raise ConfigError(f"{source}: '{name}' values must be in [0, 1), got {getattr(cfg, name)!r}")
@@ -191,13 +191,14 @@ def validate(cfg: Config, source: str = "config") -> Config:
     unknown = [p for p in policies if p not in ("color", "translation", "cutout")]
     if unknown:
         raise ConfigError(f"{source}: 'diffaugment' takes color, translation and cutout, got {unknown[0]!r}")
-    if not 0.0 <= cfg.guidance <= 20.0:
-        raise ConfigError(f"{source}: 'guidance' must be in [0, 20], got {cfg.guidance}")
-    if not 1 <= cfg.sample_steps <= 1000:
-        raise ConfigError(f"{source}: 'sample_steps' must be from 1 to 1000, got {cfg.sample_steps}")
-    if cfg.clusters and (cfg.model != "cddpm" or not 2 <= cfg.clusters <= 1000):
-        raise ConfigError(f"{source}: 'clusters' (cluster guidance) takes 2 to 1000 clusters and model cddpm, got "
-                          f"{cfg.clusters} clusters and model {cfg.model!r}")
+    for name, control in RECIPE_CONTROLS.items():
+        try:
+            control.check(getattr(cfg, name))
+        except GenforgeError:
+            raise ConfigError(f"{source}: '{name}' must be {control.range_text()}, got {getattr(cfg, name)!r}") \
+                from None
+    if cfg.clusters and not 2 <= cfg.clusters <= 1000:
+        raise ConfigError(f"{source}: 'clusters' (cluster guidance) takes 2 to 1000 clusters, got {cfg.clusters}")
     if not 0.0 <= cfg.ada_target < 1.0 or not 0.0 <= cfg.cfg_dropout < 1.0:
         raise ConfigError(f"{source}: 'ada_target' and 'cfg_dropout' must be in [0, 1)")
     if cfg.gan_loss == "wgan-gp" and cfg.d_norm == "batch":
@@ -210,9 +211,6 @@ def validate(cfg: Config, source: str = "config") -> Config:
             raise ConfigError(f"{source}: '{name}' must be in [0, 0.5), got {getattr(cfg, name)!r}")
     if not (cfg.device in ("cpu", "cuda", "auto") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"{source}: 'device' must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
-    from genforge.security.privacy import check_config  # late import, as MODELS above
-
-    check_config(cfg, source)
     return cfg
 
 

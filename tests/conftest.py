@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from genforge.config import from_dict
+from genforge.training import check_config
 
 torch.set_num_threads(1)  # tests compare exact numbers; one thread keeps them cheap and stable
 
@@ -54,6 +55,6 @@ def tiny_config(digits_npz):
         values = {"data": digits_npz, "model": model, "batch_size": 16, "max_steps": 4, "log_every": 2,
                   "sample_every": 0, "checkpoint_every": 2, "grid_n": 4, "tensorboard": False,
                   "num_threads": 1, **TINY[model], **overrides}
-        return from_dict(values, "test")
+        return check_config(from_dict(values, "test"), "test")
 
     return make

@@ -19,7 +19,7 @@ def genforge_cli(*args, timeout=300):
 
 def test_train_then_sample_end_to_end(tmp_path, digits_npz):
     run = tmp_path / "run"
-    r = genforge_cli("train", ROOT / "configs/mnist5k-vae-mlp.yaml", "--out", run, "--max-steps", 3,
+    r = genforge_cli("train", ROOT / "genforge/recipes/mnist5k-vae-mlp.yaml", "--out", run, "--max-steps", 3,
                      "--set", f"data={digits_npz}", "batch_size=16", "tensorboard=false")
     assert r.returncode == 0, r.stderr
     assert f"run directory: {run}" in r.stderr and "sample grid" in r.stdout
@@ -33,9 +33,9 @@ def test_train_then_sample_end_to_end(tmp_path, digits_npz):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "missing.yaml"], "config file not found: missing.yaml"),
-    (["train", "configs/mnist5k-dcgan.yaml", "--set", "g_lr=-1"], "'g_lr' must be positive"),
-    (["train", "configs/mnist5k-dcgan.yaml", "--set", "bogus=1"], "unknown key 'bogus'"),
-    (["train", "configs/mnist5k-dcgan.yaml", "--set", "data=npz:/nonexistent/d.npz"], "/nonexistent/d.npz"),
+    (["train", "genforge/recipes/mnist5k-dcgan.yaml", "--set", "g_lr=-1"], "'g_lr' must be positive"),
+    (["train", "genforge/recipes/mnist5k-dcgan.yaml", "--set", "bogus=1"], "unknown key 'bogus'"),
+    (["train", "genforge/recipes/mnist5k-dcgan.yaml", "--set", "data=npz:/nonexistent/d.npz"], "/nonexistent/d.npz"),
     (["sample", "/nonexistent/run", "--out", "x.png"], "model not found: /nonexistent/run"),
     (["data", "check", "folder:/nonexistent/dir"], "/nonexistent/dir"),
     (["data", "check", "bogus:thing"], "bogus"),

@@ -11,6 +11,7 @@ import pytest
 import genforge
 from genforge.cli import main
 from genforge.config import from_dict
+from genforge.training import check_config
 from genforge.data.clusters import cluster_labels
 from genforge.errors import ConfigError, ModelFileError
 from genforge.generation import sample
@@ -45,9 +46,9 @@ def unlabeled(tmp_path_factory, digits_npz):
 
 
 def _config(data, **extra):
-    return from_dict({"data": data, "model": "cddpm", "clusters": 3, "base_channels": 4, "batch_size": 16,
-                      "max_steps": 2, "checkpoint_every": 2, "sample_every": 2, "tensorboard": False, "grid_n": 6,
-                      "num_threads": 1, "sample_steps": 3, **extra}, "test")
+    return check_config(from_dict({"data": data, "model": "cddpm", "clusters": 3, "base_channels": 4, "batch_size": 16,
+                                   "max_steps": 2, "checkpoint_every": 2, "sample_every": 2, "tensorboard": False,
+                                   "grid_n": 6, "num_threads": 1, "sample_steps": 3, **extra}, "test"), "test")
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +83,10 @@ def test_it_samples_like_an_unconditional_model(run, tmp_path):
 
 
 def test_bad_cluster_settings(unlabeled, run, tmp_path):
-    with pytest.raises(ConfigError, match="'clusters' .* takes 2 to 1000 clusters and model cddpm, got 3 clusters "
-                                          "and model 'ddpm'"):
+    with pytest.raises(ConfigError, match="'clusters' .* needs the class-conditional diffusion model cddpm, got "
+                                          "model 'ddpm'"):
         _config(unlabeled, model="ddpm")
-    with pytest.raises(ConfigError, match="got 1 clusters"):
+    with pytest.raises(ConfigError, match="takes 2 to 1000 clusters, got 1"):
         _config(unlabeled, clusters=1)
     copy = tmp_path / "edited"
     shutil.copytree(genforge.load(run).path, copy)

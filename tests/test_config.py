@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 
 from genforge.config import Config, load_config
+from genforge.training import check_config
 from genforge.errors import ConfigError
 from genforge.models import MODELS
 
-RECIPES = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+RECIPES = sorted(Path(__file__).parent.parent.glob("genforge/recipes/*.yaml"))
 
 
 def test_required_recipes_exist():
@@ -50,7 +51,7 @@ def test_negative_learning_rate(tmp_path):
 
 def test_bad_choice_and_model(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown model 'stylegan9'"):
-        load_config(_write(tmp_path, "model: stylegan9\n"))
+        check_config(load_config(_write(tmp_path, "model: stylegan9\n")))
     with pytest.raises(ConfigError, match=r"'recon_loss' must be one of bce, mse"):
         load_config(_write(tmp_path, "recon_loss: l1\n"))
 

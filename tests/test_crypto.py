@@ -13,8 +13,8 @@ pytest.importorskip("cryptography")
 import genforge
 from genforge.cli import main
 from genforge.errors import GenforgeError
-from genforge.security import crypto
-from genforge.security.crypto import EncryptionError
+from genforge import crypto
+from genforge.crypto import EncryptionError
 from genforge.training import train
 from genforge.training.checkpoint import last_checkpoint, load_state
 

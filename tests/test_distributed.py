@@ -194,7 +194,7 @@ def test_gan_and_diffusion_variants_stay_in_sync(session, name):
             assert any(not torch.equal(t, trained[k]) for k, t in net.state_dict().items()), role
     assert len(_metrics(root / name)) == 3
     model_ = genforge.load(root / name)
-    assert model_.sample(2, seed=0).shape[0] == 2
+    assert model_.sample(2, seed=0).x.shape[0] == 2
 
 
 def test_guard_refuses_processes_whose_weights_differ(session):

@@ -352,7 +352,7 @@ def test_run_directory_pointers(pointer, value, deep):
 # ------------------------------------------------------------------------------------------------ config
 
 
-RECIPE = (ROOT / "configs" / "mnist5k-dcgan.yaml").read_bytes()
+RECIPE = (ROOT / "genforge" / "recipes" / "mnist5k-dcgan.yaml").read_bytes()
 _FIELDS = sorted(__import__("genforge.config", fromlist=["FIELDS"]).FIELDS)
 YAML_SCALARS = st.sampled_from(["", "~", "yes", "no", "on", "1e-4", "1e400", ".nan", ".inf", "-.inf", "0x10", "0o7",
                                 "2001-02-30", "2001-12-14t21:59:43.10-05:00", "!!binary aGk=", "&a 1", "*a", "[1, 2",
@@ -398,7 +398,7 @@ def test_config_overrides(item):
 @functools.cache
 def fuzz_keyring():
     pytest.importorskip("cryptography")
-    from genforge.security import crypto
+    from genforge import crypto
 
     return crypto.add_key(None, "fuzz", "the fuzz keyring")
 
@@ -410,7 +410,7 @@ PLAIN = os.urandom(3 * 4096 + 77)
 @given(data=st.data())
 def test_encrypted_reader(data):
     """Mutated ciphertext never decrypts to anything but the original plaintext: authenticated or refused."""
-    from genforge.security import crypto
+    from genforge import crypto
 
     keyring = fuzz_keyring()
     blob = crypto.encrypt_bytes(PLAIN, "x.bin", keyring, 12)
@@ -426,7 +426,7 @@ def test_encrypted_reader(data):
        | st.sampled_from([os.urandom(32).hex().encode(), b"k:" + os.urandom(32).hex().encode()]).flatmap(
            lambda s: mutated(s, 80)))
 def test_key_file_parser(data):
-    from genforge.security import crypto
+    from genforge import crypto
 
     ring = loads_or_refuses(crypto.parse_keyring, data, "fuzzed key file")
     if ring is not None:

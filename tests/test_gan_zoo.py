@@ -30,7 +30,7 @@ def test_variant_trains_and_round_trips(tmp_path, tiny_config, name):
     result = train(cfg, tmp_path / "r", quiet=True)
     model = genforge.load(tmp_path / "r")
     assert model.meta["d_options"]["spectral_norm"] == cfg.spectral_norm
-    assert model.sample(2, seed=0).shape == (2, 28, 28)
+    assert model.sample(2, seed=0).x.shape == (2, 28, 28)
     weights = load_file(result.checkpoint / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 

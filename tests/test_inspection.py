@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from genforge.apps import inspection
-from genforge.apps.inspection_detectors import DETECTORS
+from genforge.apps.inspection.detectors import DETECTORS
 from genforge.cli import main
 from genforge.errors import DataError, GenforgeError, ModelFileError
 

@@ -19,7 +19,7 @@ from genforge.errors import GenforgeError, ModelFileError
 from genforge.metrics import (TrainingEvaluator, TrainRecipe, check_images, compare, density_coverage, evaluate,
                               fid, frechet_distance, get_evaluator, kid, load_evaluator, precision_recall, scores)
 from genforge.metrics.evaluate import cas
-from genforge.metrics.evaluator import SHIPPED_DIR, evaluator_key
+from genforge.metrics.evaluator_net import SHIPPED_DIR, evaluator_key
 
 ROOT = Path(__file__).parent.parent
 

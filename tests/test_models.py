@@ -8,7 +8,8 @@ import torch
 
 import genforge
 from genforge.errors import ConfigError, ModelFileError
-from genforge.models import MODELS, GenerativeModel, build_networks
+from genforge.generation import GenerativeModel
+from genforge.models import MODELS, build_networks
 from genforge.models.files import save_model
 from genforge.models.networks import DCGANGenerator
 

@@ -15,7 +15,7 @@ from opacus.accountants import RDPAccountant  # noqa: E402
 import genforge  # noqa: E402
 from genforge.cli import main  # noqa: E402
 from genforge.errors import ConfigError  # noqa: E402
-from genforge.security import privacy  # noqa: E402
+from genforge.training import privacy  # noqa: E402
 from genforge.training import train  # noqa: E402
 from genforge.training.checkpoint import last_checkpoint, load_state  # noqa: E402
 
@@ -55,7 +55,7 @@ def test_dp_gan_privatizes_the_discriminator_only(tmp_path, tiny_config):
     assert model.meta["privacy"]["private_networks"] == ["discriminator"]
     assert sum(n for _, _, n in state["privacy"]["history"]) == 4  # one accounted DP step per D update
     assert state["optimizers"]["generator"]["state"]  # G trained too, by post-processing D's outputs
-    assert model.sample(2, seed=0).shape == (2, 28, 28)
+    assert model.sample(2, seed=0).x.shape == (2, 28, 28)
 
 
 def test_gan_pairs_real_and_fake_per_sample(tiny_config):

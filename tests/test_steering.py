@@ -12,7 +12,7 @@ from genforge.cli import main
 from genforge.errors import GenforgeError
 from genforge.generation import feedback, interpolate, latents, read_sidecar, sample, slerp, truncated_latents
 from genforge.generation.sampling import truncation_threshold
-from genforge.postprocess.provenance import verify
+from genforge.generation.provenance import verify
 from genforge.training import train
 
 

@@ -37,7 +37,7 @@ def test_train_each_family_writes_a_complete_run(tmp_path, tiny_config, model):
     # keep_checkpoints=2: steps 2 and 4 remain; the release weights load without the trainer
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
     model_ = genforge.load(run)
-    assert model_.meta["step"] == 4 and model_.sample(3, seed=1).shape == (3, 28, 28)
+    assert model_.meta["step"] == 4 and model_.sample(3, seed=1).x.shape == (3, 28, 28)
 
 
 def test_vae_learns(tmp_path, tiny_config):
@@ -220,7 +220,7 @@ def test_tensorboard_events_written(tmp_path, tiny_config):
 
 def test_sigterm_checkpoints_and_resumes(tmp_path, digits_npz):
     run = tmp_path / "r"
-    cmd = [sys.executable, "-m", "genforge", "train", str(Path(__file__).parent.parent / "configs/mnist5k-gan-mlp.yaml"),
+    cmd = [sys.executable, "-m", "genforge", "train", str(Path(__file__).parent.parent / "genforge/recipes/mnist5k-gan-mlp.yaml"),
            "--out", str(run), "--quiet", "--set", f"data={digits_npz}", "batch_size=16", "max_steps=100000",
            "log_every=1", "checkpoint_every=100000", "sample_every=0", "tensorboard=false", "num_threads=1",
            "eval_every=0"]  # no evaluator to train first: the signal must reach a running loop

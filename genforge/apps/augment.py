@@ -4,7 +4,7 @@ trained on the same K?
 For each seed the experiment is:
 
 1. draw K real images per class from the train split (the seed picks them);
-2. train a class-conditional generative model (a recipe such as configs/mnist5k-cvae-conv.yaml) on those
+2. train a class-conditional generative model (a recipe such as genforge/recipes/mnist5k-cvae-conv.yaml) on those
    K * classes images only, for a fixed number of steps;
 3. generate ``synthetic_per_class`` images of every class;
 4. train the same classifier (genforge's evaluator network and recipe, ``train_classifier``) twice, with the
@@ -62,7 +62,7 @@ def few_shot(train: ImageSet, k: int, seed: int, class_names: list[str] | None =
 def train_generator(recipe: str | Path, real: ImageSet, seed: int, options: AugmentOptions, workdir: Path,
                     device: str = "cpu"):
     """Train the conditional recipe on ``real`` only (no val or test split taken from it); returns the model."""
-    import genforge
+    from genforge.generation.model import load as load_model
     from genforge.config import load_config
     from genforge.generation.writers import save_npz
     from genforge.models import MODELS
@@ -83,7 +83,7 @@ def train_generator(recipe: str | Path, real: ImageSet, seed: int, options: Augm
         train(cfg, run, quiet=True)
     finally:
         torch.set_num_threads(threads)  # the loop sets its own count; the classifiers run with the caller's
-    return genforge.load(run, device=device)
+    return load_model(run, device=device)
 
 
 def synthesize(model, per_class: int, seed: int) -> ImageSet:
@@ -101,7 +101,7 @@ def run_seed(splits, recipe: str | Path, k: int, seed: int, options: AugmentOpti
 
     ``keep``: write the real + synthetic training set there as an npz (x, y, and ``synthetic``, a bool per image).
     """
-    from genforge.metrics.evaluator import TrainRecipe, accuracy, train_classifier
+    from genforge.metrics.evaluator_net import TrainRecipe, accuracy, train_classifier
 
     real = few_shot(splits.train, k, seed, splits.class_names)
     t0 = time.perf_counter()

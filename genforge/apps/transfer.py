@@ -32,7 +32,7 @@ def check_model(model) -> None:
     """Only a conditional VAE can transfer: it needs an encoder and a decoder that both take the class."""
     if model.family != "vae" or not model.num_classes:
         kind = f"a conditional {model.family}" if model.num_classes else f"an unconditional {model.family}"
-        raise GenforgeError(f"class transfer needs a conditional VAE (e.g. configs/mnist5k-cvae-conv.yaml); "
+        raise GenforgeError(f"class transfer needs a conditional VAE (e.g. genforge/recipes/mnist5k-cvae-conv.yaml); "
                             f"the model {model.name} at {model.path or '(in memory)'} is {kind}")
 
 

@@ -1,9 +1,11 @@
-"""The sampling function: (model, n, seed, controls) -> uint8 images.
+"""The generation plan: (model, n, seed, classes, controls) -> samples, the one path from a seed to outputs.
 
-``sample`` draws latents from the seed and applies the noise control;
-``decode`` turns any latents (from a seed, an interpolation, a feedback round)
-into images. The CLI, the Python API, the evaluator and the HTTP service all
-come through here, so the same seed and controls give the same pixels.
+``plan`` checks the controls against the model's declarations (:mod:`genforge.controls`), resolves the
+classes and draws the latents; ``render`` decodes a plan's latents with the family's sampler and applies the
+modality's output controls. ``sample`` is the two in a row. The CLI, the Python API (``model.sample``), the
+training loop's grids and validation, ``genforge eval``, the HTTP service (which batches the decode step
+across requests) and feedback rounds all come through here, so the same seed and controls give the same
+outputs everywhere (``tests/test_same_output.py``).
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from genforge import controls as declared
 from genforge.errors import GenforgeError
-from genforge.config import SAMPLERS
 
 MAX_SAMPLES = 1_000_000
-MAX_SIZE = 2048
-MAX_TEMPERATURE = 10.0
-MAX_DIFFUSION_STEPS = 1000
-MAX_GUIDANCE = 20.0
+MAX_SIZE = declared.MAX_SIZE
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "lanczos": Image.Resampling.LANCZOS}
+# every family control, for naming the family a control belongs to when a model of another family gets it
+_FAMILY_OF_CONTROL = {"truncation": "GAN", "temperature": "VAE", "steps": "diffusion", "sampler": "diffusion",
+                      "guidance": "diffusion"}
 
 
 @dataclass
@@ -34,6 +36,28 @@ class Samples:
     z: np.ndarray            # float32 (n, z_dim): the latents, so any sample can be regenerated
     seed: int
     controls: dict = field(default_factory=dict)  # the controls that made them, as given to sample()
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The samples as PIL images (grayscale "L" or "RGB")."""
+        return [Image.fromarray(img) for img in self.x]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.x if dtype is None else self.x.astype(dtype)
+
+
+@dataclass
+class Plan:
+    """What a sampling call will decode: latents, classes, and the checked controls."""
+    z: torch.Tensor            # float32 (n, z_dim), on the CPU
+    y: np.ndarray | None       # int64 (n,) or None
+    decode: dict               # decode-stage controls, the model's defaults filled in (family's generate)
+    output: dict               # output-stage controls (modality: size, resample)
+    seed: int
+    controls: dict             # the controls as given (the record written beside outputs)
 
 
 def latents(n: int, z_dim: int, seed: int) -> torch.Tensor:
@@ -76,10 +100,48 @@ def prior_classes(prior, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()).astype(np.int64)
 
 
+def _ascii_int(text: str) -> int | None:
+    """The integer a string spells in ASCII digits ("2", " 2", "-1"), else None ("²", "①", "2.0", "two")."""
+    body = text.strip()
+    digits = body[1:] if body.startswith("-") else body
+    return int(body) if digits.isascii() and digits.isdecimal() else None
+
+
+def resolve_class(model, c) -> int:
+    """One requested class as an index. An int is an index; a string is a class name first, an index only
+    when it spells one in ASCII digits and names no class, or with an explicit ``index:N`` / ``name:S``. A
+    string that names one class and indexes another is ambiguous: an error naming both readings."""
+    k = model.num_classes
+    names = model.class_names or []
+    if isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)):
+        index = int(c)
+    elif isinstance(c, str):
+        as_int = _ascii_int(c)
+        if c in names:
+            index = names.index(c)
+            if as_int is not None and as_int != index and 0 <= as_int < k:
+                raise GenforgeError(f"class {c!r} is ambiguous: it is the name of class {index} and the index of "
+                                    f"class {names[as_int]!r}; write name:{c} or index:{as_int}")
+            return index
+        if c.startswith("name:") and c[5:] in names:
+            return names.index(c[5:])
+        if c.startswith("index:") and _ascii_int(c[6:]) is not None:
+            as_int = _ascii_int(c[6:])
+        if as_int is None:
+            listed = f": {', '.join(names)}" if names else f" (indices 0 to {k - 1})"
+            raise GenforgeError(f"class {c!r} is not one of this model's classes{listed}")
+        index = as_int
+    else:
+        raise GenforgeError(f"class {c!r} must be a class index or name")
+    if not 0 <= index < k:
+        raise GenforgeError(f"class {c!r} is out of range: this model has classes 0 to {k - 1}")
+    return index
+
+
 def class_indices(model, classes, n: int, seed: int = 0) -> np.ndarray | None:
     """The class of each of ``n`` samples: None for unconditional models; for conditional ones ``classes`` is
-    one class or a list cycled over the samples (indices, or names from the model's class_names); by
-    default every class in turn, or for a cluster-guided model clusters drawn by size (from ``seed``)."""
+    one class or a list cycled over the samples (see :func:`resolve_class`); by default every class in turn,
+    or for a cluster-guided model clusters drawn by size (from ``seed``)."""
     k = model.num_classes
     if k == 0:
         if classes is not None:
@@ -93,55 +155,29 @@ def class_indices(model, classes, n: int, seed: int = 0) -> np.ndarray | None:
         wanted = [classes] if isinstance(classes, (int, str, np.integer)) else list(classes)
         if not wanted:
             raise GenforgeError("classes: give at least one class")
-    names = model.class_names or []
-    resolved = []
-    for c in wanted:
-        if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
-            if c not in names:
-                raise GenforgeError(f"class {c!r} is not one of this model's classes: {', '.join(names)}")
-            c = names.index(c)
-        if isinstance(c, bool) or not isinstance(c, (int, str, np.integer)) or not 0 <= int(c) < k:
-            raise GenforgeError(f"class {c!r} is out of range: this model has classes 0 to {k - 1}")
-        resolved.append(int(c))
+    resolved = [resolve_class(model, c) for c in wanted]
     return np.resize(np.array(resolved, dtype=np.int64), n)  # cycled to length n
 
 
-def check_controls(model, truncation: float | None, temperature: float | None, size: int | None,
-                   resample: str, steps: int | None = None, guidance: float | None = None,
-                   sampler: str | None = None) -> None:
-    """Refuse a control the model cannot honour, or a value out of range, with a message naming it."""
-    if steps is not None or guidance is not None or sampler is not None:
-        if model.family != "diffusion":
-            raise GenforgeError(f"steps, guidance and sampler are diffusion controls; model {model.name} is a "
-                                f"{model.family}")
-        if sampler is not None and sampler not in SAMPLERS:
-            raise GenforgeError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
-                                  or not 1 <= steps <= MAX_DIFFUSION_STEPS):
-            raise GenforgeError(f"steps must be an integer from 1 to {MAX_DIFFUSION_STEPS}, got {steps!r}")
-        if guidance is not None:
-            if model.num_classes == 0:
+def resolve_controls(model, given: dict) -> dict:
+    """The controls of a call, checked against ``model.controls``: None values dropped, each value checked
+    and coerced by its declaration; a control the model does not take is an error naming whose it is."""
+    takes = {c.name: c for c in model.controls}
+    out = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        control = takes.get(name)
+        if control is None:
+            owner = _FAMILY_OF_CONTROL.get(name)
+            if name == "guidance" and model.family == "diffusion":
                 raise GenforgeError(f"guidance needs a class-conditional model; {model.name} is unconditional")
-            if (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
-                    or not 0 <= guidance <= MAX_GUIDANCE):
-                raise GenforgeError(f"guidance must be in [0, {MAX_GUIDANCE:g}], got {guidance!r}")
-    if truncation is not None:
-        if model.family != "gan":
-            raise GenforgeError(f"truncation is a GAN control; model {model.name} is a {model.family} "
-                                "(use temperature for VAEs)")
-        if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not 0 < truncation <= 1:
-            raise GenforgeError(f"truncation must be in (0, 1], got {truncation!r}")
-    if temperature is not None:
-        if model.family != "vae":
-            raise GenforgeError(f"temperature is a VAE control; model {model.name} is a {model.family} "
-                                "(use truncation for GANs)")
-        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-                or not 0 < temperature <= MAX_TEMPERATURE):
-            raise GenforgeError(f"temperature must be in (0, {MAX_TEMPERATURE:g}], got {temperature!r}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE):
-        raise GenforgeError(f"size must be an integer from 1 to {MAX_SIZE}, got {size!r}")
-    if resample not in RESAMPLE:
-        raise GenforgeError(f"resample must be one of {', '.join(RESAMPLE)}, got {resample!r}")
+            if owner:
+                raise GenforgeError(f"{name} is a {owner} control; model {model.name} is a {model.family} "
+                                    f"(its controls: {', '.join(takes)})")
+            raise GenforgeError(f"unknown control {name!r}; model {model.name} takes {', '.join(takes)}")
+        out[name] = control.check(value)
+    return out
 
 
 def resize(x: np.ndarray, size: int, resample: str = "lanczos") -> np.ndarray:
@@ -156,7 +192,8 @@ def decode(model, z: torch.Tensor, y: np.ndarray | None = None, batch_size: int 
     """Latents (n, z_dim) and classes (n,) or None -> uint8 images (n, h, w) or (n, h, w, c).
 
     ``family_controls`` (diffusion: steps, guidance, sampler) go to the family's ``generate``; None values are
-    dropped, and the model's recipe fills in the ones not given (``model.sampling_defaults``).
+    dropped, and the model's recipe fills in the ones not given (``model.sampling_defaults``). Callers that
+    choose latents themselves (interpolation, class sweeps, feedback, the server's batcher) come here.
     """
     family_controls = {**model.sampling_defaults, **{k: v for k, v in family_controls.items() if v is not None}}
     device = model.device
@@ -172,37 +209,60 @@ def decode(model, z: torch.Tensor, y: np.ndarray | None = None, batch_size: int 
     return x[..., 0] if x.shape[-1] == 1 else x
 
 
-def sample(model, n: int, seed: int = 0, classes=None, truncation: float | None = None,
-           temperature: float | None = None, size: int | None = None, resample: str = "lanczos",
-           steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-           batch_size: int = 500) -> Samples:
-    """Generate ``n`` images from a loaded model (see :func:`genforge.load`), reproducibly from ``seed``.
-
-    classes: conditional models only; one class (index or name) or a list cycled over the samples.
-    truncation: GANs only, in (0, 1]: keep the central share of each latent coordinate (resampling trick).
-    temperature: VAEs only, in (0, 10]: scales the prior's standard deviation (below 1: cleaner, less varied).
-    size, resample: resize the output to size x size with "nearest", "bilinear" or "lanczos".
-    steps, guidance, sampler: diffusion only: sampler steps, classifier-free guidance scale (conditional
-    models), and the sampler, "ddim" (default) or "dpm++2m" (better at 10 to 20 steps).
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
-        raise GenforgeError(f"n must be an integer from 1 to {MAX_SAMPLES}, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise GenforgeError(f"seed must be a non-negative integer, got {seed!r}")
-    check_controls(model, truncation, temperature, size, resample, steps, guidance, sampler)
-    y = class_indices(model, classes, n, seed)
+def draw_latents(model, n: int, seed: int, noise: dict) -> torch.Tensor:
+    """The latents (n, z_dim) of a seed under the noise-stage controls (truncation, temperature)."""
+    truncation = noise.get("truncation")
     if truncation is not None and truncation < 1:
         z = truncated_latents(n, model.z_dim, seed, truncation)
     else:
         z = latents(n, model.z_dim, seed)
-    if temperature is not None:
-        z = z * temperature
-    x = decode(model, z, y, batch_size, steps=steps, guidance=guidance, sampler=sampler)
-    if size is not None:
-        x = resize(x, size, resample)
-    controls = {k: v for k, v in (("classes", classes), ("truncation", truncation), ("temperature", temperature),
-                                  ("size", size), ("steps", steps), ("guidance", guidance), ("sampler", sampler))
-                if v is not None}
-    if size is not None:
-        controls["resample"] = resample
-    return Samples(x=x, y=y, z=z.numpy(), seed=seed, controls=controls)
+    if "temperature" in noise:
+        z = z * noise["temperature"]
+    return z
+
+
+def plan(model, n: int, seed: int = 0, classes=None, **controls) -> Plan:
+    """Check a sampling request and fix everything random about it: the classes and the latents."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+        raise GenforgeError(f"n must be an integer from 1 to {MAX_SAMPLES}, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise GenforgeError(f"seed must be a non-negative integer, got {seed!r}")
+    checked = resolve_controls(model, controls)
+    if "size" not in checked:
+        checked.pop("resample", None)  # a filter without a size changes nothing
+    stage = {c.name: c.stage for c in model.controls}
+    by_stage = {s: {k: v for k, v in checked.items() if stage[k] == s} for s in ("noise", "decode", "output")}
+    if "size" in by_stage["output"]:
+        by_stage["output"].setdefault("resample", declared.RESAMPLE.default)
+    y = class_indices(model, classes, n, seed)
+    z = draw_latents(model, n, seed, by_stage["noise"])
+    record = {**({"classes": classes} if classes is not None else {}), **checked}
+    if "size" in checked:
+        record["resample"] = by_stage["output"]["resample"]
+    decode_controls = {**model.sampling_defaults, **by_stage["decode"]}
+    return Plan(z=z, y=y, decode=decode_controls, output=by_stage["output"], seed=seed, controls=record)
+
+
+def finish(x: np.ndarray, output: dict) -> np.ndarray:
+    """Apply the output controls to decoded samples (images: size and resample)."""
+    if output.get("size") is not None:
+        x = resize(x, output["size"], output.get("resample", declared.RESAMPLE.default))
+    return x
+
+
+def render(model, p: Plan, batch_size: int = 500) -> Samples:
+    """Decode a plan into samples."""
+    x = finish(decode(model, p.z, p.y, batch_size, **p.decode), p.output)
+    return Samples(x=x, y=p.y, z=p.z.numpy(), seed=p.seed, controls=p.controls)
+
+
+def sample(model, n: int, seed: int = 0, classes=None, batch_size: int = 500, **controls) -> Samples:
+    """Generate ``n`` samples from a loaded model (see :func:`genforge.load`), reproducibly from ``seed``.
+
+    classes: conditional models only; one class (index or name) or a list cycled over the samples.
+    controls: those the model declares (``model.controls``; each family's in :mod:`genforge.controls`):
+    truncation (GANs, (0, 1]: keep the central share of each latent coordinate), temperature (VAEs, (0, 10]:
+    the prior's spread), steps / sampler / guidance (diffusion: sampler steps, "ddim" or "dpm++2m",
+    classifier-free guidance for conditional models), size / resample (images: resize the output).
+    """
+    return render(model, plan(model, n, seed, classes, **controls), batch_size)

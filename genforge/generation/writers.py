@@ -2,7 +2,7 @@
 
 Every write is atomic. Every PNG carries genforge's provenance metadata; the
 outputs of ``write_samples`` are also recorded in the provenance ledger
-(``genforge.postprocess.provenance``).
+(``genforge.generation.provenance``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from genforge.errors import GenforgeError
 from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
-from genforge.postprocess import provenance
+from genforge.generation import provenance
 
 
 def make_grid(x: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
@@ -52,7 +52,7 @@ def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray | None = None, keyri
     arrays = {"x": x} if y is None else {"x": x, "y": y}
     if keyring is None:
         return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
-    from genforge.security.crypto import EncryptingWriter
+    from genforge.crypto import EncryptingWriter
 
     def write(f):
         with EncryptingWriter(f, Path(path).name, keyring) as w:
@@ -70,7 +70,7 @@ def write_samples(samples, path: str | Path, model, extra: dict | None = None, k
     """Write by the path's form: ``.png`` a grid (plus ``.png.json`` with the latents, for feedback rounds),
     ``.npz`` arrays ``x`` (uint8) and ``y`` (conditional models), a path with no suffix a directory of
     individual PNGs ``00000.png`` ... Every PNG carries provenance metadata and is recorded in the ledger.
-    With a ``keyring`` the npz is written encrypted (:mod:`genforge.security.crypto`); PNGs cannot be.
+    With a ``keyring`` the npz is written encrypted (:mod:`genforge.crypto`); PNGs cannot be.
     """
     path = Path(path)
     suffix = path.suffix.lower()

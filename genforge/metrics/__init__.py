@@ -15,7 +15,7 @@ FID from a local pytorch-fid weights file), ``report.py`` (``genforge report``),
 """
 
 from genforge.metrics.evaluate import check_images, compare, evaluate, format_table, load_result, read_samples
-from genforge.metrics.evaluator import (Evaluator, TrainRecipe, get_evaluator, load_evaluator, save_evaluator,
+from genforge.metrics.evaluator_net import (Evaluator, TrainRecipe, get_evaluator, load_evaluator, save_evaluator,
                                         train_evaluator)
 from genforge.metrics.scores import (class_entropy, class_match, density_coverage, fid, frechet_distance,
                                      inception_score, kid, precision_recall)

@@ -42,7 +42,7 @@ def cmd_evaluator_train(args) -> int:
     accuracy and the SHA-256 of the weights.
     """
     from genforge.data import load_splits
-    from genforge.metrics.evaluator import (TrainRecipe, cache_dir, evaluator_key, find_evaluator, save_evaluator,
+    from genforge.metrics.evaluator_net import (TrainRecipe, cache_dir, evaluator_key, find_evaluator, save_evaluator,
                                             train_evaluator)
 
     if args.steps is not None and args.steps < 1:
@@ -65,7 +65,7 @@ def cmd_evaluator_train(args) -> int:
 
 def cmd_evaluator_list(args) -> int:
     """List the evaluators genforge can use: the shipped ones, then the cache."""
-    from genforge.metrics.evaluator import SHIPPED_DIR, cache_dir
+    from genforge.metrics.evaluator_net import SHIPPED_DIR, cache_dir
 
     for where, directory in (("shipped", SHIPPED_DIR), ("cache", cache_dir())):
         for path in sorted(directory.glob("*.json")):

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-import genforge
+from genforge.generation.model import load as load_model
+from genforge.version import __version__
 from genforge.data import load_splits
 from genforge.errors import GenforgeError
 from genforge.io import read_json
 from genforge.metrics import scores
-from genforge.metrics.evaluator import Evaluator, TrainRecipe, accuracy, data_sha256, get_evaluator, train_classifier
+from genforge.metrics.evaluator_net import Evaluator, TrainRecipe, accuracy, data_sha256, get_evaluator, train_classifier
 
 FORMAT = "genforge-eval"
 FORMAT_VERSION = 1
@@ -92,7 +93,7 @@ def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     path = Path(path)
     if not path.is_file():
         raise GenforgeError(f"samples file not found: {path}")
-    from genforge.security.crypto import plain_source
+    from genforge.crypto import plain_source
 
     source = plain_source(path)  # the file, or its decrypted bytes in memory (genforge sample --encrypt)
     if not zipfile.is_zipfile(source):
@@ -204,7 +205,7 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
                                 f"shape ({n},)")
         scores.need(n, scores.DC_K + 1, "precision/recall and density/coverage")
     else:
-        model = genforge.load(source) if isinstance(source, (str, Path)) else source
+        model = load_model(source) if isinstance(source, (str, Path)) else source
         data = data or model.meta.get("data")
         if not data:
             raise GenforgeError(f"{model.path}: the model does not say what data it was trained on; give --data SPEC")
@@ -219,7 +220,7 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
         y = check_labels(y, n, evaluator.num_classes, what)
     splits = load_splits(data, image_size=shape[1], channels=shape[0])
     test, train = splits.test, splits.train
-    result = {"format": FORMAT, "format_version": FORMAT_VERSION, "genforge_version": genforge.__version__,
+    result = {"format": FORMAT, "format_version": FORMAT_VERSION, "genforge_version": __version__,
               "evaluator": evaluator.identity(), "source": what, "kind": kind, "data": data,
               "reference": {"split": "test", "size": len(test)}, "n": n, "seed": seed}
     notes = compare(result, baseline) if baseline is not None else []  # refuse a mismatch before any work

@@ -16,7 +16,7 @@ import numpy as np
 from genforge.errors import GenforgeError
 from genforge.metrics import scores
 from genforge.metrics.evaluate import check_images
-from genforge.metrics.evaluator import get_evaluator
+from genforge.metrics.evaluator_net import get_evaluator
 
 KID_SUBSETS = 20  # the full eval uses 100; 20 keeps a call under a second and the std is logged anyway
 

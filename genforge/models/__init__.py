@@ -79,84 +79,20 @@ def build_networks(model: str, image_shape: tuple[int, int, int], z_dim: int, ba
 _DEFAULT_D = {"norm": "batch", "spectral_norm": False, "mbstd": False}
 
 
-class GenerativeModel:
-    """A trained model ready to sample: its networks (in eval mode) and the metadata of ``config.json``.
+def check_config(cfg, source: str = "config") -> None:
+    """Checks of a training config that need the registry: a known recipe, cluster guidance only for cddpm."""
+    if cfg.model not in MODELS:
+        raise ConfigError(f"{source}: unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+    spec = MODELS[cfg.model]
+    if cfg.clusters and not (spec.conditional and spec.method is diffusion):  # guidance is diffusion's control
+        raise ConfigError(f"{source}: 'clusters' (cluster guidance) needs the class-conditional diffusion model "
+                          f"cddpm, got model {cfg.model!r}")
 
-    Obtain one with :func:`genforge.load`. ``model.sample(n, seed=0)`` returns uint8 images.
-    """
 
-    def __init__(self, nets: dict[str, nn.Module], meta: dict, path: str = ""):
-        self.nets = nets
-        self.meta = meta
-        self.path = path
-        self.method = MODELS[meta["model"]].method
-        for net in nets.values():
-            net.eval().requires_grad_(False)
-
-    @property
-    def name(self) -> str:
-        return self.meta["model"]
-
-    @property
-    def family(self) -> str:
-        return family_of(self.meta["model"])  # from the recipe, not config.json's copy: one source of truth
-
-    @property
-    def cluster_prior(self) -> list[float] | None:
-        """Cluster-guided models (config ``clusters``): each cluster's share of the training images; else None.
-
-        Such a model is unconditional to its users: its classes are k-means clusters, drawn in proportion
-        to these shares when no class is asked for (checked by genforge.load)."""
-        clusters = self.meta.get("clusters")
-        return clusters["prior"] if clusters else None
-
-    @property
-    def sampling_defaults(self) -> dict:
-        """Diffusion: the recipe's sampler, steps and (conditional models) guidance, for callers that give none.
-
-        From the training config (``sampler``, ``sample_steps``, ``guidance``); models saved before those
-        keys existed get 50 DDIM steps and guidance 1. Other families: {}.
-        """
-        if self.family != "diffusion":
-            return {}
-        return self.method.recipe_controls(self.meta.get("train_config") or {},  # checked by genforge.load
-                                           bool(self.num_classes))
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.meta["image_shape"])
-
-    @property
-    def z_dim(self) -> int:
-        return self.meta["z_dim"]
-
-    @property
-    def num_classes(self) -> int:
-        return self.meta.get("num_classes", 0)
-
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.meta.get("class_names")
-
-    @property
-    def device(self) -> torch.device:
-        return next(iter(self.nets.values())).parameters().__next__().device
-
-    def to(self, device: str | torch.device) -> "GenerativeModel":
-        for net in self.nets.values():
-            net.to(device)
-        return self
-
-    def sample(self, n: int, seed: int = 0, classes=None, batch_size: int = 500):
-        """``n`` images as uint8 numpy, (n, h, w) for grayscale or (n, h, w, c) for colour.
-
-        ``classes`` (conditional models): one class, or a list cycled over the n samples; by default all
-        classes in turn. Use :func:`genforge.generation.sample` to get the classes and latents back too.
-        """
-        from genforge.generation import sample
-
-        return sample(self, n, seed=seed, classes=classes, batch_size=batch_size).x
-
-    def __repr__(self) -> str:
-        return (f"GenerativeModel({self.name}, family={self.family}, image_shape={self.image_shape}, "
-                f"z_dim={self.z_dim}, step={self.meta.get('step')})")
+def sampling_defaults(method: ModuleType, train_config: dict, conditional: bool) -> dict:
+    """The controls a model samples with when its caller gives none: the recipe's own (``Control.recipe_field``
+    of the family's controls, e.g. diffusion's sampler, sample_steps, guidance), else each control's default.
+    Only controls that decode (``stage == "decode"``) are filled in; noise controls default to no change."""
+    return {c.name: c.check(train_config.get(c.recipe_field, c.default))
+            for c in method.CONTROLS
+            if c.stage == "decode" and (conditional or not c.conditional_only)}

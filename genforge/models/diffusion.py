@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.config import SAMPLERS, Config
+from genforge.config import Config
+from genforge.controls import GUIDANCE, SAMPLER, SAMPLERS, STEPS
 from genforge.errors import GenforgeError
 
 VALUE_RANGE = "-1,1"           # the forward process shrinks data towards N(0, I): data centred on 0
@@ -34,21 +35,9 @@ NETWORKS = ("denoiser", "schedule")
 EMA_NETWORKS = ("denoiser",)   # samples come from the EMA weights, as in DDPM (decay 0.9999 there)
 LATENT = "denoiser"            # the network that turns the latent (the noise image) into images
 
+CONTROLS = (STEPS, SAMPLER, GUIDANCE)  # how a caller steers sampling (genforge/controls.py declares them)
+
 T = 1000            # training timesteps (DDPM)
-DEFAULT_STEPS = 50  # sampler steps when the caller gives none
-DEFAULT_SAMPLER = "ddim"
-
-
-def recipe_controls(train_config: dict, conditional: bool) -> dict:
-    """The sampler, steps and (conditional models) guidance a recipe asks its model to sample with.
-
-    From a training config as a dict (``Config.to_dict()`` or a model's ``train_config``); a model saved
-    before these keys existed gets DEFAULT_STEPS of DEFAULT_SAMPLER and guidance 1."""
-    out = {"sampler": train_config.get("sampler", DEFAULT_SAMPLER),
-           "steps": int(train_config.get("sample_steps", DEFAULT_STEPS))}
-    if conditional:
-        out["guidance"] = float(train_config.get("guidance", 1.0))
-    return out
 
 
 def latent_dim(z_dim: int, image_shape: tuple[int, int, int]) -> int:
@@ -146,9 +135,9 @@ def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None
     if z.ndim != 2 or z.shape[1] != math.prod(image_shape):
         raise GenforgeError(f"a diffusion model's latent is its starting noise image: expected "
                             f"(n, {math.prod(image_shape)}), got {tuple(z.shape)}")
-    steps = DEFAULT_STEPS if steps is None else steps
-    guidance = 1.0 if guidance is None else float(guidance)
-    sampler = DEFAULT_SAMPLER if sampler is None else sampler
+    steps = STEPS.default if steps is None else steps
+    guidance = GUIDANCE.default if guidance is None else float(guidance)
+    sampler = SAMPLER.default if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise GenforgeError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     x = z.view(z.shape[0], *image_shape)  # x_T, (b, c, h, w)

@@ -21,10 +21,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from genforge.config import SAMPLERS
+from genforge import modalities
+from genforge.crypto import is_encrypted, read_plain, write_encrypted
 from genforge.errors import GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json, read_json
-from genforge.models import MODELS, GenerativeModel, build_networks, family_of
+from genforge.models import MODELS, build_networks, family_of
 
 FORMAT = "genforge-model"
 FORMAT_VERSION = 1
@@ -48,7 +49,7 @@ def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict, ke
 
     ``meta`` must hold at least model, image_shape, z_dim and base_channels; the format fields and the
     weights' SHA-256 (of the plain safetensors bytes) are added here. With a ``keyring``
-    (:mod:`genforge.security.crypto`) the weights are written encrypted; config.json stays readable.
+    (:mod:`genforge.crypto`) the weights are written encrypted; config.json stays readable.
     """
     directory = Path(directory)
     data = st_save(state_tensors(nets), metadata={"format": FORMAT})
@@ -57,8 +58,6 @@ def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict, ke
             "networks": sorted(nets), "weights_sha256": hashlib.sha256(data).hexdigest(),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if keyring is not None:
-        from genforge.security.crypto import write_encrypted
-
         write_encrypted(directory / WEIGHTS, data, keyring)
     else:
         atomic_write_bytes(directory / WEIGHTS, data)
@@ -106,6 +105,8 @@ def _read_meta(path: Path) -> dict:
             raise ModelFileError(f"{path / CONFIG}: field '{key}' missing or not a {typ.__name__}")
     if meta["model"] not in MODELS:
         raise ModelFileError(f"{path / CONFIG}: unknown model {meta['model']!r}")
+    if meta.get("modality", modalities.DEFAULT) not in modalities.MODALITIES:
+        raise ModelFileError(f"{path / CONFIG}: unknown modality {meta.get('modality')!r}")
     shape = meta["image_shape"]
     if (len(shape) != 3 or not all(isinstance(s, int) and 0 < s <= 4096 for s in shape)
             or shape[0] not in (1, 3)):
@@ -163,11 +164,11 @@ def check_header(file: Path, expected: dict[str, torch.Tensor], data: bytes | No
         raise ModelFileError(f"{file}: tensor data overlaps, leaves gaps or does not end with the file (altered?)")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
-    """Load a trained model from a run directory or a model directory (config.json + model.safetensors).
+def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, nn.Module], dict, Path]:
+    """The networks, the checked ``config.json`` and the directory of a trained model, from a run directory
+    (its best, else last, checkpoint) or a model directory (config.json + model.safetensors).
 
-    >>> model = genforge.load("runs/mnist5k-dcgan")
-    >>> images = model.sample(16, seed=0)   # uint8 (16, 28, 28)
+    Users call :func:`genforge.load`, which wraps these in a model that samples.
     """
     directory = resolve(path)
     meta = _read_meta(directory)
@@ -195,8 +196,6 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
     except GenforgeError as e:
         raise ModelFileError(f"{directory / CONFIG}: {e}") from None
     weights = directory / WEIGHTS
-    from genforge.security.crypto import is_encrypted, read_plain
-
     if is_encrypted(weights):  # decrypted in memory: the plain weights never touch the disk
         data = read_plain(weights)
         check_header(weights, state_tensors_meta(skeleton), data)
@@ -211,25 +210,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeMode
         prefix = f"{role}."
         net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
         net.to(device)
-    return GenerativeModel(nets, meta, str(directory))
-
-
-SAMPLING_FIELDS = {  # train_config fields that sampling reads from a loaded model (GenerativeModel.sampling_defaults)
-    "sampler": lambda v: v in SAMPLERS,
-    "sample_steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000,
-    "guidance": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 20,
-}
+    return nets, meta, directory
 
 
 def _check_sampling(meta: dict, where: Path) -> None:
+    """The recipe fields a loaded model samples with (``Control.recipe_field`` of its family's controls)."""
     cfg = meta.get("train_config")
     if cfg is None:
         return
     if not isinstance(cfg, dict):
         raise ModelFileError(f"{where}: field 'train_config' must be a mapping")
-    for key, ok in SAMPLING_FIELDS.items():
-        if key in cfg and not ok(cfg[key]):
-            raise ModelFileError(f"{where}: field 'train_config.{key}' has a bad value {cfg[key]!r}")
+    for control in MODELS[meta["model"]].method.CONTROLS:
+        key = control.recipe_field
+        if key in cfg:
+            try:
+                control.check(cfg[key])
+            except GenforgeError:
+                raise ModelFileError(f"{where}: field 'train_config.{key}' has a bad value {cfg[key]!r}") from None
 
 
 def state_tensors_meta(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

@@ -16,15 +16,18 @@ discriminator augmentation (ADA). Conditional: projection discriminator
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from genforge.config import Config
+from genforge.controls import TRUNCATION
 
 VALUE_RANGE = "-1,1"           # the generator ends in tanh, so real data is scaled to [-1, 1] too
 NETWORKS = ("generator", "discriminator")
 EMA_NETWORKS = ("generator",)  # released samples come from the EMA generator (Karras et al. 2018)
 LATENT = "generator"           # the network whose input is the latent z
+CONTROLS = (TRUNCATION,)       # how a caller steers sampling (genforge/controls.py declares them)
 
 
 def latent_dim(z_dim: int, image_shape: tuple[int, int, int]) -> int:
@@ -161,7 +164,7 @@ class Trainer:
         # and the fake pass row by row, so the unit it clips is the pair (x_i, G(z_i)), and one noisy step is
         # charged per D update. The fakes need no privacy, but clipping them with their real partner does not
         # charge the budget twice (Opacus issue #418: its DCGAN example once took a second, noisy step on the
-        # fakes alone); it only bounds their pull on D as well. See genforge/security/privacy.py.
+        # fakes alone); it only bounds their pull on D as well. See genforge/training/privacy.py.
         mixes = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules())
         self.joint_d = not mixes and not getattr(self.D, "mbstd", False) and not cfg.dp_epsilon > 0
         self.policy = [p for p in cfg.diffaugment.split(",") if p]
@@ -239,11 +242,12 @@ class Trainer:
 
         # ADA: nudge p towards the target of the overfitting signal r_t = E[sign(D(x_real))] (their eq. 1).
         if cfg.ada_target > 0 and (step + 1) % cfg.ada_interval == 0:
-            from genforge.training.distributed import sum_across_ranks, world_size  # late: training imports models
-
-            sum_across_ranks(self.ada_sum, self.ada_n)  # under torchrun every process moves p the same way
+            processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            if processes > 1:  # under torchrun every process moves p the same way
+                dist.all_reduce(self.ada_sum)
+                dist.all_reduce(self.ada_n)
             r_t = self.ada_sum / self.ada_n.clamp(min=1)
-            adjust = b * world_size() * cfg.d_steps * cfg.ada_interval / (cfg.ada_kimg * 1000)
+            adjust = b * processes * cfg.d_steps * cfg.ada_interval / (cfg.ada_kimg * 1000)
             self.ada_p.add_(torch.sign(r_t - cfg.ada_target) * adjust).clamp_(0.0, 1.0)
             self.ada_sum.zero_()
             self.ada_n.zero_()

@@ -14,11 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from genforge.config import Config
+from genforge.controls import TEMPERATURE
 
 VALUE_RANGE = "0,1"  # Bernoulli likelihood needs targets in [0, 1]
 NETWORKS = ("encoder", "decoder")
 EMA_NETWORKS = ("encoder", "decoder")
 LATENT = "decoder"
+CONTROLS = (TEMPERATURE,)  # how a caller steers sampling (genforge/controls.py declares them)
 
 
 def latent_dim(z_dim: int, image_shape: tuple[int, int, int]) -> int:

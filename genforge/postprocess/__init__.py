@@ -1,4 +1,6 @@
-"""Post-processing: what happens to generated images before anyone uses them.
+"""Post-processing: what happens to generated samples before anyone uses them.
 
-``provenance``: PNG metadata and a signed ledger of every image genforge writes, and verification.
+``filtering``: discriminator rejection sampling, evaluator confidence, de-duplication; ``memorization``: are samples
+copies of training examples? (Provenance metadata and the ledger are written with the outputs:
+:mod:`genforge.generation.provenance`.)
 """

@@ -1,5 +1,6 @@
-"""Security: encryption at rest (``crypto``) and differential privacy (``privacy``).
+"""Security commands: ``genforge security`` (key files, rotation, encrypting and decrypting files).
 
-Each module is imported on its own, so a user without the optional extras (``cryptography``, ``opacus``)
-can still train and sample unencrypted, non-private models.
+The mechanisms live where they act: encryption at rest in :mod:`genforge.crypto` (bottom layer, used by data,
+model files and checkpoints), differential privacy in :mod:`genforge.training.privacy` (it is training code),
+API keys, roles and the audit log in :mod:`genforge.serve`.
 """

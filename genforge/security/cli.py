@@ -1,7 +1,7 @@
 """``genforge security keygen|rekey|encrypt|decrypt|status``: plain functions, docstrings as help.
 
 Keys come from ``--key-file`` or the environment (``$GENFORGE_ENCRYPTION_KEY_FILE``,
-``$GENFORGE_ENCRYPTION_KEY``), never from the command line; see :mod:`genforge.security.crypto`.
+``$GENFORGE_ENCRYPTION_KEY``), never from the command line; see :mod:`genforge.crypto`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def cmd_keygen(args) -> int:
     stay readable) and the new key becomes the primary that new files are encrypted with; then move old
     files to it with 'genforge security rekey RUN ...' and, once nothing uses them, delete the old lines.
     """
-    from genforge.security import crypto
+    from genforge import crypto
 
     path = Path(args.keyfile)
     if args.add:
@@ -44,7 +44,7 @@ def cmd_rekey(args) -> int:
     and encrypted again under the primary key, one file at a time, each atomically and in bounded memory.
     The old keys must still be in the keyring; a crash leaves each file either old or new, both readable.
     """
-    from genforge.security import crypto
+    from genforge import crypto
 
     keyring = crypto.load_keyring()
     files = crypto.encrypted_files(args.paths)
@@ -64,7 +64,7 @@ def cmd_encrypt(args) -> int:
     npz:FILE with the key). Each file is replaced atomically; files already encrypted are left as they are.
     """
     from genforge.models.files import WEIGHTS
-    from genforge.security import crypto
+    from genforge import crypto
     from genforge.training.checkpoint import STATE
 
     keyring = crypto.load_keyring()
@@ -91,7 +91,7 @@ def cmd_decrypt(args) -> int:
     PLAIN is written atomically with mode 0600; nothing is written when the key is wrong or the file was
     altered. The name is authenticated: decrypt a file under the name it was encrypted with.
     """
-    from genforge.security import crypto
+    from genforge import crypto
 
     keyring = crypto.load_keyring()
     if Path(args.out).exists() and Path(args.out).resolve() == Path(args.file).resolve():
@@ -103,7 +103,7 @@ def cmd_decrypt(args) -> int:
 
 def cmd_status(args) -> int:
     """Which files are encrypted, and with which key: genforge security status RUN_OR_FILE ... ."""
-    from genforge.security import crypto
+    from genforge import crypto
 
     for p in map(Path, args.paths):
         if not p.exists():

@@ -41,12 +41,12 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-import genforge
+from genforge.version import __version__
 from genforge.errors import GenforgeError
-from genforge.generation.sampling import (check_controls, class_indices, decode, latents, resize,
-                                          truncated_latents)
+from genforge.generation.sampling import finish as finish_samples
+from genforge.generation.sampling import class_indices, decode, latents, plan
 from genforge.generation.writers import make_grid
-from genforge.postprocess import provenance
+from genforge.generation import provenance
 from genforge.serve.audit import AuditLog
 from genforge.serve.batching import Batcher, QueueFull
 from genforge.serve.keys import KeyStore, Principal, role_allows
@@ -295,18 +295,6 @@ async def client_gone(request: Request) -> None:
         pass
 
 
-def draw_latents(model, n: int, seed: int, truncation: float | None, temperature: float | None) -> torch.Tensor:
-    """The latents (n, z_dim) that :func:`genforge.generation.sample` draws for these arguments.
-
-    test_serve.py holds the two equal pixel for pixel; change both together.
-    """
-    if truncation is not None and truncation < 1:
-        z = truncated_latents(n, model.z_dim, seed, truncation)
-    else:
-        z = latents(n, model.z_dim, seed)
-    return z * temperature if temperature is not None else z
-
-
 def resolve_classes(served: Served, classes, n: int, seed: int = 0) -> np.ndarray | None:
     """Per-image classes as ``sample`` resolves them; an unknown class is a 404 naming the known ones."""
     model = served.model
@@ -397,7 +385,7 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
             await served.batcher.stop()
             served.batcher.executor.shutdown(wait=False)
 
-    app = FastAPI(title="genforge", version=genforge.__version__, lifespan=lifespan,
+    app = FastAPI(title="genforge", version=__version__, lifespan=lifespan,
                   description="Generate images from genforge models. Send 'Authorization: Bearer <key>' "
                               "(genforge keys create).")
     app.state.service = svc
@@ -436,7 +424,7 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
 
     @app.get("/healthz", tags=["service"])
     async def healthz():
-        return {"status": "ok", "version": genforge.__version__, "auth": config.auth, "models": len(models)}
+        return {"status": "ok", "version": __version__, "auth": config.auth, "models": len(models)}
 
     @app.get("/metrics", tags=["service"], dependencies=bearer, response_class=Response)
     @requires("viewer")
@@ -457,22 +445,17 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
         request.state.audit["params"] = {**req.model_dump(by_alias=True, exclude_none=True), "seed": seed}
         served = svc.served(req.model)
         svc.check_size(served, req.n, req.size)
-        y = resolve_classes(served, req.class_, req.n, seed)
+        resolve_classes(served, req.class_, req.n, seed)  # an unknown class is a 404
         try:
-            check_controls(served.model, req.truncation, req.temperature, req.size, req.resample, req.steps,
-                           req.guidance, req.sampler)
+            p = plan(served.model, req.n, seed, req.class_, truncation=req.truncation, temperature=req.temperature,
+                     size=req.size, resample=req.resample, steps=req.steps, guidance=req.guidance,
+                     sampler=req.sampler)
         except GenforgeError as e:
             raise ApiError(422, str(e)) from None
-        z = draw_latents(served.model, req.n, seed, req.truncation, req.temperature)
-        x = await svc.images(request, served, z, y, {"steps": req.steps, "guidance": req.guidance,
-                                                               "sampler": req.sampler})
-        controls = {k: v for k, v in (("classes", req.class_), ("truncation", req.truncation),
-                                      ("temperature", req.temperature), ("size", req.size), ("steps", req.steps),
-                                      ("guidance", req.guidance), ("sampler", req.sampler)) if v is not None}
-        if req.size is not None:
-            controls["resample"] = req.resample
-            x = await asyncio.to_thread(resize, x, req.size, req.resample)
-        return await finish(request, served, req.format, x, y, z, seed, controls, req.latents)
+        x = await svc.images(request, served, p.z, p.y, p.decode)
+        if p.output:
+            x = await asyncio.to_thread(finish_samples, x, p.output)
+        return await finish(request, served, req.format, x, p.y, p.z, seed, p.controls, req.latents)
 
     @app.post("/v1/feedback", tags=["generation"], dependencies=bearer, responses={
         **ERRORS, 200: {"model": GenerateResponse, "content": {"image/png": {}, "application/octet-stream": {}}}})

@@ -50,13 +50,13 @@ def parse_model_specs(specs: list[str]) -> list[tuple[str, str]]:
 def model_loader(path: str, backend: str, device: str = "cpu", threads: int | None = None):
     """A function that loads the model at ``path`` for ``backend`` (torch, or onnx: an export directory, or
     a model exported to a temporary directory at load time)."""
-    import genforge
-    from genforge.serve.export import export_onnx, is_onnx_dir, load_onnx
+    from genforge.generation.model import load as load_model
+    from genforge.export import export_onnx, is_onnx_dir, load_onnx
 
     if backend == "torch":
         if is_onnx_dir(path):
             raise GenforgeError(f"{path} is an ONNX export: serve it with --backend onnx")
-        return lambda: genforge.load(path, device=device)
+        return lambda: load_model(path, device=device)
 
     def load_or_export():
         if is_onnx_dir(path):
@@ -64,7 +64,7 @@ def model_loader(path: str, backend: str, device: str = "cpu", threads: int | No
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="genforge-onnx-") as out:  # the session keeps the graph in memory
-            return load_onnx(export_onnx(genforge.load(path), out), threads)
+            return load_onnx(export_onnx(load_model(path), out), threads)
 
     return load_or_export
 
@@ -188,10 +188,10 @@ def cmd_export(args) -> int:
     DIR gets model.onnx (inputs z [and y], output images in [0, 1], dynamic batch) and config.json; serve it
     with genforge serve DIR --backend onnx.
     """
-    import genforge
-    from genforge.serve.export import describe, export_onnx
+    from genforge.generation.model import load as load_model
+    from genforge.export import describe, export_onnx
 
-    out = export_onnx(genforge.load(args.model), args.out)
+    out = export_onnx(load_model(args.model), args.out)
     print(f"genforge: exported {describe(out)}")
     return 0
 

@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genforge.generation.sampling import MAX_SIZE, MAX_TEMPERATURE, SAMPLERS
+from genforge.controls import MAX_SIZE, SAMPLERS, TEMPERATURE
+
+MAX_TEMPERATURE = TEMPERATURE.high
 
 MIN_TRUNCATION = 0.01  # below this, truncation by resampling redraws for a long time: a cheap way to busy a server
 MAX_LATENT = 1000.0    # |z| bound for latents sent back in a feedback round (N(0, 1) values lie within 10)

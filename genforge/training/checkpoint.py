@@ -32,11 +32,11 @@ def save_checkpoint(run: Path, step: int, release_nets: dict, meta: dict, state:
     """Write checkpoint ``step`` and point ``last.json`` at it; prune to the newest ``keep``.
 
     With ``encrypt: true`` in the training config the weights and the resume state are written encrypted
-    (:mod:`genforge.security.crypto`, key from ``--key-file`` or the environment).
+    (:mod:`genforge.crypto`, key from ``--key-file`` or the environment).
     """
     keyring = None
     if (meta.get("train_config") or {}).get("encrypt"):
-        from genforge.security.crypto import encrypt_bytes, load_keyring
+        from genforge.crypto import encrypt_bytes, load_keyring
 
         keyring = load_keyring()
     root = checkpoint_dir(run)
@@ -95,7 +95,7 @@ def load_state(ckpt: Path) -> dict:
     path = Path(ckpt) / STATE
     if not path.is_file():
         raise ModelFileError(f"{path}: resume state missing")
-    from genforge.security.crypto import plain_source
+    from genforge.crypto import plain_source
 
     source = plain_source(path)  # the file, or its decrypted bytes in memory
     try:

@@ -221,18 +221,3 @@ def setup(device: torch.device) -> Context:
     if dist.get_backend() != "gloo":  # stop flags and barriers travel on the CPU: no device sync per step
         ctx.control = dist.new_group(backend="gloo")
     return ctx
-
-
-# ----------------------------------------------------------------------------------- for the trainers
-
-def world_size() -> int:
-    """Processes in the run (1 without torchrun): for trainer statistics that count global images."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def sum_across_ranks(*tensors: torch.Tensor) -> None:
-    """Sum each tensor in place over all processes (no-op alone): statistics such as ADA's that every process
-    must agree on."""
-    if world_size() > 1:
-        for t in tensors:
-            dist.all_reduce(t)

@@ -22,16 +22,18 @@ from pathlib import Path
 import torch
 import yaml
 
-import genforge
+from genforge.version import __version__
 from genforge.config import Config
 from genforge.data import augment, load_splits, to_tensor
 from genforge.errors import ConfigError, GenforgeError, TrainingError
 from genforge.generation import latents, make_grid, save_grid, to_uint8
 from genforge.generation.sampling import prior_classes
 from genforge.io import atomic_write_json, atomic_write_text
-from genforge.postprocess.provenance import stamp
-from genforge.models import MODELS, build_networks, d_options, family_of
-from genforge.security.privacy import PrivateTraining, check_resume
+from genforge.generation.provenance import stamp
+from genforge.models import MODELS, build_networks, d_options, family_of, sampling_defaults
+from genforge import models
+from genforge.training import privacy
+from genforge.training.privacy import PrivateTraining, check_resume
 from genforge.training import distributed
 from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
 from genforge.training.ema import EMA, recalibrate_batchnorm
@@ -111,9 +113,11 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
 
 def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distributed.Context) -> TrainResult:
     run = Path(run)
+    models.check_config(cfg)
+    privacy.check_config(cfg)
     check_run_dir(run, resume)
     if cfg.encrypt:  # a missing or unreadable key is found now, not at the first checkpoint
-        from genforge.security.crypto import load_keyring
+        from genforge.crypto import load_keyring
 
         load_keyring()
     device = ctx.device
@@ -167,7 +171,7 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
     steps_per_epoch = n_train // per_step
     ema = EMA({role: nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
     # DP-SGD (after the EMA copies, which must not carry Opacus' hooks): takes over the private networks'
-    # optimizer, draws Poisson batches, keeps the privacy accountant. genforge/security/privacy.py.
+    # optimizer, draws Poisson batches, keeps the privacy accountant. genforge/training/privacy.py.
     dp = PrivateTraining(cfg, trainer, nets, n_train, device) if cfg.dp_epsilon > 0 else None
     # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.
     noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))
@@ -185,9 +189,9 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
     grid_cols = None if clusters else (num_classes or None)
     calib = [(latents(256, z_dim, cfg.seed + 4 + i).to(device),
               torch.arange(256, device=device) % num_classes if num_classes else None) for i in range(4)]
-    meta = {"model": cfg.model, "image_shape": list(splits.image_shape), "z_dim": z_dim,
+    meta = {"model": cfg.model, "modality": "image", "image_shape": list(splits.image_shape), "z_dim": z_dim,
             "base_channels": cfg.base_channels, "num_classes": num_classes, "d_options": d_options(cfg), "class_names": class_names,
-            "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": genforge.__version__,
+            "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": __version__,
             "train_config": cfg.to_dict(), **({"clusters": clusters} if clusters else {})}
     base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in trainer.optimizers.items()}
     book = {"step": 0, "lr_scale": 1.0, "rollbacks": 0, "elapsed": 0.0, "best_fid": math.inf}
@@ -249,7 +253,7 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
         return path
 
     # diffusion: grids and validation sample the way the finished model will (the recipe's sampler settings)
-    sampling = method.recipe_controls(cfg.to_dict(), bool(num_classes)) if family_of(cfg.model) == "diffusion" else {}
+    sampling = sampling_defaults(method, cfg.to_dict(), bool(num_classes))
 
     def write_grid(step: int) -> Path | None:
         # grids of a model trained on confidential data may show that data: an encrypted run writes none

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-import genforge
+from genforge.version import __version__
 from genforge.errors import GenforgeError
 
 KEY_ENV, KEY_FILE_ENV, LEDGER_ENV = "GENFORGE_PROVENANCE_KEY", "GENFORGE_PROVENANCE_KEY_FILE", "GENFORGE_LEDGER"
@@ -66,7 +66,7 @@ def model_metadata(model) -> dict:
 
 
 def stamp(fields: dict) -> dict:
-    return {**fields, "genforge_version": genforge.__version__,
+    return {**fields, "genforge_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

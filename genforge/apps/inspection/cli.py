@@ -18,7 +18,7 @@ def _split_list(text: str | None) -> list[str] | None:
 
 def parse_options(detector: str, items: list[str] | None) -> dict:
     """``--set key=value`` detector options (values read as YAML); unknown keys are an error naming them."""
-    from genforge.apps.inspection_detectors import DETECTORS
+    from genforge.apps.inspection.detectors import DETECTORS
     from genforge.config import parse_override
 
     if detector not in DETECTORS:
@@ -87,7 +87,7 @@ def cmd_inspect_score(args) -> int:
     count as true anomalies: AUROC, F1 and the confusion counts are printed and saved.
     """
     from genforge.apps import inspection
-    from genforge.apps.inspection_report import write_results
+    from genforge.apps.inspection.report import write_results
     from genforge.data import load_splits
 
     det = inspection.load(args.detector)
@@ -129,7 +129,7 @@ def cmd_inspect_report(args) -> int:
     One offline page: the ROC curve (when the truth is known), score histograms with the threshold, the
     images with the highest scores, the false alarms and the missed anomalies, each beside its heat map.
     """
-    from genforge.apps.inspection_report import write_report
+    from genforge.apps.inspection.report import write_report
 
     path = write_report(args.results, args.out)
     print(f"genforge: wrote {path}")
@@ -138,8 +138,8 @@ def cmd_inspect_report(args) -> int:
 
 def add_inspect_commands(sub) -> None:
     """Register ``genforge inspect fit|score|report`` on the top-level subparsers."""
-    from genforge.apps.inspection import DEFAULT_FPR
-    from genforge.apps.inspection_detectors import DETECTORS
+    from genforge.apps.inspection.inspector import DEFAULT_FPR
+    from genforge.apps.inspection.detectors import DETECTORS
 
     def doc(fn):
         return fn.__doc__.strip().splitlines()[0], fn.__doc__.strip()

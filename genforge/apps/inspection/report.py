@@ -53,7 +53,7 @@ def write_results(out: str | Path, detector, scored, images: np.ndarray, *, clas
     truth: True for images known to be anomalies (labelled data whose normal classes the detector records).
     Returns the summary.
     """
-    from genforge.apps.inspection import auroc, detection_counts
+    from genforge.apps.inspection.inspector import auroc, detection_counts
 
     out = Path(out)
     x = images[..., None] if images.ndim == 3 else images
@@ -180,7 +180,7 @@ def build_report(results: str | Path) -> str:
 
     plots = []
     if truth is not None and 0 < truth.sum() < len(truth):
-        from genforge.apps.inspection import roc_curve
+        from genforge.apps.inspection.inspector import roc_curve
 
         fpr, tpr = roc_curve(score, truth)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genforge.apps.inspection_detectors import DETECTORS
+from genforge.apps.inspection.detectors import DETECTORS
 from genforge.errors import DataError, GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 
@@ -231,7 +231,7 @@ def save(detector: Detector, directory: str | Path) -> Path:
     """Write ``detector.safetensors`` and ``detector.json`` (threshold, statistics, SHA-256) atomically."""
     from safetensors.torch import save as st_save
 
-    from genforge import __version__
+    from genforge.version import __version__
 
     directory = Path(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in detector.method.tensors().items()}

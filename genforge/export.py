@@ -29,7 +29,7 @@ from torch import nn
 
 from genforge.errors import GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json
-from genforge.models import GenerativeModel
+from genforge.generation.model import GenerativeModel
 
 ONNX_FILE = "model.onnx"
 OPSET = 18

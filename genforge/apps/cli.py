@@ -117,12 +117,12 @@ def cmd_repair(args) -> int:
     measurement imposed at every step. OUT: a .png grid (--compare: each input beside its repair), a .npz
     or a folder of PNGs.
     """
-    import genforge
+    from genforge.generation.model import load as load_model
     from genforge.apps.repair import RepairOptions, repair
     from genforge.generation.sampling import resize
-    from genforge.postprocess import provenance
+    from genforge.generation import provenance
 
-    model = genforge.load(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     x, names = read_images(args.images)
     mask = read_mask(args.mask, model.image_shape[1:]) if args.mask else None
     options = RepairOptions(steps=args.steps, restarts=args.restarts, diffusion_steps=args.diffusion_steps,
@@ -156,11 +156,11 @@ def cmd_transfer(args) -> int:
     as each --to class, keeping its pose and stroke. The grid has one row per image: the image, then one
     column per target class. Only conditional VAEs (cvae-conv) can do this.
     """
-    import genforge
+    from genforge.generation.model import load as load_model
     from genforge.apps.transfer import check_model, transfer
-    from genforge.postprocess import provenance
+    from genforge.generation import provenance
 
-    model = genforge.load(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     check_model(model)
     x, names = read_images(args.images)
     to = args.to.split(",") if args.to != "all" else list(range(model.num_classes))
@@ -182,7 +182,7 @@ def cmd_augment(args) -> int:
     """Does synthetic data help with K real images per class? genforge augment RECIPE --k 10,50,100 --seeds 0,1,2.
 
     For each K and seed: K real images per class from the train split of --data; the conditional RECIPE
-    (e.g. configs/mnist5k-cvae-conv.yaml) trained on them only; a classifier trained on real only and one on
+    (e.g. genforge/recipes/mnist5k-cvae-conv.yaml) trained on them only; a classifier trained on real only and one on
     real + generated images (same network, seed and steps); both scored on the test split. Prints mean and
     spread over the seeds. --keep FILE.npz writes the real + synthetic training set of the first K and seed.
     """
@@ -251,7 +251,7 @@ def add_apps_commands(sub) -> None:
 
     short, long = _doc(cmd_augment)
     p = sub.add_parser("augment", help=short, description=long)
-    p.add_argument("recipe", help="a class-conditional recipe, e.g. configs/mnist5k-cvae-conv.yaml")
+    p.add_argument("recipe", help="a class-conditional recipe, e.g. genforge/recipes/mnist5k-cvae-conv.yaml")
     p.add_argument("--data", help="data spec (default: the recipe's data)")
     p.add_argument("--k", default="10,50,100", help="real images per class, comma-separated (default 10,50,100)")
     p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default 0,1,2)")

@@ -39,7 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from genforge.config import Config
 from genforge.errors import ConfigError, GenforgeError
+from genforge.models import MODELS, family_of, networks
 
 # family -> (the networks that see real data, the trainer optimizer that updates them)
 PRIVATE = {"vae": (("encoder", "decoder"), "vae"), "gan": (("discriminator",), "discriminator")}
@@ -54,11 +56,9 @@ def enabled(cfg) -> bool:
 
 
 def check_config(cfg, source: str = "config") -> None:
-    """Refuse DP settings that are out of range or that DP-SGD cannot honour. Called by ``config.validate``;
-    needs no Opacus. The checks that need the data (delta < 1/N) happen in :class:`PrivateTraining`."""
-    from genforge.config import Config
-    from genforge.models import MODELS, family_of, networks
-
+    """Refuse DP settings that are out of range or that DP-SGD cannot honour. Called by
+    :func:`genforge.training.check_config`; needs no Opacus. The checks that need the data (delta < 1/N)
+    happen in :class:`PrivateTraining`."""
     if not 0.0 < cfg.dp_delta < 1.0:
         raise ConfigError(f"{source}: 'dp_delta' must be in (0, 1) and below 1 / (training images), "
                           f"got {cfg.dp_delta!r}")
@@ -207,7 +207,6 @@ class PrivateTraining:
         from opacus.accountants import RDPAccountant
         from opacus.optimizers import DPOptimizer
         from opacus.validators import ModuleValidator
-        from genforge.models import family_of
 
         roles, opt_name = PRIVATE[family_of(cfg.model)]
         if not cfg.dp_delta < 1 / n_train:

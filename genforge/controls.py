@@ -1,0 +1,91 @@
+"""Sampling controls, declared once: name, type, range, default and help.
+
+Each model family lists the controls it takes (``gan.CONTROLS``, ``vae.CONTROLS``, ``diffusion.CONTROLS``)
+and each modality the output controls it takes (``genforge.modalities``). Everything else is derived from
+these declarations: the checks in :func:`genforge.generation.sample`, the ``genforge sample`` flags, the
+HTTP request schema, ``/v1/models`` and the web page's inputs, the recipe fields that set a model's own
+defaults (``recipe_field``), and the checks of those fields when a model file is loaded.
+
+This module imports nothing from genforge but the error type, so the config layer and ``--help`` can use it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from genforge.errors import GenforgeError
+
+
+@dataclass(frozen=True)
+class Control:
+    name: str
+    type: type                      # int, float or str
+    help: str
+    low: float | None = None        # range for numbers: low <= value <= high (low excluded if low_open)
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] = ()   # for strings: the allowed values
+    default: object = None          # what applies when neither the caller nor the recipe gives a value
+    recipe_field: str | None = None  # the training-config field that sets the model's own default
+    conditional_only: bool = False  # only class-conditional models take it (guidance)
+    stage: str = "decode"           # "noise": shapes the latents before decoding; "decode": goes to the
+                                    # family's generate(); "output": applied to the finished samples
+
+    def range_text(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.type is int:
+            return f"an integer from {self.low:g} to {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def check(self, value, where: str = ""):
+        """``value`` coerced to the control's type, or a GenforgeError naming the control and the value."""
+        label = f"{where}{self.name}"
+        if self.type is str:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}")
+        if self.type is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        low_ok = value > self.low if self.low_open else value >= self.low
+        if not (math.isfinite(value) and low_ok and value <= self.high):
+            raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}")
+        return value
+
+    def describe(self) -> dict:
+        """The declaration as JSON (``/v1/models``, the web page)."""
+        out = {"name": self.name, "type": self.type.__name__, "help": self.help, "default": self.default}
+        if self.choices:
+            out["choices"] = list(self.choices)
+        else:
+            out.update({"min": self.low, "max": self.high, "min_exclusive": self.low_open})
+        return out
+
+
+SAMPLERS = ("ddim", "dpm++2m")  # implemented in genforge/models/diffusion.py
+
+# --- family controls ----------------------------------------------------------------------------------------
+TRUNCATION = Control("truncation", float, "keep this central share of each latent coordinate (1: all)",
+                     low=0.0, high=1.0, low_open=True, default=1.0, stage="noise")
+TEMPERATURE = Control("temperature", float, "scale of the prior's spread (below 1: cleaner, less varied)",
+                      low=0.0, high=10.0, low_open=True, default=1.0, stage="noise")
+STEPS = Control("steps", int, "sampler steps (1000: the full chain)", low=1, high=1000, default=50,
+                recipe_field="sample_steps")
+SAMPLER = Control("sampler", str, "ddim, or dpm++2m (DPM-Solver++, better at 10 to 20 steps)",
+                  choices=SAMPLERS, default="ddim", recipe_field="sampler")
+GUIDANCE = Control("guidance", float, "classifier-free guidance scale (1: plain conditional, 0: unconditional)",
+                   low=0.0, high=20.0, default=1.0, recipe_field="guidance", conditional_only=True)
+
+# --- output controls of the image modality --------------------------------------------------------------------
+MAX_SIZE = 2048
+RESAMPLE_FILTERS = ("nearest", "bilinear", "lanczos")
+SIZE = Control("size", int, "resize the output images to SIZE x SIZE", low=1, high=MAX_SIZE, stage="output")
+RESAMPLE = Control("resample", str, "filter for --size: nearest, bilinear or lanczos", choices=RESAMPLE_FILTERS,
+                   default="lanczos", stage="output")

@@ -1,0 +1,26 @@
+"""Modalities: what kind of data a model makes, declared as data.
+
+A modality names its data sources (the spec prefixes that ``genforge.data`` reads), the shape and dtype of
+one example, its value range, the output controls that apply to finished samples, the writers that
+``genforge sample --out`` chooses among by suffix, its evaluator, and its default recipes. Each layer keeps
+its implementations in a dict keyed by the modality's name (``genforge.data.sources.SOURCES``,
+``genforge.generation.writers.WRITERS``, ...), and ``tests/test_layers.py`` checks that every declared
+piece is implemented. The loop, checkpoints, generation plan, server and security never branch on the name.
+
+A model file records its modality (``config.json`` field ``modality``; files written before it existed are
+images).
+"""
+
+from __future__ import annotations
+
+from genforge.modalities.image import IMAGE
+from genforge.modalities.modality import Modality
+
+MODALITIES: dict[str, Modality] = {"image": IMAGE}
+__all__ = ["DEFAULT", "IMAGE", "MODALITIES", "Modality", "of_meta"]
+DEFAULT = "image"  # model files written before modalities were recorded
+
+
+def of_meta(meta: dict) -> Modality:
+    """The modality a model file's ``config.json`` records (image for older files)."""
+    return MODALITIES[meta.get("modality", DEFAULT)]
