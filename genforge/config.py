@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from genforge import controls
+from genforge import controls, recipes
 from genforge.errors import ConfigError, GenforgeError
 
 
@@ -243,11 +243,12 @@ def parse_override(item: str) -> tuple[str, object]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML recipe (or start from defaults when ``path`` is None) and apply ``--set`` overrides."""
+    """Read a YAML recipe, by path or by the name of a bundled one (or start from defaults when ``path`` is
+    None), and apply ``--set`` overrides."""
     values: dict = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
+        path = recipes.path_of(path)  # a YAML path, or the name of a bundled recipe ("mnist5k-dcgan")
         source = str(path)
         try:
             text = path.read_text()
