@@ -98,3 +98,26 @@ def test_conditional_cli_writes_y(conditional_run, tmp_path):
         assert f["y"].tolist() == [3, 4, 3, 4] and f["x"].shape == (4, 28, 28)
     np.testing.assert_array_equal(np.load(tmp_path / "c.npz")["x"],
                                   genforge.load(conditional_run).sample(4, seed=0, classes=[3, 4]))
+
+
+def test_grid_scale_ledger_switch_and_xdg(conditional_run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from genforge.generation import write_samples
+    from genforge.generation.provenance import default_ledger, verify
+
+    model = genforge.load(conditional_run)
+    samples = sample(model, 4, seed=0, classes=[1, 2])
+    plain = np.asarray(Image.open(write_samples(samples, tmp_path / "g1.png", model)))
+    big = np.asarray(Image.open(write_samples(samples, tmp_path / "g3.png", model, scale=3)))
+    assert big.shape == (plain.shape[0] * 3, plain.shape[1] * 3)
+    np.testing.assert_array_equal(big[::3, ::3], plain)  # nearest neighbour: every pixel a 3 x 3 block
+    with pytest.raises(GenforgeError, match="scale must be an integer from 1 to 16, got 0"):
+        write_samples(samples, tmp_path / "g0.png", model, scale=0)
+    monkeypatch.setenv("GENFORGE_LEDGER", "off")
+    assert default_ledger() is None
+    write_samples(samples, tmp_path / "unrecorded.png", model)
+    assert "turned off" in verify(tmp_path / "unrecorded.png").reason
+    monkeypatch.delenv("GENFORGE_LEDGER")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_ledger() == tmp_path / "xdg" / "genforge" / "ledger.jsonl"

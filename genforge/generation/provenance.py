@@ -35,8 +35,14 @@ KEY_ENV, KEY_FILE_ENV, LEDGER_ENV = "GENFORGE_PROVENANCE_KEY", "GENFORGE_PROVENA
 CHUNK = "genforge"
 
 
-def default_ledger() -> Path:
-    return Path(os.environ.get(LEDGER_ENV) or Path.home() / ".local/share/genforge/ledger.jsonl")
+def default_ledger() -> Path | None:
+    """$GENFORGE_LEDGER, else $XDG_DATA_HOME/genforge/ledger.jsonl (~/.local/share when unset);
+    ``GENFORGE_LEDGER=off`` turns recording off (verification then finds nothing in a ledger)."""
+    value = os.environ.get(LEDGER_ENV)
+    if value == "off":
+        return None
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share"
+    return Path(value or Path(data_home) / "genforge" / "ledger.jsonl")
 
 
 def load_key() -> bytes | None:
@@ -103,6 +109,8 @@ def _sign(line: dict, key: bytes | None) -> dict:
 def record(path: Path, data: bytes, image: np.ndarray, metadata: dict, ledger: Path | None = None) -> None:
     """Append the signed manifest line of a written image to the ledger (one short append, flushed)."""
     ledger = ledger or default_ledger()
+    if ledger is None:  # GENFORGE_LEDGER=off
+        return
     line = _sign({"file": str(Path(path).resolve()), "sha256": hashlib.sha256(data).hexdigest(),
                   "pixels_sha256": pixel_sha256(image), "metadata": metadata}, load_key())
     ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +149,8 @@ def verify(path: str | Path, ledger: Path | None = None) -> Verdict:
         except ValueError:
             return Verdict(False, "the embedded genforge metadata is not valid JSON: the file was altered")
     ledger = ledger or default_ledger()
+    if ledger is None:
+        return Verdict(False, "the ledger is turned off (GENFORGE_LEDGER=off): nothing to check against", claimed)
     if not ledger.is_file():
         return Verdict(False, f"no ledger at {ledger} to check against", claimed)
     digest, pix = hashlib.sha256(data).hexdigest(), pixel_sha256(pixels)

@@ -66,44 +66,61 @@ def sidecar_path(grid: str | Path) -> Path:
     return grid.with_name(grid.name + ".json")
 
 
-def write_samples(samples, path: str | Path, model, extra: dict | None = None, keyring=None) -> Path:
-    """Write by the path's form: ``.png`` a grid (plus ``.png.json`` with the latents, for feedback rounds),
-    ``.npz`` arrays ``x`` (uint8) and ``y`` (conditional models), a path with no suffix a directory of
-    individual PNGs ``00000.png`` ... Every PNG carries provenance metadata and is recorded in the ledger.
-    With a ``keyring`` the npz is written encrypted (:mod:`genforge.crypto`); PNGs cannot be.
+def write_samples(samples, path: str | Path, model, extra: dict | None = None, keyring=None, scale: int = 1) -> Path:
+    """Write by the path's form, with the writers of the model's modality (``WRITERS``). Images: ``.png`` a
+    grid (plus ``.png.json`` with the latents, for feedback rounds; ``scale`` enlarges each pixel), ``.npz``
+    arrays ``x`` (uint8) and ``y`` (conditional models), a path with no suffix a directory of individual
+    PNGs ``00000.png`` ... Every PNG carries provenance metadata and is recorded in the ledger. With a
+    ``keyring`` the npz is written encrypted (:mod:`genforge.crypto`); PNGs cannot be.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    writers = WRITERS[model.modality.name]
+    if suffix not in writers:
+        forms = ", ".join(f"{s} " if s else "a directory name" for s in writers)
+        raise GenforgeError(f"--out {path}: unknown output format {suffix}; use {forms}")
     if keyring is not None and suffix != ".npz":
         raise GenforgeError(f"--out {path}: only .npz sample sets can be written encrypted (an encrypted PNG "
                             "would be neither viewable nor verifiable)")
-    if keyring is not None:
-        return save_npz(path, samples.x, samples.y, keyring)
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= MAX_SCALE:
+        raise GenforgeError(f"scale must be an integer from 1 to {MAX_SCALE}, got {scale!r}")
     meta = provenance.stamp({**provenance.model_metadata(model), "seed": samples.seed, "n": len(samples.x),
                              "controls": samples.controls, **(extra or {})})
+    return writers[suffix](samples, path, model, meta, extra or {}, keyring, scale)
+
+
+def _write_grid(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
     by_class = model.num_classes and model.cluster_prior is None and samples.controls.get("classes") is None
-    nrow = model.num_classes if by_class else None  # one column per class; clusters drawn by size: square
-    if suffix == ".png":
-        nrow = nrow or math.ceil(math.sqrt(len(samples.x)))
-        out = save_grid(samples.x, path, nrow, {**meta, "kind": "grid", "nrow": nrow}, ledger=True)
-        atomic_write_json(sidecar_path(path), {
-            "format": "genforge-grid", "format_version": 1, "grid_file": path.name, "nrow": nrow,
-            **{k: meta[k] for k in ("model", "model_path", "weights_sha256", "seed", "controls")},
-            **(extra or {}),
-            "classes": None if samples.y is None else samples.y.tolist(),
-            "latents": samples.z.tolist()})
-        return out
-    if suffix == ".npz":
-        return save_npz(path, samples.x, samples.y)
-    if suffix == "":
-        path.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(samples.x):
-            cls = None if samples.y is None else int(samples.y[i])
-            save_png(image, path / f"{i:05d}.png", {**meta, "kind": "single", "index": i, "class": cls,
-                                                    "latent": samples.z[i].tolist()}, ledger=True)
-        return path
-    raise GenforgeError(f"--out {path}: unknown output format {suffix}; use .png (grid), .npz, "
-                        "or a directory name (individual PNGs)")
+    nrow = model.num_classes if by_class else math.ceil(math.sqrt(len(samples.x)))  # one column per class
+    grid = make_grid(samples.x, nrow)
+    if scale > 1:  # nearest neighbour: each pixel becomes a scale x scale block, nothing is invented
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    out = save_png(grid, path, {**meta, "kind": "grid", "nrow": nrow, "scale": scale}, ledger=True)
+    atomic_write_json(sidecar_path(path), {
+        "format": "genforge-grid", "format_version": 1, "grid_file": path.name, "nrow": nrow,
+        **{k: meta[k] for k in ("model", "model_path", "weights_sha256", "seed", "controls")},
+        **extra,
+        "classes": None if samples.y is None else samples.y.tolist(),
+        "latents": samples.z.tolist()})
+    return out
+
+
+def _write_npz(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    return save_npz(path, samples.x, samples.y, keyring)
+
+
+def _write_png_dir(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(samples.x):
+        cls = None if samples.y is None else int(samples.y[i])
+        save_png(image, path / f"{i:05d}.png", {**meta, "kind": "single", "index": i, "class": cls,
+                                                "latent": samples.z[i].tolist()}, ledger=True)
+    return path
+
+
+MAX_SCALE = 16
+# modality -> output suffix -> writer ("" is a directory); genforge.modalities declares the suffixes
+WRITERS = {"image": {".png": _write_grid, ".npz": _write_npz, "": _write_png_dir}}
 
 
 def read_sidecar(grid: str | Path) -> dict:
