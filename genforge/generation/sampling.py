@@ -19,14 +19,14 @@ from PIL import Image
 
 from genforge import controls as declared
 from genforge.errors import GenforgeError
+from genforge.models import MODELS, family_of
 
 MAX_SAMPLES = 1_000_000
 MAX_SIZE = declared.MAX_SIZE
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "lanczos": Image.Resampling.LANCZOS}
-# every family control, for naming the family a control belongs to when a model of another family gets it
-_FAMILY_OF_CONTROL = {"truncation": "GAN", "temperature": "VAE", "steps": "diffusion", "sampler": "diffusion",
-                      "guidance": "diffusion"}
+# each control's family, read from the families' own declarations, to name it when another family gets it
+_FAMILY_OF_CONTROL = {c.name: family_of(name) for name, spec in MODELS.items() for c in spec.method.CONTROLS}
 
 
 @dataclass
@@ -170,11 +170,12 @@ def resolve_controls(model, given: dict) -> dict:
         control = takes.get(name)
         if control is None:
             owner = _FAMILY_OF_CONTROL.get(name)
-            if name == "guidance" and model.family == "diffusion":
-                raise GenforgeError(f"guidance needs a class-conditional model; {model.name} is unconditional")
+            if any(c.name == name and c.conditional_only for c in model.method.CONTROLS):
+                raise GenforgeError(f"{name} needs a class-conditional model; {model.name} is unconditional")
             if owner:
-                raise GenforgeError(f"{name} is a {owner} control; model {model.name} is a {model.family} "
-                                    f"(its controls: {', '.join(takes)})")
+                article = "an" if owner[0] in "aeiou" else "a"
+                raise GenforgeError(f"{name} is {article} {owner.upper() if len(owner) == 3 else owner} control; "
+                                    f"model {model.name} is a {model.family} (its controls: {', '.join(takes)})")
             raise GenforgeError(f"unknown control {name!r}; model {model.name} takes {', '.join(takes)}")
         out[name] = control.check(value)
     return out
