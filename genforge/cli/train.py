@@ -144,6 +144,9 @@ def resolve_config(recipe: str | None, resume: str | None, out: str | None, sets
         if not recipe:
             raise GenforgeError("give a RECIPE (a bundled name such as mnist5k-dcgan: genforge recipes lists them; "
                                 "or a YAML file) or --resume RUN")
+        if "=" in recipe and not Path(recipe).exists():
+            raise GenforgeError(f"RECIPE {recipe!r} looks like KEY=VALUE: --set takes one pair per use "
+                                "(--set a=1 --set b=2), or give the field's own flag")
         path = path_of(recipe)
         stem = path.stem
         run = Path(out) if out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
