@@ -14,8 +14,7 @@ import click
 
 from genforge import controls
 from genforge.cli.options import (CONTEXT, Group, comma_list, data_option, device_option, image_options,
-                                  key_file_option, model_argument, n_option, out_option, renamed, seed_option,
-                                  stack)
+                                  key_file_option, model_argument, n_option, out_option, renamed, seed_option)
 from genforge.errors import GenforgeError
 
 

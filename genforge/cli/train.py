@@ -77,6 +77,8 @@ class ConfigOption(click.Option):
                 shown = ",".join(f"{v:g}" for v in default)
             else:
                 shown = repr(default) if isinstance(default, str) else f"{default:g}"
+            if self.field == "device":  # resolve_config: unset in the recipe and on the command line -> auto
+                shown = "the recipe's, else auto"
             comment = field_comments().get(self.field, "")
             self.help = f"{comment} [{self.field}; default {shown}]".strip()
         return super().get_help_record(ctx)

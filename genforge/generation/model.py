@@ -108,6 +108,7 @@ class GenerativeModel:
 def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
     """Load a trained model from a run directory (its best, else last, checkpoint) or a model directory
     (config.json + model.safetensors), checking every field and the weights' SHA-256 before trusting them.
+    ``device``: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps", or a torch.device.
 
     >>> model = genforge.load("runs/mnist5k-dcgan")
     >>> model.sample(16, seed=0).x.shape   # uint8 (16, 28, 28)
