@@ -89,3 +89,7 @@ RESAMPLE_FILTERS = ("nearest", "bilinear", "lanczos")
 SIZE = Control("size", int, "resize the output images to SIZE x SIZE", low=1, high=MAX_SIZE, stage="output")
 RESAMPLE = Control("resample", str, "filter for --size: nearest, bilinear or lanczos", choices=RESAMPLE_FILTERS,
                    default="lanczos", stage="output")
+
+# every control declared above, in the order ``genforge sample --help`` lists them (the family controls, then the
+# output controls); torch-free, so the CLI builds its flags from it without importing a family module
+ALL = (TRUNCATION, TEMPERATURE, STEPS, SAMPLER, GUIDANCE, SIZE, RESAMPLE)

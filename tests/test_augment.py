@@ -60,7 +60,7 @@ def test_end_to_end(digits_npz, recipe):
 def test_cli_augment_writes_json_and_the_training_set(recipe, tmp_path, capsys):
     out, keep = tmp_path / "aug.json", tmp_path / "set.npz"
     assert main(["augment", str(recipe), "--k", "2", "--seeds", "0", "--gen-steps", "4", "--synthetic-per-class",
-                 "3", "--classifier-steps", "3", "--json", str(out), "--keep", str(keep)]) == 0
+                 "3", "--classifier-steps", "3", "--out", str(out), "--keep", str(keep)]) == 0
     printed = capsys.readouterr().out
     assert "| 2 |" in printed and "real + synthetic" in printed
     result = json.loads(out.read_text())

@@ -19,8 +19,8 @@ def genforge_cli(*args, timeout=300):
 
 def test_train_then_sample_end_to_end(tmp_path, digits_npz):
     run = tmp_path / "run"
-    r = genforge_cli("train", ROOT / "genforge/recipes/mnist5k-vae-mlp.yaml", "--out", run, "--max-steps", 3,
-                     "--set", f"data={digits_npz}", "batch_size=16", "tensorboard=false")
+    r = genforge_cli("train", "mnist5k-vae-mlp", "--out", run, "--max-steps", 3, "--data", digits_npz,
+                     "--set", "batch_size=16", "--no-tensorboard", "--eval-every", 0, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert f"run directory: {run}" in r.stderr and "sample grid" in r.stdout
     r = genforge_cli("sample", run, "--n", 5, "--seed", 1, "--out", tmp_path / "s.npz")
@@ -58,8 +58,13 @@ def test_debug_shows_traceback():
 
 def test_data_check_reports(capsys):
     assert main(["data", "check", "mnist5k"]) == 0
-    out = capsys.readouterr().out
-    assert "5000" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert "read 5000 images, kept 5000, dropped 0" in lines
+    assert "splits: train 4000, val 500, test 500" in lines
+    header = lines.index("class counts:")
+    rows = [line.split() for line in lines[header + 2:]]
+    assert [r[0] for r in rows] == [str(c) for c in range(10)]  # every digit, in order
+    assert all(r[1:] == ["400", "50", "50"] for r in rows)      # stratified: 400 / 50 / 50 of each class
 
 
 def test_written_files_follow_the_umask(tmp_path):

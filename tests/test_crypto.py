@@ -224,16 +224,19 @@ def test_key_sources_in_order(tmp_path, key_file, monkeypatch):
 
 
 def test_no_option_takes_a_key_on_the_command_line(tmp_path, capsys):
-    from genforge.cli import build_parser
+    import click
 
-    def options(parser):
-        for action in parser._actions:
-            yield from action.option_strings
-            if isinstance(action.choices, dict):  # subcommands
-                for sub in action.choices.values():
-                    yield from options(sub)
+    from genforge.cli import cli
 
-    keyish = {o for o in options(build_parser()) if "key" in o}
+    def options(command, ctx):
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:  # hidden: renamed flags that only refuse
+                yield from param.opts + param.secondary_opts
+        if isinstance(command, click.Group):
+            for name in command.list_commands(ctx):
+                yield from options(command.get_command(ctx, name), ctx)
+
+    keyish = {o for o in options(cli, click.Context(cli)) if "key" in o}
     assert keyish <= {"--key-file", "--keys-file"}  # paths only (--keys-file: the server's API key hashes)
     secret = os.urandom(32).hex()
     # argparse would take --key as an abbreviation of --key-file: the key is refused and not echoed

@@ -163,7 +163,7 @@ def test_an_altered_detector_file_is_refused(digits, tmp_path):
 def test_cli_fit_score_report_end_to_end(digits_npz, tmp_path, capsys):
     det, res = tmp_path / "det", tmp_path / "res"
     assert main(["inspect", "fit", digits_npz, "--normal-class", "1", "--detector", "vae", "--out", str(det),
-                 "--set", "steps=4", "z_dim=4", "base_channels=4", "--fpr", "0.1", "--quiet"]) == 0
+                 "--set", "steps=4", "--set", "z_dim=4", "--set", "base_channels=4", "--fpr", "0.1", "--quiet"]) == 0
     meta = json.loads((det / "detector.json").read_text())
     assert meta["detector"] == "vae" and meta["data"]["normal_classes"] == [1] and meta["target_fpr"] == 0.1
 

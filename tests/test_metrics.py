@@ -100,7 +100,7 @@ def test_evaluator_trained_on_first_use_then_cached(tmp_path, monkeypatch, digit
 
 
 def test_evaluator_train_command_refuses_to_replace_a_ruler(tmp_path, digits_npz, capsys):
-    args = ["evaluator", "train", "--data", digits_npz, "--steps", "3", "--out", str(tmp_path / "ev")]
+    args = ["evaluator", "train", "--data", digits_npz, "--train-steps", "3", "--out", str(tmp_path / "ev")]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "sha256" in out
@@ -200,7 +200,7 @@ def test_eval_npz_prints_real_row_and_writes_hashed_json(tmp_path, splits, evalu
     pick = np.random.default_rng(0).choice(len(splits.val), 300, replace=False)  # the split is sorted by class
     np.savez(samples, x=splits.val.x[pick, ..., 0], y=splits.val.y[pick])
     out = tmp_path / "r.json"
-    assert main(["eval", str(samples), "--data", "mnist5k", "--json", str(out), "--seed", "3", "--no-cas"]) == 0
+    assert main(["eval", str(samples), "--data", "mnist5k", "--out", str(out), "--seed", "3", "--no-cas"]) == 0
     table = capsys.readouterr().out
     assert "real data (train subset vs test)" in table and "samples (seed 3)" in table and "match" in table
     result = json.loads(out.read_text())
@@ -226,7 +226,7 @@ def test_results_from_different_evaluators_are_never_compared(tmp_path, splits, 
     samples = tmp_path / "s.npz"
     np.savez(samples, x=splits.val.x[:100, ..., 0])
     first = tmp_path / "a.json"
-    assert main(["eval", str(samples), "--data", "mnist5k", "--json", str(first)]) == 0
+    assert main(["eval", str(samples), "--data", "mnist5k", "--out", str(first)]) == 0
     result = json.loads(first.read_text())
     assert compare(result, result) == []
     other = json.loads(first.read_text())

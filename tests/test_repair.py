@@ -109,13 +109,13 @@ def test_cli_repair_folder_and_npz(vae, digits, tmp_path):
         Image.fromarray(digits[i]).save(folder / f"d{i}.png")
     Image.fromarray(np.where(rect_mask("4,4,10,10", (28, 28)), 255, 0).astype(np.uint8)).save(tmp_path / "m.png")
     assert main(["repair", vae.path, str(folder), "--task", "inpaint", "--mask", str(tmp_path / "m.png"),
-                 "--steps", "5", "--out", str(tmp_path / "out")]) == 0
+                 "--latent-steps", "5", "--out", str(tmp_path / "out")]) == 0
     back = np.asarray(Image.open(tmp_path / "out" / "d1.png"))
     known = ~rect_mask("4,4,10,10", (28, 28))
     np.testing.assert_array_equal(back[known], digits[1][known])
     low = digits[:2].reshape(-1, 14, 2, 14, 2).mean((2, 4)).astype(np.uint8)
     np.savez(tmp_path / "low.npz", x=low)
-    assert main(["repair", vae.path, str(tmp_path / "low.npz"), "--task", "sr2x", "--steps", "5", "--compare",
+    assert main(["repair", vae.path, str(tmp_path / "low.npz"), "--task", "sr2x", "--latent-steps", "5", "--compare",
                  "--out", str(tmp_path / "sr.png")]) == 0
     grid = np.asarray(Image.open(tmp_path / "sr.png"))
     assert grid.shape == (2 + 30, 2 + 4 * 30)  # one row: input, repair, input, repair

@@ -120,7 +120,7 @@ def test_interpolation_gif(gan_run, tmp_path):
     assert walk.x.shape == (9, 28, 28)
     np.testing.assert_array_equal(walk.x[0], sample(model, 1, seed=1).x[0])   # starts at seed 1's image
     np.testing.assert_array_equal(walk.x[4], sample(model, 1, seed=2).x[0])   # passes through seed 2's
-    assert main(["interpolate", str(gan_run), "--seeds", "1,2,3", "--steps", "4", "--out",
+    assert main(["interpolate", str(gan_run), "--seeds", "1,2,3", "--frames", "4", "--out",
                  str(tmp_path / "walk.gif")]) == 0
     gif = Image.open(tmp_path / "walk.gif")
     assert gif.n_frames == 9 and gif.size == (56, 56)

@@ -221,9 +221,9 @@ def test_tensorboard_events_written(tmp_path, tiny_config):
 def test_sigterm_checkpoints_and_resumes(tmp_path, digits_npz):
     run = tmp_path / "r"
     cmd = [sys.executable, "-m", "genforge", "train", str(Path(__file__).parent.parent / "genforge/recipes/mnist5k-gan-mlp.yaml"),
-           "--out", str(run), "--quiet", "--set", f"data={digits_npz}", "batch_size=16", "max_steps=100000",
-           "log_every=1", "checkpoint_every=100000", "sample_every=0", "tensorboard=false", "num_threads=1",
-           "eval_every=0"]  # no evaluator to train first: the signal must reach a running loop
+           "--out", str(run), "--quiet", "--data", digits_npz, "--batch-size", "16", "--max-steps", "100000",
+           "--log-every", "1", "--checkpoint-every", "100000", "--sample-every", "0", "--no-tensorboard",
+           "--num-threads", "1", "--eval-every", "0"]  # no evaluator to train first: the signal must reach a running loop
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:

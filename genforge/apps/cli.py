@@ -1,24 +1,27 @@
 """``genforge repair``, ``genforge transfer`` and ``genforge augment``: plain functions, docstrings as help.
 
-``genforge.cli.build_parser`` calls :func:`add_apps_commands`; errors raised here as
-:class:`~genforge.errors.GenforgeError` become one-line messages with exit status 2 there.
+Registered in :data:`genforge.cli.COMMANDS`; errors raised here as :class:`~genforge.errors.GenforgeError`
+become one-line messages with exit status 2 there. numpy and Pillow are imported inside the functions, so
+``genforge --help`` does not load them.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+import click
 
+from genforge.cli.options import (CONTEXT, comma_list, data_option, device_option, model_argument, out_option,
+                                  renamed, seed_option)
 from genforge.errors import GenforgeError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_SIDE = 4096
-
-
-def _doc(fn):
-    return fn.__doc__.strip().splitlines()[0], fn.__doc__.strip()
 
 
 # --------------------------------------------------------------------------------------- image files
@@ -28,6 +31,7 @@ def _read_picture(path: Path) -> np.ndarray:
 
     Transparency is dropped (Pillow's conversion to RGB).
     """
+    import numpy as np
     from PIL import Image
 
     try:
@@ -53,6 +57,8 @@ def read_images(path: str | Path) -> tuple[np.ndarray, list[str]]:
 
     Every image must have the same size and channels; the error names the first that differs.
     """
+    import numpy as np
+
     path = Path(path)
     if not path.exists():
         raise GenforgeError(f"{path}: no such file or folder")
@@ -107,7 +113,27 @@ def write_images(x: np.ndarray, names: list[str], out: str | Path, metadata: dic
 
 # --------------------------------------------------------------------------------------- commands
 
-def cmd_repair(args) -> int:
+@click.command(context_settings=CONTEXT)
+@model_argument
+@click.argument("images", metavar="IMAGES")
+@click.option("--task", required=True, type=click.Choice(["inpaint", "denoise", "sr2x"]), help="what to repair")
+@click.option("--mask", help="inpaint: x,y,w,h in pixels, or a mask image (white = missing)")
+@click.option("--noise-std", type=float, help="denoise: noise std in [0, 1] pixel units (default: estimated)")
+@click.option("--latent-steps", type=int, default=100, show_default=True,
+              help="VAE/GAN: optimisation steps on the latent")
+@renamed("--steps", "--latent-steps", "VAE/GAN optimisation steps; --steps is the diffusion sampler's")
+@click.option("--restarts", type=int, default=2, show_default=True, help="VAE/GAN: starting latents per image")
+@click.option("--diffusion-steps", type=int, default=25, show_default=True, help="diffusion: DDIM steps")
+@click.option("--repaint-passes", type=int, default=4, show_default=True,
+              help="diffusion, inpaint and sr2x: RePaint passes over each step (1: plain replacement)")
+@renamed("--resample", "--repaint-passes", "--resample is the resize filter of genforge sample")
+@seed_option()
+@click.option("--compare", is_flag=True, help="grid: each input beside its repair")
+@out_option(".png grid, .npz, or a folder of PNGs")
+@device_option()
+def repair(model: str, images: str, task: str, mask: str | None, noise_std: float | None, latent_steps: int,
+           restarts: int, diffusion_steps: int, repaint_passes: int, seed: int, compare: bool, out: str,
+           device: str) -> int:
     """Repair images with a trained model: genforge repair MODEL IMAGES --task inpaint|denoise|sr2x --out OUT.
 
     IMAGES: an image file, a folder of them, or an npz with x. inpaint: --mask x,y,w,h (pixels) or a mask
@@ -117,148 +143,138 @@ def cmd_repair(args) -> int:
     measurement imposed at every step. OUT: a .png grid (--compare: each input beside its repair), a .npz
     or a folder of PNGs.
     """
-    from genforge.generation.model import load as load_model
-    from genforge.apps.repair import RepairOptions, repair
-    from genforge.generation.sampling import resize
-    from genforge.generation import provenance
+    import numpy as np
 
-    model = load_model(args.model, device=args.device)
-    x, names = read_images(args.images)
-    mask = read_mask(args.mask, model.image_shape[1:]) if args.mask else None
-    options = RepairOptions(steps=args.steps, restarts=args.restarts, diffusion_steps=args.diffusion_steps,
-                            resample=args.resample, seed=args.seed)
-    for name in ("steps", "restarts", "diffusion_steps", "resample"):
-        if getattr(options, name) < 1:
-            raise GenforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
-    out = repair(model, x, args.task, mask=mask, noise_std=args.noise_std, options=options)
-    meta = provenance.stamp({**provenance.model_metadata(model), "kind": "repair", "task": args.task,
-                             "mask": args.mask, "noise_std": args.noise_std, "seed": args.seed})
+    from genforge.apps.repair import RepairOptions, repair as run_repair
+    from genforge.generation import provenance
+    from genforge.generation.model import load as load_model
+    from genforge.generation.sampling import resize
+
+    for flag, value in (("--latent-steps", latent_steps), ("--restarts", restarts),
+                        ("--diffusion-steps", diffusion_steps), ("--repaint-passes", repaint_passes)):
+        if value < 1:
+            raise GenforgeError(f"{flag} must be at least 1, got {value}")
+    net = load_model(model, device=device)
+    x, names = read_images(images)
+    region = read_mask(mask, net.image_shape[1:]) if mask else None
+    options = RepairOptions(steps=latent_steps, restarts=restarts, diffusion_steps=diffusion_steps,
+                            resample=repaint_passes, seed=seed)
+    fixed = run_repair(net, x, task, mask=region, noise_std=noise_std, options=options)
+    meta = provenance.stamp({**provenance.model_metadata(net), "kind": "repair", "task": task,
+                             "mask": mask, "noise_std": noise_std, "seed": seed})
     nrow = None
-    if args.compare:
+    if compare:
         shown = x[..., 0] if x.shape[-1] == 1 else x
-        if args.task == "sr2x":
-            shown = resize(shown, model.image_shape[1], "nearest")
-        if mask is not None:
+        if task == "sr2x":
+            shown = resize(shown, net.image_shape[1], "nearest")
+        if region is not None:
             shown = shown.copy()
-            shown[:, mask] = 128  # the missing region in grey
-        out = np.stack([shown, out], 1).reshape(-1, *out.shape[1:])  # input, repair, input, repair...
+            shown[:, region] = 128  # the missing region in grey
+        fixed = np.stack([shown, fixed], 1).reshape(-1, *fixed.shape[1:])  # input, repair, input, repair...
         nrow = 2 * min(10, len(x))
-    path = write_images(out, names if not args.compare else [f"{n}_{k}" for n in names for k in ("in", "out")],
-                        args.out, meta, nrow)
-    print(f"genforge: repaired {len(x)} images ({args.task}) with {model.path}; wrote {path}")
+    path = write_images(fixed, names if not compare else [f"{n}_{k}" for n in names for k in ("in", "out")],
+                        out, meta, nrow)
+    print(f"genforge: repaired {len(x)} images ({task}) with {net.path}; wrote {path}")
     return 0
 
 
-def cmd_transfer(args) -> int:
+@click.command(context_settings=CONTEXT)
+@model_argument
+@click.argument("images", metavar="IMAGES")
+@click.option("--to", required=True, metavar="CLASS[,CLASS...]|all",
+              help="target classes: indices or names, comma-separated, or 'all'")
+@click.option("--source-class", metavar="CLASS[,CLASS...]",
+              help="the images' own class (one, or one per image; default: inferred by the model)")
+@renamed("--from", "--source-class", "--from is the feedback grid of genforge sample")
+@out_option(".png grid (rows: images; columns: the image, then each class), .npz, or a folder of PNGs")
+@device_option()
+def transfer(model: str, images: str, to: str, source_class: str | None, out: str, device: str) -> int:
     """Draw images as other classes with a conditional VAE: genforge transfer MODEL IMAGES --to 3,8 --out grid.png.
 
-    Each image is encoded with its own class (--from, or the class the model finds most likely) and decoded
-    as each --to class, keeping its pose and stroke. The grid has one row per image: the image, then one
-    column per target class. Only conditional VAEs (cvae-conv) can do this.
+    Each image is encoded with its own class (--source-class, or the class the model finds most likely) and
+    decoded as each --to class, keeping its pose and stroke. The grid has one row per image: the image, then
+    one column per target class. Only conditional VAEs (cvae-conv) can do this.
     """
-    from genforge.generation.model import load as load_model
-    from genforge.apps.transfer import check_model, transfer
-    from genforge.generation import provenance
+    import numpy as np
 
-    model = load_model(args.model, device=args.device)
-    check_model(model)
-    x, names = read_images(args.images)
-    to = args.to.split(",") if args.to != "all" else list(range(model.num_classes))
-    source = args.source.split(",") if args.source else None
-    out, src = transfer(model, x, to, source)  # (n, k, h, w[, c])
+    from genforge.apps.transfer import check_model, transfer as run_transfer
+    from genforge.generation import provenance
+    from genforge.generation.model import load as load_model
+
+    net = load_model(model, device=device)
+    check_model(net)
+    x, names = read_images(images)
+    targets = comma_list(to) if to != "all" else list(range(net.num_classes))
+    drawn, src = run_transfer(net, x, targets, comma_list(source_class))  # (n, k, h, w[, c])
     shown = x[..., 0] if x.shape[-1] == 1 else x
-    grid = np.concatenate([shown[:, None], out], 1)  # (n, 1 + k, ...)
-    meta = provenance.stamp({**provenance.model_metadata(model), "kind": "class-transfer", "to": to,
+    grid = np.concatenate([shown[:, None], drawn], 1)  # (n, 1 + k, ...)
+    meta = provenance.stamp({**provenance.model_metadata(net), "kind": "class-transfer", "to": targets,
                              "source_classes": src.tolist()})
-    path = write_images(grid.reshape(-1, *grid.shape[2:]), [f"{n}_{k}" for n in names for k in ["in", *map(str, to)]],
-                        args.out, meta, nrow=grid.shape[1])
-    class_names = model.class_names or [str(i) for i in range(model.num_classes)]
+    path = write_images(grid.reshape(-1, *grid.shape[2:]),
+                        [f"{n}_{k}" for n in names for k in ["in", *map(str, targets)]], out, meta,
+                        nrow=grid.shape[1])
+    class_names = net.class_names or [str(i) for i in range(net.num_classes)]
     print(f"genforge: source classes: {', '.join(f'{n}={class_names[c]}' for n, c in zip(names, src))}")
-    print(f"genforge: drew {len(x)} images as {len(to)} classes with {model.path}; wrote {path}")
+    print(f"genforge: drew {len(x)} images as {len(targets)} classes with {net.path}; wrote {path}")
     return 0
 
 
-def cmd_augment(args) -> int:
+@click.command(context_settings=CONTEXT)
+@click.argument("recipe", metavar="RECIPE")
+@data_option("data spec (default: the recipe's data)")
+@click.option("--k", default="10,50,100", show_default=True, metavar="K,K,...",
+              help="real images per class, comma-separated")
+@click.option("--seeds", default="0,1,2", show_default=True, metavar="S,S,...", help="seeds, comma-separated")
+@click.option("--gen-steps", type=int, default=600, show_default=True, help="training steps of the generator")
+@click.option("--synthetic-per-class", type=int, default=100, show_default=True, help="generated images per class")
+@click.option("--classifier-steps", type=int, default=500, show_default=True,
+              help="training steps of each classifier")
+@click.option("--keep", metavar="FILE.npz", help="also write the real + synthetic set of the first K and seed")
+@out_option("write every seed's result and the summary here as JSON", required=False, metavar="FILE.json")
+@renamed("--json", "--out FILE.json")
+@device_option()
+def augment(recipe: str, data: str | None, k: str, seeds: str, gen_steps: int, synthetic_per_class: int,
+            classifier_steps: int, keep: str | None, out: str | None, device: str) -> int:
     """Does synthetic data help with K real images per class? genforge augment RECIPE --k 10,50,100 --seeds 0,1,2.
 
     For each K and seed: K real images per class from the train split of --data; the conditional RECIPE
-    (e.g. genforge/recipes/mnist5k-cvae-conv.yaml) trained on them only; a classifier trained on real only and one on
-    real + generated images (same network, seed and steps); both scored on the test split. Prints mean and
-    spread over the seeds. --keep FILE.npz writes the real + synthetic training set of the first K and seed.
+    (a bundled name such as mnist5k-cvae-conv, or a YAML file) trained on them only; a classifier trained on
+    real only and one on real + generated images (same network, seed and steps); both scored on the test
+    split. Prints mean and spread over the seeds. --keep FILE.npz writes the real + synthetic training set
+    of the first K and seed.
     """
     from genforge.apps.augment import AugmentOptions, format_table, run, run_seed
     from genforge.data import load_splits
+    from genforge.devices import pick
     from genforge.generation.steering import parse_ints
     from genforge.io import atomic_write_json
+    from genforge.recipes import path_of
 
-    ks, seeds = parse_ints(args.k, "--k"), parse_ints(args.seeds, "--seeds")
-    options = AugmentOptions(gen_steps=args.gen_steps, synthetic_per_class=args.synthetic_per_class,
-                             classifier_steps=args.classifier_steps)
-    for name in ("gen_steps", "synthetic_per_class", "classifier_steps"):
-        if getattr(options, name) < 1:
-            raise GenforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
-    data = args.data
+    ks, seed_list = parse_ints(k, "--k"), parse_ints(seeds, "--seeds")
+    for flag, value in (("--gen-steps", gen_steps), ("--synthetic-per-class", synthetic_per_class),
+                        ("--classifier-steps", classifier_steps)):
+        if value < 1:
+            raise GenforgeError(f"{flag} must be at least 1, got {value}")
+    options = AugmentOptions(gen_steps=gen_steps, synthetic_per_class=synthetic_per_class,
+                             classifier_steps=classifier_steps)
+    recipe_path = path_of(recipe)
     if data is None:
         from genforge.config import load_config
 
-        data = load_config(args.recipe).data
+        data = load_config(recipe_path).data
+    where = str(pick(device))
 
     def progress(row):
         print(f"  K={row['k']} seed {row['seed']}: real only {100 * row['real_only']:.1f}%, real + synthetic "
               f"{100 * row['real_plus_synthetic']:.1f}%", flush=True)
 
-    result = run(data, args.recipe, ks, seeds, options, device=args.device, progress=progress)
+    result = run(data, recipe_path, ks, seed_list, options, device=where, progress=progress)
     print(format_table(result["summary"]), end="")
     print(f"(test split of {data}: {result['test_size']} images)")
-    if args.keep:
-        run_seed(load_splits(data), args.recipe, ks[0], seeds[0], options, args.device, keep=Path(args.keep))
-        print(f"genforge: wrote the real + synthetic training set (K={ks[0]}, seed {seeds[0]}) to {args.keep}")
-    if args.json:
-        atomic_write_json(args.json, result)
-        print(f"genforge: wrote {args.json}")
+    if keep:
+        run_seed(load_splits(data), recipe_path, ks[0], seed_list[0], options, where, keep=Path(keep))
+        print(f"genforge: wrote the real + synthetic training set (K={ks[0]}, seed {seed_list[0]}) to {keep}")
+    if out:
+        atomic_write_json(out, result)
+        print(f"genforge: wrote {out}")
     return 0
-
-
-def add_apps_commands(sub) -> None:
-    short, long = _doc(cmd_repair)
-    p = sub.add_parser("repair", help=short, description=long)
-    p.add_argument("model", help="run directory or model directory (VAE, GAN or diffusion)")
-    p.add_argument("images", help="an image file, a folder of image files, or an npz with x")
-    p.add_argument("--task", required=True, choices=("inpaint", "denoise", "sr2x"))
-    p.add_argument("--mask", help="inpaint: x,y,w,h in pixels, or a mask image (white = missing)")
-    p.add_argument("--noise-std", type=float, help="denoise: noise std in [0, 1] pixel units (default: estimated)")
-    p.add_argument("--steps", type=int, default=100, help="VAE/GAN: optimisation steps on the latent (default 100)")
-    p.add_argument("--restarts", type=int, default=2, help="VAE/GAN: starting latents per image (default 2)")
-    p.add_argument("--diffusion-steps", type=int, default=25, help="diffusion: DDIM steps (default 25)")
-    p.add_argument("--resample", type=int, default=4,
-                   help="diffusion, inpaint and sr2x: RePaint passes over each step (default 4; 1: plain replacement)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compare", action="store_true", help="grid: each input beside its repair")
-    p.add_argument("--out", required=True, help=".png grid, .npz, or a folder of PNGs")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.set_defaults(func=cmd_repair)
-
-    short, long = _doc(cmd_transfer)
-    p = sub.add_parser("transfer", help=short, description=long)
-    p.add_argument("model", help="run directory or model directory of a conditional VAE")
-    p.add_argument("images", help="an image file, a folder of image files, or an npz with x")
-    p.add_argument("--to", required=True, help="target classes: indices or names, comma-separated, or 'all'")
-    p.add_argument("--from", dest="source", help="the images' own class (one, or one per image; default: inferred)")
-    p.add_argument("--out", required=True, help=".png grid (rows: images; columns: the image, then each class), "
-                                                ".npz, or a folder of PNGs")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.set_defaults(func=cmd_transfer)
-
-    short, long = _doc(cmd_augment)
-    p = sub.add_parser("augment", help=short, description=long)
-    p.add_argument("recipe", help="a class-conditional recipe, e.g. genforge/recipes/mnist5k-cvae-conv.yaml")
-    p.add_argument("--data", help="data spec (default: the recipe's data)")
-    p.add_argument("--k", default="10,50,100", help="real images per class, comma-separated (default 10,50,100)")
-    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default 0,1,2)")
-    p.add_argument("--gen-steps", type=int, default=600, help="training steps of the generator (default 600)")
-    p.add_argument("--synthetic-per-class", type=int, default=100, help="generated images per class (default 100)")
-    p.add_argument("--classifier-steps", type=int, default=500, help="training steps of each classifier (default 500)")
-    p.add_argument("--keep", metavar="FILE.npz", help="also write the real + synthetic set of the first K and seed")
-    p.add_argument("--json", help="write every seed's result and the summary here")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.set_defaults(func=cmd_augment)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from genforge import modalities
+from genforge import devices, modalities
 from genforge.controls import Control
 from genforge.generation.sampling import Samples, sample
 from genforge.models import MODELS, family_of, sampling_defaults
@@ -108,9 +108,12 @@ class GenerativeModel:
 def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
     """Load a trained model from a run directory (its best, else last, checkpoint) or a model directory
     (config.json + model.safetensors), checking every field and the weights' SHA-256 before trusting them.
+    ``device``: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps", or a torch.device.
 
     >>> model = genforge.load("runs/mnist5k-dcgan")
     >>> model.sample(16, seed=0).x.shape   # uint8 (16, 28, 28)
     """
+    if isinstance(device, str):  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps"
+        device = devices.pick(device)
     nets, meta, directory = read_model(path, device)
     return GenerativeModel(nets, meta, str(directory))

@@ -1,7 +1,7 @@
 """``genforge eval``, ``genforge evaluator train|list`` and ``genforge report``: plain functions, docstrings as help.
 
-``genforge.cli.build_parser`` calls :func:`add_metrics_commands`; errors raised here as
-:class:`~genforge.errors.GenforgeError` become one-line messages with exit status 2 there.
+Registered in :data:`genforge.cli.COMMANDS`; errors raised here as :class:`~genforge.errors.GenforgeError`
+become one-line messages with exit status 2 there.
 """
 
 from __future__ import annotations
@@ -9,11 +9,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
+
+from genforge.cli.options import (CONTEXT, Group, cpu_only, data_option, device_option, image_options, n_option,
+                                  out_option, renamed, seed_option)
 from genforge.errors import GenforgeError
 
 
-def cmd_eval(args) -> int:
-    """Score a model or an npz of samples: genforge eval MODEL_OR_NPZ [--data SPEC] [--n 10000] [--json FILE].
+@click.command("eval", context_settings=CONTEXT)
+@click.argument("source", metavar="MODEL_OR_NPZ")
+@data_option("real data to score against (default: the model's own data)")
+@n_option(10000, "samples to draw from a model")
+@seed_option("sampling and subset seed")
+@out_option("also write the result, with the evaluator hash, as JSON", required=False, metavar="FILE.json")
+@renamed("--json", "--out FILE.json")
+@click.option("--baseline", metavar="FILE.json",
+              help="an earlier --out result to print beside this one (refused if another evaluator made it)")
+@click.option("--inception-weights", metavar="FILE", help="pytorch-fid Inception weights "
+              "(pt_inception-2015-12-05-*.pth) for an Inception-v3 FID as well; slow on a CPU")
+@click.option("--no-cas", is_flag=True, help="skip CAS (it trains a classifier on the samples)")
+@device_option()
+def eval_command(source: str, data: str | None, n: int, seed: int, out: str | None, baseline: str | None,
+                 inception_weights: str | None, no_cas: bool, device: str) -> int:
+    """Score a model or an npz of samples: genforge eval MODEL_OR_NPZ [--data SPEC] [--n 10000] [--out FILE].
 
     MODEL_OR_NPZ is a run directory, a model directory, or an npz with x uint8 (N, H, W) or (N, H, W, C) and
     optional labels y (another tool's output is scored with the same ruler). Prints FID, KID, precision,
@@ -24,17 +42,32 @@ def cmd_eval(args) -> int:
     from genforge.io import atomic_write_json
     from genforge.metrics.evaluate import evaluate, format_table, load_result
 
-    baseline = load_result(args.baseline) if args.baseline else None
-    result = evaluate(args.source, data=args.data, n=args.n, seed=args.seed,
-                      inception_weights=args.inception_weights, with_cas=not args.no_cas, baseline=baseline)
-    print(format_table(result, baseline), end="")
-    if args.json:
-        atomic_write_json(args.json, result)
-        print(f"genforge: wrote {args.json}")
+    cpu_only(device, "eval")
+    previous = load_result(baseline) if baseline else None
+    result = evaluate(source, data=data, n=n, seed=seed, inception_weights=inception_weights, with_cas=not no_cas,
+                      baseline=previous)
+    print(format_table(result, previous), end="")
+    if out:
+        atomic_write_json(out, result)
+        print(f"genforge: wrote {out}")
     return 0
 
 
-def cmd_evaluator_train(args) -> int:
+@click.group(cls=Group, context_settings=CONTEXT)
+def evaluator() -> None:
+    """The frozen classifiers behind every score: genforge evaluator train|list."""
+
+
+@evaluator.command("train", context_settings=CONTEXT)
+@data_option("the data set to train it on", required=True)
+@image_options
+@click.option("--train-steps", type=int, help="training steps (default: 30 epochs, at least 1,000, at most 5,000)")
+@renamed("--steps", "--train-steps", "--steps is the diffusion sampler's")
+@out_option("where to write it (default: the cache)", required=False, metavar="DIR")
+@click.option("--force", is_flag=True, help="replace an existing evaluator of the same name")
+@device_option()
+def evaluator_train(data: str, image_size: int, channels: int, train_steps: int | None, out: str | None,
+                    force: bool, device: str) -> int:
     """Train the evaluator of a data set on its train split (fixed seed) and save it as safetensors + JSON.
 
     Written to the cache ($GENFORGE_CACHE/evaluators or ~/.cache/genforge/evaluators) unless --out DIR;
@@ -42,28 +75,30 @@ def cmd_evaluator_train(args) -> int:
     accuracy and the SHA-256 of the weights.
     """
     from genforge.data import load_splits
-    from genforge.metrics.evaluator_net import (TrainRecipe, cache_dir, evaluator_key, find_evaluator, save_evaluator,
-                                            train_evaluator)
+    from genforge.metrics.evaluator_net import (TrainRecipe, cache_dir, evaluator_key, find_evaluator,
+                                                save_evaluator, train_evaluator)
 
-    if args.steps is not None and args.steps < 1:
-        raise GenforgeError(f"--steps must be positive, got {args.steps}")
-    splits = load_splits(args.data, image_size=args.image_size, channels=args.channels)
-    out = Path(args.out) if args.out else cache_dir()
-    target = out / f"{evaluator_key(args.data, splits.image_shape)}.json"
-    if target.exists() and not args.force:
+    cpu_only(device, "evaluator train")
+    if train_steps is not None and train_steps < 1:
+        raise GenforgeError(f"--train-steps must be positive, got {train_steps}")
+    splits = load_splits(data, image_size=image_size, channels=channels)
+    where = Path(out) if out else cache_dir()
+    target = where / f"{evaluator_key(data, splits.image_shape)}.json"
+    if target.exists() and not force:
         raise GenforgeError(f"{target} already exists: retraining changes the ruler earlier scores were measured "
                             "with (their hash would no longer match); pass --force to replace it")
-    evaluator = train_evaluator(args.data, recipe=TrainRecipe(steps=args.steps or 0), splits=splits)
-    path = save_evaluator(evaluator, out)
-    found = find_evaluator(args.data, evaluator.image_shape)
-    print(f"genforge: evaluator {evaluator.name}: test accuracy {100 * evaluator.meta['test_accuracy']:.2f}% on "
-          f"{evaluator.meta['test_size']} images, sha256 {evaluator.sha256}\ngenforge: wrote {path}")
+    trained = train_evaluator(data, recipe=TrainRecipe(steps=train_steps or 0), splits=splits)
+    path = save_evaluator(trained, where)
+    found = find_evaluator(data, trained.image_shape)
+    print(f"genforge: evaluator {trained.name}: test accuracy {100 * trained.meta['test_accuracy']:.2f}% on "
+          f"{trained.meta['test_size']} images, sha256 {trained.sha256}\ngenforge: wrote {path}")
     if found is not None and found.resolve() != path.resolve():
-        print(f"genforge: note: {found} comes first when looking up {args.data}; this one is used only from there")
+        print(f"genforge: note: {found} comes first when looking up {data}; this one is used only from there")
     return 0
 
 
-def cmd_evaluator_list(args) -> int:
+@evaluator.command("list", context_settings=CONTEXT)
+def evaluator_list() -> int:
     """List the evaluators genforge can use: the shipped ones, then the cache."""
     from genforge.metrics.evaluator_net import SHIPPED_DIR, cache_dir
 
@@ -78,55 +113,16 @@ def cmd_evaluator_list(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+@click.command(context_settings=CONTEXT)
+@click.argument("run", metavar="RUN")
+@out_option("output file (default RUN/report.html)", required=False, metavar="FILE.html")
+def report(run: str, out: str | None) -> int:
     """Write one self-contained HTML page for a run: loss, metric and images/s curves, the latest samples, config.
 
     The page embeds its plots as PNG data, so it opens offline and can be mailed as one file.
-    Default output: RUN_DIR/report.html.
     """
     from genforge.metrics.report import write_report
 
-    path = write_report(args.run, args.out)
+    path = write_report(run, out)
     print(f"genforge: wrote {path}")
     return 0
-
-
-def add_metrics_commands(sub) -> None:
-    """Add eval, evaluator and report to the ``genforge`` subcommands."""
-    def doc(fn):
-        return fn.__doc__.strip().splitlines()[0], fn.__doc__.strip()
-
-    short, long = doc(cmd_eval)
-    p = sub.add_parser("eval", help=short, description=long)
-    p.add_argument("source", metavar="MODEL_OR_NPZ", help="run directory, model directory, or samples .npz")
-    p.add_argument("--data", help="real data spec to score against (default: the model's own data)")
-    p.add_argument("--n", type=int, default=10000, help="samples to draw from a model (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="sampling and subset seed (default 0)")
-    p.add_argument("--json", metavar="FILE", help="also write the result, with the evaluator hash, as JSON")
-    p.add_argument("--baseline", metavar="FILE", help="an earlier --json result to print beside this one "
-                   "(refused if another evaluator made it)")
-    p.add_argument("--inception-weights", metavar="FILE", help="pytorch-fid Inception weights "
-                   "(pt_inception-2015-12-05-*.pth) for an Inception-v3 FID as well; slow on a CPU")
-    p.add_argument("--no-cas", action="store_true", help="skip CAS (it trains a classifier on the samples)")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("evaluator", help="the frozen classifiers behind every score: genforge evaluator train|list")
-    ev_sub = p.add_subparsers(dest="evaluator_command", required=True, metavar="ACTION")
-    short, long = doc(cmd_evaluator_train)
-    q = ev_sub.add_parser("train", help=short, description=long)
-    q.add_argument("--data", required=True, help="mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR")
-    q.add_argument("--image-size", type=int, default=28, help="image side (default 28)")
-    q.add_argument("--channels", type=int, default=0, choices=(0, 1, 3), help="0: as the source has")
-    q.add_argument("--steps", type=int, help="training steps (default: 30 epochs, at least 1,000, at most 5,000)")
-    q.add_argument("--out", metavar="DIR", help="where to write it (default: the cache)")
-    q.add_argument("--force", action="store_true", help="replace an existing evaluator of the same name")
-    q.set_defaults(func=cmd_evaluator_train)
-    short, long = doc(cmd_evaluator_list)
-    q = ev_sub.add_parser("list", help=short, description=long)
-    q.set_defaults(func=cmd_evaluator_list)
-
-    short, long = doc(cmd_report)
-    p = sub.add_parser("report", help=short, description=long)
-    p.add_argument("run", metavar="RUN_DIR", help="a run directory (with metrics.jsonl)")
-    p.add_argument("--out", metavar="FILE.html", help="output file (default RUN_DIR/report.html)")
-    p.set_defaults(func=cmd_report)

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
+
+from genforge.cli.options import CONTEXT, Group, key_file_option, out_option
 from genforge.errors import GenforgeError
 
-KEY_FILE_HELP = ("key file: ID:KEY lines, the last the primary (default $GENFORGE_ENCRYPTION_KEY_FILE, "
-                 "else $GENFORGE_ENCRYPTION_KEY); keys are never taken on the command line")
+
+@click.group(cls=Group, context_settings=CONTEXT)
+def security() -> None:
+    """Encryption keys and encrypted files: keygen, rekey, encrypt, decrypt, status."""
 
 
-def cmd_keygen(args) -> int:
+@security.command("keygen", context_settings=CONTEXT)
+@click.argument("keyfile", metavar="KEYFILE")
+@click.option("--id", "key_id", help="name of the new key (default: its fingerprint)")
+@click.option("--add", is_flag=True, help="add a new primary key to an existing key file")
+def keygen(keyfile: str, key_id: str | None, add: bool) -> int:
     """Make a key file: genforge security keygen KEYFILE [--id NAME]; --add appends a new primary key (rotation).
 
     The file is written atomically with mode 0600. With --add, the keys already in KEYFILE stay (old files
@@ -23,21 +32,24 @@ def cmd_keygen(args) -> int:
     """
     from genforge import crypto
 
-    path = Path(args.keyfile)
-    if args.add:
-        keyring = crypto.add_key(crypto.read_key_file(path), args.id)
+    path = Path(keyfile)
+    if add:
+        keyring = crypto.add_key(crypto.read_key_file(path), key_id)
     else:
         if path.exists():
             raise GenforgeError(f"{path} exists: give --add to add a new primary key to it, or another name")
-        keyring = crypto.add_key(None, args.id, str(path))
+        keyring = crypto.add_key(None, key_id, str(path))
     crypto.write_key_file(path, keyring)
-    print(f"genforge: {'added' if args.add else 'wrote'} key '{keyring.primary}' (primary) "
-          f"{'to' if args.add else 'in'} {path} ({len(keyring.keys)} key{'s' if len(keyring.keys) > 1 else ''}, "
+    print(f"genforge: {'added' if add else 'wrote'} key '{keyring.primary}' (primary) "
+          f"{'to' if add else 'in'} {path} ({len(keyring.keys)} key{'s' if len(keyring.keys) > 1 else ''}, "
           "mode 0600)")
     return 0
 
 
-def cmd_rekey(args) -> int:
+@security.command("rekey", context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, metavar="RUN_OR_FILE...")
+@key_file_option
+def rekey(paths: tuple[str, ...]) -> int:
     """Re-encrypt files under the primary key: genforge security rekey RUN_OR_FILE ... [--key-file KEYS].
 
     Every encrypted file found (directories are searched) that uses another key of the keyring is decrypted
@@ -47,7 +59,7 @@ def cmd_rekey(args) -> int:
     from genforge import crypto
 
     keyring = crypto.load_keyring()
-    files = crypto.encrypted_files(args.paths)
+    files = crypto.encrypted_files(paths)
     changed = [f for f in files if crypto.rekey_file(f, keyring)]
     for f in changed:
         print(f"rekeyed {f}")
@@ -56,7 +68,10 @@ def cmd_rekey(args) -> int:
     return 0
 
 
-def cmd_encrypt(args) -> int:
+@security.command("encrypt", context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, metavar="FILE_OR_DIR...")
+@key_file_option
+def encrypt(paths: tuple[str, ...]) -> int:
     """Encrypt files in place under the primary key: genforge security encrypt FILE_OR_DIR ... .
 
     A directory (a run or model directory) gets its weights (model.safetensors) and resume states
@@ -69,7 +84,7 @@ def cmd_encrypt(args) -> int:
 
     keyring = crypto.load_keyring()
     files: list[Path] = []
-    for p in map(Path, args.paths):
+    for p in map(Path, paths):
         if p.is_dir():
             files += sorted(q for q in p.rglob("*") if q.name in (WEIGHTS, STATE) and q.is_file()
                             and not any(part.startswith(".") for part in q.relative_to(p).parts))
@@ -85,7 +100,11 @@ def cmd_encrypt(args) -> int:
     return 0
 
 
-def cmd_decrypt(args) -> int:
+@security.command("decrypt", context_settings=CONTEXT)
+@click.argument("file", metavar="FILE")
+@out_option("where to write the plaintext (mode 0600)", metavar="PLAIN")
+@key_file_option
+def decrypt(file: str, out: str) -> int:
     """Write the plaintext of an encrypted file: genforge security decrypt FILE --out PLAIN.
 
     PLAIN is written atomically with mode 0600; nothing is written when the key is wrong or the file was
@@ -94,67 +113,27 @@ def cmd_decrypt(args) -> int:
     from genforge import crypto
 
     keyring = crypto.load_keyring()
-    if Path(args.out).exists() and Path(args.out).resolve() == Path(args.file).resolve():
+    if Path(out).exists() and Path(out).resolve() == Path(file).resolve():
         raise GenforgeError("--out must differ from FILE")
-    out = crypto.decrypt_file(args.file, args.out, keyring)
-    print(f"genforge: decrypted {args.file} to {out}")
+    out = crypto.decrypt_file(file, out, keyring)
+    print(f"genforge: decrypted {file} to {out}")
     return 0
 
 
-def cmd_status(args) -> int:
+@security.command("status", context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, metavar="RUN_OR_FILE...")
+@click.option("--all", "show_all", is_flag=True, help="list every plain file too")
+def status(paths: tuple[str, ...], show_all: bool) -> int:
     """Which files are encrypted, and with which key: genforge security status RUN_OR_FILE ... ."""
     from genforge import crypto
 
-    for p in map(Path, args.paths):
+    for p in map(Path, paths):
         if not p.exists():
             raise GenforgeError(f"not found: {p}")
         for f in sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]:
             key_id = crypto.key_id_of(f)
             if key_id is not None:
                 print(f"{f}: encrypted, key '{key_id}'")
-            elif args.all or f.name in ("model.safetensors", "state.pt") or f.suffix == ".npz":
+            elif show_all or f.name in ("model.safetensors", "state.pt") or f.suffix == ".npz":
                 print(f"{f}: plain")
     return 0
-
-
-def add_security_commands(sub) -> None:
-    """Register ``genforge security ...`` on the genforge parser's subcommands."""
-
-    def doc(fn):
-        return fn.__doc__.strip().splitlines()[0], fn.__doc__.strip()
-
-    p = sub.add_parser("security", help="encryption keys and encrypted files: keygen, rekey, encrypt, decrypt, "
-                                        "status")
-    actions = p.add_subparsers(dest="security_command", required=True, metavar="ACTION")
-
-    short, long = doc(cmd_keygen)
-    q = actions.add_parser("keygen", help=short, description=long)
-    q.add_argument("keyfile", help="key file to write (mode 0600)")
-    q.add_argument("--id", help="name of the new key (default: its fingerprint)")
-    q.add_argument("--add", action="store_true", help="add a new primary key to an existing key file")
-    q.set_defaults(func=cmd_keygen)
-
-    short, long = doc(cmd_rekey)
-    q = actions.add_parser("rekey", help=short, description=long)
-    q.add_argument("paths", nargs="+", metavar="RUN_OR_FILE")
-    q.add_argument("--key-file", help=KEY_FILE_HELP)
-    q.set_defaults(func=cmd_rekey)
-
-    short, long = doc(cmd_encrypt)
-    q = actions.add_parser("encrypt", help=short, description=long)
-    q.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
-    q.add_argument("--key-file", help=KEY_FILE_HELP)
-    q.set_defaults(func=cmd_encrypt)
-
-    short, long = doc(cmd_decrypt)
-    q = actions.add_parser("decrypt", help=short, description=long)
-    q.add_argument("file")
-    q.add_argument("--out", required=True, help="where to write the plaintext (mode 0600)")
-    q.add_argument("--key-file", help=KEY_FILE_HELP)
-    q.set_defaults(func=cmd_decrypt)
-
-    short, long = doc(cmd_status)
-    q = actions.add_parser("status", help=short, description=long)
-    q.add_argument("paths", nargs="+", metavar="RUN_OR_FILE")
-    q.add_argument("--all", action="store_true", help="list every plain file too")
-    q.set_defaults(func=cmd_status)

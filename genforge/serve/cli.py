@@ -1,8 +1,7 @@
 """``genforge serve``, ``genforge keys create|list|revoke``, ``genforge audit verify`` and ``genforge export``.
 
-``genforge.cli.build_parser`` calls :func:`add_serve_commands`. Errors raised as
-:class:`~genforge.errors.GenforgeError` become one-line messages with exit status 2 there; ``audit verify``
-exits 1 when the log was tampered with.
+Registered in :data:`genforge.cli.COMMANDS`. Errors raised as :class:`~genforge.errors.GenforgeError` become
+one-line messages with exit status 2 there; ``audit verify`` exits 1 when the log was tampered with.
 """
 
 from __future__ import annotations
@@ -12,13 +11,12 @@ import re
 import sys
 from pathlib import Path
 
+import click
+
+from genforge.cli.options import CONTEXT, Group, device_option, keys_file_option, model_argument, out_option
 from genforge.errors import GenforgeError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def _doc(fn):
-    return fn.__doc__.strip().splitlines()[0], fn.__doc__.strip()
 
 
 def is_loopback(host: str) -> bool:
@@ -47,7 +45,7 @@ def parse_model_specs(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def model_loader(path: str, backend: str, device: str = "cpu", threads: int | None = None):
+def model_loader(path: str, backend: str, device: str = "auto", threads: int | None = None):
     """A function that loads the model at ``path`` for ``backend`` (torch, or onnx: an export directory, or
     a model exported to a temporary directory at load time)."""
     from genforge.generation.model import load as load_model
@@ -69,7 +67,34 @@ def model_loader(path: str, backend: str, device: str = "cpu", threads: int | No
     return load_or_export
 
 
-def cmd_serve(args) -> int:
+@click.command(context_settings=CONTEXT)
+@click.argument("specs", nargs=-1, required=True, metavar="MODEL [NAME=MODEL ...]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=int, default=8000, show_default=True, help="port")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="run models on PyTorch or onnxruntime (ONNX export directories, or models exported at start)")
+@device_option("torch backend: where the models run")
+@click.option("--threads", type=int, help="threads of the forward pass (default: torch's)")
+@keys_file_option
+@click.option("--insecure-no-auth", is_flag=True, help="check no API keys (loopback hosts only)")
+@click.option("--audit-log", metavar="FILE", help="audit log (default ~/.local/share/genforge/audit.jsonl)")
+@click.option("--audit-fsync", is_flag=True, help="fsync every audit line (survives power loss)")
+@click.option("--max-n", type=int, default=64, show_default=True, help="images per request (413 above)")
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="request body size (413)")
+@click.option("--body-timeout", type=float, default=10.0, show_default=True, help="seconds to receive a body (408)")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds per request once queued (503)")
+@click.option("--rate", type=float, default=20.0, show_default=True, help="requests/s per key (0: none; 429)")
+@click.option("--burst", type=int, default=40, show_default=True, help="requests a key may send at once")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="images per forward pass")
+@click.option("--max-wait-ms", type=float, default=2.0, show_default=True, help="how long a request waits for company")
+@click.option("--no-batching", is_flag=True, help="one request per forward pass (same as --max-batch 1)")
+@click.option("--max-queue", type=int, default=256, show_default=True, help="requests waiting per model (503 above)")
+@click.option("--max-connections", type=int, default=1024, show_default=True, help="open connections (503 above)")
+@click.option("--log-level", default="warning", show_default=True, help="uvicorn's log level")
+def serve(specs: tuple[str, ...], host: str, port: int, backend: str, device: str, threads: int | None,
+          keys_file: str | None, insecure_no_auth: bool, audit_log: str | None, audit_fsync: bool, max_n: int,
+          max_body_bytes: int, body_timeout: float, timeout: float, rate: float, burst: int, max_batch: int,
+          max_wait_ms: float, no_batching: bool, max_queue: int, max_connections: int, log_level: str) -> int:
     """Serve models over HTTP: genforge serve MODEL [NAME=MODEL ...] --host 127.0.0.1 --port 8000.
 
     Endpoints: POST /v1/generate, POST /v1/feedback, GET /v1/models, GET /healthz, GET /metrics, the web page
@@ -85,65 +110,77 @@ def cmd_serve(args) -> int:
     from genforge.serve.audit import AuditLog, default_audit_log, load_key
     from genforge.serve.keys import KeyStore, default_keys_file
 
-    if args.insecure_no_auth and not is_loopback(args.host):
-        raise GenforgeError(f"--insecure-no-auth is refused on host {args.host}: without keys, anyone who can "
+    if insecure_no_auth and not is_loopback(host):
+        raise GenforgeError(f"--insecure-no-auth is refused on host {host}: without keys, anyone who can "
                             "reach the port could use the server. Bind to 127.0.0.1, or create keys "
                             "(genforge keys create --role generator)")
-    for flag, value, low in (("--max-n", args.max_n, 1), ("--max-body-bytes", args.max_body_bytes, 1),
-                             ("--body-timeout", args.body_timeout, 1e-3), ("--timeout", args.timeout, 1e-3),
-                             ("--rate", args.rate, 0), ("--burst", args.burst, 1), ("--max-batch", args.max_batch, 1),
-                             ("--max-wait-ms", args.max_wait_ms, 0), ("--max-queue", args.max_queue, 1),
-                             ("--max-connections", args.max_connections, 1), ("--threads", args.threads or 1, 1)):
+    for flag, value, low in (("--max-n", max_n, 1), ("--max-body-bytes", max_body_bytes, 1),
+                             ("--body-timeout", body_timeout, 1e-3), ("--timeout", timeout, 1e-3),
+                             ("--rate", rate, 0), ("--burst", burst, 1), ("--max-batch", max_batch, 1),
+                             ("--max-wait-ms", max_wait_ms, 0), ("--max-queue", max_queue, 1),
+                             ("--max-connections", max_connections, 1), ("--threads", threads or 1, 1)):
         if value < low:
             raise GenforgeError(f"{flag} must be at least {low:g}, got {value:g}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keys = None
-    if not args.insecure_no_auth:
-        keys = KeyStore(args.keys_file or default_keys_file())
-        if not keys.active():
-            raise GenforgeError(f"no active API keys in {keys.path}: create one with genforge keys create --role "
+    if threads:
+        torch.set_num_threads(threads)
+    store = None
+    if not insecure_no_auth:
+        store = KeyStore(keys_file or default_keys_file())
+        if not store.active():
+            raise GenforgeError(f"no active API keys in {store.path}: create one with genforge keys create --role "
                                 "generator (or admin), or serve with --insecure-no-auth on 127.0.0.1")
     else:
         print("genforge: WARNING: --insecure-no-auth: no API keys are checked; anyone on this machine can use the "
               "server", file=sys.stderr)
-    models = {}
-    for name, path in parse_model_specs(args.models):
-        load = model_loader(path, args.backend, args.device, args.threads)
-        models[name] = Served(name, load(), load, args.backend)
-        print(f"genforge: serving {name}: {models[name].model!r} from {path} ({args.backend})", file=sys.stderr)
-    config = ServeConfig(max_n=args.max_n, max_body=args.max_body_bytes, body_timeout=args.body_timeout,
-                         request_timeout=args.timeout, max_batch=1 if args.no_batching else args.max_batch,
-                         max_wait=args.max_wait_ms / 1000, max_queue=args.max_queue, rate=args.rate,
-                         burst=args.burst, auth=not args.insecure_no_auth)
-    audit = AuditLog(args.audit_log or default_audit_log(), load_key(create=True), fsync=args.audit_fsync)
-    app = create_app(models, config, keys, audit)
-    print(f"genforge: audit log {audit.path}; page at http://{args.host}:{args.port}/", file=sys.stderr)
+    served = {}
+    for name, path in parse_model_specs(list(specs)):
+        load = model_loader(path, backend, device, threads)
+        served[name] = Served(name, load(), load, backend)
+        print(f"genforge: serving {name}: {served[name].model!r} from {path} ({backend})", file=sys.stderr)
+    config = ServeConfig(max_n=max_n, max_body=max_body_bytes, body_timeout=body_timeout,
+                         request_timeout=timeout, max_batch=1 if no_batching else max_batch,
+                         max_wait=max_wait_ms / 1000, max_queue=max_queue, rate=rate,
+                         burst=burst, auth=not insecure_no_auth)
+    log = AuditLog(audit_log or default_audit_log(), load_key(create=True), fsync=audit_fsync)
+    app = create_app(served, config, store, log)
+    print(f"genforge: audit log {log.path}; page at http://{host}:{port}/", file=sys.stderr)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    limit_concurrency=args.max_connections, timeout_keep_alive=5, server_header=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level,
+                    limit_concurrency=max_connections, timeout_keep_alive=5, server_header=False)
     finally:
-        audit.close()
+        log.close()
     return 0
 
 
-def cmd_keys_create(args) -> int:
+@click.group(cls=Group, context_settings=CONTEXT)
+def keys() -> None:
+    """API keys of genforge serve: create, list, revoke."""
+
+
+@keys.command("create", context_settings=CONTEXT)
+@click.option("--role", required=True, type=click.Choice(["viewer", "generator", "admin"]),
+              help="viewer: list models; generator: also generate; admin: also manage keys, reload models")
+@click.option("--name", help="a note on whose key it is")
+@keys_file_option
+def keys_create(role: str, name: str | None, keys_file: str | None) -> int:
     """Create an API key: genforge keys create --role generator [--name NAME]. The key is shown once."""
     from genforge.serve.keys import KeyStore, default_keys_file
 
-    store = KeyStore(args.keys_file or default_keys_file())
-    key, rec = store.create(args.role, args.name or "")
+    store = KeyStore(keys_file or default_keys_file())
+    key, rec = store.create(role, name or "")
     print(key)
     print(f"genforge: created key {rec['id']} (role {rec['role']}) in {store.path}. This is the only time the key "
           "is shown: store it now.", file=sys.stderr)
     return 0
 
 
-def cmd_keys_list(args) -> int:
+@keys.command("list", context_settings=CONTEXT)
+@keys_file_option
+def keys_list(keys_file: str | None) -> int:
     """List API keys: id, role, name, created, revoked (the keys themselves are not stored)."""
     from genforge.serve.keys import KeyStore, default_keys_file
 
-    store = KeyStore(args.keys_file or default_keys_file())
+    store = KeyStore(keys_file or default_keys_file())
     records = store.records()
     if not records:
         print(f"no keys in {store.path}")
@@ -153,17 +190,27 @@ def cmd_keys_list(args) -> int:
     return 0
 
 
-def cmd_keys_revoke(args) -> int:
-    """Revoke an API key by its id: genforge keys revoke ID. A running server refuses it from its next request."""
+@keys.command("revoke", context_settings=CONTEXT)
+@click.argument("key_id", metavar="ID")
+@keys_file_option
+def keys_revoke(key_id: str, keys_file: str | None) -> int:
+    """Revoke an API key by its id (genforge keys list): a running server refuses it from its next request."""
     from genforge.serve.keys import KeyStore, default_keys_file
 
-    store = KeyStore(args.keys_file or default_keys_file())
-    rec = store.revoke(args.id)
+    store = KeyStore(keys_file or default_keys_file())
+    rec = store.revoke(key_id)
     print(f"genforge: revoked key {rec['id']} (role {rec['role']}) at {rec['revoked']}")
     return 0
 
 
-def cmd_audit_verify(args) -> int:
+@click.group(cls=Group, context_settings=CONTEXT)
+def audit() -> None:
+    """The audit log of genforge serve: verify."""
+
+
+@audit.command("verify", context_settings=CONTEXT)
+@click.argument("log", metavar="LOG")
+def audit_verify(log: str) -> int:
     """Check an audit log's hash chain and HMACs: genforge audit verify LOG. Exit 1 naming each bad line.
 
     The HMAC key is read from $GENFORGE_AUDIT_KEY or $GENFORGE_AUDIT_KEY_FILE (else the default key file),
@@ -171,91 +218,31 @@ def cmd_audit_verify(args) -> int:
     """
     from genforge.serve.audit import load_key, verify
 
-    problems, count, last = verify(args.log, load_key())
+    problems, count, last = verify(log, load_key())
     for p in problems:
-        print(f"{args.log}: {p}")
+        print(f"{log}: {p}")
     if problems:
-        print(f"genforge: audit log {args.log} FAILED: {len(problems)} problem(s) in {count} lines", file=sys.stderr)
+        print(f"genforge: audit log {log} FAILED: {len(problems)} problem(s) in {count} lines", file=sys.stderr)
         return 1
-    print(f"genforge: audit log {args.log} verified: {count} lines, chain and HMACs intact; last line's SHA-256 "
-          f"{last}")
+    print(f"genforge: audit log {log} verified: {count} lines, chain and HMACs intact; last line's SHA-256 {last}")
     return 0
 
 
-def cmd_export(args) -> int:
-    """Export a model's generator (GAN) or decoder (VAE) to ONNX: genforge export MODEL --format onnx --out DIR.
+@click.command(context_settings=CONTEXT)
+@model_argument
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True,
+              help="export format")
+@out_option("output directory", metavar="DIR")
+def export(model: str, fmt: str, out: str) -> int:
+    """Export a model's generator (GAN) or decoder (VAE) to ONNX: genforge export MODEL --out DIR.
 
     DIR gets model.onnx (inputs z [and y], output images in [0, 1], dynamic batch) and config.json; serve it
-    with genforge serve DIR --backend onnx.
+    with genforge serve DIR --backend onnx. The export traces the network on the CPU (the graph is the same
+    for every device), so it takes no --device.
     """
-    from genforge.generation.model import load as load_model
     from genforge.export import describe, export_onnx
+    from genforge.generation.model import load as load_model
 
-    out = export_onnx(load_model(args.model), args.out)
-    print(f"genforge: exported {describe(out)}")
+    path = export_onnx(load_model(model, device="cpu"), out)
+    print(f"genforge: exported {describe(path)}")
     return 0
-
-
-def add_serve_commands(sub) -> None:
-    """Register serve, keys, audit and export on the genforge parser's subcommands."""
-    keys_file_help = "key file (default $GENFORGE_KEYS_FILE or ~/.config/genforge/keys.json)"
-
-    short, long = _doc(cmd_serve)
-    p = sub.add_parser("serve", help=short, description=long)
-    p.add_argument("models", nargs="+", metavar="MODEL", help="run or model directory (or NAME=DIR)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx"), help="run models on PyTorch or "
-                   "onnxruntime (ONNX export directories, or models exported at start)")
-    p.add_argument("--device", default="cpu", help="torch backend: cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, help="threads of the forward pass (default: torch's)")
-    p.add_argument("--keys-file", help=keys_file_help)
-    p.add_argument("--insecure-no-auth", action="store_true", help="check no API keys (loopback hosts only)")
-    p.add_argument("--audit-log", help="audit log (default ~/.local/share/genforge/audit.jsonl)")
-    p.add_argument("--audit-fsync", action="store_true", help="fsync every audit line (survives power loss)")
-    p.add_argument("--max-n", type=int, default=64, help="images per request (default 64; 413 above)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size (default 1 MiB; 413)")
-    p.add_argument("--body-timeout", type=float, default=10.0, help="seconds to receive a body (default 10; 408)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request once queued (default 30; 503)")
-    p.add_argument("--rate", type=float, default=20.0, help="requests/s per key (default 20; 0: none; 429)")
-    p.add_argument("--burst", type=int, default=40, help="requests a key may send at once (default 40)")
-    p.add_argument("--max-batch", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request waits for company (default 2)")
-    p.add_argument("--no-batching", action="store_true", help="one request per forward pass (same as --max-batch 1)")
-    p.add_argument("--max-queue", type=int, default=256, help="requests waiting per model (default 256; 503 above)")
-    p.add_argument("--max-connections", type=int, default=1024, help="open connections (default 1024; 503 above)")
-    p.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("keys", help="API keys of genforge serve: create, list, revoke")
-    keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    short, long = _doc(cmd_keys_create)
-    q = keys_sub.add_parser("create", help=short, description=long)
-    q.add_argument("--role", required=True, choices=("viewer", "generator", "admin"),
-                   help="viewer: list models; generator: also generate; admin: also manage keys, reload models")
-    q.add_argument("--name", help="a note on whose key it is")
-    q.add_argument("--keys-file", help=keys_file_help)
-    q.set_defaults(func=cmd_keys_create)
-    short, long = _doc(cmd_keys_list)
-    q = keys_sub.add_parser("list", help=short, description=long)
-    q.add_argument("--keys-file", help=keys_file_help)
-    q.set_defaults(func=cmd_keys_list)
-    short, long = _doc(cmd_keys_revoke)
-    q = keys_sub.add_parser("revoke", help=short, description=long)
-    q.add_argument("id", help="the key's id (genforge keys list)")
-    q.add_argument("--keys-file", help=keys_file_help)
-    q.set_defaults(func=cmd_keys_revoke)
-
-    p = sub.add_parser("audit", help="the audit log of genforge serve: verify")
-    audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    short, long = _doc(cmd_audit_verify)
-    q = audit_sub.add_parser("verify", help=short, description=long)
-    q.add_argument("log", help="audit log JSONL")
-    q.set_defaults(func=cmd_audit_verify)
-
-    short, long = _doc(cmd_export)
-    p = sub.add_parser("export", help=short, description=long)
-    p.add_argument("model", help="run directory or model directory")
-    p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (onnx)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=cmd_export)

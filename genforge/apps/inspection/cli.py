@@ -1,7 +1,7 @@
 """``genforge inspect fit|score|report``: anomaly detection from the command line; docstrings are the help.
 
-``genforge.cli.build_parser`` calls :func:`add_inspect_commands`; errors raised as
-:class:`~genforge.errors.GenforgeError` become one-line messages with exit status 2 there.
+Registered in :data:`genforge.cli.COMMANDS`; errors raised as :class:`~genforge.errors.GenforgeError` become
+one-line messages with exit status 2 there.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import inspect as _inspect
 from pathlib import Path
 
+import click
+
+from genforge.cli.options import (CONTEXT, Group, LazyHelpOption, comma_list, cpu_only, device_option,
+                                  image_options, out_option, quiet_option, seed_option)
 from genforge.errors import GenforgeError
 
 
-def _split_list(text: str | None) -> list[str] | None:
-    return [t for t in text.split(",") if t.strip()] if text else None
-
-
-def parse_options(detector: str, items: list[str] | None) -> dict:
+def parse_options(detector: str, items: list[str] | tuple[str, ...] | None) -> dict:
     """``--set key=value`` detector options (values read as YAML); unknown keys are an error naming them."""
     from genforge.apps.inspection.detectors import DETECTORS
     from genforge.config import parse_override
@@ -42,7 +42,42 @@ def parse_options(detector: str, items: list[str] | None) -> dict:
     return options
 
 
-def cmd_inspect_fit(args) -> int:
+@click.group(cls=Group, context_settings=CONTEXT)
+def inspect() -> None:
+    """Anomaly detection: genforge inspect fit|score|report."""
+
+
+def _detector_help() -> str:
+    from genforge.apps.inspection.detectors import DETECTORS
+
+    return f"{' | '.join(DETECTORS)} (default vae)"
+
+
+def _fpr_help() -> str:
+    from genforge.apps.inspection.inspector import DEFAULT_FPR
+
+    return f"target false-positive rate on normal validation images (default {DEFAULT_FPR})"
+
+
+@inspect.command("fit", context_settings=CONTEXT)
+@click.argument("data", metavar="DATA")
+@click.option("--detector", default="vae", cls=LazyHelpOption, help_from=_detector_help)
+@click.option("--normal-class", metavar="CLASS[,CLASS...]", help="the normal classes (index or name)")
+@click.option("--anomaly-class", metavar="CLASS[,CLASS...]", help="every class but these is normal")
+@click.option("--fpr", type=float, cls=LazyHelpOption, help_from=_fpr_help)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="one detector option per --set, e.g. "
+              "steps=1200 or z_dim=32 (vae, ganomaly), k=5 (knn), variance=0.9 (pca)")
+@click.option("--max-train", type=int, default=0, show_default=True, help="fit on at most this many normal images "
+              "(0: all)")
+@image_options
+@click.option("--split-seed", type=int, default=0, show_default=True, help="seed of the train / val / test split")
+@seed_option("training seed")
+@out_option("detector directory", metavar="DET")
+@quiet_option
+@device_option()
+def fit(data: str, detector: str, normal_class: str | None, anomaly_class: str | None, fpr: float | None,
+        sets: tuple[str, ...], max_train: int, image_size: int, channels: int, split_seed: int, seed: int, out: str,
+        quiet: bool, device: str) -> int:
     """Fit an anomaly detector on normal images: genforge inspect fit DATA --normal-class 3 --out DET.
 
     DATA is any data spec (mnist5k, fashion-mnist, idx:DIR, npz:FILE, folder:DIR). Labelled data: pick the
@@ -53,23 +88,26 @@ def cmd_inspect_fit(args) -> int:
     """
     from genforge.apps import inspection
 
-    options = parse_options(args.detector, args.set)
-    normal = inspection.load_normal(args.data, _split_list(args.normal_class), _split_list(args.anomaly_class),
-                                    image_size=args.image_size, channels=args.channels, max_train=args.max_train,
-                                    seed=args.split_seed)
-    print(f"genforge: fitting {args.detector} on {len(normal.train)} normal images of {args.data}"
+    cpu_only(device, "inspect fit")
+    fpr = inspection.DEFAULT_FPR if fpr is None else fpr
+
+    options = parse_options(detector, sets)
+    normal = inspection.load_normal(data, comma_list(normal_class), comma_list(anomaly_class),
+                                    image_size=image_size, channels=channels, max_train=max_train,
+                                    seed=split_seed)
+    print(f"genforge: fitting {detector} on {len(normal.train)} normal images of {data}"
           + (f" (classes {', '.join(_names(normal))})" if normal.normal_classes is not None else "")
           + f"; threshold from {len(normal.val)} normal validation images")
-    data = {"spec": args.data, "image_size": args.image_size, "channels": args.channels,
-            "split_seed": args.split_seed, "normal_classes": normal.normal_classes,
-            "class_names": normal.class_names, "max_train": args.max_train}
-    log = None if args.quiet else (lambda msg: print(f"  {msg}", flush=True))
-    det = inspection.fit(args.detector, normal.train, normal.val, fpr=args.fpr, seed=args.seed, options=options,
-                         log=log, data=data)
-    inspection.save(det, args.out)
+    about = {"spec": data, "image_size": image_size, "channels": channels,
+            "split_seed": split_seed, "normal_classes": normal.normal_classes,
+            "class_names": normal.class_names, "max_train": max_train}
+    log = None if quiet else (lambda msg: print(f"  {msg}", flush=True))
+    det = inspection.fit(detector, normal.train, normal.val, fpr=fpr, seed=seed, options=options,
+                         log=log, data=about)
+    inspection.save(det, out)
     print(f"genforge: threshold {det.threshold:.6g} flags {100 * det.meta['val_fpr']:.1f}% of the normal "
-          f"validation images (target {100 * args.fpr:g}%); fit in {det.meta['fit_seconds']:.1f} s; "
-          f"wrote {args.out}")
+          f"validation images (target {100 * fpr:g}%); fit in {det.meta['fit_seconds']:.1f} s; "
+          f"wrote {out}")
     return 0
 
 
@@ -77,7 +115,16 @@ def _names(normal) -> list[str]:
     return [normal.class_names[c] if normal.class_names else str(c) for c in normal.normal_classes]
 
 
-def cmd_inspect_score(args) -> int:
+@inspect.command("score", context_settings=CONTEXT)
+@click.argument("detector", metavar="DET")
+@click.argument("data", metavar="DATA")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
+              help="which split of DATA to score")
+@click.option("--resize", is_flag=True, help="resize images of another size to the detector's")
+@click.option("--no-heatmaps", is_flag=True, help="write scores only")
+@out_option("results directory", metavar="RESULTS")
+@device_option()
+def score(detector: str, data: str, split: str, resize: bool, no_heatmaps: bool, out: str, device: str) -> int:
     """Score images with a fitted detector: genforge inspect score DET DATA --out RESULTS.
 
     Writes RESULTS/scores.csv (score and normal/anomaly label per image), RESULTS/summary.json and a residual
@@ -90,18 +137,19 @@ def cmd_inspect_score(args) -> int:
     from genforge.apps.inspection.report import write_results
     from genforge.data import load_splits
 
-    det = inspection.load(args.detector)
+    cpu_only(device, "inspect score")
+    det = inspection.load(detector)
     _, h, _ = det.image_shape
-    if args.split == "all":
-        splits = load_splits(args.data, image_size=h, val_fraction=0.0, test_fraction=0.0, dedup=False)
+    if split == "all":
+        splits = load_splits(data, image_size=h, val_fraction=0.0, test_fraction=0.0, dedup=False)
         parts = [splits.train] + ([splits.test] if len(splits.test) else [])
     else:
         fit_data = det.meta.get("data") or {}
-        splits = load_splits(args.data, image_size=h, seed=fit_data.get("split_seed", 0))
-        parts = [getattr(splits, args.split)]
+        splits = load_splits(data, image_size=h, seed=fit_data.get("split_seed", 0))
+        parts = [getattr(splits, split)]
     resized = [n for n in splits.report.notes if n.startswith("resized from")]
-    if resized and not args.resize:
-        raise GenforgeError(f"{args.data}: images are not {h}x{h} like those the detector was fit on "
+    if resized and not resize:
+        raise GenforgeError(f"{data}: images are not {h}x{h} like those the detector was fit on "
                             f"({resized[0]}); pass --resize to score them resized")
     import numpy as np
 
@@ -113,17 +161,20 @@ def cmd_inspect_score(args) -> int:
     same_classes = (det.meta.get("data") or {}).get("class_names") == splits.class_names
     if y is not None and normal_classes is not None and same_classes:
         truth = ~np.isin(y, normal_classes)
-    about = {"detector": str(Path(args.detector)), "data": args.data, "split": args.split}
-    summary = write_results(args.out, det, scored, x, classes=y, class_names=splits.class_names, truth=truth,
-                            heatmaps=not args.no_heatmaps, about=about)
+    about = {"detector": str(Path(detector)), "data": data, "split": split}
+    summary = write_results(out, det, scored, x, classes=y, class_names=splits.class_names, truth=truth,
+                            heatmaps=not no_heatmaps, about=about)
     line = f"genforge: {summary['flagged']} of {summary['n']} images flagged as anomalies"
     if "auroc" in summary:
         line += f"; AUROC {summary['auroc']:.4f}, F1 {summary['f1']:.4f} at the threshold"
-    print(f"{line}; wrote {args.out}")
+    print(f"{line}; wrote {out}")
     return 0
 
 
-def cmd_inspect_report(args) -> int:
+@inspect.command("report", context_settings=CONTEXT)
+@click.argument("results", metavar="RESULTS")
+@out_option("HTML file (default RESULTS/report.html)", required=False, metavar="FILE.html")
+def report(results: str, out: str | None) -> int:
     """Write an HTML report of scored images: genforge inspect report RESULTS [--out report.html].
 
     One offline page: the ROC curve (when the truth is known), score histograms with the threshold, the
@@ -131,53 +182,6 @@ def cmd_inspect_report(args) -> int:
     """
     from genforge.apps.inspection.report import write_report
 
-    path = write_report(args.results, args.out)
+    path = write_report(results, out)
     print(f"genforge: wrote {path}")
     return 0
-
-
-def add_inspect_commands(sub) -> None:
-    """Register ``genforge inspect fit|score|report`` on the top-level subparsers."""
-    from genforge.apps.inspection.inspector import DEFAULT_FPR
-    from genforge.apps.inspection.detectors import DETECTORS
-
-    def doc(fn):
-        return fn.__doc__.strip().splitlines()[0], fn.__doc__.strip()
-
-    p = sub.add_parser("inspect", help="anomaly detection: genforge inspect fit|score|report")
-    actions = p.add_subparsers(dest="inspect_command", required=True, metavar="ACTION")
-
-    short, long = doc(cmd_inspect_fit)
-    q = actions.add_parser("fit", help=short, description=long)
-    q.add_argument("data", help="mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR")
-    q.add_argument("--detector", default="vae", help=f"{' | '.join(DETECTORS)} (default vae)")
-    q.add_argument("--normal-class", metavar="CLASS[,CLASS...]", help="the normal classes (index or name)")
-    q.add_argument("--anomaly-class", metavar="CLASS[,CLASS...]", help="every class but these is normal")
-    q.add_argument("--fpr", type=float, default=DEFAULT_FPR,
-                   help=f"target false-positive rate on normal validation images (default {DEFAULT_FPR})")
-    q.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
-                   help="detector options, e.g. steps=1200 z_dim=32 (vae, ganomaly), k=5 (knn), variance=0.9 (pca)")
-    q.add_argument("--max-train", type=int, default=0, help="fit on at most this many normal images (0: all)")
-    q.add_argument("--image-size", type=int, default=28, help="resize images to this side (default 28)")
-    q.add_argument("--channels", type=int, default=0, choices=(0, 1, 3), help="0: as the source has")
-    q.add_argument("--split-seed", type=int, default=0, help="seed of the train / val / test split")
-    q.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    q.add_argument("--out", required=True, help="detector directory")
-    q.add_argument("--quiet", action="store_true", help="no progress output")
-    q.set_defaults(func=cmd_inspect_fit)
-
-    short, long = doc(cmd_inspect_score)
-    q = actions.add_parser("score", help=short, description=long)
-    q.add_argument("detector", help="detector directory written by genforge inspect fit")
-    q.add_argument("data", help="data spec of the images to score")
-    q.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="default test")
-    q.add_argument("--resize", action="store_true", help="resize images of another size to the detector's")
-    q.add_argument("--no-heatmaps", action="store_true", help="write scores only")
-    q.add_argument("--out", required=True, help="results directory")
-    q.set_defaults(func=cmd_inspect_score)
-
-    short, long = doc(cmd_inspect_report)
-    q = actions.add_parser("report", help=short, description=long)
-    q.add_argument("results", help="results directory written by genforge inspect score")
-    q.add_argument("--out", help="HTML file (default RESULTS/report.html)")
-    q.set_defaults(func=cmd_inspect_report)
