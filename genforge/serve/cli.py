@@ -49,9 +49,9 @@ def parse_model_specs(specs: list[str]) -> list[tuple[str, str]]:
 
 def model_loader(path: str, backend: str, device: str = "cpu", threads: int | None = None):
     """A function that loads the model at ``path`` for ``backend`` (torch, or onnx: an export directory, or
-    a model exported to a temporary directory at load time)."""
+    a model exported in memory at load time)."""
     from genforge.generation.model import load as load_model
-    from genforge.export import export_onnx, is_onnx_dir, load_onnx
+    from genforge.export import is_onnx_dir, load_onnx, onnx_model_of
 
     if backend == "torch":
         if is_onnx_dir(path):
@@ -61,10 +61,7 @@ def model_loader(path: str, backend: str, device: str = "cpu", threads: int | No
     def load_or_export():
         if is_onnx_dir(path):
             return load_onnx(path, threads)
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="genforge-onnx-") as out:  # the session keeps the graph in memory
-            return load_onnx(export_onnx(load_model(path), out), threads)
+        return onnx_model_of(load_model(path), threads)  # exported in memory: nothing written, encrypted or not
 
     return load_or_export
 
@@ -73,8 +70,9 @@ def cmd_serve(args) -> int:
     """Serve models over HTTP: genforge serve MODEL [NAME=MODEL ...] --host 127.0.0.1 --port 8000.
 
     Endpoints: POST /v1/generate, POST /v1/feedback, GET /v1/models, GET /healthz, GET /metrics, the web page
-    at /, the OpenAPI schema at /openapi.json (browsable at /docs). Requests need an API key ('Authorization:
-    Bearer KEY', from genforge keys create) unless --insecure-no-auth, which only a loopback host may use.
+    at /, the OpenAPI schema at /openapi.json (no /docs page: it would load Swagger UI from a CDN). Requests
+    need an API key ('Authorization: Bearer KEY', from genforge keys create) unless --insecure-no-auth, which
+    only a loopback host may use.
     Every /v1 request is written to a signed, hash-chained audit log (key from $GENFORGE_AUDIT_KEY or
     $GENFORGE_AUDIT_KEY_FILE; genforge audit verify checks it).
     """
@@ -83,6 +81,7 @@ def cmd_serve(args) -> int:
 
     from genforge.serve.app import Served, ServeConfig, create_app
     from genforge.serve.audit import AuditLog, default_audit_log, load_key
+    from genforge.serve.connections import uvicorn_config
     from genforge.serve.keys import KeyStore, default_keys_file
 
     if args.insecure_no_auth and not is_loopback(args.host):
@@ -115,13 +114,12 @@ def cmd_serve(args) -> int:
     config = ServeConfig(max_n=args.max_n, max_body=args.max_body_bytes, body_timeout=args.body_timeout,
                          request_timeout=args.timeout, max_batch=1 if args.no_batching else args.max_batch,
                          max_wait=args.max_wait_ms / 1000, max_queue=args.max_queue, rate=args.rate,
-                         burst=args.burst, auth=not args.insecure_no_auth)
+                         burst=args.burst, auth=not args.insecure_no_auth, max_connections=args.max_connections)
     audit = AuditLog(args.audit_log or default_audit_log(), load_key(create=True), fsync=args.audit_fsync)
     app = create_app(models, config, keys, audit)
     print(f"genforge: audit log {audit.path}; page at http://{args.host}:{args.port}/", file=sys.stderr)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    limit_concurrency=args.max_connections, timeout_keep_alive=5, server_header=False)
+        uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level)).run()
     finally:
         audit.close()
     return 0
@@ -191,7 +189,7 @@ def cmd_export(args) -> int:
     from genforge.generation.model import load as load_model
     from genforge.export import describe, export_onnx
 
-    out = export_onnx(load_model(args.model), args.out)
+    out = export_onnx(load_model(args.model), args.out, plaintext=args.plaintext)
     print(f"genforge: exported {describe(out)}")
     return 0
 
@@ -258,4 +256,6 @@ def add_serve_commands(sub) -> None:
     p.add_argument("model", help="run directory or model directory")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (onnx)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--plaintext", action="store_true", help="export an encrypted model anyway (the ONNX file "
+                   "holds its weights in the clear)")
     p.set_defaults(func=cmd_export)
