@@ -31,6 +31,7 @@ from genforge.serve.audit import AuditLog  # noqa: E402
 from genforge.serve.audit import verify as verify_audit  # noqa: E402
 from genforge.serve.batching import Batcher, QueueFull  # noqa: E402
 from genforge.serve.cli import is_loopback, parse_model_specs  # noqa: E402
+from genforge.serve.connections import uvicorn_config  # noqa: E402
 from genforge.serve.keys import KeyStore  # noqa: E402
 from genforge.serve.limits import RateLimiter  # noqa: E402
 from genforge.training import train  # noqa: E402
@@ -106,7 +107,7 @@ def serving(app):
     """A real uvicorn server on a free loopback port, in a thread: yields its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app))  # as genforge serve runs it: with its connection guard
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
