@@ -433,12 +433,13 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
 
 def model_info(served: Served) -> ModelInfo:
     m = served.model
+    defaults = m.sampling_defaults  # this model's own (its recipe's) where the declaration's would mislead
     return ModelInfo(name=served.name, recipe=m.name, family=m.family, backend=served.backend,
                      num_classes=m.num_classes,
                      classes=(m.class_names or [str(i) for i in range(m.num_classes)]) if m.num_classes else None,
                      image_shape=list(m.image_shape), image_size=m.image_shape[1], z_dim=m.z_dim,
                      weights_sha256=m.meta.get("weights_sha256"), step=m.meta.get("step"),
-                     controls=[served_range(c) for c in m.controls])
+                     controls=[{**served_range(c), "default": defaults.get(c.name, c.default)} for c in m.controls])
 
 
 # --------------------------------------------------------------------------- the app
