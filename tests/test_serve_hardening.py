@@ -23,9 +23,7 @@ from genforge.cli import main  # noqa: E402
 from genforge.generation import sample  # noqa: E402
 from genforge.generation.model import GenerativeModel  # noqa: E402
 from genforge.serve.app import Served, ServeConfig, create_app  # noqa: E402
-from genforge.serve.audit import AuditLog  # noqa: E402
 from genforge.serve.audit import verify as verify_audit  # noqa: E402
-from genforge.serve.keys import KeyStore  # noqa: E402
 from genforge.serve.schemas import CONTROLS, GenerateRequest  # noqa: E402
 from test_serve import AUDIT_KEY, auth, keys, loaded, make_app, pngs, runs, serving  # noqa: E402,F401
 

@@ -90,7 +90,8 @@ class ServeConfig:
     audit_best_effort: bool = False  # True: serve on when an audit line cannot be written (else 503)
     audit_summary_interval: float = 60.0  # seconds between the summary lines of requests without a valid key
     max_connections: int = 1024     # open connections in all (503 above)
-    max_connections_per_client: int = 64  # open connections from one address (503 above)
+    max_connections_per_client: int = 128  # open connections from one address (503 above; clients behind
+                                           # one proxy share its address)
     header_timeout: float = 10.0    # seconds to receive a request's headers (408, connection closed)
 
 
