@@ -49,8 +49,20 @@ class _Generate(nn.Module):
         return self.generate({self.role: self.net}, z, y)  # (b, c, h, w)
 
 
-def export_onnx(model: GenerativeModel, out: str | Path) -> Path:
-    """Export ``model``'s generator (GAN) or decoder (VAE) to ``out/model.onnx`` with its config.json."""
+def is_encrypted_model(model: GenerativeModel) -> bool:
+    """Whether the model's weights file on disk is encrypted (genforge.crypto)."""
+    from genforge.crypto import is_encrypted
+    from genforge.models.files import WEIGHTS
+
+    return bool(model.path) and is_encrypted(Path(model.path) / WEIGHTS)
+
+
+def onnx_bytes(model: GenerativeModel) -> tuple[bytes, dict]:
+    """The ONNX graph of ``model``'s generator (GAN) or decoder (VAE), in memory, and its "onnx" record.
+
+    Nothing is written: :func:`load_onnx_bytes` opens it in onnxruntime directly, which is how an encrypted
+    model is served on the ONNX backend without its weights touching the disk in the clear.
+    """
     if model.family not in EXPORTABLE:
         raise GenforgeError(f"export supports GAN generators and VAE decoders; model {model.name} is a "
                             f"{model.family}, whose sampler is a loop of many network calls")
@@ -58,7 +70,6 @@ def export_onnx(model: GenerativeModel, out: str | Path) -> Path:
         model = model.to("cpu")
     import onnx  # noqa: F401  (the exporter needs it; a clear ImportError beats a deep one)
 
-    out = Path(out)
     wrapper = _Generate(model).eval()
     conditional = model.num_classes > 0
     z = torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(0))
@@ -72,18 +83,33 @@ def export_onnx(model: GenerativeModel, out: str | Path) -> Path:
         warnings.simplefilter("ignore")
         quiet.setLevel(logging.ERROR)
         try:
+            # model_proto is built in memory; the exporter writes a file only when given one
             program = torch.onnx.export(wrapper, args, dynamo=True, input_names=names, output_names=["images"],
                                         dynamic_shapes=tuple({0: batch} for _ in args), opset_version=OPSET,
                                         verbose=False)
         finally:
             quiet.setLevel(level)
     data = program.model_proto.SerializeToString()
+    info = {"file": ONNX_FILE, "sha256": hashlib.sha256(data).hexdigest(), "opset": OPSET, "inputs": names,
+            "output": "images", "network": wrapper.role, "exported_from": str(model.path),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return data, info
+
+
+def export_onnx(model: GenerativeModel, out: str | Path, plaintext: bool = False) -> Path:
+    """Export ``model``'s generator (GAN) or decoder (VAE) to ``out/model.onnx`` with its config.json.
+
+    An ONNX file holds the network's weights in the clear (onnxruntime cannot read an encrypted one), so the
+    export of an encrypted model is refused unless ``plaintext`` says that is intended.
+    """
+    if not plaintext and is_encrypted_model(model):
+        raise GenforgeError(f"model {model.path} is encrypted, and an ONNX export holds its {model.method.LATENT}'s "
+                            f"weights in the clear: {Path(out) / ONNX_FILE} would be plaintext. Give --plaintext "
+                            "if that is intended, or serve it encrypted with --backend onnx (kept in memory)")
+    data, info = onnx_bytes(model)
+    out = Path(out)
     atomic_write_bytes(out / ONNX_FILE, data)
-    meta = {**model.meta, "onnx": {"file": ONNX_FILE, "sha256": hashlib.sha256(data).hexdigest(), "opset": OPSET,
-                                   "inputs": names, "output": "images", "network": wrapper.role,
-                                   "exported_from": str(model.path),
-                                   "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
-    atomic_write_json(out / "config.json", meta)
+    atomic_write_json(out / "config.json", {**model.meta, "onnx": info})
     return out
 
 
@@ -137,8 +163,6 @@ def is_onnx_dir(path: str | Path) -> bool:
 
 def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
     """Open an export written by :func:`export_onnx`, checking its config and the ONNX file's SHA-256."""
-    import onnxruntime as ort
-
     from genforge.models.files import _read_meta
 
     path = Path(path)
@@ -149,18 +173,30 @@ def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
     data = (path / ONNX_FILE).read_bytes()
     if hashlib.sha256(data).hexdigest() != info["sha256"]:
         raise ModelFileError(f"{path / ONNX_FILE}: SHA-256 does not match config.json: altered or truncated")
+    return load_onnx_bytes(data, meta, path / ONNX_FILE, threads)
+
+
+def onnx_model_of(model: GenerativeModel, threads: int | None = None) -> OnnxModel:
+    """``model`` on the ONNX backend, exported in memory: nothing is written (encrypted models stay so)."""
+    data, info = onnx_bytes(model)
+    return load_onnx_bytes(data, {**model.meta, "onnx": info}, Path(model.path), threads)
+
+
+def load_onnx_bytes(data: bytes, meta: dict, where: str | Path, threads: int | None = None) -> OnnxModel:
+    """An onnxruntime session over the ONNX graph ``data`` (bytes: InferenceSession reads them in memory)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for a malformed graph
-        raise ModelFileError(f"{path / ONNX_FILE}: onnxruntime cannot load it: {e}") from None
+        raise ModelFileError(f"{where}: onnxruntime cannot load it: {e}") from None
     wanted = ["z", "y"] if meta.get("num_classes", 0) else ["z"]
     if [i.name for i in session.get_inputs()] != wanted:
-        raise ModelFileError(f"{path / ONNX_FILE}: inputs {[i.name for i in session.get_inputs()]}, "
-                             f"expected {wanted}")
-    return OnnxModel(session, meta, str(path))
+        raise ModelFileError(f"{where}: inputs {[i.name for i in session.get_inputs()]}, expected {wanted}")
+    return OnnxModel(session, meta, str(Path(where).parent if Path(where).name == ONNX_FILE else where))
 
 
 def describe(path: str | Path) -> str:

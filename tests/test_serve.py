@@ -31,6 +31,7 @@ from genforge.serve.audit import AuditLog  # noqa: E402
 from genforge.serve.audit import verify as verify_audit  # noqa: E402
 from genforge.serve.batching import Batcher, QueueFull  # noqa: E402
 from genforge.serve.cli import is_loopback, parse_model_specs  # noqa: E402
+from genforge.serve.connections import uvicorn_config  # noqa: E402
 from genforge.serve.keys import KeyStore  # noqa: E402
 from genforge.serve.limits import RateLimiter  # noqa: E402
 from genforge.training import train  # noqa: E402
@@ -106,7 +107,7 @@ def serving(app):
     """A real uvicorn server on a free loopback port, in a thread: yields its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app))  # as genforge serve runs it: with its connection guard
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -201,8 +202,15 @@ def test_models_lists_what_is_served(client, loaded):
     assert info["cdc"]["num_classes"] == 10 and len(info["cdc"]["classes"]) == 10
     assert info["dc"]["weights_sha256"] == loaded["dc"].meta["weights_sha256"]
     assert info["vae"]["family"] == "vae" and info["vae"]["image_shape"] == [1, 28, 28]
-    assert "truncation" in info["dc"]["controls"] and "temperature" in info["vae"]["controls"]
-    assert {"steps", "sampler"} <= set(info["ddpm"]["controls"])
+    # each model's controls as its family and modality declare them (genforge.controls), server bounds applied
+    for name in info:
+        assert [c["name"] for c in info[name]["controls"]] == [c.name for c in loaded[name].controls]
+    dc = {c["name"]: c for c in info["dc"]["controls"]}
+    assert dc["truncation"]["min"] == 0.01 and dc["truncation"]["max"] == 1 and dc["truncation"]["type"] == "float"
+    ddpm = {c["name"]: c for c in info["ddpm"]["controls"]}
+    assert ddpm["sampler"]["choices"] == ["ddim", "dpm++2m"] and ddpm["steps"]["max"] == 1000
+    assert "guidance" not in ddpm  # an unconditional diffusion model takes no guidance
+    assert "temperature" in {c["name"] for c in info["vae"]["controls"]}
     assert c.get("/healthz").json()["status"] == "ok"
     schema = c.get("/openapi.json").json()
     assert {"/v1/generate", "/v1/feedback", "/v1/models"} <= set(schema["paths"])
@@ -231,8 +239,11 @@ def test_page_and_its_files_are_served(client):
     ({"model": "vae", "n": 64, "size": 2048}, 413, "limit"),
     ({"model": "dc", "seed": -1}, 422, "seed: Input should be greater than or equal to 0"),
     ({"model": "nope"}, 404, "no model 'nope'"),
-    ({"model": "cdc", "class": 10}, 404, "has no class 10"),
-    ({"model": "cdc", "class": "seven"}, 404, "has no class 'seven'"),
+    ({"model": "cdc", "class": 10}, 404, "out of range: this model has classes 0 to 9"),
+    ({"model": "cdc", "class": "seven"}, 404, "class 'seven' is not one of this model's classes"),
+    ({"model": "cdc", "class": "²"}, 404, "class '²' is not one of this model's classes"),
+    ({"model": "cdc", "class": "①"}, 404, "class '①' is not one of this model's classes"),
+    ({"model": "cdc", "class": ["1", "٣"]}, 404, "class '٣' is not one"),
     ({"model": "dc", "class": 1}, 422, "unconditional"),
     ({"model": "dc", "temperature": 0.5}, 422, "temperature is a VAE control"),
     ({"model": "dc", "truncation": 0.001}, 422, "truncation"),
@@ -541,9 +552,11 @@ def test_audit_log_records_requests_and_verify_finds_tampering(make_app, monkeyp
     text = log.read_text()
     assert all(k not in text for k in made.values())  # key ids only, never keys
     lines = [json.loads(x) for x in text.splitlines()]
-    assert [x["status"] for x in lines] == [200, 401, 200, 403]
+    # one line per request with a valid key; the one without a key is counted in its client's summary line
+    assert [x.get("status") for x in lines] == [200, 200, 403, None]
+    assert lines[3]["event"] == "summary" and lines[3]["outcomes"] == {"401": 1} and lines[3]["count"] == 1
     assert lines[0]["params"]["seed"] == 5 and lines[0]["result"]["pixels_sha256"] == r.json()["pixels_sha256"]
-    assert lines[0]["key_id"].startswith("k") and lines[1]["key_id"] is None
+    assert lines[0]["key_id"].startswith("k") and lines[2]["key_id"].startswith("k")
     assert lines[0]["endpoint"] == "/v1/generate" and lines[0]["latency_ms"] > 0
 
     monkeypatch.setenv("GENFORGE_AUDIT_KEY", AUDIT_KEY)
@@ -556,7 +569,7 @@ def test_audit_log_records_requests_and_verify_finds_tampering(make_app, monkeyp
         assert main(["audit", "verify", str(log)]) == 1
         assert expect in capsys.readouterr().out
 
-    check(raw[:1] + [raw[1].replace(b'"status":401', b'"status":200')] + raw[2:], "line 2: HMAC")  # edited
+    check(raw[:1] + [raw[1].replace(b'"status":200', b'"status":500')] + raw[2:], "line 2: HMAC")  # edited
     check(raw[:1] + raw[2:], "line 2: 'prev'")                                                    # deleted
     check([raw[0], raw[2], raw[1], raw[3]], "line 2")                                            # reordered
     # a full rewrite with a consistent chain, signed with another key: every line fails its HMAC

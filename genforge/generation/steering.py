@@ -88,6 +88,23 @@ def save_gif(frames: np.ndarray, path: str | Path, ms_per_frame: int = 80, scale
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def feedback_latents(z_liked: torch.Tensor, classes: np.ndarray | None, n: int, radius: float,
+                     seed: int) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The latents (n, z_dim) and classes (n,) or None of a feedback round, from the liked latents
+    (k, z_dim) and their classes (k,) or None: liked ones in turn, each new latent
+    sqrt(1 - r^2) * z_liked + r * eps with eps ~ N(0, I) drawn from ``seed``.
+
+    The mix keeps the prior's variance (a sum of independent normals with variances (1 - r^2) and r^2), so
+    the generator stays on the latents it was trained on. ``feedback`` (saved grids) and the HTTP service's
+    /v1/feedback (latents a response returned) both come here, so a round gives the same pixels in both.
+    """
+    pick = torch.arange(n) % len(z_liked)                                    # (n,) liked ones in turn
+    eps = latents(n, z_liked.shape[1], seed)                                 # (n, z_dim)
+    z = math.sqrt(1 - radius**2) * z_liked.to(torch.float32)[pick] + radius * eps
+    y = None if classes is None else np.asarray(classes, dtype=np.int64)[pick.numpy()]
+    return z, y
+
+
 def feedback(model, grid: str | Path, like: list[int], n: int, radius: float, seed: int) -> tuple[Samples, dict]:
     """New samples near the liked ones of a saved grid: latent neighbourhood sampling.
 
@@ -110,14 +127,12 @@ def feedback(model, grid: str | Path, like: list[int], n: int, radius: float, se
         raise GenforgeError(f"radius must be in [0, 1], got {radius!r}")
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10_000:
         raise GenforgeError(f"n must be an integer from 1 to 10000 for a feedback round, got {n!r}")
-    pick = torch.tensor([like[i % len(like)] for i in range(n)])
-    eps = latents(n, model.z_dim, seed)
-    z = math.sqrt(1 - radius**2) * z_grid[pick] + radius * eps
-    y = None
+    liked_y = None
     if side.get("classes") is not None:
-        y = np.asarray(side["classes"], dtype=np.int64)[pick.numpy()]
+        liked_y = np.asarray(side["classes"], dtype=np.int64)[like]
     elif model.num_classes:
         raise GenforgeError(f"{sidecar_path(grid)}: no classes recorded for a conditional model (altered?)")
+    z, y = feedback_latents(z_grid[like], liked_y, n, radius, seed)
     parent = {"grid": str(grid), "sidecar_sha256": hashlib.sha256(sidecar_path(grid).read_bytes()).hexdigest(),
               "like": like, "radius": radius, "seed": seed, "n": n}
     samples = Samples(x=decode(model, z, y), y=y, z=z.numpy(), seed=seed,

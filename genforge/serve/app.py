@@ -2,17 +2,20 @@
 
     POST /v1/generate       images from (model, n, seed, class, controls)    generator
     POST /v1/feedback       more like the liked images of a response          generator
-    GET  /v1/models         what is served: family, classes, size, hash      viewer
+    GET  /v1/models         what is served: family, classes, controls, hash  viewer
     GET  /v1/admin/keys     key management (POST creates, DELETE revokes)     admin
     POST /v1/admin/reload   load the model files again                       admin
     GET  /metrics           Prometheus text                                   viewer
     GET  /healthz           liveness, no key
+    GET  /openapi.json      the OpenAPI schema, no key (no /docs: see create_app)
     GET  /                  the web page, no key (it asks for one)
 
 Every request passes the ``Gate`` first (authentication, role, rate limit,
-bounded body read; then metrics and one audit line), so a request without a
-valid key is refused before its body is read. Latents are drawn per request
-exactly as :func:`genforge.generation.sample` draws them; the per-model
+bounded body read; then metrics and the audit line, written before the
+response is sent), so a request without a valid key is refused before its
+body is read. Connections pass the ``ConnectionGuard`` before that (a header
+deadline, a cap per client address and in all: ``serve/connections.py``). Latents are drawn per request
+by the generation plan (:func:`genforge.generation.sampling.plan`); the per-model
 ``Batcher`` merges concurrent requests into one ``decode`` call, so a seed
 gives the same pixels here as in ``genforge sample``.
 """
@@ -44,16 +47,18 @@ from starlette.routing import Match
 from genforge.version import __version__
 from genforge.errors import GenforgeError
 from genforge.generation.sampling import finish as finish_samples
-from genforge.generation.sampling import class_indices, decode, latents, plan
+from genforge.generation.sampling import decode, plan, resolve_class
+from genforge.generation.steering import feedback_latents
 from genforge.generation.writers import make_grid
 from genforge.generation import provenance
-from genforge.serve.audit import AuditLog
+from genforge.serve.audit import AuditLog, Tally
 from genforge.serve.batching import Batcher, QueueFull
+from genforge.serve.connections import ConnectionGuard
 from genforge.serve.keys import KeyStore, Principal, role_allows
 from genforge.serve.limits import BodyTimeout, BodyTooLarge, RateLimiter, read_body, retry_after
 from genforge.serve.monitoring import Metrics
-from genforge.serve.schemas import (ErrorBody, FeedbackRequest, GenerateRequest, GenerateResponse, KeyCreate,
-                                    ModelInfo, ModelsResponse)
+from genforge.serve.schemas import (CONTROLS, ErrorBody, FeedbackRequest, GenerateRequest, GenerateResponse,
+                                    KeyCreate, ModelInfo, ModelsResponse, served_range)
 
 log = logging.getLogger("genforge.serve")
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -80,6 +85,14 @@ class ServeConfig:
     rate: float = 20.0              # requests per second per key (0: no limit)
     burst: int = 40                 # bucket size: requests a key may send at once
     auth: bool = True               # False only with --insecure-no-auth on loopback
+    anon_rate: float = 2.0          # requests per second per client address without a valid key (429 above)
+    anon_burst: int = 20            # ... and how many it may send at once
+    audit_best_effort: bool = False  # True: serve on when an audit line cannot be written (else 503)
+    audit_summary_interval: float = 60.0  # seconds between the summary lines of requests without a valid key
+    max_connections: int = 1024     # open connections in all (503 above)
+    max_connections_per_client: int = 128  # open connections from one address (503 above; clients behind
+                                           # one proxy share its address)
+    header_timeout: float = 10.0    # seconds to receive a request's headers (408, connection closed)
 
 
 @dataclass
@@ -116,7 +129,12 @@ ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 413, 
 # --------------------------------------------------------------------------- the gate (ASGI middleware)
 
 class Gate:
-    """Authentication, roles, rate limits and the bounded body read; then metrics and the audit line."""
+    """Authentication, roles, rate limits and the bounded body read; then metrics and the audit line.
+
+    The audit line is written when the response starts, before a byte of it is sent: if the write fails, the
+    client gets a 503 instead of the response (unless ``audit_best_effort``), so every response served is a
+    response recorded. Requests without a valid key are counted in the summary lines (``audit.Tally``).
+    """
 
     def __init__(self, app, service: "Service"):
         self.app, self.service = app, service
@@ -128,40 +146,52 @@ class Gate:
         endpoint, role = svc.route_of(scope)
         state = scope.setdefault("state", {})
         state["audit"] = record = {}
-        status = 500
+        audited = svc.audit is not None and scope["path"].startswith("/v1/")
+        status, started, replaced, gone = None, False, False, None
 
-        async def send_status(message):
-            nonlocal status
+        async def send_recorded(message):
+            nonlocal status, started, replaced
+            if replaced:
+                return  # the app's response was replaced by the 503 below: drop the rest of it
             if message["type"] == "http.response.start":
-                status = message["status"]
+                started, status = True, message["status"]
+                if gone is not None and gone.done():
+                    status = CLIENT_GONE  # the client hung up before its response: record that, send nothing
+                    svc.record(scope, state, endpoint, status, time.perf_counter() - t0)
+                    replaced = True
+                    return
+                if audited and not svc.record(scope, state, endpoint, status, time.perf_counter() - t0):
+                    replaced, status = True, 503
+                    refusal = error_response(503, "the server cannot write its audit log: request not served")
+                    await refusal(scope, receive, send)
+                    return
             await send(message)
 
         try:
-            reply, principal = None, None
             if role is not None:
                 principal, reply = svc.admit(scope, role)
                 state["principal"] = principal
+            else:
+                reply = None
             if reply is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
                 reply, receive = await svc.buffer_body(scope, receive, record)
+                if reply is None and audited:
+                    gone = asyncio.ensure_future(client_gone_from(receive))
             if reply is not None:
-                await reply(scope, receive, send_status)
+                await reply(scope, receive, send_recorded)
             else:
-                await self.app(scope, receive, send_status)
+                await self.app(scope, receive, send_recorded)
         except ConnectionAbortedError:
             status = CLIENT_GONE
         finally:
+            if gone is not None:
+                gone.cancel()
             latency = time.perf_counter() - t0
+            status = status or 500
+            if audited and not started:  # no response at all (the client went away first): still one line
+                svc.record(scope, state, endpoint, status, latency)
             svc.metrics.requests.labels(endpoint, str(status)).inc()
             svc.metrics.latency.labels(endpoint).observe(latency)
-            if svc.audit is not None and scope["path"].startswith("/v1/"):
-                p = state.get("principal")
-                try:
-                    svc.audit.write({"key_id": p.key_id if p else None, "method": scope["method"],
-                                     "endpoint": endpoint if endpoint != "other" else scope["path"][:200],
-                                     "client": (scope.get("client") or ["?"])[0], "status": status,
-                                     "latency_ms": round(latency * 1000, 3), **record})
-                except OSError:  # disk full...: say so loudly; the response has gone already
-                    log.exception("could not write the audit log %s", svc.audit.path)
 
 
 # --------------------------------------------------------------------------- the service
@@ -173,7 +203,47 @@ class Service:
         self.models, self.config, self.keys, self.audit = models, config, keys, audit
         self.metrics = Metrics()
         self.limiter = RateLimiter(config.rate, config.burst)
+        self.anon_limiter = RateLimiter(config.anon_rate, config.anon_burst)  # per address, requests with no valid key
+        self.tally = Tally(audit, config.audit_summary_interval)
+        self.guard = ConnectionGuard(config.max_connections, config.max_connections_per_client,
+                                     config.header_timeout, on_refused=self.refused)
         self.routes: list = []  # set by create_app
+
+    # ------------------------------------------------------------- the audit log
+
+    def record(self, scope, state: dict, endpoint: str, status: int, latency: float) -> bool:
+        """Write the request's audit line; False when it could not be written and that must fail the request.
+
+        A request without a valid key is counted in the per-client summary instead of a line of its own."""
+        principal = state.get("principal")
+        client = client_address(scope)
+        if self.audit is None:
+            return True
+        if principal is None:
+            self.tally_add(client, str(status))
+            return True
+        try:
+            self.audit.write({"key_id": principal.key_id, "method": scope["method"], "endpoint": endpoint,
+                              "client": client, "status": status, "latency_ms": round(latency * 1000, 3),
+                              **state.get("audit", {})})
+            return True
+        except OSError as e:  # disk full...: fail closed unless the operator chose best effort
+            log.error("could not write the audit log %s: %s%s", self.audit.path, e,
+                      " (best effort: served anyway)" if self.config.audit_best_effort else " (request refused)")
+            self.metrics.rejections.labels("audit_failed").inc()
+            return self.config.audit_best_effort
+
+    def tally_add(self, client: str, outcome: str) -> None:
+        try:
+            self.tally.add(client, outcome)
+        except OSError as e:
+            log.error("could not write a summary line to the audit log %s: %s", self.audit.path, e)
+
+    def refused(self, client: str, reason: str) -> None:
+        """A connection refused (or timed out) before a request was read: metrics and the audit summary."""
+        self.metrics.rejections.labels(reason).inc()
+        if self.audit is not None:
+            self.tally_add(client, reason)
 
     # ------------------------------------------------------------- gate helpers
 
@@ -190,7 +260,7 @@ class Service:
         reject = self.metrics.rejections.labels
         if not self.config.auth:
             principal = Principal("anonymous", "admin")
-            bucket = "client:" + str((scope.get("client") or ["?"])[0])
+            bucket = "client:" + client_address(scope)
         else:
             header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
             scheme, _, token = header.partition(" ")
@@ -200,6 +270,13 @@ class Service:
                 log.error("%s", e)
                 return None, error_response(503, "the server cannot read its key file")
             if principal is None:
+                # failed attempts are limited per address, before the key guessing or the log can pile up
+                wait = self.anon_limiter.take("client:" + client_address(scope))
+                if wait > 0:
+                    reject("rate_limited_unauthenticated").inc()
+                    return None, error_response(429, f"too many requests without a valid API key from this "
+                                                     f"address: retry in {wait:.2f} s",
+                                                {"Retry-After": retry_after(wait)})
                 reject("unauthorized").inc()
                 return None, error_response(401, "missing, unknown or revoked API key: send "
                                                  "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
@@ -289,28 +366,36 @@ class Service:
                        {"Retry-After": "1"}, reason="timeout")
 
 
+def client_address(scope) -> str:
+    return str((scope.get("client") or ["?"])[0])
+
+
+async def client_gone_from(receive) -> None:
+    """Return when the client disconnects (called once the body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def client_gone(request: Request) -> None:
     """Return when the client disconnects (the body has been read, so the next message is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
 
-def resolve_classes(served: Served, classes, n: int, seed: int = 0) -> np.ndarray | None:
-    """Per-image classes as ``sample`` resolves them; an unknown class is a 404 naming the known ones."""
+def check_classes(served: Served, classes) -> None:
+    """Each requested class looked up as ``sample`` looks it up (:func:`resolve_class`: a JSON integer is an
+    index; a string is a class name first, an index only when it names no class). An unknown class is a 404
+    naming the known ones; a string that is one class's name and another's index is a 422 naming both."""
     model = served.model
-    if classes is not None and model.num_classes:
-        names = model.class_names or []
-        for c in classes if isinstance(classes, list) else [classes]:
-            if isinstance(c, str) and not c.strip().isdigit():
-                if c not in names:
-                    raise ApiError(404, f"model {served.name} has no class {c!r}; its classes: {', '.join(names)}")
-            elif not 0 <= int(c) < model.num_classes:
-                raise ApiError(404, f"model {served.name} has no class {c}; its classes are 0 to "
-                                    f"{model.num_classes - 1}")
-    try:
-        return class_indices(model, classes, n, seed)
-    except GenforgeError as e:
-        raise ApiError(422, str(e)) from None
+    if classes is None or not model.num_classes:
+        return  # none asked, or an unconditional model: the plan says so (422)
+    names = model.class_names or []
+    for c in classes if isinstance(classes, list) else [classes]:
+        try:
+            resolve_class(model, c)
+        except GenforgeError as e:
+            ambiguous = isinstance(c, str) and c in names  # a name that exists, refused: it also reads as an index
+            raise ApiError(422 if ambiguous else 404, f"model {served.name}: {e}") from None
 
 
 def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: torch.Tensor, seed: int,
@@ -349,13 +434,13 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
 
 def model_info(served: Served) -> ModelInfo:
     m = served.model
-    controls = {"gan": ["truncation"], "vae": ["temperature"], "diffusion": ["steps", "guidance", "sampler"]}.get(m.family, [])
+    defaults = m.sampling_defaults  # this model's own (its recipe's) where the declaration's would mislead
     return ModelInfo(name=served.name, recipe=m.name, family=m.family, backend=served.backend,
                      num_classes=m.num_classes,
                      classes=(m.class_names or [str(i) for i in range(m.num_classes)]) if m.num_classes else None,
                      image_shape=list(m.image_shape), image_size=m.image_shape[1], z_dim=m.z_dim,
                      weights_sha256=m.meta.get("weights_sha256"), step=m.meta.get("step"),
-                     controls=controls + ["size", "resample"])
+                     controls=[{**served_range(c), "default": defaults.get(c.name, c.default)} for c in m.controls])
 
 
 # --------------------------------------------------------------------------- the app
@@ -380,14 +465,23 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
                                      on_batch=on_batch(name))
             served.batcher.start()
             svc.metrics.queue_depth.labels(name).set_function(served.batcher.depth)
+        summaries = asyncio.ensure_future(flush_every(svc))
         yield
+        summaries.cancel()
         for served in models.values():
             await served.batcher.stop()
             served.batcher.executor.shutdown(wait=False)
+        flush_tally(svc)
 
-    app = FastAPI(title="genforge", version=__version__, lifespan=lifespan,
-                  description="Generate images from genforge models. Send 'Authorization: Bearer <key>' "
-                              "(genforge keys create).")
+    # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, and this origin keeps the API key
+    # in the page's session storage; a script from elsewhere running here could read it. The schema itself
+    # stays at /openapi.json, for a local Swagger UI or any OpenAPI client.
+    app = FastAPI(title="genforge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Generate images from genforge models: the same pixels as `genforge sample` and "
+                              "the Python API (`genforge.load(path).sample(n, seed=..., **controls)`, or "
+                              "`genforge.generation.sample`) with the same seed and controls. Send "
+                              "'Authorization: Bearer <key>' (genforge keys create). GET /v1/models lists each "
+                              "model's controls with their ranges.")
     app.state.service = svc
     bearer = [Depends(HTTPBearer(auto_error=False, description="an API key from genforge keys create"))]
 
@@ -445,14 +539,12 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
         request.state.audit["params"] = {**req.model_dump(by_alias=True, exclude_none=True), "seed": seed}
         served = svc.served(req.model)
         svc.check_size(served, req.n, req.size)
-        resolve_classes(served, req.class_, req.n, seed)  # an unknown class is a 404
-        try:
-            p = plan(served.model, req.n, seed, req.class_, truncation=req.truncation, temperature=req.temperature,
-                     size=req.size, resample=req.resample, steps=req.steps, guidance=req.guidance,
-                     sampler=req.sampler)
+        check_classes(served, req.class_)
+        try:  # the one generation plan: controls checked against the model's declarations, latents drawn
+            p = plan(served.model, req.n, seed, req.class_, **{c.name: getattr(req, c.name) for c in CONTROLS})
         except GenforgeError as e:
             raise ApiError(422, str(e)) from None
-        x = await svc.images(request, served, p.z, p.y, p.decode)
+        x = await svc.images(request, served, p.z, p.y, p.decode)  # the batcher runs sampling.decode
         if p.output:
             x = await asyncio.to_thread(finish_samples, x, p.output)
         return await finish(request, served, req.format, x, p.y, p.z, seed, p.controls, req.latents)
@@ -483,11 +575,10 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
                                     f"{model.num_classes - 1}")
         elif any(c is not None for c in liked_y):
             raise ApiError(422, f"liked: model {served.name} is unconditional: give no classes")
-        # As steering.feedback: liked images in turn, each new latent sqrt(1 - r^2) z + r eps, eps from the seed.
-        pick = torch.tensor([i % len(z_liked) for i in range(req.n)])
-        eps = latents(req.n, model.z_dim, seed)                                            # (n, z_dim)
-        z = math.sqrt(1 - req.radius**2) * torch.tensor(z_liked, dtype=torch.float32)[pick] + req.radius * eps
-        y = np.asarray(liked_y, dtype=np.int64)[pick.numpy()] if model.num_classes else None
+        # the latents of steering.feedback (genforge sample --from GRID --like ...), from the same function
+        z, y = feedback_latents(torch.tensor(z_liked, dtype=torch.float32),
+                                np.asarray(liked_y, dtype=np.int64) if model.num_classes else None,
+                                req.n, req.radius, seed)
         x = await svc.images(request, served, z, y, {})
         return await finish(request, served, req.format, x, y, z, seed, {"radius": req.radius}, req.latents)
 
@@ -557,6 +648,21 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
     svc.routes = list(app.router.routes)
     app.add_middleware(Gate, service=svc)
     return app
+
+
+async def flush_every(svc: Service) -> None:
+    """Write the audit summary lines every ``audit_summary_interval`` seconds, traffic or not."""
+    while True:
+        await asyncio.sleep(svc.config.audit_summary_interval)
+        flush_tally(svc)
+
+
+def flush_tally(svc: Service) -> None:
+    try:
+        svc.tally.flush()
+    except OSError as e:
+        log.error("could not write summary lines to the audit log %s: %s (kept for the next try)",
+                  svc.audit.path, e)
 
 
 def decode_for_batcher(model, z: torch.Tensor, y: np.ndarray | None, **controls) -> np.ndarray:

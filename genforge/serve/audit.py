@@ -16,11 +16,19 @@ mode 0600, on first use). Never from the command line, where other users of
 the machine can read it. Keep the key away from the log's machine for the
 strongest guarantee.
 
-Each line is appended and flushed as the request ends, so a crash of the
-server loses at most the requests in flight (``fsync=True`` survives a power
-cut too, at a few milliseconds a line). What a chain cannot show by itself is
-the loss of its last lines; ``verify`` prints the last line's hash, to note
-elsewhere if that matters.
+Each line is written before its response is sent (OWASP: audit before
+acting, fail closed): when the write fails (a full disk), the service answers
+503 instead, unless the operator chose best effort. A failed write leaves no
+torn line behind (the file is cut back to where the line began), so the
+chain stays intact. A crash of the server loses at most the requests in
+flight (``fsync=True`` survives a power cut too, at a few milliseconds a
+line). What a chain cannot show by itself is the loss of its last lines;
+``verify`` prints the last line's hash, to note elsewhere if that matters.
+
+Requests without a valid key, and connections refused before a request was
+read, are not written one line each (anyone could fill the disk with them):
+``Tally`` counts them per client address and outcome and writes one summary
+line per client per interval (``"event": "summary"``, with the count).
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import json
 import os
 import secrets
 import threading
+import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -89,7 +99,7 @@ class AuditLog:
         self.path = Path(path)
         self.key, self.fsync = key, fsync
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "ab")
+        self.file = open(self.path, "ab", buffering=0)  # unbuffered: a failed write leaves nothing queued
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -113,7 +123,6 @@ class AuditLog:
             lines = f.read().split(b"\n")
         if lines[-1] != b"":
             self.file.write(b"\n")
-            self.file.flush()
         else:
             lines.pop()
         seq = 0
@@ -128,19 +137,75 @@ class AuditLog:
     def write(self, fields: dict) -> None:
         """Append one line: ``fields`` plus time, seq, prev and hmac."""
         with self.lock:
-            self.seq += 1
-            now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            line = {"time": now, **fields, "seq": self.seq, "prev": self.prev}
+            line = {"time": _now(), **fields, "seq": self.seq + 1, "prev": self.prev}
             line["hmac"] = _mac(self.key, line)
             data = _line_bytes(line)
-            self.file.write(data + b"\n")
-            self.file.flush()
-            if self.fsync:
-                os.fsync(self.file.fileno())
+            start = self.file.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(data + b"\n")
+                while view:  # a raw write may take only part of the line
+                    view = view[self.file.write(view):]
+                if self.fsync:
+                    os.fsync(self.file.fileno())
+            except OSError:
+                # disk full...: cut off what part of the line went in, so that the next line chains to the last
+                # whole one; the caller decides what the failure means (503, or best effort)
+                try:
+                    self.file.truncate(start)
+                except OSError:
+                    pass
+                raise
+            self.seq += 1
             self.prev = hashlib.sha256(data).hexdigest()
 
     def close(self) -> None:
         self.file.close()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Tally:
+    """Counts of events that get no line each (requests without a valid key, refused connections), per
+    client address and outcome; ``flush`` writes one summary line per client and empties the counts.
+
+    The service flushes every ``interval`` seconds and when it stops, so the lines from one address are at
+    most one per interval however many requests it sends. At most ``max_clients`` addresses are told apart;
+    the rest are counted together as client "other".
+    """
+
+    def __init__(self, log: AuditLog | None, interval: float = 60.0, max_clients: int = 1000):
+        self.log, self.interval, self.max_clients = log, interval, max_clients
+        self.counts: dict[str, Counter] = {}
+        self.since, self.started = _now(), time.monotonic()
+        self.lock = threading.Lock()
+
+    def add(self, client: str, outcome: str) -> None:
+        with self.lock:
+            if client not in self.counts and len(self.counts) >= self.max_clients:
+                client = "other"
+            self.counts.setdefault(client, Counter())[outcome] += 1
+        if time.monotonic() - self.started >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the summary lines (a failed write is logged by the caller; the counts are kept for the next)."""
+        with self.lock:
+            counts, since = self.counts, self.since
+            self.counts, self.since, self.started = {}, _now(), time.monotonic()
+        if self.log is None:
+            return
+        items = sorted(counts.items())
+        for n, (client, outcomes) in enumerate(items):
+            try:
+                self.log.write({"event": "summary", "client": client, "count": sum(outcomes.values()),
+                                "outcomes": dict(sorted(outcomes.items())), "from": since})
+            except OSError:
+                with self.lock:  # keep what was not written, for the next flush
+                    for c, o in items[n:]:
+                        self.counts.setdefault(c, Counter()).update(o)
+                raise
 
 
 def verify(path: str | Path, key: bytes) -> tuple[list[str], int, str]:

@@ -49,7 +49,7 @@ def model_loader(path: str, backend: str, device: str = "auto", threads: int | N
     """A function that loads the model at ``path`` for ``backend`` (torch, or onnx: an export directory, or
     a model exported to a temporary directory at load time)."""
     from genforge.generation.model import load as load_model
-    from genforge.export import export_onnx, is_onnx_dir, load_onnx
+    from genforge.export import is_onnx_dir, load_onnx, onnx_model_of
 
     if backend == "torch":
         if is_onnx_dir(path):
@@ -59,10 +59,7 @@ def model_loader(path: str, backend: str, device: str = "auto", threads: int | N
     def load_or_export():
         if is_onnx_dir(path):
             return load_onnx(path, threads)
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="genforge-onnx-") as out:  # the session keeps the graph in memory
-            return load_onnx(export_onnx(load_model(path), out), threads)
+        return onnx_model_of(load_model(path), threads)  # exported in memory: nothing written, encrypted or not
 
     return load_or_export
 
@@ -90,24 +87,40 @@ def model_loader(path: str, backend: str, device: str = "auto", threads: int | N
 @click.option("--no-batching", is_flag=True, help="one request per forward pass (same as --max-batch 1)")
 @click.option("--max-queue", type=int, default=256, show_default=True, help="requests waiting per model (503 above)")
 @click.option("--max-connections", type=int, default=1024, show_default=True, help="open connections (503 above)")
+@click.option("--max-connections-per-client", type=int, default=128, show_default=True,
+              help="open connections from one address (503 above; clients behind one proxy share it)")
+@click.option("--header-timeout", type=float, default=10.0, show_default=True,
+              help="seconds to receive a request's headers (408, connection closed)")
+@click.option("--audit-best-effort", is_flag=True,
+              help="serve on when an audit line cannot be written (default: such requests get 503)")
+@click.option("--audit-summary-interval", type=float, default=60.0, show_default=True,
+              help="seconds between the summary lines of requests without a valid key")
+@click.option("--anon-rate", type=float, default=2.0, show_default=True,
+              help="requests/s per address without a valid key (429 above)")
+@click.option("--anon-burst", type=int, default=20, show_default=True,
+              help="requests without a valid key an address may send at once")
 @click.option("--log-level", default="warning", show_default=True, help="uvicorn's log level")
 def serve(specs: tuple[str, ...], host: str, port: int, backend: str, device: str, threads: int | None,
           keys_file: str | None, insecure_no_auth: bool, audit_log: str | None, audit_fsync: bool, max_n: int,
           max_body_bytes: int, body_timeout: float, timeout: float, rate: float, burst: int, max_batch: int,
-          max_wait_ms: float, no_batching: bool, max_queue: int, max_connections: int, log_level: str) -> int:
+          max_wait_ms: float, no_batching: bool, max_queue: int, max_connections: int,
+          max_connections_per_client: int, header_timeout: float, audit_best_effort: bool,
+          audit_summary_interval: float, anon_rate: float, anon_burst: int, log_level: str) -> int:
     """Serve models over HTTP: genforge serve MODEL [NAME=MODEL ...] --host 127.0.0.1 --port 8000.
 
     Endpoints: POST /v1/generate, POST /v1/feedback, GET /v1/models, GET /healthz, GET /metrics, the web page
-    at /, the OpenAPI schema at /openapi.json (browsable at /docs). Requests need an API key ('Authorization:
-    Bearer KEY', from genforge keys create) unless --insecure-no-auth, which only a loopback host may use.
-    Every /v1 request is written to a signed, hash-chained audit log (key from $GENFORGE_AUDIT_KEY or
-    $GENFORGE_AUDIT_KEY_FILE; genforge audit verify checks it).
+    at /, the OpenAPI schema at /openapi.json (no /docs page: it would load Swagger UI from a CDN). Requests
+    need an API key ('Authorization: Bearer KEY', from genforge keys create) unless --insecure-no-auth, which
+    only a loopback host may use. Every /v1 request with a valid key is written to a signed, hash-chained
+    audit log before its response (key from $GENFORGE_AUDIT_KEY or $GENFORGE_AUDIT_KEY_FILE; genforge audit
+    verify checks it); requests without one are rate-limited per address and counted in summary lines.
     """
     import torch
     import uvicorn
 
     from genforge.serve.app import Served, ServeConfig, create_app
     from genforge.serve.audit import AuditLog, default_audit_log, load_key
+    from genforge.serve.connections import uvicorn_config
     from genforge.serve.keys import KeyStore, default_keys_file
 
     if insecure_no_auth and not is_loopback(host):
@@ -118,7 +131,11 @@ def serve(specs: tuple[str, ...], host: str, port: int, backend: str, device: st
                              ("--body-timeout", body_timeout, 1e-3), ("--timeout", timeout, 1e-3),
                              ("--rate", rate, 0), ("--burst", burst, 1), ("--max-batch", max_batch, 1),
                              ("--max-wait-ms", max_wait_ms, 0), ("--max-queue", max_queue, 1),
-                             ("--max-connections", max_connections, 1), ("--threads", threads or 1, 1)):
+                             ("--max-connections", max_connections, 1), ("--threads", threads or 1, 1),
+                             ("--max-connections-per-client", max_connections_per_client, 1),
+                             ("--header-timeout", header_timeout, 1e-3),
+                             ("--audit-summary-interval", audit_summary_interval, 1e-3),
+                             ("--anon-rate", anon_rate, 0), ("--anon-burst", anon_burst, 1)):
         if value < low:
             raise GenforgeError(f"{flag} must be at least {low:g}, got {value:g}")
     if threads:
@@ -140,13 +157,15 @@ def serve(specs: tuple[str, ...], host: str, port: int, backend: str, device: st
     config = ServeConfig(max_n=max_n, max_body=max_body_bytes, body_timeout=body_timeout,
                          request_timeout=timeout, max_batch=1 if no_batching else max_batch,
                          max_wait=max_wait_ms / 1000, max_queue=max_queue, rate=rate,
-                         burst=burst, auth=not insecure_no_auth)
+                         burst=burst, auth=not insecure_no_auth, max_connections=max_connections,
+                         max_connections_per_client=max_connections_per_client, header_timeout=header_timeout,
+                         audit_best_effort=audit_best_effort, audit_summary_interval=audit_summary_interval,
+                         anon_rate=anon_rate, anon_burst=anon_burst)
     log = AuditLog(audit_log or default_audit_log(), load_key(create=True), fsync=audit_fsync)
     app = create_app(served, config, store, log)
     print(f"genforge: audit log {log.path}; page at http://{host}:{port}/", file=sys.stderr)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level,
-                    limit_concurrency=max_connections, timeout_keep_alive=5, server_header=False)
+        uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
     finally:
         log.close()
     return 0
@@ -233,7 +252,9 @@ def audit_verify(log: str) -> int:
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True,
               help="export format")
 @out_option("output directory", metavar="DIR")
-def export(model: str, fmt: str, out: str) -> int:
+@click.option("--plaintext", is_flag=True,
+              help="export an encrypted model anyway (model.onnx holds its weights in the clear)")
+def export(model: str, fmt: str, out: str, plaintext: bool) -> int:
     """Export a model's generator (GAN) or decoder (VAE) to ONNX: genforge export MODEL --out DIR.
 
     DIR gets model.onnx (inputs z [and y], output images in [0, 1], dynamic batch) and config.json; serve it
@@ -243,6 +264,6 @@ def export(model: str, fmt: str, out: str) -> int:
     from genforge.export import describe, export_onnx
     from genforge.generation.model import load as load_model
 
-    path = export_onnx(load_model(model, device="cpu"), out)
+    path = export_onnx(load_model(model, device="cpu"), out, plaintext=plaintext)
     print(f"genforge: exported {describe(path)}")
     return 0

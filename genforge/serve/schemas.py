@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from genforge.controls import MAX_SIZE, SAMPLERS, TEMPERATURE
-
-MAX_TEMPERATURE = TEMPERATURE.high
+from genforge.controls import Control
+from genforge.modalities import MODALITIES
+from genforge.models import MODELS
 
 MIN_TRUNCATION = 0.01  # below this, truncation by resampling redraws for a long time: a cheap way to busy a server
 MAX_LATENT = 1000.0    # |z| bound for latents sent back in a feedback round (N(0, 1) values lie within 10)
+# Bounds the server adds to a control's declared range, to keep a request cheap; /v1/models reports them.
+SERVER_BOUNDS = {"truncation": {"min": MIN_TRUNCATION, "min_exclusive": False}}
 
 ClassSpec = Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1, max_length=100)]
 Format = Literal["base64", "png", "npz"]
@@ -22,29 +24,58 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-class GenerateRequest(Strict):
-    """What to generate. Same seed and controls, same pixels as ``genforge sample`` and ``genforge.sample``."""
+def declared_controls() -> tuple[Control, ...]:
+    """Every control a served model may take, once each: each family's (genforge.models), then each
+    modality's output controls. Which of them a given model takes is ``model.controls``; the generation
+    plan refuses the others with a message naming whose they are."""
+    seen: dict[str, Control] = {}
+    for spec in MODELS.values():
+        for c in spec.method.CONTROLS:
+            seen.setdefault(c.name, c)
+    for modality in MODALITIES.values():
+        for c in modality.output_controls:
+            seen.setdefault(c.name, c)
+    return tuple(seen.values())
 
-    model: str = Field(min_length=1, max_length=200, description="a name from GET /v1/models")
-    n: int = Field(1, ge=1, description="number of images (at most the server's --max-n, else 413)")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="random seed; omitted: the server picks one, and "
-                                                                 "returns it")
-    class_: ClassSpec | Annotated[list[ClassSpec], Field(min_length=1, max_length=1000)] | None = Field(
+
+CONTROLS = declared_controls()
+
+
+def served_range(c: Control) -> dict:
+    """A control's declaration as JSON with the server's own bounds applied (``/v1/models``, the page)."""
+    return {**c.describe(), **SERVER_BOUNDS.get(c.name, {})}
+
+
+def control_field(c: Control) -> tuple:
+    """(annotation, Field) of a request field for control ``c``: its type and range from the declaration,
+    plus the server's bounds; omitted (None) means the model's own default."""
+    d = served_range(c)
+    text = f"{c.help}; {c.range_text()}" + (f" (this server: at least {d['min']:g})" if c.name in SERVER_BOUNDS
+                                             else "")
+    if c.choices:
+        return Literal[c.choices] | None, Field(None, description=text)
+    low = {"gt": d["min"]} if d["min_exclusive"] else {"ge": d["min"]}
+    return c.type | None, Field(None, **low, le=d["max"], description=text)
+
+
+GenerateRequest = create_model(
+    "GenerateRequest", __base__=Strict,
+    __doc__="What to generate. Same seed and controls, same pixels as ``genforge sample`` and "
+            "``model.sample`` (genforge.generation.sample).",
+    model=(str, Field(min_length=1, max_length=200, description="a name from GET /v1/models")),
+    n=(int, Field(1, ge=1, description="number of images (at most the server's --max-n, else 413)")),
+    seed=(int | None, Field(None, ge=0, lt=2**63, description="random seed; omitted: the server picks one, and "
+                                                               "returns it")),
+    class_=(ClassSpec | Annotated[list[ClassSpec], Field(min_length=1, max_length=1000)] | None, Field(
         None, alias="class",
-        description="conditional models: a class index or name, or a list cycled over the images; omitted: "
-                    "every class in turn")
-    truncation: float | None = Field(None, ge=MIN_TRUNCATION, le=1, description="GANs: keep this central share "
-                                                                                 "of each latent coordinate")
-    temperature: float | None = Field(None, gt=0, le=MAX_TEMPERATURE, description="VAEs: scale of the prior")
-    size: int | None = Field(None, ge=1, le=MAX_SIZE, description="resize the output to size x size")
-    resample: Literal["nearest", "bilinear", "lanczos"] = Field("lanczos", description="resize filter")
-    steps: int | None = Field(None, ge=1, le=1000, description="diffusion models: sampler steps")
-    guidance: float | None = Field(None, ge=0, le=20, description="conditional diffusion models: guidance scale")
-    sampler: Literal[SAMPLERS] | None = Field(None, description="diffusion models: the sampler "
-                                                                         "(default ddim)")
-    format: Format = Field("base64", description="base64: JSON with one PNG per image; png: one grid PNG; "
-                                                 "npz: arrays x (uint8), y (classes), z (latents)")
-    latents: bool = Field(True, description="base64 format: return each image's latent, for feedback rounds")
+        description="conditional models: a class index (JSON integer) or name (string), or a list cycled over "
+                    "the images; a string is a name first, an index only when it names no class; omitted: "
+                    "every class in turn")),
+    **{c.name: control_field(c) for c in CONTROLS},
+    format=(Format, Field("base64", description="base64: JSON with one PNG per image; png: one grid PNG; "
+                                                "npz: arrays x (uint8), y (classes), z (latents)")),
+    latents=(bool, Field(True, description="base64 format: return each image's latent, for feedback rounds")),
+)
 
 
 class Liked(Strict):
@@ -91,7 +122,8 @@ class ModelInfo(BaseModel):
     z_dim: int
     weights_sha256: str | None
     step: int | None
-    controls: list[str]
+    controls: list[dict] = Field(description="the controls this model takes, as declared (genforge.controls): "
+                                              "name, type, help, default, and min/max or choices")
 
 
 class ModelsResponse(BaseModel):

@@ -1,19 +1,25 @@
 // The genforge page: pick a model and controls, generate, like images, get more like them, download.
-// Plain JavaScript against the JSON API; no build step, nothing loaded from elsewhere.
+// Plain JavaScript against the JSON API; no build step, nothing loaded from elsewhere. The control inputs
+// are built from what GET /v1/models says each model takes (name, type, range or choices, default), so the
+// page names no model family and shows a new family's controls without a change here.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { auth: true, models: {}, current: null, shown: null, liked: new Set(), last: null };
+const state = { auth: true, models: {}, loadedFor: null, loading: null, current: null, shown: null,
+                liked: new Set(), last: null };
+const NO_KEY = "Paste an API key above to list the models (make one with: genforge keys create --role generator).";
+
+function key() { return $("key").value.trim(); }
 
 function headers() {
   const h = { "Content-Type": "application/json" };
-  const key = $("key").value.trim();
-  if (state.auth && key) h["Authorization"] = "Bearer " + key;
+  if (state.auth && key()) h["Authorization"] = "Bearer " + key();
   return h;
 }
 
 function say(text) { $("status").textContent = text; }
 function fail(text) { $("error").textContent = text; say(""); }
+function empty(text) { $("empty").textContent = text; $("empty").hidden = !text; }
 
 async function call(method, path, body) {
   const response = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
@@ -25,24 +31,115 @@ async function call(method, path, body) {
   return response;
 }
 
-async function loadModels() {
-  $("error").textContent = "";
-  try {
-    const models = (await (await call("GET", "/v1/models")).json()).models;
-    const previous = $("model").value;
-    state.models = Object.fromEntries(models.map((m) => [m.name, m]));
-    $("model").replaceChildren(...models.map((m) => new Option(`${m.name} (${m.recipe})`, m.name)));
-    if (previous in state.models) $("model").value = previous;
+// The model list for the key now in the field; one request at a time per key, again on every submit.
+function loadModels() {
+  const wanted = state.auth ? key() : "";
+  if (state.auth && !wanted) {
+    state.models = {};
+    state.loadedFor = null;
+    $("model").replaceChildren();
     modelChanged();
-    say(models.length + " model" + (models.length === 1 ? "" : "s"));
-  } catch (e) {
-    fail(state.auth ? "Cannot list models: " + e.message : e.message);
+    empty(NO_KEY);
+    return Promise.resolve(false);
   }
+  if (state.loading && state.loading.key === wanted) return state.loading.promise;
+  const promise = (async () => {
+    try {
+      const models = (await (await call("GET", "/v1/models")).json()).models;
+      if (state.auth && key() !== wanted) return false;  // the key changed meanwhile: that load wins
+      const previous = $("model").value;
+      state.models = Object.fromEntries(models.map((m) => [m.name, m]));
+      state.loadedFor = wanted;
+      $("model").replaceChildren(...models.map((m) => new Option(`${m.name} (${m.recipe})`, m.name)));
+      if (previous in state.models) $("model").value = previous;
+      modelChanged();
+      $("error").textContent = "";
+      empty(models.length ? "" : "This server serves no models: start it with genforge serve RUN_DIR.");
+      say(models.length + " model" + (models.length === 1 ? "" : "s"));
+      return models.length > 0;
+    } catch (e) {
+      state.models = {};
+      state.loadedFor = null;
+      $("model").replaceChildren();
+      modelChanged();
+      fail(state.auth ? "Cannot list models: " + e.message : e.message);
+      empty(state.auth ? "Check the API key: it needs the viewer role or above." : "");
+      return false;
+    } finally {
+      if (state.loading && state.loading.promise === promise) state.loading = null;
+    }
+  })();
+  state.loading = { key: wanted, promise };
+  return promise;
+}
+
+// ------------------------------------------------------------------------------------------ controls
+
+function niceStep(low, high) { return 10 ** Math.floor(Math.log10((high - low) / 100)); }
+
+function digits(step) { return Math.max(0, -Math.floor(Math.log10(step))); }
+
+// One input per declared control: a select for choices, a number box for integers, a slider for floats.
+function controlInput(c) {
+  const label = document.createElement("label");
+  label.id = "control-" + c.name;
+  label.title = c.help;
+  const name = document.createElement("span");
+  name.textContent = c.name[0].toUpperCase() + c.name.slice(1) + " ";
+  label.append(name);
+  let input;
+  if (c.choices) {
+    input = document.createElement("select");
+    input.replaceChildren(...c.choices.map((v) => new Option(v, v)));
+    if (c.default !== null) input.value = c.default;
+    label.append(input);
+  } else if (c.type === "int") {
+    input = document.createElement("input");
+    Object.assign(input, { type: "number", min: c.min, max: c.max, step: 1 });
+    if (c.default !== null) input.value = c.default; else input.placeholder = "model's own";
+    label.append(input);
+  } else {
+    const step = niceStep(c.min, c.max);
+    input = document.createElement("input");
+    Object.assign(input, { type: "range", min: c.min_exclusive ? c.min + step : c.min, max: c.max, step });
+    input.value = c.default !== null ? c.default : c.max;
+    const shown = document.createElement("output");
+    // the label reads the slider's own value, after the browser has clamped and snapped it to the range
+    const update = () => { shown.textContent = Number(input.value).toFixed(digits(step)); };
+    input.addEventListener("input", update);
+    update();
+    name.append(shown);
+    label.append(input);
+  }
+  input.name = c.name;
+  input.dataset.start = input.value;  // sent only when changed: else the model's own default applies
+  const note = document.createElement("small");
+  note.className = "note";
+  note.textContent = c.help;
+  label.append(note);
+  return label;
+}
+
+function controlValues(m) {
+  const out = {};
+  for (const c of m.controls) {
+    const input = $("control-" + c.name).querySelector("[name]");
+    if (input.value === "" || input.value === input.dataset.start) continue;
+    out[c.name] = c.choices ? input.value : Number(input.value);
+  }
+  return out;
 }
 
 function modelChanged() {
   const m = state.models[$("model").value];
-  if (!m) return;
+  $("model-row").hidden = !m;
+  $("generate-note").hidden = Boolean(m);
+  if (!m) {
+    state.current = null;
+    $("class-row").hidden = true;
+    $("model-controls").replaceChildren();
+    return;
+  }
   const same = state.current === m.name;  // the list was loaded again: keep the choices already made
   state.current = m.name;
   $("model-info").textContent = `${m.family}, ${m.image_shape[1]}x${m.image_shape[2]}, weights ${(m.weights_sha256 || "").slice(0, 12)}`;
@@ -52,21 +149,12 @@ function modelChanged() {
   (m.classes || []).forEach((name, i) => options.push(new Option(`${i}: ${name}`, String(i))));
   $("class").replaceChildren(...options);
   if (same) $("class").value = chosen;
-  $("noise-row").hidden = !(m.family === "gan" || m.family === "vae");
-  if (same) return;
-  const noise = $("noise");
-  if (m.family === "gan") {
-    $("noise-name").textContent = "Truncation";
-    Object.assign(noise, { min: 0.05, max: 1, step: 0.05 });
-  } else {
-    $("noise-name").textContent = "Temperature";
-    Object.assign(noise, { min: 0.1, max: 2, step: 0.05 });
-  }
-  noise.value = 1;
-  $("noise-value").textContent = Number(noise.value).toFixed(2);
+  if (!same) $("model-controls").replaceChildren(...m.controls.map(controlInput));
 }
 
-function show(result) {
+// ------------------------------------------------------------------------------------------ results
+
+function show(result, caption) {
   state.shown = result;
   state.liked.clear();
   const grid = $("grid");
@@ -83,8 +171,9 @@ function show(result) {
     img.addEventListener("click", () => toggleLike(img));
     return img;
   }));
-  $("caption").textContent = `${result.n} images from ${result.model}, seed ${result.seed}`;
+  $("caption").textContent = caption;
   $("download").disabled = false;
+  $("feedback").hidden = false;
   updateLiked();
 }
 
@@ -100,37 +189,38 @@ function updateLiked() {
   $("more").disabled = state.liked.size === 0;
 }
 
-async function run(path, body) {
+async function run(path, body, caption) {
   $("error").textContent = "";
   say("generating...");
   try {
     const result = await (await call("POST", path, body)).json();
     state.last = { path, body: { ...body, seed: result.seed } };  // the seed makes a download repeat it exactly
-    show(result);
+    show(result, caption(result));
     say("");
   } catch (e) {
     fail(e.message);
   }
 }
 
-function generate(event) {
+async function generate(event) {
   event.preventDefault();
+  if (state.auth && !key()) { empty(NO_KEY); return fail("no API key: paste one first"); }
+  say("loading models...");
+  await loadModels();  // read again on every submit: a key pasted just now, or a model reloaded on the server
   const m = state.models[$("model").value];
-  if (!m) return fail("no model selected");
-  const body = { model: m.name, n: Number($("n").value), format: "base64" };
+  if (!m) return fail(Object.keys(state.models).length ? "no model selected" : "no models to generate from");
+  const body = { model: m.name, n: Number($("n").value), format: "base64", ...controlValues(m) };
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   if (m.num_classes && $("class").value !== "") body.class = Number($("class").value);
-  const noise = Number($("noise").value);
-  if (m.family === "gan" && noise < 1) body.truncation = noise;
-  if (m.family === "vae" && noise !== 1) body.temperature = noise;
-  run("/v1/generate", body);
+  run("/v1/generate", body, (r) => `${r.n} images from ${r.model}, seed ${r.seed}`);
 }
 
 function more() {
   const shown = state.shown;
   const liked = [...state.liked].sort((a, b) => a - b).map((i) => (
     shown.classes ? { z: shown.latents[i], class: shown.classes[i] } : { z: shown.latents[i] }));
-  run("/v1/feedback", { model: shown.model, liked, n: shown.n, radius: Number($("radius").value), format: "base64" });
+  run("/v1/feedback", { model: shown.model, liked, n: shown.n, radius: Number($("radius").value), format: "base64" },
+      (r) => `${r.n} images like the ${liked.length} you liked, from ${r.model}, seed ${r.seed}`);
 }
 
 async function download() {
@@ -156,17 +246,21 @@ async function start() {
   } catch (e) { /* keep asking for a key */ }
   $("key-row").hidden = !state.auth;
   $("key").value = sessionStorage.getItem("genforge-key") || "";
-  $("key").addEventListener("change", () => {
-    sessionStorage.setItem("genforge-key", $("key").value.trim());
-    loadModels();
+  let pause = null;
+  // "input", not only "change": a pasted key lists the models at once, without leaving the field first
+  $("key").addEventListener("input", () => {
+    sessionStorage.setItem("genforge-key", key());
+    clearTimeout(pause);
+    pause = setTimeout(loadModels, 250);
   });
   $("model").addEventListener("change", modelChanged);
-  $("noise").addEventListener("input", () => { $("noise-value").textContent = Number($("noise").value).toFixed(2); });
   $("radius").addEventListener("input", () => { $("radius-value").textContent = Number($("radius").value).toFixed(2); });
+  $("radius-value").textContent = Number($("radius").value).toFixed(2);
   $("controls").addEventListener("submit", generate);
   $("more").addEventListener("click", more);
   $("download").addEventListener("click", download);
-  if (!state.auth || $("key").value) loadModels(); else say("enter an API key");
+  modelChanged();
+  loadModels();
 }
 
 document.addEventListener("DOMContentLoaded", start);
