@@ -20,7 +20,10 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.decomposition import PCA
 from torch import nn
+
+from genforge.errors import GenforgeError
 
 SCORE_BATCH = 256  # fixed, so that a detector scores an image the same whatever else is in the call
 
@@ -63,6 +66,8 @@ class PCADetector:
     def __init__(self, image_shape, variance: float = 0.9, n_components: int = 0):
         self.image_shape = tuple(image_shape)
         self.variance = float(variance)
+        if not 0 < self.variance <= 1:
+            raise GenforgeError(f"pca detector: option variance must be in (0, 1], got {variance!r}")
         d = math.prod(self.image_shape)
         self.mean = torch.zeros(d, dtype=torch.float64)
         self.components = torch.zeros(n_components, d, dtype=torch.float64)  # (k, d), orthonormal rows
@@ -77,12 +82,12 @@ class PCADetector:
         self.mean, self.components = tensors["mean"], tensors["components"]
 
     def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
-        flat = x.flatten(1).double()                          # (n, d)
-        self.mean = flat.mean(0)
-        _, s, vh = torch.linalg.svd(flat - self.mean, full_matrices=False)
-        explained = (s.square().cumsum(0) / s.square().sum().clamp_min(1e-12))
-        k = int(torch.searchsorted(explained, torch.tensor(self.variance, dtype=explained.dtype)).item()) + 1
-        self.components = vh[:min(k, len(s))].contiguous()
+        flat = x.flatten(1).double().numpy()                  # (n, d)
+        # a float n_components: the fewest components whose explained variance exceeds that share
+        # (1.0, every component, is None to scikit-learn)
+        pca = PCA(n_components=self.variance if self.variance < 1 else None, svd_solver="full").fit(flat)
+        self.mean = torch.from_numpy(pca.mean_).double()
+        self.components = torch.from_numpy(np.ascontiguousarray(pca.components_)).double()  # (k, d)
         if log:
             log(f"pca: {self.components.shape[0]} components explain {100 * self.variance:g}% of the variance")
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
 
 from genforge.apps.inspection.detectors import DETECTORS
 from genforge.errors import DataError, GenforgeError, ModelFileError
@@ -293,30 +295,26 @@ def load(directory: str | Path) -> Detector:
 
 
 def auroc(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Area under the ROC curve (truth: True for anomalies), the Mann-Whitney U statistic with tied ranks."""
+    """Area under the ROC curve (truth: True for anomalies); ties count half, as in the Mann-Whitney U statistic.
+
+    NaN when only one kind of image is present (scikit-learn would raise: a summary row shows NaN instead).
+    """
     scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(truth, dtype=bool)
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    if n_pos == 0 or n_neg == 0:
+    if truth.all() or not truth.any():
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks over ties: each run of equal scores gets the mean of its positions (1-based)
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2
-    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(truth, scores))
 
 
 def roc_curve(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false-positive rates, true-positive rates) as the threshold falls through every distinct score."""
+    """(false-positive rates, true-positive rates) from (0, 0) as the threshold falls through every distinct score."""
     scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(truth, dtype=bool)
-    order = np.argsort(-scores, kind="mergesort")
-    s, t = scores[order], truth[order]
-    last = np.r_[s[1:] != s[:-1], True]  # the last image of each run of equal scores
-    tp, fp = np.cumsum(t)[last], np.cumsum(~t)[last]
-    return (np.r_[0, fp / max(1, (~truth).sum())], np.r_[0, tp / max(1, truth.sum())])
+    if truth.all() or not truth.any():  # one rate is undefined (0 / 0): keep the plot's line flat at 0
+        steps = len(np.unique(scores))
+        rate = np.r_[0.0, np.ones(steps)]
+        zero = np.zeros(steps + 1)
+        return (zero, rate) if truth.all() else (rate, zero)
+    fpr, tpr, _ = sk_roc_curve(truth, scores, drop_intermediate=False)
+    return fpr, tpr
 
 
 def detection_counts(anomaly: np.ndarray, truth: np.ndarray) -> dict:
