@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from genforge.errors import GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json
 from genforge.generation.model import GenerativeModel
+from genforge.io import atomic_write_bytes, atomic_write_json
+from genforge.models import MODELS
+from genforge.models.files import _read_meta
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
@@ -111,8 +113,6 @@ class OnnxModel(GenerativeModel):
     """A model whose forward pass runs on onnxruntime; metadata and sampling as GenerativeModel's."""
 
     def __init__(self, session, meta: dict, path: str = ""):
-        from genforge.models import MODELS
-
         self.nets = {"onnx": session}
         self.meta = meta
         self.path = path
@@ -137,9 +137,7 @@ def is_onnx_dir(path: str | Path) -> bool:
 
 def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
     """Open an export written by :func:`export_onnx`, checking its config and the ONNX file's SHA-256."""
-    import onnxruntime as ort
-
-    from genforge.models.files import _read_meta
+    import onnxruntime as ort  # optional extra: genforge[serve]
 
     path = Path(path)
     meta = _read_meta(path)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from genforge.errors import GenforgeError
+from genforge.io import atomic_write_json
 
 
 def cmd_eval(args) -> int:
@@ -21,7 +22,7 @@ def cmd_eval(args) -> int:
     for the data, beside the same metrics for real data (a train subset against the test split). Samples
     with labels also get the class match and CAS. --baseline refuses results from another evaluator.
     """
-    from genforge.io import atomic_write_json
+    # late: the metrics load torch (seconds); `genforge --help` must not pay for them
     from genforge.metrics.evaluate import evaluate, format_table, load_result
 
     baseline = load_result(args.baseline) if args.baseline else None
@@ -41,6 +42,7 @@ def cmd_evaluator_train(args) -> int:
     genforge eval and evaluation during training then find it. The JSON records the data, split, test
     accuracy and the SHA-256 of the weights.
     """
+    # late, as in cmd_eval: torch loads only when the command runs
     from genforge.data import load_splits
     from genforge.metrics.evaluator_net import (TrainRecipe, cache_dir, evaluator_key, find_evaluator, save_evaluator,
                                             train_evaluator)
@@ -65,7 +67,7 @@ def cmd_evaluator_train(args) -> int:
 
 def cmd_evaluator_list(args) -> int:
     """List the evaluators genforge can use: the shipped ones, then the cache."""
-    from genforge.metrics.evaluator_net import SHIPPED_DIR, cache_dir
+    from genforge.metrics.evaluator_net import SHIPPED_DIR, cache_dir  # late: torch, as in cmd_eval
 
     for where, directory in (("shipped", SHIPPED_DIR), ("cache", cache_dir())):
         for path in sorted(directory.glob("*.json")):
@@ -84,7 +86,7 @@ def cmd_report(args) -> int:
     The page embeds its plots as PNG data, so it opens offline and can be mailed as one file.
     Default output: RUN_DIR/report.html.
     """
-    from genforge.metrics.report import write_report
+    from genforge.metrics.report import write_report  # late: torch and matplotlib, as in cmd_eval
 
     path = write_report(args.run, args.out)
     print(f"genforge: wrote {path}")
