@@ -10,7 +10,7 @@ principal components (``PCA``, fitted on a seeded subsample), then ``KMeans`` (k
 iterations to convergence, the best of ``N_INIT`` seeded starts), all from one seed. On Fashion-MNIST's
 54,000 training images with k = 50 (the fashion-ddpm-clusters recipe) it took 2.3-5.5 s on a shared
 two-core machine, as long as the hand-written 30-iteration Lloyd loop it replaced (2.1-5.4 s), and ended
-at a 0.4-0.8% lower inertia (seeds 0 and 1); its labels are the same at one and two threads.
+at a 0.4-0.9% lower inertia (seeds 0 and 1); its labels are the same at one and two threads.
 """
 
 from __future__ import annotations
