@@ -202,11 +202,11 @@ class EvaluatorUnavailable(GenforgeError):
 
 
 def estimate_train_seconds(n_train: int, image_shape: tuple[int, int, int], num_classes: int,
-                           recipe: TrainRecipe = TrainRecipe(), probe_steps: int = 4) -> float:
+                           recipe: TrainRecipe = TrainRecipe(), probe_steps: int = 5) -> float:
     """Seconds :func:`train_classifier` would take here: a few steps of a throwaway network, timed and scaled.
 
     Measured rather than looked up, because the same recipe takes ~20 s on one machine and minutes on a
-    loaded one. Costs about ``probe_steps + 1`` training steps; the caller's RNG state is left untouched.
+    loaded one. Costs about ``probe_steps + 2`` training steps; the caller's RNG state is left untouched.
     """
     shape = tuple(int(s) for s in image_shape)
     steps = recipe.steps_for(n_train)
@@ -215,17 +215,19 @@ def estimate_train_seconds(n_train: int, image_shape: tuple[int, int, int], num_
         torch.manual_seed(0)
         net = EvaluatorNet(shape, num_classes, default_widths(shape)).train()
         opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-        xb = torch.rand(batch, *shape) * 2 - 1  # (b, c, h, w): only the cost matters, not the values
+        data = torch.rand(batch, *shape) * 2 - 1  # (b, c, h, w): only the cost matters, not the values
         yb = torch.randint(num_classes, (batch,))
+        gen = torch.Generator().manual_seed(0)
         timings = []
-        for _ in range(probe_steps + 1):  # the first step pays one-off allocation costs: not counted
+        for _ in range(probe_steps + 2):  # the first two steps pay one-off allocation and thread start-up
             t0 = time.perf_counter()
+            xb = augment(data, gen, shift=recipe.shift, rotate=recipe.rotate)  # as train_classifier does
             loss = F.cross_entropy(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             timings.append(time.perf_counter() - t0)
-    return steps * float(np.median(timings[1:]))
+    return steps * float(np.median(timings[2:]))
 
 
 @torch.inference_mode()
