@@ -62,7 +62,7 @@ class EncryptionError(GenforgeError):
 
 def _aead(key: bytes):
     try:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # optional extra: genforge[security]
     except ImportError:
         raise EncryptionError("encryption needs the 'cryptography' package: pip install 'genforge[security]'") \
             from None

@@ -27,9 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from genforge.crypto import is_encrypted
 from genforge.errors import GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json
 from genforge.generation.model import GenerativeModel
+from genforge.io import atomic_write_bytes, atomic_write_json
+from genforge.models import MODELS
+from genforge.models.files import WEIGHTS, _read_meta
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
@@ -51,9 +54,6 @@ class _Generate(nn.Module):
 
 def is_encrypted_model(model: GenerativeModel) -> bool:
     """Whether the model's weights file on disk is encrypted (genforge.crypto)."""
-    from genforge.crypto import is_encrypted
-    from genforge.models.files import WEIGHTS
-
     return bool(model.path) and is_encrypted(Path(model.path) / WEIGHTS)
 
 
@@ -137,8 +137,6 @@ class OnnxModel(GenerativeModel):
     """A model whose forward pass runs on onnxruntime; metadata and sampling as GenerativeModel's."""
 
     def __init__(self, session, meta: dict, path: str = ""):
-        from genforge.models import MODELS
-
         self.nets = {"onnx": session}
         self.meta = meta
         self.path = path
@@ -163,8 +161,6 @@ def is_onnx_dir(path: str | Path) -> bool:
 
 def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
     """Open an export written by :func:`export_onnx`, checking its config and the ONNX file's SHA-256."""
-    from genforge.models.files import _read_meta
-
     path = Path(path)
     meta = _read_meta(path)
     info = meta.get("onnx")
@@ -184,7 +180,7 @@ def onnx_model_of(model: GenerativeModel, threads: int | None = None) -> OnnxMod
 
 def load_onnx_bytes(data: bytes, meta: dict, where: str | Path, threads: int | None = None) -> OnnxModel:
     """An onnxruntime session over the ONNX graph ``data`` (bytes: InferenceSession reads them in memory)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional extra: genforge[serve]
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()

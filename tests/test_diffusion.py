@@ -175,12 +175,37 @@ def test_sampling_is_reproducible_and_the_same_from_cli_and_python(runs, tmp_pat
         assert np.array_equal(f["x"], sample(model, 4, seed=5).x)
 
 
-def test_cli_steps_and_guidance(runs, tmp_path):
+def _cli(*args) -> int:
+    """Exit status of ``genforge ARGS``, whether the CLI returns it or raises SystemExit (usage errors)."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+def test_cli_steps_sampler_and_guidance(runs, tmp_path, monkeypatch):
+    """genforge sample --steps --sampler --guidance reach the sampler with their values, and the CLI's pixels
+    are the Python API's with the same controls. (A 3-step model's images saturate to 0/255 whatever the
+    controls, so the values are checked where the sampler receives them, not in the pixels.) A missing flag
+    is a failure here, never a skip."""
+    model = genforge.load(runs["cddpm"])
+    sampler = SAMPLERS[-1]
+    received = []
+    real_generate = diffusion.generate
+
+    def recording(*args, **kwargs):
+        received.append({k: kwargs.get(k) for k in ("steps", "sampler", "guidance")})
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(diffusion, "generate", recording)
     out = tmp_path / "s.npz"
-    assert main(["sample", str(runs["cddpm"]), "--n", "4", "--seed", "5", "--steps", "10", "--guidance", "2",
-                 "--out", str(out)]) == 0
+    assert _cli("sample", runs["cddpm"], "--n", 4, "--seed", 5, "--steps", 10, "--sampler", sampler,
+                "--guidance", 2, "--out", out) == 0
+    assert received and all(r == {"steps": 10, "sampler": sampler, "guidance": 2.0} for r in received)
     with np.load(out, allow_pickle=False) as f:
-        assert np.array_equal(f["x"], sample(genforge.load(runs["cddpm"]), 4, seed=5, steps=10, guidance=2.0).x)
+        assert np.array_equal(f["x"], sample(model, 4, seed=5, steps=10, sampler=sampler, guidance=2.0).x)
+    assert _cli("sample", runs["cddpm"], "--n", 2, "--sampler", "no-such-sampler", "--out", tmp_path / "b.npz") == 2
+    assert not (tmp_path / "b.npz").exists()
 
 
 def test_images_do_not_depend_on_batching(runs):

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 import genforge
 from genforge.config import from_dict
 from genforge.errors import ConfigError
-from genforge.models import build_networks, gan
+from genforge.models import build_networks, d_options, gan
 from genforge.models.networks import minibatch_std
 from genforge.training import train
 from genforge.training.checkpoint import load_state
@@ -110,14 +110,71 @@ def test_ada_augment_off_at_p_zero():
     assert not torch.equal(gan.ada_augment(x, torch.tensor(1.0), torch.Generator().manual_seed(0)), x)
 
 
-def test_instance_noise_anneals_to_zero(tiny_config):
-    cfg = tiny_config("dcgan", instance_noise=0.5, instance_noise_steps=10)
-    nets = build_networks("dcgan", (1, 28, 28), cfg.z_dim, cfg.base_channels)
-    trainer = gan.Trainer(cfg, nets)
-    x = torch.zeros(2, 1, 28, 28)
+def _trainer(tiny_config, **options):
+    """A GAN trainer built from a config the way the loop builds it (d_options from the config)."""
+    cfg = tiny_config("dcgan", **options)
+    torch.manual_seed(0)
+    nets = build_networks("dcgan", (1, 28, 28), cfg.z_dim, cfg.base_channels, d_opts=d_options(cfg))
+    return cfg, nets, gan.Trainer(cfg, nets)
+
+
+def _d_inputs(trainer, real, step=0):
+    """Every batch the discriminator is given during one training step (real half first where joint)."""
+    seen = []
+    hook = trainer.D.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        trainer.train_step(real, None, torch.Generator().manual_seed(0), step)
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_instance_noise_is_the_configured_std_at_step_0_and_anneals_to_zero(tiny_config):
+    sigma, steps = 0.5, 10
+    _, _, trainer = _trainer(tiny_config, instance_noise=sigma, instance_noise_steps=steps)
+    x = torch.zeros(64, 1, 28, 28)
     noise = torch.Generator().manual_seed(0)
-    assert trainer.d_input(x, noise, step=0).std() > 0.3
-    assert torch.equal(trainer.d_input(x, noise, step=10), x)
+    assert float(trainer.d_input(x, noise, step=0).std()) == pytest.approx(sigma, rel=0.02)
+    assert float(trainer.d_input(x, noise, step=steps // 2).std()) == pytest.approx(sigma / 2, rel=0.02)  # linear
+    assert torch.equal(trainer.d_input(x, noise, step=steps), x)
+    assert torch.equal(trainer.d_input(x, noise, step=10 * steps), x)
+    # and a training step really gives D the noisy batch: the real images it sees carry noise of std sigma
+    real = torch.rand(16, 1, 28, 28) * 2 - 1
+    first = _d_inputs(trainer, real, step=0)[0][:16]
+    assert float((first - real).std()) == pytest.approx(sigma, rel=0.1)
+    assert torch.equal(_d_inputs(trainer, real, step=steps)[0][:16], real)
+
+
+def test_diffaugment_changes_what_d_sees_and_off_it_sees_the_raw_batch(tiny_config):
+    real = torch.rand(16, 1, 28, 28) * 2 - 1
+    _, _, on = _trainer(tiny_config, diffaugment="color,translation,cutout", d_norm="none")
+    _, _, off = _trainer(tiny_config, d_norm="none")
+    seen_on, seen_off = _d_inputs(on, real)[0][:16], _d_inputs(off, real)[0][:16]
+    assert torch.equal(seen_off, real)
+    assert not torch.allclose(seen_on, real, atol=1e-3)
+    # cutout: each real image D sees has an 14x14 (half-side) hole of zeros that the raw batch does not have
+    assert ((seen_on == 0).flatten(1).sum(1) >= 14 * 14).all() and not (real == 0).any()
+
+
+def test_mbstd_gives_d_its_extra_feature_map_and_couples_the_batch(tmp_path, tiny_config):
+    # the trained and saved discriminator has the extra channel: its head reads (ch + 1) feature maps
+    with_mbstd = train(tiny_config("dcgan", mbstd=True), tmp_path / "on", quiet=True)
+    without = train(tiny_config("dcgan"), tmp_path / "off", quiet=True)
+    head_on = load_state(with_mbstd.checkpoint)["nets"]["discriminator"]["head.weight"].shape[1]
+    head_off = load_state(without.checkpoint)["nets"]["discriminator"]["head.weight"].shape[1]
+    side = 7  # 28 -> 14 -> 7 with base_channels 4 -> 8 channels
+    assert head_off == 8 * side * side and head_on == (8 + 1) * side * side
+    # and the statistic is live: in eval mode (BatchNorm on its running stats) image 0's score depends on the
+    # other images of the batch with mbstd, and not at all without it
+    x = torch.randn(8, 1, 28, 28)
+    changed = x.clone()
+    changed[4] = torch.randn(1, 28, 28) * 3  # groups of 4 in a batch of 8: image 0 is pooled with 2, 4 and 6
+    for mbstd, coupled in ((True, True), (False, False)):
+        _, nets, _ = _trainer(tiny_config, mbstd=mbstd)
+        d = nets["discriminator"].eval()
+        with torch.no_grad():
+            delta = (d(x)[0] - d(changed)[0]).abs()
+        assert (float(delta) > 1e-4) == coupled, (mbstd, float(delta))
 
 
 def test_iwae_nll_is_tighter_than_the_elbo(tmp_path, tiny_config):

@@ -111,6 +111,20 @@ def test_fitting_on_an_empty_or_single_image_set_is_refused(n, digits):
         inspection.fit("pca", train[:n], val)
 
 
+def test_pca_keeps_the_fewest_components_for_its_variance_and_refuses_a_bad_share(digits):
+    train, val, _, _ = digits
+    small, full = inspection.fit("pca", train, val, options={"variance": 0.5}), \
+        inspection.fit("pca", train, val, options={"variance": 1.0})
+    k = small.method.components.shape[0]
+    assert 1 <= k < full.method.components.shape[0] <= len(train)
+    flat = train.reshape(len(train), -1).astype(np.float64) / 255  # the share really is the fewest that explain 50%
+    s = np.linalg.svd(flat - flat.mean(0), compute_uv=False) ** 2
+    explained = np.cumsum(s) / s.sum()
+    assert explained[k - 1] > 0.5 >= explained[k - 2] if k > 1 else explained[0] > 0.5
+    with pytest.raises(GenforgeError, match="variance must be in \\(0, 1\\], got 0"):
+        inspection.fit("pca", train, val, options={"variance": 0})
+
+
 def test_scoring_another_size_or_channel_count_is_refused(digits):
     train, val, _, _ = digits
     det = inspection.fit("pca", train, val)

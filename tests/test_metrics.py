@@ -19,7 +19,8 @@ from genforge.errors import GenforgeError, ModelFileError
 from genforge.metrics import (TrainingEvaluator, TrainRecipe, check_images, compare, density_coverage, evaluate,
                               fid, frechet_distance, get_evaluator, kid, load_evaluator, precision_recall, scores)
 from genforge.metrics.evaluate import cas
-from genforge.metrics.evaluator_net import SHIPPED_DIR, evaluator_key
+from genforge.metrics.evaluator_net import (SHIPPED_DIR, EvaluatorUnavailable, data_sha256, estimate_train_seconds,
+                                           evaluator_key, find_evaluator)
 
 ROOT = Path(__file__).parent.parent
 
@@ -111,6 +112,65 @@ def test_evaluator_train_command_refuses_to_replace_a_ruler(tmp_path, digits_npz
     assert "--force" in capsys.readouterr().err
     assert main(["evaluator", "list"]) == 0
     assert "mnist5k-28x28x1" in capsys.readouterr().out
+
+
+def test_training_a_missing_evaluator_is_announced_with_an_estimate_and_a_bar(tmp_path, digits_npz, capsys):
+    get_evaluator(digits_npz, (1, 28, 28), recipe=TrainRecipe(steps=3, batch_size=32))
+    err = capsys.readouterr().err
+    assert "training one now, about " in err and " s (once; cached in " in err  # the estimate, before any step
+    assert f"evaluator {digits_npz}:" in err  # the progress bar's label (tqdm, on stderr)
+
+
+def test_a_time_budget_refuses_to_train_an_evaluator_it_cannot_afford(tmp_path, digits_npz):
+    with pytest.raises(EvaluatorUnavailable, match=r"about \d+ s here, more than the 0 s allowed; train it once ahead "
+                                                    r"with: genforge evaluator train --data npz:"):
+        get_evaluator(digits_npz, (1, 28, 28), max_seconds=0.001)
+    assert not (tmp_path / "cache" / "evaluators").exists()  # nothing trained, nothing cached
+    # a budget the estimate fits in trains as before
+    assert get_evaluator(digits_npz, (1, 28, 28), recipe=TrainRecipe(steps=2, batch_size=32), max_seconds=600)
+
+
+def test_the_estimate_is_measured_scales_with_steps_and_leaves_the_rng_alone():
+    state = torch.get_rng_state()
+    short = estimate_train_seconds(4000, (1, 28, 28), 10, TrainRecipe(steps=10))
+    long = estimate_train_seconds(4000, (1, 28, 28), 10, TrainRecipe(steps=100_000))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert 0 < short < long and long > 10  # 100,000 steps of even a tiny CNN take more than 10 s on any CPU
+
+
+def test_validation_is_skipped_with_a_note_when_the_run_is_too_short_to_train_an_evaluator(tmp_path, digits_npz,
+                                                                                         splits):
+    notes = []
+    val_x = splits.val.x[:64]
+    # 3 steps of training cannot justify a 1,000-step evaluator: skipped, and the note says how to get one
+    assert TrainingEvaluator.for_run(digits_npz, val_x, (1, 28, 28), n=20, max_steps=3, log=notes.append) is None
+    assert len(notes) == 1 and "validation skipped" in notes[-1] and "1000 steps" in notes[-1]
+    assert f"genforge evaluator train --data {digits_npz}" in notes[-1]
+    # a long run with a seconds budget shorter than the measured estimate: skipped as well
+    assert TrainingEvaluator.for_run(digits_npz, val_x, (1, 28, 28), n=20, max_steps=10**6, max_seconds=0.001,
+                                     log=notes.append) is None
+    assert len(notes) == 2 and "validation skipped" in notes[-1] and "0 s allowed" in notes[-1]
+    assert not (tmp_path / "cache" / "evaluators").exists()
+    # a shipped evaluator is always used, however short the run
+    val = TrainingEvaluator.for_run("mnist5k", val_x, (1, 28, 28), n=20, max_steps=1, max_seconds=0.001,
+                                    log=notes.append)
+    assert isinstance(val, TrainingEvaluator) and len(notes) == 2
+    assert val.evaluator.path.startswith(str(SHIPPED_DIR))
+
+
+def test_fashion_mnist_evaluator_ships_and_is_the_one_found(tmp_path):
+    """The shipped file, not a cache or a fresh training, is the Fashion-MNIST ruler: every user's FIDs compare."""
+    path = find_evaluator("fashion-mnist", (1, 28, 28))
+    assert path == SHIPPED_DIR / "fashion-mnist-28x28x1.json"
+    ev = get_evaluator("fashion-mnist", (1, 28, 28), max_seconds=0.001)  # found, so never trained
+    assert ev.sha256 == "8b70ad0b059219fd2161596bdfaafb8fc616213d565e574bb81a1c89c2c1e29c"
+    assert ev.meta["data"] == "fashion-mnist" and ev.meta["split"] == "train" and ev.num_classes == 10
+    assert ev.meta["test_accuracy"] > 0.92 and ev.meta["test_size"] == 10_000
+    assert (SHIPPED_DIR / "fashion-mnist-28x28x1.safetensors").stat().st_size < 1_000_000
+    from genforge.data.sources import FASHION_DIR  # the data set itself is an optional Debian package
+
+    if FASHION_DIR.is_dir():  # and it was trained on exactly the split genforge makes
+        assert ev.meta["train_sha256"] == data_sha256(load_splits("fashion-mnist").train.x)
 
 
 def test_unlabelled_data_cannot_make_an_evaluator(tmp_path, monkeypatch):

@@ -196,7 +196,6 @@ def test_max_seconds_reached_during_validation_stops_without_scoring_again(tmp_p
     (before, it trained step k + 1 and validated that too)."""
     from genforge.metrics.validation import TrainingEvaluator
 
-    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path / "cache"))
     real = TrainingEvaluator.__call__
 
     def slow(self, images):
@@ -205,7 +204,7 @@ def test_max_seconds_reached_during_validation_stops_without_scoring_again(tmp_p
 
     monkeypatch.setattr(TrainingEvaluator, "__call__", slow)
     run = tmp_path / "r"
-    result = train(tiny_config("vae-mlp", max_steps=10**6, max_seconds=1.0, eval_every=3, eval_n=20,
+    result = train(tiny_config("vae-mlp", data="mnist5k", max_steps=10**6, max_seconds=1.0, eval_every=3, eval_n=20,
                                checkpoint_every=10**5), run, quiet=True)
     scored = [m["step"] for m in _metrics(run) if "val_fid" in m]
     assert scored == [result.step] and result.step <= 3
@@ -241,11 +240,11 @@ def test_sigterm_checkpoints_and_resumes(tmp_path, digits_npz):
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == step + 2
 
 
-def test_validation_scores_and_best_checkpoint(tmp_path, tiny_config, monkeypatch):
+def test_validation_scores_and_best_checkpoint(tmp_path, tiny_config):
     """eval_every: validation FID and friends reach metrics.jsonl, and best.json points at the best step."""
-    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path / "cache"))  # the tiny data's evaluator is trained here
-    run = tmp_path / "r"
-    train(tiny_config("vae-mlp", max_steps=6, eval_every=3, eval_n=20, checkpoint_every=100), run, quiet=True)
+    run = tmp_path / "r"  # mnist5k: its shipped evaluator scores, none is trained under the test's clock
+    train(tiny_config("vae-mlp", data="mnist5k", max_steps=6, eval_every=3, eval_n=20, checkpoint_every=100), run,
+          quiet=True)
     lines = [m for m in _metrics(run) if "val_fid" in m]
     assert [m["step"] for m in lines] == [3, 6]
     assert all(m["val_fid"] >= 0 and 0 <= m["val_recall"] <= 1 for m in lines)

@@ -26,8 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genforge.config import load_config
 from genforge.data import ImageSet, load_splits
 from genforge.errors import GenforgeError
+from genforge.generation import sample
+from genforge.generation.model import load as load_model
+from genforge.generation.writers import save_npz
+from genforge.io import atomic_write
+from genforge.metrics.evaluator_net import TrainRecipe, accuracy, train_classifier
+from genforge.models import MODELS
+from genforge.training import train
 
 
 @dataclass(frozen=True)
@@ -62,12 +70,6 @@ def few_shot(train: ImageSet, k: int, seed: int, class_names: list[str] | None =
 def train_generator(recipe: str | Path, real: ImageSet, seed: int, options: AugmentOptions, workdir: Path,
                     device: str = "cpu"):
     """Train the conditional recipe on ``real`` only (no val or test split taken from it); returns the model."""
-    from genforge.generation.model import load as load_model
-    from genforge.config import load_config
-    from genforge.generation.writers import save_npz
-    from genforge.models import MODELS
-    from genforge.training import train
-
     data = save_npz(workdir / "real.npz", real.x[..., 0] if real.x.shape[-1] == 1 else real.x, real.y)
     overrides = [f"data=npz:{data}", "val_fraction=0", "test_fraction=0", "dedup=false", f"seed={seed}",
                  f"max_steps={options.gen_steps}", "max_seconds=0", f"batch_size={min(options.gen_batch, len(real))}",
@@ -88,8 +90,6 @@ def train_generator(recipe: str | Path, real: ImageSet, seed: int, options: Augm
 
 def synthesize(model, per_class: int, seed: int) -> ImageSet:
     """``per_class`` generated images of every class, as (n, h, w, c) uint8 with their labels."""
-    from genforge.generation import sample
-
     s = sample(model, per_class * model.num_classes, seed=seed)  # classes cycle 0..k-1
     x = s.x[..., None] if s.x.ndim == 3 else s.x
     return ImageSet(x, s.y)
@@ -101,8 +101,6 @@ def run_seed(splits, recipe: str | Path, k: int, seed: int, options: AugmentOpti
 
     ``keep``: write the real + synthetic training set there as an npz (x, y, and ``synthetic``, a bool per image).
     """
-    from genforge.metrics.evaluator_net import TrainRecipe, accuracy, train_classifier
-
     real = few_shot(splits.train, k, seed, splits.class_names)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="genforge-augment-") as tmp:
@@ -111,8 +109,6 @@ def run_seed(splits, recipe: str | Path, k: int, seed: int, options: AugmentOpti
     t_gen = time.perf_counter() - t0
     mixed = ImageSet(np.concatenate([real.x, fake.x]), np.concatenate([real.y, fake.y]))
     if keep is not None:
-        from genforge.io import atomic_write
-
         synthetic = np.arange(len(mixed)) >= len(real)
         atomic_write(keep, lambda f: np.savez_compressed(f, x=mixed.x, y=mixed.y, synthetic=synthetic))
     classifier = TrainRecipe(steps=options.classifier_steps, batch_size=options.classifier_batch, seed=seed)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from genforge.errors import GenforgeError
+from genforge.models import diffusion
 
 TASKS = ("inpaint", "denoise", "sr2x")
 MODEL_ERROR = 0.1  # per-pixel std of what the model cannot draw exactly, in [0, 1] units: the data term's floor
@@ -255,8 +256,6 @@ def _latent_repair(model, m: Measurement, sigma: float, opts: RepairOptions) -> 
 
 def _diffusion_repair(model, m: Measurement, sigma: float, opts: RepairOptions) -> torch.Tensor:
     """DDIM with the measurement imposed after every step (replacement / ILVR); (b, c, h, w) in [0, 1]."""
-    from genforge.models import diffusion
-
     denoiser = model.nets["denoiser"]
     ab = model.nets["schedule"].alphas_cumprod.tolist()
     y = m.y * 2 - 1                                                      # the data range of diffusion: [-1, 1]

@@ -5,19 +5,25 @@ cluster at sampling time, and drawing the clusters in proportion to their sizes 
 whole data set. That is self-guided diffusion (Hu et al. 2023, "Self-Guided Diffusion Models"): the
 sharpening of classifier-free guidance without a single label. Labels the data may have are never read.
 
-The clustering is plain and deterministic: images scaled to [0, 1] and flattened, projected on their top
-principal components (fitted on a seeded subsample), then k-means with k-means++ seeding and Lloyd
-iterations, all from one seed. Cheap next to training: seconds for 60,000 images.
+The clustering is scikit-learn's, seeded: images scaled to [0, 1] and flattened, projected on their top
+principal components (``PCA``, fitted on a seeded subsample), then ``KMeans`` (k-means++ seeding, Lloyd
+iterations to convergence, the best of ``N_INIT`` seeded starts), all from one seed. On Fashion-MNIST's
+54,000 training images with k = 50 (the fashion-ddpm-clusters recipe) it took 2.3-5.5 s on a shared
+two-core machine, as long as the hand-written 30-iteration Lloyd loop it replaced (2.1-5.4 s), and ended
+at a 0.4-0.9% lower inertia (seeds 0 and 1); its labels are the same at one and two threads.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
 
 PCA_DIMS = 32            # principal components the images are clustered in
 PCA_FIT_IMAGES = 10_000  # images the components are fitted on
-ITERATIONS = 30          # Lloyd iterations (stops earlier when no assignment changes)
+N_INIT = 3               # seeded k-means++ starts; the lowest inertia wins
+MAX_ITER = 300           # Lloyd iterations at most (scikit-learn's default; it stops at convergence)
+METHOD = f"scikit-learn KMeans (n_init={N_INIT}) on {PCA_DIMS} principal components"
 
 
 def cluster_labels(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -28,35 +34,14 @@ def cluster_labels(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np
     n = len(x)
     if not 2 <= k <= n:
         raise ValueError(f"cannot make {k} clusters of {n} images")
-    gen = torch.Generator().manual_seed(seed)
-    flat = torch.from_numpy(x.reshape(n, -1)).double() / 255.0                   # (N, D)
-    fit = flat[torch.randperm(n, generator=gen)[:PCA_FIT_IMAGES]]
-    mean = fit.mean(0)
-    _, _, vt = torch.linalg.svd(fit - mean, full_matrices=False)                  # rows: principal axes
-    feats = (flat - mean) @ vt[:min(PCA_DIMS, vt.shape[0])].T                     # (N, d)
-
-    # k-means++ seeding: each next centre drawn with probability proportional to the squared distance
-    centres = feats[torch.randint(n, (1,), generator=gen)]
-    d2 = torch.cdist(feats, centres).square().min(1).values
-    for _ in range(k - 1):
-        pick = torch.multinomial(d2 / d2.sum(), 1, generator=gen) if d2.sum() > 0 else \
-            torch.randint(n, (1,), generator=gen)
-        centres = torch.cat([centres, feats[pick]])
-        d2 = torch.minimum(d2, torch.cdist(feats, feats[pick]).square()[:, 0])
-    labels = torch.cdist(feats, centres).argmin(1)
-    for _ in range(ITERATIONS):
-        for j in range(k):
-            members = feats[labels == j]
-            if len(members):
-                centres[j] = members.mean(0)                                     # an empty cluster keeps its centre
-        new = torch.cdist(feats, centres).argmin(1)
-        if torch.equal(new, labels):
-            break
-        labels = new
-    counts = torch.bincount(labels, minlength=k)
-    order = torch.argsort(counts, descending=True, stable=True)                  # largest cluster first
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(k)
-    labels = rank[labels]
-    counts = counts[order]
-    return labels.numpy().astype(np.int64), (counts.double() / n).numpy()
+    flat = x.reshape(n, -1).astype(np.float64) / 255.0                              # (N, D)
+    fit = flat[np.random.default_rng(seed).permutation(n)[:PCA_FIT_IMAGES]]
+    pca = PCA(n_components=min(PCA_DIMS, *fit.shape), svd_solver="full").fit(fit)
+    feats = pca.transform(flat)                                                     # (N, d)
+    kmeans = KMeans(n_clusters=k, init="k-means++", n_init=N_INIT, max_iter=MAX_ITER, random_state=seed)
+    labels = kmeans.fit_predict(feats)
+    counts = np.bincount(labels, minlength=k)
+    order = np.argsort(-counts, kind="stable")                                      # largest cluster first
+    rank = np.empty_like(order)
+    rank[order] = np.arange(k)
+    return rank[labels].astype(np.int64), counts[order].astype(np.float64) / n

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genforge.crypto import plain_source
 from genforge.data.clean import Pool
 from genforge.data.idx import GZIP_MAX_RATIO
 from genforge.errors import DataError
@@ -33,7 +34,6 @@ def read_npz(path: Path) -> Pool:
     """Read `x` (uint8, integer or float images) and optional integer `y` from `path`."""
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist")
-    from genforge.crypto import plain_source
 
     source = plain_source(path)  # the file, or its decrypted bytes in memory (genforge security encrypt)
     if not zipfile.is_zipfile(source):

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from genforge.crypto import EncryptingWriter
 from genforge.errors import GenforgeError
-from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
 from genforge.generation import provenance
+from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
 
 
 def make_grid(x: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
@@ -52,7 +53,6 @@ def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray | None = None, keyri
     arrays = {"x": x} if y is None else {"x": x, "y": y}
     if keyring is None:
         return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
-    from genforge.crypto import EncryptingWriter
 
     def write(f):
         with EncryptingWriter(f, Path(path).name, keyring) as w:

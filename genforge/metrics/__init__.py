@@ -15,14 +15,15 @@ FID from a local pytorch-fid weights file), ``report.py`` (``genforge report``),
 """
 
 from genforge.metrics.evaluate import check_images, compare, evaluate, format_table, load_result, read_samples
-from genforge.metrics.evaluator_net import (Evaluator, TrainRecipe, get_evaluator, load_evaluator, save_evaluator,
-                                        train_evaluator)
+from genforge.metrics.evaluator_net import (Evaluator, EvaluatorUnavailable, TrainRecipe, get_evaluator,
+                                           load_evaluator, save_evaluator, train_evaluator)
 from genforge.metrics.scores import (class_entropy, class_match, density_coverage, fid, frechet_distance,
                                      inception_score, kid, precision_recall)
 from genforge.metrics.validation import TrainingEvaluator
 
 __all__ = [
-    "Evaluator", "TrainRecipe", "TrainingEvaluator", "check_images", "class_entropy", "class_match", "compare",
+    "Evaluator", "EvaluatorUnavailable", "TrainRecipe", "TrainingEvaluator", "check_images", "class_entropy",
+    "class_match", "compare",
     "density_coverage", "evaluate", "fid", "format_table", "frechet_distance", "get_evaluator",
     "inception_score", "kid", "load_evaluator", "load_result", "precision_recall", "read_samples",
     "save_evaluator", "train_evaluator",

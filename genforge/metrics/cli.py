@@ -14,6 +14,7 @@ import click
 from genforge.cli.options import (CONTEXT, Group, cpu_only, data_option, device_option, image_options, n_option,
                                   out_option, renamed, seed_option)
 from genforge.errors import GenforgeError
+from genforge.io import atomic_write_json
 
 
 @click.command("eval", context_settings=CONTEXT)
@@ -39,7 +40,7 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
     for the data, beside the same metrics for real data (a train subset against the test split). Samples
     with labels also get the class match and CAS. --baseline refuses results from another evaluator.
     """
-    from genforge.io import atomic_write_json
+    # late: the metrics load torch (seconds); `genforge --help` must not pay for them
     from genforge.metrics.evaluate import evaluate, format_table, load_result
 
     cpu_only(device, "eval")
@@ -74,6 +75,7 @@ def evaluator_train(data: str, image_size: int, channels: int, train_steps: int 
     genforge eval and evaluation during training then find it. The JSON records the data, split, test
     accuracy and the SHA-256 of the weights.
     """
+    # late, as in cmd_eval: torch loads only when the command runs
     from genforge.data import load_splits
     from genforge.metrics.evaluator_net import (TrainRecipe, cache_dir, evaluator_key, find_evaluator,
                                                 save_evaluator, train_evaluator)
@@ -100,7 +102,7 @@ def evaluator_train(data: str, image_size: int, channels: int, train_steps: int 
 @evaluator.command("list", context_settings=CONTEXT)
 def evaluator_list() -> int:
     """List the evaluators genforge can use: the shipped ones, then the cache."""
-    from genforge.metrics.evaluator_net import SHIPPED_DIR, cache_dir
+    from genforge.metrics.evaluator_net import SHIPPED_DIR, cache_dir  # late: torch, as in cmd_eval
 
     for where, directory in (("shipped", SHIPPED_DIR), ("cache", cache_dir())):
         for path in sorted(directory.glob("*.json")):
@@ -121,7 +123,7 @@ def report(run: str, out: str | None) -> int:
 
     The page embeds its plots as PNG data, so it opens offline and can be mailed as one file.
     """
-    from genforge.metrics.report import write_report
+    from genforge.metrics.report import write_report  # late: torch and matplotlib, as in cmd_eval
 
     path = write_report(run, out)
     print(f"genforge: wrote {path}")

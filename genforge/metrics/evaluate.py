@@ -17,13 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from genforge.generation.model import load as load_model
-from genforge.version import __version__
+from genforge.crypto import plain_source
 from genforge.data import load_splits
 from genforge.errors import GenforgeError
+from genforge.generation import sample
+from genforge.generation.model import load as load_model
 from genforge.io import read_json
 from genforge.metrics import scores
-from genforge.metrics.evaluator_net import Evaluator, TrainRecipe, accuracy, data_sha256, get_evaluator, train_classifier
+from genforge.metrics.evaluator_net import (Evaluator, TrainRecipe, accuracy, data_sha256, get_evaluator,
+                                            train_classifier)
+from genforge.metrics.inception import inception_fid
+from genforge.version import __version__
 
 FORMAT = "genforge-eval"
 FORMAT_VERSION = 1
@@ -93,7 +97,6 @@ def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     path = Path(path)
     if not path.is_file():
         raise GenforgeError(f"samples file not found: {path}")
-    from genforge.crypto import plain_source
 
     source = plain_source(path)  # the file, or its decrypted bytes in memory (genforge sample --encrypt)
     if not zipfile.is_zipfile(source):
@@ -169,8 +172,6 @@ def _sample_model(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | No
 
     A cluster-guided model is scored as the unconditional model it is: its clusters are not classes, so
     no labels come back (no class match, no CAS)."""
-    from genforge.generation import sample
-
     samples = sample(model, n, seed=seed)
     return samples.x, (None if model.cluster_prior is not None else samples.y)
 
@@ -256,8 +257,6 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
         say(f"CAS: training a classifier on the {n} generated samples only (the evaluator's recipe)")
         result["cas"] = cas(evaluator, x, y, test.x, test.y, seed)
     if inception_weights is not None:
-        from genforge.metrics.inception import inception_fid
-
         say(f"Inception-v3 FID with {inception_weights} (slow on a CPU: about 6 GFLOP per image)")
         result["inception"] = inception_fid(inception_weights, test.x, x, ref_x)
     return result

@@ -7,9 +7,14 @@ fixed seed, stored as ``NAME.safetensors`` + ``NAME.json`` (data set, split,
 test accuracy, SHA-256 of the weights), and every score carries that hash.
 
 Where an evaluator comes from, in order: the package itself
-(``genforge/metrics/evaluators/``, the one for ``mnist5k``), the cache
-(``$GENFORGE_CACHE/evaluators/`` or ``~/.cache/genforge/evaluators/``), or it
-is trained on first use and written to the cache.
+(``genforge/metrics/evaluators/``: ``mnist5k`` and ``fashion-mnist``, so every
+user of a bundled data set scores with the same file, whatever their CPU or
+thread count), the cache (``$GENFORGE_CACHE/evaluators/`` or
+``~/.cache/genforge/evaluators/``), or it is trained on first use and written to
+the cache. Training is never silent: :func:`get_evaluator` says so with an
+estimate of the time (a few timed steps, scaled) and a progress bar, and a
+caller with a time budget (``max_seconds``) gets :class:`EvaluatorUnavailable`
+instead of a training longer than the budget.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -151,7 +157,8 @@ class Evaluator:
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, recipe: TrainRecipe = TrainRecipe(),
-                     widths: tuple[int, ...] | None = None, progress: bool = False) -> EvaluatorNet:
+                     widths: tuple[int, ...] | None = None, progress: bool = False,
+                     desc: str = "classifier") -> EvaluatorNet:
     """Train an :class:`EvaluatorNet` on uint8 images (n, h, w, c) and labels; the same seed, the same weights.
 
     The evaluators and the CAS classifier both come from here, so "trained on real" and "trained on
@@ -170,7 +177,8 @@ def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, recipe: Tra
         batch = min(recipe.batch_size, len(x))
         per_epoch = max(1, len(x) // batch)
         net.train()
-        t0 = time.perf_counter()
+        bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, file=sys.stderr, leave=False,
+                   dynamic_ncols=True)  # its ETA is the estimate a user waits on
         for step in range(steps):
             i = step % per_epoch
             if i == 0:
@@ -182,10 +190,44 @@ def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, recipe: Tra
             loss.backward()
             opt.step()
             sched.step()
-            if progress and (step + 1) % 250 == 0:
-                print(f"  step {step + 1}/{steps}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)",
-                      file=sys.stderr)
+            bar.update(1)
+            if progress and (step + 1) % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
     return net.eval()
+
+
+class EvaluatorUnavailable(GenforgeError):
+    """No shipped or cached evaluator, and training one would take longer than the caller allows."""
+
+
+def estimate_train_seconds(n_train: int, image_shape: tuple[int, int, int], num_classes: int,
+                           recipe: TrainRecipe = TrainRecipe(), probe_steps: int = 5) -> float:
+    """Seconds :func:`train_classifier` would take here: a few steps of a throwaway network, timed and scaled.
+
+    Measured rather than looked up, because the same recipe takes ~20 s on one machine and minutes on a
+    loaded one. Costs about ``probe_steps + 2`` training steps; the caller's RNG state is left untouched.
+    """
+    shape = tuple(int(s) for s in image_shape)
+    steps = recipe.steps_for(n_train)
+    batch = min(recipe.batch_size, n_train)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = EvaluatorNet(shape, num_classes, default_widths(shape)).train()
+        opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+        data = torch.rand(batch, *shape) * 2 - 1  # (b, c, h, w): only the cost matters, not the values
+        yb = torch.randint(num_classes, (batch,))
+        gen = torch.Generator().manual_seed(0)
+        timings = []
+        for _ in range(probe_steps + 2):  # the first two steps pay one-off allocation and thread start-up
+            t0 = time.perf_counter()
+            xb = augment(data, gen, shift=recipe.shift, rotate=recipe.rotate)  # as train_classifier does
+            loss = F.cross_entropy(net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            timings.append(time.perf_counter() - t0)
+    return steps * float(np.median(timings[2:]))
 
 
 @torch.inference_mode()
@@ -220,7 +262,8 @@ def train_evaluator(spec: str, image_size: int = 28, channels: int = 0, recipe: 
         print(f"genforge: training the evaluator for {spec} {_shape_str(shape)} on its train split "
               f"({len(splits.train)} images, {steps} steps, seed {recipe.seed})", file=sys.stderr)
     t0 = time.perf_counter()
-    net = train_classifier(splits.train.x, splits.train.y, splits.num_classes, recipe, widths, progress)
+    net = train_classifier(splits.train.x, splits.train.y, splits.num_classes, recipe, widths, progress,
+                           desc=f"evaluator {spec}")
     acc = accuracy(net, splits.test.x, splits.test.y)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": evaluator_key(spec, shape),
             "data": spec, "image_shape": list(shape), "num_classes": splits.num_classes,
@@ -288,6 +331,10 @@ def load_evaluator(path: str | Path) -> Evaluator:
 # ------------------------------------------------------------------------------------------ where they live
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def _shape_str(shape) -> str:
     c, h, w = shape
     return f"{h}x{w}x{c}"
@@ -316,8 +363,13 @@ def find_evaluator(spec: str, image_shape: tuple[int, int, int]) -> Path | None:
 
 
 def get_evaluator(spec: str, image_shape: tuple[int, int, int], recipe: TrainRecipe = TrainRecipe(),
-                  progress: bool = True) -> Evaluator:
-    """The evaluator for data ``spec`` at ``image_shape`` (c, h, w): shipped, cached, or trained now and cached."""
+                  progress: bool = True, max_seconds: float | None = None) -> Evaluator:
+    """The evaluator for data ``spec`` at ``image_shape`` (c, h, w): shipped, cached, or trained now and cached.
+
+    Training one is announced with its estimated time and shown with a progress bar. ``max_seconds``: the
+    longest the caller will wait for that training; when the estimate is longer, :class:`EvaluatorUnavailable`
+    is raised before anything is trained (its message says how to train the evaluator ahead of time).
+    """
     image_shape = tuple(int(s) for s in image_shape)
     if len(image_shape) != 3 or image_shape[0] not in (1, 3) or image_shape[1] != image_shape[2]:
         raise GenforgeError(f"evaluators take square images with 1 or 3 channels, got (c, h, w) = {image_shape}")
@@ -325,10 +377,19 @@ def get_evaluator(spec: str, image_shape: tuple[int, int, int], recipe: TrainRec
     if found is not None:
         return load_evaluator(found)
     target = cache_dir()
+    splits = load_splits(spec, image_size=image_shape[1], channels=image_shape[0])
+    where = f"{spec} {_shape_str(image_shape)}"
+    if splits.train.y is None or splits.num_classes < 2:  # train_evaluator's clear error, without the probe
+        return train_evaluator(spec, recipe=recipe, progress=progress, splits=splits)
+    estimate = estimate_train_seconds(len(splits.train), splits.image_shape, splits.num_classes, recipe)
+    if max_seconds is not None and estimate > max_seconds:
+        raise EvaluatorUnavailable(
+            f"no evaluator for {where} (shipped or cached), and training one would take about "
+            f"{_duration(estimate)} here, more than the {_duration(max_seconds)} allowed; train it once ahead "
+            f"with: genforge evaluator train --data {spec} --image-size {image_shape[1]}")
     if progress:
-        print(f"genforge: no evaluator for {spec} {_shape_str(image_shape)} yet: training one now "
-              f"(once; a few minutes on a CPU), cached in {target}", file=sys.stderr)
-    evaluator = train_evaluator(spec, image_size=image_shape[1], channels=image_shape[0], recipe=recipe,
-                                progress=progress)
+        print(f"genforge: no evaluator for {where} yet: training one now, about {_duration(estimate)} "
+              f"(once; cached in {target})", file=sys.stderr)
+    evaluator = train_evaluator(spec, recipe=recipe, progress=progress, splits=splits)
     save_evaluator(evaluator, target)
     return evaluator

@@ -14,6 +14,7 @@ implementation has not been compared with pytorch-fid's numbers on real weights 
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 from pathlib import Path
 
@@ -177,7 +178,6 @@ def load_inception(path: str | Path) -> tuple[FIDInceptionV3, str]:
     if path.stat().st_size > MAX_WEIGHTS_BYTES:
         raise ModelFileError(f"{path}: {path.stat().st_size} bytes is far larger than the ~95 MB Inception weights")
     data = path.read_bytes()
-    import io
 
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from genforge.errors import GenforgeError
 from genforge.io import atomic_write_text
+from genforge.metrics.evaluate import format_table, load_result
 
 NOT_PLOTTED = {"step", "epoch", "time", "images_per_sec"}
 
@@ -56,7 +57,7 @@ def series(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
 
 def _figure_png(panels: dict[str, tuple[list[float], list[float]]], title: str, columns: int = 3) -> str:
     """One small plot per key, as a base64 PNG."""
-    import matplotlib
+    import matplotlib  # heavy import (~1 s): only when a report is drawn
 
     matplotlib.use("Agg")  # no display needed, ever
     import matplotlib.pyplot as plt
@@ -157,8 +158,6 @@ def build_report(run: str | Path) -> str:
 
 def _eval_tables(run: Path) -> list[tuple[str, str]]:
     """Printable tables of any ``genforge eval --json`` results saved in the run directory."""
-    from genforge.metrics.evaluate import format_table, load_result
-
     out = []
     for path in sorted(run.glob("*.json")):
         try:

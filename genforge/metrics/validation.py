@@ -2,8 +2,10 @@
 
 The loop generates ``n`` images from the EMA model with a fixed seed and calls the evaluator:
 
-    val = TrainingEvaluator(cfg.data, splits.val.x, splits.image_shape, n=2000)   # once
-    logger.log(step, val(images))        # {"val_fid": ..., "val_precision": ..., ...}
+    val = TrainingEvaluator.for_run(cfg.data, splits.val.x, splits.image_shape, n=cfg.eval_n, seed=cfg.seed,
+                                    max_steps=cfg.max_steps, max_seconds=cfg.max_seconds, log=logger.message)
+    if val is not None:                  # None: no evaluator, and the run is too short to train one (noted)
+        logger.log(step, val(images))    # {"val_fid": ..., "val_precision": ..., ...}
 
 The real validation features, their mean and covariance and their k-NN radii are computed once, here;
 each call then costs one forward pass of the evaluator over ``n`` images plus the metrics.
@@ -11,12 +13,15 @@ each call then costs one forward pass of the evaluator over ``n`` images plus th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from genforge.data import load_splits
 from genforge.errors import GenforgeError
 from genforge.metrics import scores
 from genforge.metrics.evaluate import check_images
-from genforge.metrics.evaluator_net import get_evaluator
+from genforge.metrics.evaluator_net import EvaluatorUnavailable, TrainRecipe, find_evaluator, get_evaluator
 
 KID_SUBSETS = 20  # the full eval uses 100; 20 keeps a call under a second and the std is logged anyway
 
@@ -31,13 +36,16 @@ class TrainingEvaluator:
     ``ref_x``: optional real images (a random train subset of size n; data sets are often sorted by class)
     scored once as ``self.reference``: the value real data reaches on each metric, to log beside the curves.
 
+    ``max_seconds``: the longest this may spend training a missing evaluator (None: no limit);
+    :class:`~genforge.metrics.evaluator_net.EvaluatorUnavailable` when it would take longer.
+
     ``evaluator_sha256`` names the ruler: log it with the scores (the best-by-FID choice is only meaningful
     within one evaluator).
     """
 
     def __init__(self, data_spec: str, val_x: np.ndarray, image_shape: tuple[int, int, int], n: int = 2000,
-                 seed: int = 0, ref_x: np.ndarray | None = None):
-        self.evaluator = get_evaluator(data_spec, tuple(image_shape))
+                 seed: int = 0, ref_x: np.ndarray | None = None, max_seconds: float | None = None):
+        self.evaluator = get_evaluator(data_spec, tuple(image_shape), max_seconds=max_seconds)
         self.evaluator_sha256 = self.evaluator.sha256
         self.evaluator_name = self.evaluator.name
         self.image_shape = tuple(image_shape)
@@ -78,3 +86,31 @@ class TrainingEvaluator:
                 "val_kid": kid, "val_kid_std": kid_std, "val_precision": precision, "val_recall": recall,
                 "val_density": density, "val_coverage": coverage,
                 "val_is": scores.inception_score(fake_p)[0], "val_class_entropy": scores.class_entropy(fake_p)}
+
+    @classmethod
+    def for_run(cls, data_spec: str, val_x: np.ndarray, image_shape: tuple[int, int, int], n: int = 2000,
+                seed: int = 0, *, max_steps: int = 0, max_seconds: float = 0.0,
+                log: Callable[[str], None] = print) -> TrainingEvaluator | None:
+        """The run's validation scorer, or None (with a note through ``log``) when the run is too short for it.
+
+        A shipped or cached evaluator is always used. A missing one is trained first only when the run is
+        long enough that this is not most of what it does: ``max_steps`` at least the evaluator's own
+        training steps (a step-count rule, so the same recipe decides the same on every machine), and, under
+        a ``max_seconds`` budget, the measured estimate of the training within it. Otherwise validation is
+        skipped, and the note says how to train the evaluator ahead of time so the next run validates.
+        """
+        shape = tuple(int(s) for s in image_shape)
+        budget = float(max_seconds) if max_seconds else None
+        if find_evaluator(data_spec, shape) is None:
+            n_train = len(load_splits(data_spec, image_size=shape[1], channels=shape[0]).train)
+            needs = TrainRecipe().steps_for(n_train)
+            if max_steps and max_steps < needs:
+                log(f"validation skipped: no evaluator for {data_spec} yet, and training one ({needs} steps) "
+                    f"would be longer than this {max_steps}-step run; train it once with: genforge evaluator "
+                    f"train --data {data_spec} --image-size {shape[1]}")
+                return None
+        try:
+            return cls(data_spec, val_x, shape, n=n, seed=seed, max_seconds=budget)
+        except EvaluatorUnavailable as e:
+            log(f"validation skipped: {e}")
+            return None

@@ -3,9 +3,9 @@
 A modality names its data sources (the spec prefixes that ``genforge.data`` reads), the shape and dtype of
 one example, its value range, the output controls that apply to finished samples, the writers that
 ``genforge sample --out`` chooses among by suffix, its evaluator, and its default recipes. Each layer keeps
-its implementations in a dict keyed by the modality's name (``genforge.data.sources.SOURCES``,
-``genforge.generation.writers.WRITERS``, ...), and ``tests/test_layers.py`` checks that every declared
-piece is implemented. The loop, checkpoints, generation plan, server and security never branch on the name.
+its implementations in its own dispatch (the data layer's ``parse_spec`` / ``read_source``, the writers'
+dict ``genforge.generation.writers.WRITERS`` keyed by the modality's name), and ``tests/test_layers.py``
+checks that every declared piece is implemented. The loop, checkpoints, generation plan, server and security never branch on the name.
 
 A model file records its modality (``config.json`` field ``modality``; files written before it existed are
 images).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from genforge.data import to_tensor
 from genforge.errors import GenforgeError
 
 FILTERS = ("drs", "confidence")
@@ -20,8 +21,6 @@ FILTERS = ("drs", "confidence")
 
 def _images_for(model, x: np.ndarray) -> torch.Tensor:
     """uint8 (n, h, w[, c]) -> float (n, c, h, w) in the model's training range."""
-    from genforge.data import to_tensor
-
     x = x[..., None] if x.ndim == 3 else x
     return to_tensor(np.ascontiguousarray(x), model.meta.get("value_range", model.method.VALUE_RANGE))
 

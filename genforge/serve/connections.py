@@ -138,7 +138,7 @@ def uvicorn_config(app, host: str = "127.0.0.1", port: int = 8000, log_level: st
     The connection cap is the guard's (``ServeConfig.max_connections``), not uvicorn's ``limit_concurrency``,
     whose refusals bypass the app and so were missing from the audit log.
     """
-    import uvicorn
+    import uvicorn  # only a running server needs it; tests build apps without one
 
     guard = app.state.service.guard
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=guard.protocol(),

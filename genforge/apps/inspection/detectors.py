@@ -22,6 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.config import Config
+from genforge.errors import GenforgeError, TrainingError
+from genforge.models import networks, vae
+
 SCORE_BATCH = 256  # fixed, so that a detector scores an image the same whatever else is in the call
 
 
@@ -63,6 +67,8 @@ class PCADetector:
     def __init__(self, image_shape, variance: float = 0.9, n_components: int = 0):
         self.image_shape = tuple(image_shape)
         self.variance = float(variance)
+        if not 0 < self.variance <= 1:
+            raise GenforgeError(f"pca detector: option variance must be in (0, 1], got {variance!r}")
         d = math.prod(self.image_shape)
         self.mean = torch.zeros(d, dtype=torch.float64)
         self.components = torch.zeros(n_components, d, dtype=torch.float64)  # (k, d), orthonormal rows
@@ -77,12 +83,14 @@ class PCADetector:
         self.mean, self.components = tensors["mean"], tensors["components"]
 
     def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
-        flat = x.flatten(1).double()                          # (n, d)
-        self.mean = flat.mean(0)
-        _, s, vh = torch.linalg.svd(flat - self.mean, full_matrices=False)
-        explained = (s.square().cumsum(0) / s.square().sum().clamp_min(1e-12))
-        k = int(torch.searchsorted(explained, torch.tensor(self.variance, dtype=explained.dtype)).item()) + 1
-        self.components = vh[:min(k, len(s))].contiguous()
+        from sklearn.decomposition import PCA  # heavy import (~1-3 s with scipy): only the pca detector fits with it
+
+        flat = x.flatten(1).double().numpy()                  # (n, d)
+        # a float n_components: the fewest components whose explained variance exceeds that share
+        # (1.0, every component, is None to scikit-learn)
+        pca = PCA(n_components=self.variance if self.variance < 1 else None, svd_solver="full").fit(flat)
+        self.mean = torch.from_numpy(pca.mean_).double()
+        self.components = torch.from_numpy(np.ascontiguousarray(pca.components_)).double()  # (k, d)
         if log:
             log(f"pca: {self.components.shape[0]} components explain {100 * self.variance:g}% of the variance")
 
@@ -146,8 +154,6 @@ class KNNDetector:
 
 def _conv_nets(image_shape, z_dim: int, base_channels: int, roles: dict[str, str]) -> dict[str, nn.Module]:
     """genforge's own networks (``genforge.models.networks``) for the roles a detector needs."""
-    from genforge.models import networks
-
     kinds = {"encoder": networks.ConvEncoder, "decoder": networks.ConvDecoder,
              "discriminator": networks.DCGANDiscriminator}
     return {role: kinds[kind](tuple(image_shape), z_dim=z_dim, base_channels=base_channels)
@@ -190,8 +196,6 @@ class VAEDetector:
                  batch_size: int = 64, lr: float = 1e-3, score: str = "combined", k: int = 5,
                  bank_size: int = 2000, n_bank: int = 0, stats: dict | None = None):
         if score not in self.SCORES:
-            from genforge.errors import GenforgeError
-
             raise GenforgeError(f"vae: unknown score {score!r}; choose one of {', '.join(self.SCORES)}")
         self.image_shape = tuple(image_shape)
         self.z_dim, self.base_channels, self.steps = int(z_dim), int(base_channels), int(steps)
@@ -215,9 +219,6 @@ class VAEDetector:
         self.bank = tensors["bank"]
 
     def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
-        from genforge.config import Config
-        from genforge.models import vae
-
         # The fields vae.Trainer reads; the detector's own options were checked when it was built.
         cfg = Config(model="vae-conv", recon_loss="bce", kl_weight=1.0, g_lr=self.lr, g_betas=[0.9, 0.999],
                      z_dim=self.z_dim, base_channels=self.base_channels)
@@ -235,8 +236,6 @@ class VAEDetector:
             for step, idx in enumerate(_train_batches(len(x), self.batch_size, self.steps, gen)):
                 out = trainer.train_step(x[idx], None, gen, step)
                 if not torch.isfinite(out["loss"]):
-                    from genforge.errors import TrainingError
-
                     raise TrainingError(f"vae detector: non-finite loss at step {step}; lower lr (now {self.lr})")
                 if log and (step + 1) % 200 == 0:
                     log(f"vae: step {step + 1}/{self.steps}: -elbo {out['loss'].item():.1f}")
@@ -306,8 +305,6 @@ class GANomalyDetector:
                  batch_size: int = 64, lr: float = 2e-4, w_adv: float = 1.0, w_con: float = 50.0,
                  w_enc: float = 1.0, score: str = "latent"):
         if score not in self.SCORES:
-            from genforge.errors import GenforgeError
-
             raise GenforgeError(f"ganomaly: unknown score {score!r}; choose one of {', '.join(self.SCORES)}")
         self.score_kind = score
         self.image_shape = tuple(image_shape)
@@ -368,8 +365,6 @@ class GANomalyDetector:
             g_loss.backward()
             opt_g.step()
             if not torch.isfinite(g_loss):
-                from genforge.errors import TrainingError
-
                 raise TrainingError(f"ganomaly detector: non-finite loss at step {step}; lower lr (now {self.lr})")
             if d_loss.item() < 1e-5:  # D has won outright: re-initialize it, as the GANomaly code does
                 for module in D.modules():

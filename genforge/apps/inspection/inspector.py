@@ -23,10 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from genforge.apps.inspection.detectors import DETECTORS
+from genforge.data import load_splits, to_tensor
 from genforge.errors import DataError, GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json, read_json
+from genforge.models.files import check_header
+from genforge.version import __version__
 
 FORMAT = "genforge-detector"
 FORMAT_VERSION = 1
@@ -97,8 +102,6 @@ def _shape_str(shape) -> str:
 def as_tensor(images: np.ndarray, image_shape: tuple[int, int, int] | None = None,
               what: str = "images") -> torch.Tensor:
     """uint8 (n, h, w) or (n, h, w, c) -> float32 (n, c, h, w) in [0, 1], checked against ``image_shape``."""
-    from genforge.data import to_tensor
-
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(f"{what}: expected uint8 images (n, h, w) or (n, h, w, c), got "
                         f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
@@ -138,8 +141,6 @@ def load_normal(spec: str, normal_classes: list[str | int] | None = None,
     (the one-class-out protocol). Neither: every image is normal. max_train > 0 keeps a seeded random
     subset of that many training images. ``splits``: the result of ``load_splits`` when the caller has it.
     """
-    from genforge.data import load_splits
-
     if normal_classes and anomaly_classes:
         raise GenforgeError("give normal classes or anomaly classes, not both")
     splits = splits or load_splits(spec, image_size=image_size, channels=channels, seed=seed)
@@ -229,10 +230,6 @@ def fit(name: str, train: np.ndarray, val: np.ndarray, *, fpr: float = DEFAULT_F
 
 def save(detector: Detector, directory: str | Path) -> Path:
     """Write ``detector.safetensors`` and ``detector.json`` (threshold, statistics, SHA-256) atomically."""
-    from safetensors.torch import save as st_save
-
-    from genforge.version import __version__
-
     directory = Path(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in detector.method.tensors().items()}
     blob = st_save(tensors, metadata={"format": FORMAT})
@@ -247,10 +244,6 @@ def save(detector: Detector, directory: str | Path) -> Path:
 
 def load(directory: str | Path) -> Detector:
     """Load a saved detector: JSON fields, safetensors header and SHA-256 checked before any tensor is used."""
-    from safetensors.torch import load as st_load
-
-    from genforge.models.files import check_header
-
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -293,30 +286,30 @@ def load(directory: str | Path) -> Detector:
 
 
 def auroc(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Area under the ROC curve (truth: True for anomalies), the Mann-Whitney U statistic with tied ranks."""
+    """Area under the ROC curve (truth: True for anomalies); ties count half, as in the Mann-Whitney U statistic.
+
+    NaN when only one kind of image is present (scikit-learn would raise: a summary row shows NaN instead).
+    """
+    from sklearn.metrics import roc_auc_score  # heavy import (~1-3 s with scipy): only when test labels are scored
+
     scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(truth, dtype=bool)
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    if n_pos == 0 or n_neg == 0:
+    if truth.all() or not truth.any():
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks over ties: each run of equal scores gets the mean of its positions (1-based)
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2
-    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(truth, scores))
 
 
 def roc_curve(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false-positive rates, true-positive rates) as the threshold falls through every distinct score."""
+    """(false-positive rates, true-positive rates) from (0, 0) as the threshold falls through every distinct score."""
+    from sklearn.metrics import roc_curve as sk_roc_curve  # heavy import (~1-3 s with scipy), as in auroc
+
     scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(truth, dtype=bool)
-    order = np.argsort(-scores, kind="mergesort")
-    s, t = scores[order], truth[order]
-    last = np.r_[s[1:] != s[:-1], True]  # the last image of each run of equal scores
-    tp, fp = np.cumsum(t)[last], np.cumsum(~t)[last]
-    return (np.r_[0, fp / max(1, (~truth).sum())], np.r_[0, tp / max(1, truth.sum())])
+    if truth.all() or not truth.any():  # one rate is undefined (0 / 0): keep the plot's line flat at 0
+        steps = len(np.unique(scores))
+        rate = np.r_[0.0, np.ones(steps)]
+        zero = np.zeros(steps + 1)
+        return (zero, rate) if truth.all() else (rate, zero)
+    fpr, tpr, _ = sk_roc_curve(truth, scores, drop_intermediate=False)
+    return fpr, tpr
 
 
 def detection_counts(anomaly: np.ndarray, truth: np.ndarray) -> dict:

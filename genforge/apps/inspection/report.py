@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from genforge.apps.inspection.inspector import auroc, detection_counts, roc_curve
 from genforge.errors import GenforgeError
 from genforge.io import atomic_write_json, atomic_write_text, fsync_dir
 
@@ -37,7 +38,7 @@ WORST = 16
 
 def heatmap_image(image: np.ndarray, residual: np.ndarray, scale: float) -> Image.Image:
     """uint8 image (h, w, c) beside its residual (h, w), coloured with inferno on [0, scale]: (h, 2w) RGB."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # heavy import (~0.5 s): only when heat maps are drawn
 
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
     heat = colormaps["inferno"](np.clip(residual / scale, 0, 1))[..., :3]   # (h, w, 3) in [0, 1]
@@ -53,8 +54,6 @@ def write_results(out: str | Path, detector, scored, images: np.ndarray, *, clas
     truth: True for images known to be anomalies (labelled data whose normal classes the detector records).
     Returns the summary.
     """
-    from genforge.apps.inspection.inspector import auroc, detection_counts
-
     out = Path(out)
     x = images[..., None] if images.ndim == 3 else images
     rows = ["index,score,label,class,truth"]
@@ -124,7 +123,7 @@ def read_results(results: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def _plot_png(draw, size=(5.0, 3.6)) -> str:
-    import matplotlib
+    import matplotlib  # heavy import (~1 s): only when a report is drawn
 
     matplotlib.use("Agg")  # no display needed, ever
     import matplotlib.pyplot as plt
@@ -180,8 +179,6 @@ def build_report(results: str | Path) -> str:
 
     plots = []
     if truth is not None and 0 < truth.sum() < len(truth):
-        from genforge.apps.inspection.inspector import roc_curve
-
         fpr, tpr = roc_curve(score, truth)
 
         def roc(ax):
