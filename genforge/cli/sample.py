@@ -47,12 +47,14 @@ def control_options(fn):
 @click.option("--dedup", type=float, metavar="RMS",
               help="drop samples within this RMS pixel distance (0-255) of an earlier one")
 @out_option("a .png (grid), a .npz, or a directory name (one PNG per sample)")
+@click.option("--scale", type=int, default=1, show_default=True,
+              help="grid PNG pixel scale: each pixel becomes a SCALE x SCALE block")
 @device_option()
 @click.option("--encrypt", is_flag=True, help="write the .npz encrypted (key from --key-file or the environment)")
 @key_file_option
 def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | None, like: str | None,
            radius: float, filter_method: str | None, keep_top: float | None, dedup: float | None, out: str,
-           device: str, encrypt: bool, **control_values) -> int:
+           scale: int, device: str, encrypt: bool, **control_values) -> int:
     """Generate samples: genforge sample MODEL --n 64 --seed 0 --out grid.png.
 
     MODEL is a run directory (its best, else last, checkpoint) or a model directory. A .png gets a grid and
@@ -86,7 +88,7 @@ def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | 
         samples, note = postprocess_samples(net, samples, filter_method, keep_top, dedup, seed)
         extra = {**(extra or {}), "postprocess": note}
         print(f"genforge: kept {len(samples.x)} of {n} samples ({note})")
-    path = write_samples(samples, out, net, extra, keyring)
+    path = write_samples(samples, out, net, extra, keyring, scale=scale)
     print(f"genforge: wrote {len(samples.x)} samples (seed {seed}) from {net.path} to {path}")
     return 0
 
