@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,9 +102,10 @@ class Config:
     eval_n: int = 2000               # run keeps checkpoints/best.json by validation FID beside last.json
 
     # --- where to run -------------------------------------------------------------
-    device: str = "cpu"              # "cpu", "cuda", "cuda:N" or "auto"
+    device: str = "auto"             # "auto" (CUDA, then MPS, then the CPU), "cpu", "cuda", "cuda:N" or "mps"
     num_threads: int = 0             # 0: one intra-op thread per physical core
-    precision: str = "fp32"          # "bf16": autocast the training step to bfloat16 (faster where the CPU/GPU has it)
+    precision: str = "auto"          # "auto": bf16 autocast on a GPU with native bfloat16, else fp32; "fp32";
+                                     # "bf16" (warned where the hardware would run it slowly)
     channels_last: bool = False      # NHWC memory layout for the convolutional networks and the data
     compile: bool = False            # torch.compile the networks (opt-in: the first steps pay the compile time)
 
@@ -119,7 +121,7 @@ CHOICES = {
     "recon_loss": ("bce", "mse"),
     "nan_policy": ("stop", "rollback"),
     "channels": (0, 1, 3),
-    "precision": ("fp32", "bf16"),
+    "precision": ("auto", "fp32", "bf16"),
     "gan_loss": ("ns", "hinge", "wgan-gp"),
     "d_norm": ("batch", "group", "none"),
     "noise_schedule": ("linear", "cosine"),
@@ -209,8 +211,8 @@ def validate(cfg: Config, source: str = "config") -> Config:
     for name in ("val_fraction", "test_fraction"):
         if not 0.0 <= getattr(cfg, name) < 0.5:
             raise ConfigError(f"{source}: '{name}' must be in [0, 0.5), got {getattr(cfg, name)!r}")
-    if not (cfg.device in ("cpu", "cuda", "auto") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"{source}: 'device' must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
+    if not (cfg.device in ("cpu", "cuda", "auto", "mps") or re.fullmatch(r"cuda:\d+", cfg.device)):
+        raise ConfigError(f"{source}: 'device' must be auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
     return cfg
 
 

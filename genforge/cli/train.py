@@ -77,8 +77,6 @@ class ConfigOption(click.Option):
                 shown = ",".join(f"{v:g}" for v in default)
             else:
                 shown = repr(default) if isinstance(default, str) else f"{default:g}"
-            if self.field == "device":  # resolve_config: unset in the recipe and on the command line -> auto
-                shown = "the recipe's, else auto"
             comment = field_comments().get(self.field, "")
             self.help = f"{comment} [{self.field}; default {shown}]".strip()
         return super().get_help_record(ctx)
@@ -157,16 +155,7 @@ def resolve_config(recipe: str | None, resume: str | None, out: str | None, sets
         cfg = from_dict(dict(sets), "--set", base=cfg)
     if given:
         cfg = from_dict(given, "command line", base=cfg)
-    if not resume and "device" not in given and "device" not in dict(sets) and not _recipe_sets(path, "device"):
-        cfg = dataclasses.replace(cfg, device="auto")  # no device asked for anywhere: CUDA when there is one
     return cfg, run
-
-
-def _recipe_sets(path: Path, key: str) -> bool:
-    import yaml
-
-    values = yaml.safe_load(path.read_text()) or {}
-    return isinstance(values, dict) and key in values
 
 
 @click.command(context_settings=CONTEXT)

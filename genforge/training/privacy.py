@@ -111,8 +111,8 @@ def check_config(cfg, source: str = "config") -> None:
                "may use")
     if cfg.compile:
         refuse("compile is not supported with Opacus' per-sample gradient hooks: set compile: false")
-    if cfg.precision != "fp32":
-        refuse("per-sample clipping in bf16 is untested here: set precision: fp32")
+    if cfg.precision == "bf16":  # "auto" trains a private model in fp32
+        refuse("per-sample clipping in bf16 is untested here: set precision: fp32 or auto")
 
 
 @functools.lru_cache(maxsize=64)
