@@ -222,6 +222,7 @@ def load_tep(protocol: Protocol | str = "", *, cache: Path | None = None,
                         onset=protocol.onset)
     key = {"format": CACHE_FORMAT, "simulator": "tep-studio", "version": version, **asdict(protocol),
            "control_interval_h": CONTROL_INTERVAL_H, "sample_minutes": SAMPLE_MINUTES}
+    key = json.loads(json.dumps(key))  # tuples as lists, as the cache file's JSON gives them back
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = (cache or cache_dir()) / f"tep-studio-{version}-{digest}.npz"
     if path.is_file():
