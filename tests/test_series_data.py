@@ -25,7 +25,7 @@ from genforge.modalities.series import SERIES
 FIX = Path(__file__).parent / "fixtures" / "series"
 needs_sktime = pytest.mark.skipif(importlib.util.find_spec("sktime") is None,
                                   reason="sktime (the archive files) not installed: pip install 'genforge[series]'")
-TINY_TEP = "faults=1;seeds=0;train=20;test=40;onset=10"
+TINY_TEP = "faults=1;seeds=0;train=20;test=40;onset=10;warmup=4"
 
 
 # --- the .ts parser -----------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_load_series_ucr_normalizes_with_train_statistics_and_inverts():
     again = Normalization.from_json(splits.normalization.to_json(), "model.json")
     np.testing.assert_array_equal(again.scale, splits.normalization.scale)
     assert "train: 30 examples (Standing 7" in splits.describe()
-    with pytest.raises(DataError, match=r"model\.json: normalization needs equal-length finite shift and positive scale"):
+    with pytest.raises(DataError, match=r"model\.json: normalization needs equal-length finite shift"):
         Normalization.from_json({"method": "zscore", "shift": [0.0, 1.0], "scale": [1.0, 0.0]}, "model.json")
 
 
@@ -302,7 +302,8 @@ def test_series_spec_forms():
 
 @pytest.mark.parametrize("options, message", [
     ("faults=x", r"'x' is not a whole number or a range like 1-21"),
-    ("bogus=1", r"option 'bogus=1' is not one of faults=, seeds=, train=, test=, onset="),
+    ("bogus=1", r"option 'bogus=1' is not one of faults=, seeds=, train=, test=, onset=, warmup="),
+    ("warmup=-1", r"'-1' is not a whole number|warmup= must be 0 or more"),
     ("test=40;onset=50", r"onset=50 must lie within the test run \(0 to 39\)"),
     ("seeds=1,1", r"seeds must be distinct non-negative integers"),
     ("train=1-3", r"train= takes one whole number"),
@@ -348,7 +349,7 @@ def test_tep_tiny_simulation_is_cached_and_described(tep_cache, monkeypatch):
     # Each run has its own noise: a normal and a faulty run differ even before the fault.
     assert not np.array_equal(data.test.x[0, :, :10], data.test.x[1, :, :10])
     text = data.describe()
-    assert "tep-studio 0.2.0" in text and "normal + IDV 1, seeds 0" in text
+    assert "tep-studio 0.2.0" in text and "normal + IDV 1, seeds 0, each after 4 unrecorded samples (0.2 h)" in text
     assert "test: 2 runs x 40 samples (2 h, the fault introduced at sample 10)" in text
     assert data.path.parent == tep_cache and data.path.name.startswith("tep-studio-0.2.0-")
     # The second load reads the cache: simulating again would fail here.
@@ -365,6 +366,9 @@ def test_tep_same_seed_same_run(tep_cache):
     c, _ = tep_mod._run(tep, 1, 5, 2, tep_mod._kernel_seed(1, 1, 1), 28)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (5, 53) and not np.array_equal(a, c)
+    # Warm-up samples are simulated but not recorded, and the onset counts from the first recorded sample.
+    warmed, _ = tep_mod._run(tep, 1, 3, 0, tep_mod._kernel_seed(0, 1, 1), 28, warmup=2)
+    np.testing.assert_array_equal(warmed, a[2:])
 
 
 def test_tep_fault_the_simulator_lacks(tep_cache):

@@ -95,7 +95,8 @@ def _read_header(path: Path, lines: list[str]) -> tuple[TsHeader, int]:
             continue
         where = f"{path}: line {i + 1}"
         if not line.startswith("@"):
-            raise DataError(f"{where}: malformed header: expected an @tag or a # comment before @data, got {line[:40]!r}")
+            raise DataError(f"{where}: malformed header: expected an @tag or a # comment before @data, "
+                            f"got {line[:40]!r}")
         tag, *values = line[1:].split()
         key = tag.lower()
         if key not in {t.lower() for t in _TAGS} | {"dimension"}:

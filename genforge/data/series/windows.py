@@ -84,7 +84,8 @@ def read_csv_log(path: str | Path, *, time_column: str | None = None, label_colu
         if not row or all(not cell.strip() for cell in row):
             continue  # blank line
         if len(row) != len(names):
-            raise DataError(f"{path}: line {reader.line_num}: {len(row)} cells, but the header names {len(names)} columns")
+            raise DataError(f"{path}: line {reader.line_num}: {len(row)} cells, but the header names "
+                            f"{len(names)} columns")
         rows.append(row)
         lines.append(reader.line_num)
     if not rows:
@@ -92,20 +93,26 @@ def read_csv_log(path: str | Path, *, time_column: str | None = None, label_colu
 
     values = np.empty((len(rows), len(channels)), dtype=np.float64)
     gone = np.zeros(values.shape, dtype=bool)
-    for r, row in enumerate(rows):
-        for c, k in enumerate(ch_idx):
-            cell = row[k].strip()
-            if not cell:
-                gone[r, c] = True
-                continue
-            try:
-                v = float(cell)
-            except ValueError:
-                raise DataError(f"{path}: line {lines[r]}, column {channels[c]!r}: {cell!r} is not a number") from None
-            if not np.isfinite(v):
-                raise DataError(f"{path}: line {lines[r]}, column {channels[c]!r}: {cell!r} is not a finite number "
-                                "(NaN or infinite; leave the cell empty for a missing value)")
-            values[r, c] = v
+    for c, k in enumerate(ch_idx):
+        cells = [row[k] for row in rows]
+        try:
+            values[:, c] = np.array(cells, dtype=np.float64)  # the fast path: a column of plain numbers
+        except ValueError:  # an empty or bad cell somewhere: cell by cell, to say which
+            for r, cell in enumerate(cells):
+                cell = cell.strip()
+                if not cell:
+                    gone[r, c] = True
+                    continue
+                try:
+                    values[r, c] = float(cell)
+                except ValueError:
+                    raise DataError(f"{path}: line {lines[r]}, column {channels[c]!r}: {cell!r} is not a number") \
+                        from None
+        bad = ~np.isfinite(values[:, c]) & ~gone[:, c]
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{path}: line {lines[r]}, column {channels[c]!r}: {cells[r].strip()!r} is not a finite "
+                            "number (NaN or infinite; leave the cell empty for a missing value)")
     where = [f"{path}: line {n}" for n in lines]
     values, filled = _missing(values, gone, missing, where, channels)
 
@@ -161,7 +168,8 @@ def read_npz_log(path: str | Path, *, missing: str = "refuse") -> Log:
     if "channels" in arrays:
         names = arrays["channels"]
         if names.dtype.kind != "U" or names.shape != (n_ch,):
-            raise DataError(f"{path}: channels must be {n_ch} strings (one per column of x), got {names.shape} {names.dtype}")
+            raise DataError(f"{path}: channels must be {n_ch} strings (one per column of x), "
+                            f"got {names.shape} {names.dtype}")
         channels = [str(n) for n in names]
     values, filled = _missing(values, np.isnan(values), missing, where, channels)
     time = None
@@ -170,8 +178,6 @@ def read_npz_log(path: str | Path, *, missing: str = "refuse") -> Log:
         if t.shape != (t_len,) or t.dtype.kind not in "uif":
             raise DataError(f"{path}: t must hold {t_len} numbers (one per row of x), got {t.shape} {t.dtype}")
         time = t.astype(np.float64)
-        if not np.isfinite(time).all():
-            raise DataError(f"{path}: t row {int(np.flatnonzero(~np.isfinite(time))[0])}: missing or infinite time stamp")
         _check_time(time, [f"{path}: t row {r}" for r in range(t_len)], "t")
     labels = class_names = None
     if "y" in arrays:
@@ -210,7 +216,8 @@ def _time_value(cell: str, where: str, column: str) -> float:
 def _check_time(time: np.ndarray, where: list[str], column: str) -> None:
     """Strictly increasing and evenly spaced: duplicates, disorder and gaps are errors."""
     if not np.isfinite(time).all():
-        raise DataError(f"{where[int(np.flatnonzero(~np.isfinite(time))[0])]}: column {column!r}: time stamp is not finite")
+        r = int(np.flatnonzero(~np.isfinite(time))[0])
+        raise DataError(f"{where[r]}: column {column!r}: time stamp is missing or not finite")
     step = np.diff(time)
     if len(step) == 0:
         return
