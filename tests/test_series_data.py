@@ -357,6 +357,14 @@ def test_tep_tiny_simulation_is_cached_and_described(tep_cache, monkeypatch):
     again = tep_mod.load_tep(TINY_TEP, cache=tep_cache)
     np.testing.assert_array_equal(again.test.x, data.test.x)
     assert check_series(f"tep:{TINY_TEP}", cache=tep_cache) == text
+    # A damaged cache file is simulated again (the same seeds give the same runs) and replaced atomically.
+    monkeypatch.undo()
+    data.path.write_bytes(b"not an npz")
+    said = []
+    fresh = tep_mod.load_tep(TINY_TEP, cache=tep_cache, log=said.append)
+    assert "unreadable or stale; simulating again" in said[0]
+    np.testing.assert_array_equal(fresh.test.x, data.test.x)
+    assert tep_mod.load_tep(TINY_TEP, cache=tep_cache).meta["when"] == fresh.meta["when"]
 
 
 def test_tep_same_seed_same_run(tep_cache):

@@ -270,7 +270,8 @@ def _run(tep, fault: int, samples: int, onset: int, seed: float, n_idv: int,
                              disturbances=faulty if step >= fault_step else normal)
         meas = result.measurements
         if result.shutdown_status["terminated"]:
-            return np.array(out, dtype=np.float32).reshape(-1, 53), str(result.shutdown_status["message"])
+            width = meas.size + result.implemented_action.size  # 41 + 12
+            return np.array(out, dtype=np.float32).reshape(-1, width), str(result.shutdown_status["message"])
         if step >= record_step and (step + 1) % STEPS_PER_SAMPLE == 0:
             out.append(np.concatenate([meas, result.implemented_action]))
     return np.array(out, dtype=np.float32), None
@@ -278,13 +279,15 @@ def _run(tep, fault: int, samples: int, onset: int, seed: float, n_idv: int,
 
 def _simulate(tep, protocol: Protocol, version: str, key: dict, path: Path, log) -> TEPData:
     n_idv = len(tep.TEP_SCHEMA.disturbances)
+    names = [m[0] for m in tep.list_measurements()] + [m[0] for m in tep.list_manipulated_variables()]
+    units = [m[1] for m in tep.list_measurements()] + [m[1] for m in tep.list_manipulated_variables()]
     started = time.perf_counter()
     shutdowns: list[dict] = []
     splits = {}
     for split_index, (split, samples, onset) in enumerate((("train", protocol.train, 0),
                                                            ("test", protocol.test, protocol.onset))):
         runs = [(f, s) for f in (0, *protocol.faults) for s in protocol.seeds]
-        x = np.zeros((len(runs), 53, samples), dtype=np.float32)
+        x = np.zeros((len(runs), len(names), samples), dtype=np.float32)
         length = np.zeros(len(runs), dtype=np.int64)
         for r, (fault, seed) in enumerate(runs):
             if log:
@@ -298,8 +301,6 @@ def _simulate(tep, protocol: Protocol, version: str, key: dict, path: Path, log)
                                   "message": message})
         splits[split] = Runs(x, np.array([f for f, _ in runs], dtype=np.int64),
                              np.array([s for _, s in runs], dtype=np.int64), length, onset)
-    names = [m[0] for m in tep.list_measurements()] + [m[0] for m in tep.list_manipulated_variables()]
-    units = [m[1] for m in tep.list_measurements()] + [m[1] for m in tep.list_manipulated_variables()]
     meta = {"key": key, "seconds": round(time.perf_counter() - started, 2), "shutdowns": shutdowns,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "measurements": len(tep.list_measurements())}
     arrays = {"channel_names": np.array(names), "channel_units": np.array(units), "meta": np.array(json.dumps(meta))}
