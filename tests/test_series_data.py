@@ -393,3 +393,13 @@ def test_load_series_tep_windows_by_fault(tep_cache):
     assert splits.test.y.tolist() == [0] * 8 + [0, 0, 1, 1, 1, 1, 1, 1]
     assert splits.class_names == ["normal", "IDV01"]
     assert splits.normalization.constant  # the valves the controller never moves
+
+
+def test_data_check_reads_series_specs(capsys):
+    pytest.importorskip("sktime", reason="the series extra is not installed: pip install -e '.[series]'")
+    from genforge.cli import main
+
+    assert main(["data", "check", "ucr:GunPoint"]) == 0
+    out = capsys.readouterr().out
+    assert "ucr:GunPoint: 1 channel(s) x 150 samples per example" in out and "test: 150 examples" in out
+    assert main(["data", "check", "series-csv:/nonexistent.csv", "--window", "8"]) == 2

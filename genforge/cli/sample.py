@@ -253,14 +253,25 @@ def data() -> None:
 @click.option("--on-bad", type=click.Choice(["drop", "reject"]), default="drop", show_default=True,
               help="drop bad images (with a report) or fail")
 @click.option("--no-dedup", is_flag=True, help="keep exact duplicates")
+@click.option("--window", type=int, help="series: window length in samples (tep:, series-csv:, series-npz:)")
+@click.option("--stride", type=int, help="series: samples between window starts (default: the window)")
+@click.option("--length-policy", type=click.Choice(["equal", "pad", "resample", "crop"]), default="equal",
+              show_default=True, help="series: how ragged UCR/UEA sets get one length")
 @key_file_option
-def data_check(spec: str, image_size: int, channels: int, on_bad: str, no_dedup: bool) -> int:
+def data_check(spec: str, image_size: int, channels: int, on_bad: str, no_dedup: bool, window: int | None,
+               stride: int | None, length_policy: str) -> int:
     """Load, clean and split a data source and print the cleaning report and class counts.
 
-    SPEC: mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR. Exits non-zero when the source is
-    malformed or nothing usable remains.
+    SPEC: images: mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR; sensor series: ucr:NAME |
+    tep:[OPTIONS] | series-csv:FILE | series-npz:FILE (the series extra: pip install 'genforge[series]';
+    tep: without --window says what was simulated). Exits non-zero when the source is malformed or nothing
+    usable remains.
     """
     from genforge.data import check_report
+    from genforge.data.series import KINDS, check_series
 
+    if spec.split(":", 1)[0] in KINDS:
+        print(check_series(spec, window=window, stride=stride, length_policy=length_policy))
+        return 0
     print(check_report(spec, image_size=image_size, channels=channels, on_bad=on_bad, dedup=not no_dedup))
     return 0

@@ -36,6 +36,9 @@ from genforge.data.series.base import (
     check_policy,
     fit_normalization,
 )
+from genforge.data.series.tep import load_tep
+from genforge.data.series.ucr import load_ucr
+from genforge.data.series.windows import make_windows, read_csv_log, read_npz_log
 from genforge.data.split import split_indices
 from genforge.errors import DataError
 
@@ -160,8 +163,6 @@ def check_series(spec: str, **kwargs) -> str:
     `tep:` adds what was simulated."""
     kind, rest = parse_series_spec(spec)
     if kind == "tep" and kwargs.get("window") is None:
-        from genforge.data.series.tep import load_tep
-
         return load_tep(rest, cache=kwargs.get("cache")).describe()
     return load_series(spec, **kwargs).describe()
 
@@ -182,8 +183,6 @@ def _take(s: SeriesSet, idx: np.ndarray) -> SeriesSet:
 
 
 def _load_ucr(spec, name, length_policy, length, missing, normalize, val_fraction, seed) -> SeriesSplits:
-    from genforge.data.series.ucr import load_ucr
-
     data = load_ucr(name, length_policy=length_policy, length=length, missing=missing)
     val_idx, train_idx = split_indices(data.train.y, len(data.train), (val_fraction,), seed)
     channels = [f"dim{c}" for c in range(data.train.x.shape[1])]
@@ -194,8 +193,6 @@ def _load_ucr(spec, name, length_policy, length, missing, normalize, val_fractio
 
 
 def _load_tep(spec, options, window, stride, normalize, val_fraction, cache) -> SeriesSplits:
-    from genforge.data.series.tep import load_tep
-
     data = load_tep(options, cache=cache)
     faults = list(data.protocol.faults)
     label = {0: 0, **{f: k + 1 for k, f in enumerate(faults)}}
@@ -232,8 +229,6 @@ def _load_tep(spec, options, window, stride, normalize, val_fraction, cache) -> 
 
 def _load_log(spec, kind, path, window, stride, time_column, label_column, missing, normalize, val_fraction,
               test_fraction) -> SeriesSplits:
-    from genforge.data.series.windows import make_windows, read_csv_log, read_npz_log
-
     if kind == "series-csv":
         log = read_csv_log(path, time_column=time_column, label_column=label_column, missing=missing)
     else:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genforge.crypto import plain_source
 from genforge.data.npz import ZIP_ERRORS, _peek
 from genforge.data.series.base import MISSING_POLICIES, SeriesSet, check_policy, fill_missing
 from genforge.errors import DataError
@@ -137,8 +138,6 @@ def read_npz_log(path: str | Path, *, missing: str = "refuse") -> Log:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist")
-    from genforge.crypto import plain_source
-
     source = plain_source(path)
     if not zipfile.is_zipfile(source):
         raise DataError(f"{path}: not an .npz archive (not a zip file); save arrays with numpy.savez")
