@@ -95,7 +95,7 @@ def _peek(
 ) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from a member's .npy header, refusing unsafe, impossible or oversized arrays.
 
-    Nothing the size of the array is allocated here; with a `budget`, the array's bytes are charged to it.
+    Nothing the size of the array is allocated here; the array's bytes are charged to `budget`.
     """
     info = zf.getinfo(member)
     if info.compress_type not in _METHODS:
@@ -123,8 +123,8 @@ def _peek(
             f"{path}: {member} header says shape {shape} of {dtype} ({n_bytes} bytes) but "
             f"the member holds {info.file_size - header_len} data bytes; file is corrupt"
         )
-    if budget is not None:
-        budget.claim(n_bytes, str(path), f"{member} of shape {shape} and dtype {dtype}")
+    # Without a budget of its caller's (genforge eval's samples reader), each array gets a fresh one.
+    (Budget() if budget is None else budget).claim(n_bytes, str(path), f"{member} of shape {shape} and dtype {dtype}")
     return shape, dtype
 
 
