@@ -103,7 +103,8 @@ def test_gzip_idx_bomb_is_refused_without_allocating(tmp_path):
     got = run_capped(f"idx:{root}")
     assert got["outcome"].startswith("refused: "), got
     message = got["outcome"].removeprefix("refused: ")
-    assert "train-images-idx3-ubyte.gz" in message and ENV_MAX_DATA_BYTES in message and "data budget" in message
+    assert "train-images-idx3-ubyte.gz" in message and ENV_MAX_DATA_BYTES in message
+    assert "1489600000 bytes would exceed the 1073741824 byte data budget" in message
     assert got["seconds"] < 2.0
 
 
@@ -148,7 +149,8 @@ def test_budget_is_shared_by_a_source_and_named_in_the_error(tmp_path, monkeypat
     np.savez_compressed(path, x=x, y=np.arange(20) % 2)  # y: 160 bytes of int64
     assert read_npz(path).x.shape == (20, 10, 10, 1)
     monkeypatch.setenv(ENV_MAX_DATA_BYTES, "2100")  # x fits, x + y does not
-    with pytest.raises(DataError, match=rf"d.npz: y.npy .* needs 160 bytes on top of 2000 bytes .* over the 2100 "
+    with pytest.raises(DataError, match=rf"d.npz: y.npy of shape \(20,\) and dtype int64: 160 bytes on top of "
+                                        rf"the 2000 bytes already read from this source would exceed the 2100 "
                                         rf"byte data budget; set {ENV_MAX_DATA_BYTES}"):
         load_splits(f"npz:{path}", image_size=10)
     monkeypatch.setenv(ENV_MAX_DATA_BYTES, "2160")
@@ -191,6 +193,24 @@ def test_fortran_and_big_endian_npz_arrays_load_as_written(tmp_path):
     path = tmp_path / "f.npz"
     np.savez(path, x=x)
     assert np.array_equal(read_npz(path).x[..., 0], x.astype(np.uint8))
+
+
+def test_memory_error_becomes_a_data_error_naming_the_file(tmp_path, monkeypatch):
+    import genforge.data
+    from genforge.data.limits import allocate
+
+    with pytest.raises(DataError, match=r"^/data/x.idx: not enough memory for 4611686018427387904 bytes"):
+        allocate(2**62, np.uint8, "/data/x.idx")  # numpy refuses 4 EiB at once, with a MemoryError
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(7).integers(0, 256, (10, 8, 8), dtype=np.uint8))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(genforge.data, "clean_pool", out_of_memory)  # past the readers: cleaning's copies
+    with pytest.raises(DataError, match=rf"^npz:{path}: ran out of memory while loading it; .*{ENV_MAX_DATA_BYTES} "
+                                        r"\(now 1073741824 bytes\)"):
+        load_splits(f"npz:{path}", image_size=8)
 
 
 # The probe of issue 18: peak resident memory of read_idx on a gzip IDX file, in a fresh process. The

@@ -44,7 +44,7 @@ def read_idx(path: Path, kind: str, budget: Budget | None = None) -> np.ndarray:
             dims = _read_header(f, path, kind)
             n_bytes = math.prod(dims)
             _check_claim(path, kind, dims, n_bytes, file_size, gzipped)
-            budget.claim(n_bytes, str(path), _describe(kind, dims))
+            budget.claim(n_bytes, str(path), f"its header's {_describe(kind, dims, with_bytes=False)}")
             data = allocate(n_bytes, np.uint8, str(path))
             read_exactly(f, data, str(path), _describe(kind, dims))
     except (OSError, EOFError, zlib.error) as e:
@@ -95,11 +95,9 @@ def _check_claim(path: Path, kind: str, dims: tuple[int, ...], n_bytes: int, fil
             )
 
 
-def _describe(kind: str, dims: tuple[int, ...]) -> str:
-    n_bytes = math.prod(dims)
-    if kind == "labels":
-        return f"{dims[0]} labels ({n_bytes} bytes)"
-    return f"{dims[0]} images of {'x'.join(map(str, dims[1:]))} ({n_bytes} bytes)"
+def _describe(kind: str, dims: tuple[int, ...], with_bytes: bool = True) -> str:
+    what = f"{dims[0]} labels" if kind == "labels" else f"{dims[0]} images of {'x'.join(map(str, dims[1:]))}"
+    return f"{what} ({math.prod(dims)} bytes)" if with_bytes else what
 
 
 def find_idx_file(root: Path, prefix: str, kind: str) -> Path | None:

@@ -39,7 +39,9 @@ def max_data_bytes() -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise DataError(f"{ENV_MAX_DATA_BYTES}={raw!r} must be a positive whole number of bytes (default {MAX_DATA_BYTES})")
+        raise DataError(
+            f"{ENV_MAX_DATA_BYTES}={raw!r} must be a positive whole number of bytes (default {MAX_DATA_BYTES})"
+        )
     return value
 
 
@@ -53,9 +55,9 @@ class Budget:
     def claim(self, n_bytes: int, where: str, what: str) -> None:
         """Charge `n_bytes` for `what` in `where`, or raise DataError, before anything is allocated for it."""
         if self.used + n_bytes > self.limit:
-            earlier = f" on top of {self.used} bytes already read from this source" if self.used else ""
+            earlier = f" on top of the {self.used} bytes already read from this source" if self.used else ""
             raise DataError(
-                f"{where}: {what} needs {n_bytes} bytes{earlier}, over the {self.limit} byte data budget; "
+                f"{where}: {what}: {n_bytes} bytes{earlier} would exceed the {self.limit} byte data budget; "
                 f"set {ENV_MAX_DATA_BYTES} to a larger number of bytes if the machine has the memory"
             )
         self.used += n_bytes
