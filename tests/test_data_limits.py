@@ -216,15 +216,19 @@ def test_memory_error_becomes_a_data_error_naming_the_file(tmp_path, monkeypatch
 # The probe of issue 18: peak resident memory of read_idx on a gzip IDX file, in a fresh process. The
 # stream is compressible but not trivial (a 4 KiB random block repeated), `D` bytes decompressed.
 PEAK = textwrap.dedent("""
-    import gzip, json, os, resource, struct, sys
+    import json, sys
     import numpy as np
     from pathlib import Path
     from genforge.data.idx import read_idx
     path = Path(sys.argv[1])
-    # Resident now, not the peak so far: importing torch peaks higher than where it settles.
-    before = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+    def status(field):  # bytes, from this process's own memory map
+        return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field))
+
+    # Resident now, not the peak so far: importing torch peaks higher than where it settles. The peak after
+    # is VmHWM, not ru_maxrss, which keeps the high-water mark of the parent forked before exec (pytest's).
+    before = status("VmRSS:")
     x = read_idx(path, "images")
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    after = status("VmHWM:")
     print(json.dumps({"decompressed": int(x.nbytes), "before": before, "after": after}))
 """)
 

@@ -55,10 +55,10 @@ def read_npz(path: Path, budget: Budget | None = None) -> Pool:
                 have = ", ".join(sorted(members)) or "none"
                 raise DataError(f"{path}: no array named 'x' (the images); arrays present: {have}")
             x_shape, x_dtype = _peek(zf, members["x"], path, budget)
-            y_shape = _peek(zf, members["y"], path, budget)[0] if "y" in members else None
+            y_shape, y_dtype = _peek(zf, members["y"], path, budget) if "y" in members else (None, None)
             _check_shapes(path, x_shape, x_dtype, y_shape)
-            x = _read_member(zf, members["x"], path)
-            y = _read_member(zf, members["y"], path) if y_shape is not None else None
+            x = _read_member(zf, members["x"], path, x_shape, x_dtype)
+            y = _read_member(zf, members["y"], path, y_shape, y_dtype) if y_shape is not None else None
     except ZIP_ERRORS as e:
         raise DataError(f"{path}: corrupt .npz archive ({e})") from e
 
@@ -131,26 +131,31 @@ def _peek(
 def _header(zf: zipfile.ZipFile, member: str, path: Path) -> tuple:
     """(version, shape, dtype, fortran_order, header length) of a member's .npy header."""
     with zf.open(member) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise DataError(f"{path}: {member} uses .npy format version {version}; re-save it with numpy.savez")
-        return version, shape, dtype, fortran, f.tell()
+        return _parse_header(f, member, path)
 
 
-def _read_member(zf: zipfile.ZipFile, member: str, path: Path) -> np.ndarray:
-    """The array of a member that _peek accepted: allocated once, filled chunk by chunk from the stream.
+def _parse_header(f, member: str, path: Path) -> tuple:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise DataError(f"{path}: {member} uses .npy format version {version}; re-save it with numpy.savez")
+    return version, shape, dtype, fortran, f.tell()
+
+
+def _read_member(zf: zipfile.ZipFile, member: str, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The array of a member whose `shape` and `dtype` _peek accepted: allocated once, filled chunk by chunk.
 
     numpy.load is not used: it would trust the header again; here the stream must hold exactly the bytes
     of the header's shape and dtype, and reading to its end makes zipfile check the member's CRC-32.
     """
-    _, shape, dtype, fortran, header_len = _header(zf, member, path)
-    out = allocate(math.prod(shape), dtype, str(path))
     with zf.open(member) as f:
-        f.read(header_len)
+        _, now_shape, now_dtype, fortran, _ = _parse_header(f, member, path)
+        if (now_shape, now_dtype) != (shape, dtype):  # only if the file changed since _peek read it
+            raise DataError(f"{path}: {member} changed while it was being read")
+        out = allocate(math.prod(shape), dtype, str(path))
         read_exactly(f, out, f"{path}: {member}", f"shape {shape} of {dtype}")
     # A Fortran-ordered array is stored column-major: its transpose in C order (numpy.lib.format does the same).
     return out.reshape(shape[::-1]).transpose() if fortran else out.reshape(shape)
