@@ -35,7 +35,7 @@ def test_flat_folder_skips_links_leaving_it_and_reports_them(tmp_path):
     assert s.report.n_read == 6 and s.report.n_kept == 5 and s.report.dropped["duplicate"] == 1
     assert s.report.dropped["unreadable"] == 0  # the text file behind the link was never opened
     text = s.report.format()
-    assert f"note: skipped 2 symbolic links that lead outside {data} (not followed): " in text
+    assert f"note: skipped 2 symbolic links that lead outside {data} or loop (not followed): " in text
     assert str(data / "face.png") in text and str(data / "hostname.png") in text
     assert "secret" not in text and str(elsewhere) not in text  # where they point is not echoed
 
@@ -50,12 +50,13 @@ def test_class_folders_skip_linked_directories_and_files_leaving_the_folder(tmp_
     (data / "cat" / "more").symlink_to(elsewhere / "faces", target_is_directory=True)  # a nested one
     (data / "dog" / "hostname.png").symlink_to(elsewhere / "secret.png")
     (data / "dog" / "loop").symlink_to(data / "dog", target_is_directory=True)  # inside, and a cycle
+    (data / "cat" / "self.png").symlink_to(data / "cat" / "self.png")  # a link to itself: no target at all
     s = load_splits(f"folder:{data}", image_size=8, val_fraction=0, test_fraction=0)
     assert s.class_names == ["cat", "dog"]
     assert s.report.n_read == 6 and s.report.n_kept == 6
     (note,) = [n for n in s.report.notes if "symbolic links" in n]
-    assert note.startswith(f"skipped 3 symbolic links that lead outside {data} (not followed): ")
-    for link in (data / "faces", data / "cat" / "more", data / "dog" / "hostname.png"):
+    assert note.startswith(f"skipped 4 symbolic links that lead outside {data} or loop (not followed): ")
+    for link in (data / "faces", data / "cat" / "more", data / "dog" / "hostname.png", data / "cat" / "self.png"):
         assert str(link) in note
 
 

@@ -150,11 +150,17 @@ def _decode(path: Path, image_size: int, channels: int) -> np.ndarray:
 
 
 def _followable(path: Path, inside: Path, outside: list[str]) -> bool:
-    """False, with `path` added to `outside`, for a symbolic link whose target is not under `inside`."""
-    if path.is_symlink() and not path.resolve().is_relative_to(inside):
-        outside.append(str(path))
-        return False
-    return True
+    """False, with `path` added to `outside`, for a symbolic link whose target is not under `inside`
+    (a link in a loop has no target at all, and counts as leaving)."""
+    if not path.is_symlink():
+        return True
+    try:
+        if path.resolve().is_relative_to(inside):
+            return True
+    except (RuntimeError, OSError):  # RuntimeError: "Symlink loop" (Python 3.11 pathlib)
+        pass
+    outside.append(str(path))
+    return False
 
 
 def _files_under(top: Path, inside: Path, outside: list[str]) -> list[Path]:
@@ -181,7 +187,7 @@ def _links_note(root: Path, outside: list[str]) -> str:
     if not outside:
         return ""
     shown = ", ".join(sorted(outside)[:MAX_EXAMPLES]) + (", ..." if len(outside) > MAX_EXAMPLES else "")
-    return f"skipped {len(outside)} symbolic links that lead outside {root} (not followed): {shown}"
+    return f"skipped {len(outside)} symbolic links that lead outside {root} or loop (not followed): {shown}"
 
 
 def _has_colour(img: Image.Image) -> bool:
