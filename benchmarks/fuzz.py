@@ -75,7 +75,9 @@ def main() -> int:
              f"- command: `flock /tmp/genforge-cpu.lock python benchmarks/fuzz.py --examples {args.examples}`",
              "- hypothesis, fresh randomness; each case starts from a valid file and mutates it (or builds a valid "
              "container with hostile contents). \"loaded\" and \"refused\" count reader calls (some cases call two "
-             "readers, some stop earlier); any exception other than a GenforgeError is a failure. CI runs the same "
+             "readers, some stop earlier; the calls on each test's unmutated seeds, which must load, are included); "
+             "any exception other than a GenforgeError, a refused seed, or a run in which no case was refused "
+             "(or, where required, none loaded) is a failure. CI runs the same "
              "tests with 60 derandomized cases each (`pytest tests/test_fuzz.py`).",
              f"- total: {sum(r[1] for r in rows)} cases in {total:.0f} s, {failed} failing tests", "",
              "| fuzz test | cases | loaded | refused | seconds | result |", "|---|---:|---:|---:|---:|---|"]

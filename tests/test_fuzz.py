@@ -2,7 +2,9 @@
 
 Property-based (hypothesis): each test starts from a valid file and mutates it (flipped, set, inserted and
 deleted bytes, truncation, header fields set to boundary values) or builds a structurally valid file with
-hostile contents; any exception other than a :class:`GenforgeError` subclass is a bug. CI runs a bounded,
+hostile contents; any exception other than a :class:`GenforgeError` subclass is a bug. Not crashing is not
+enough: each property first checks that its reader loads the unmutated seeds, and then that its cases ended
+both ways where both must (see :func:`outcomes`), so a reader that refuses everything fails. CI runs a bounded,
 derandomized number of cases per reader (``GENFORGE_FUZZ_EXAMPLES``, default 60); ``benchmarks/fuzz.py``
 runs many more with fresh randomness and records time and case count in ``benchmarks/RESULTS.md``.
 """
@@ -42,7 +44,10 @@ atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 BOUNDARY = [0, 1, 2, 3, 7, 12, 14, 99, 255, 256, 65535, 2**31 - 1, 2**31, 2**32 - 1]
 
 
-OUTCOMES: collections.Counter = collections.Counter()  # loaded / refused, for benchmarks/fuzz.py
+OUTCOMES: collections.Counter = collections.Counter()  # loaded / refused, for benchmarks/fuzz.py and `outcomes`
+BOTH = ("loaded", "refused")
+# Below this many cases a property may not reach every outcome, so only the valid seeds are checked.
+ENOUGH = 30
 
 
 def loads_or_refuses(fn, *args, **kwargs):
@@ -54,6 +59,36 @@ def loads_or_refuses(fn, *args, **kwargs):
         return None
     OUTCOMES["loaded"] += 1
     return result
+
+
+def outcomes(*valid, must=BOTH):
+    """Wrap a property so that "no crash" is not all it proves: a reader that refuses everything (or
+    accepts everything) would pass that.
+
+    First each of ``valid`` runs: a call of the property's reader on an unmutated seed, which must return
+    something other than None (it loaded). Then the property's cases run, and each outcome in ``must``
+    (keys of OUTCOMES) must have happened in at least one case. ``must`` is ("loaded", "refused") where
+    generated inputs are valid often enough that a run without one is a broken reader (hostile npz arrays,
+    run pointers); where most mutations break the input, how many survive varies from run to run (0 of 60
+    in some fresh-randomness runs of benchmarks/fuzz.py), so only "refused" is required of the cases and
+    the valid seeds stand for "loaded".
+    """
+
+    def wrap(test):
+        @functools.wraps(test)
+        def run(*args, **kwargs):
+            for call in valid:
+                assert call() is not None, f"{test.__name__}: a valid seed was refused: {call.__doc__}"
+            before = OUTCOMES.copy()
+            test(*args, **kwargs)
+            seen = OUTCOMES - before
+            if EXAMPLES >= ENOUGH:
+                missing = [m for m in must if not seen[m]]
+                assert not missing, f"{test.__name__}: no case ended {' or '.join(missing)}: {dict(seen)}"
+
+        return run
+
+    return wrap
 
 
 @st.composite
@@ -102,6 +137,16 @@ IDX_LABELS = idx_bytes(np.array([1, 0, 2], dtype=np.uint8))
 IDX_FIELDS = ((2, ">B"), (3, ">B"), (4, ">I"), (8, ">I"), (12, ">I"))
 
 
+def valid_idx():
+    """the IDX seeds, raw and gzipped"""
+    from genforge.data.idx import read_idx
+
+    got = [loads_or_refuses(read_idx, write(f"v{gz}.idx", gzip.compress(data) if gz else data), kind)
+           for data, kind in ((IDX_IMAGES, "images"), (IDX_LABELS, "labels")) for gz in (False, True)]
+    return None if any(g is None for g in got) else got
+
+
+@outcomes(valid_idx, must=("refused",))  # most mutations break the 16-byte header or the length
 @FUZZ
 @given(data=mutated(IDX_IMAGES, 16, IDX_FIELDS) | mutated(IDX_LABELS, 8, IDX_FIELDS),
        kind=st.sampled_from(["images", "labels"]), gz=st.booleans())
@@ -113,6 +158,7 @@ def test_idx_reader(data, kind, gz):
         assert x.dtype == np.uint8 and x.ndim == (4 if kind == "images" else 1)
 
 
+@outcomes(valid_idx, must=("refused",))  # most mutations break the 16-byte header or the length
 @FUZZ
 @given(data=mutated(gzip.compress(IDX_IMAGES, mtime=0), 24))
 def test_idx_reader_gzip_stream(data):
@@ -121,15 +167,25 @@ def test_idx_reader_gzip_stream(data):
     loads_or_refuses(read_idx, write("g.idx.gz", data), "images")
 
 
-@FUZZ
-@given(images=mutated(IDX_IMAGES, 16, IDX_FIELDS), labels=mutated(IDX_LABELS, 8, IDX_FIELDS))
-def test_idx_directory_source(images, labels):
+def load_idx_directory(images: bytes, labels: bytes):
     from genforge.data import load_splits
 
     root = WORK / "idx"
     write("idx/train-images-idx3-ubyte", images)
     write("idx/train-labels-idx1-ubyte", labels)
-    loads_or_refuses(load_splits, f"idx:{root}", image_size=6, val_fraction=0.0, test_fraction=0.0)
+    return loads_or_refuses(load_splits, f"idx:{root}", image_size=6, val_fraction=0.0, test_fraction=0.0)
+
+
+def valid_idx_directory():
+    """the IDX images and labels seeds as an idx: directory"""
+    return load_idx_directory(IDX_IMAGES, IDX_LABELS)
+
+
+@outcomes(valid_idx_directory, must=("refused",))  # 1-4 mutations in each of two files: rarely both valid
+@FUZZ
+@given(images=mutated(IDX_IMAGES, 16, IDX_FIELDS), labels=mutated(IDX_LABELS, 8, IDX_FIELDS))
+def test_idx_directory_source(images, labels):
+    load_idx_directory(images, labels)
 
 
 # ------------------------------------------------------------------------------------------------ image folder
@@ -150,6 +206,24 @@ IMAGES = {"a.png": image_bytes("PNG", "L"), "b.png": image_bytes("PNG", "RGB"), 
           "f.png": image_bytes("PNG", "I;16"), "g.webp": image_bytes("WEBP", "RGB")}
 
 
+def valid_images():
+    """every image seed alone in a folder, channels=0"""
+    from genforge.data.folder import read_folder
+
+    decoded = 0
+    for name, blob in IMAGES.items():
+        root = WORK / "valid-folder"
+        shutil.rmtree(root, ignore_errors=True)
+        write(f"valid-folder/{name}", blob)
+        result = loads_or_refuses(read_folder, root, 8, 0)
+        decoded += result is not None and len(result[0].x) == 1
+    return decoded if decoded == len(IMAGES) else None
+
+
+# read_folder refuses a folder only when it holds no image file at all, so here the outcomes are counted
+# per file: mutated images must be rejected into the report (few survive a mutation and a channel choice,
+# so "decoded" rests on the valid seeds).
+@outcomes(valid_images, must=("loaded", "image rejected"))
 @FUZZ
 @given(name=st.sampled_from(sorted(IMAGES)), data=st.data(), channels=st.sampled_from([0, 1, 3]))
 def test_image_folder_loader(name, data, channels):
@@ -165,6 +239,9 @@ def test_image_folder_loader(name, data, channels):
     if result is not None:
         pool, _, _ = result
         assert len(pool.x) + len(pool.rejected) == 2
+        mutated_one = str(root / name)
+        OUTCOMES["image decoded"] += mutated_one in (pool.names or [])
+        OUTCOMES["image rejected"] += any(n == mutated_one for _, n, _ in pool.rejected)
 
 
 # ------------------------------------------------------------------------------------------------ npz
@@ -194,6 +271,27 @@ def read_both(path: Path):
         loads_or_refuses(check_images, samples[0], str(path))
 
 
+def valid_npz_seeds():
+    """the npz seeds, through both readers"""
+    from genforge.data.npz import read_npz
+    from genforge.metrics.evaluate import read_samples
+
+    got = []
+    for i, seed in enumerate(NPZ_SEEDS):
+        path = write(f"v{i}.npz", seed)
+        got += [loads_or_refuses(read_npz, path), loads_or_refuses(read_samples, path)]
+    return None if any(g is None for g in got) else got
+
+
+def valid_npz_arrays():
+    """uint8 (2, 5, 5) images with labels, stored and compressed"""
+    from genforge.data.npz import read_npz
+
+    x, y = np.full((2, 5, 5), 7, np.uint8), np.array([0, 1])
+    got = [loads_or_refuses(read_npz, write("va.npz", npz_bytes(c, x=x, y=y))) for c in (False, True)]
+    return None if any(g is None for g in got) else got
+
+
 def zip_fields(archive: bytes) -> tuple[tuple[int, str], ...]:
     """Flags (bit 0: encrypted) and compression method of every local and central zip header."""
     fields = []
@@ -205,12 +303,14 @@ def zip_fields(archive: bytes) -> tuple[tuple[int, str], ...]:
     return tuple(fields)
 
 
+@outcomes(valid_npz_seeds, must=("refused",))
 @FUZZ
 @given(data=st.sampled_from(NPZ_SEEDS).flatmap(lambda s: mutated(s, 160, zip_fields(s))))
 def test_npz_reader_mutated(data):
     read_both(write("m.npz", data))
 
 
+@outcomes(valid_npz_arrays)
 @FUZZ
 @given(shape=st.lists(st.integers(0, 5), min_size=0, max_size=5),
        dtype=st.sampled_from(["u1", "i2", "<i8", ">u2", "f2", "<f4", ">f8", "?", "c8", "V3", "U2", "M8[s]"]),
@@ -244,13 +344,29 @@ def model_dir() -> Path:
     return path
 
 
-def load_and_sample(directory: Path) -> None:
+def load_and_sample(directory: Path):
+    """The samples, or None where loading or sampling was refused."""
     import genforge
     from genforge.generation import sample
 
     model = loads_or_refuses(genforge.load, directory)
     if model is not None:  # a model that loads must sample, or refuse the controls clearly
-        loads_or_refuses(sample, model, 2, seed=0)
+        return loads_or_refuses(sample, model, 2, seed=0)
+    return None
+
+
+def valid_model():
+    """the seed model directory, loaded and sampled"""
+    return load_and_sample(model_dir())
+
+
+def valid_run():
+    """a run directory whose last.json points at its one checkpoint"""
+    run = WORK / "valid-run"
+    if not (run / "checkpoints" / "step_00000001").exists():
+        shutil.copytree(model_dir(), run / "checkpoints" / "step_00000001")
+    (run / "checkpoints" / "last.json").write_text(json.dumps({"dir": "step_00000001"}))
+    return load_and_sample(run)
 
 
 def write_model(weights: bytes, meta: dict | bytes) -> Path:
@@ -261,6 +377,7 @@ def write_model(weights: bytes, meta: dict | bytes) -> Path:
     return d
 
 
+@outcomes(valid_model, must=("refused",))  # a mutation of the header or the weights seldom still loads
 @FUZZ
 @given(data=st.data(), rehash=st.booleans())
 def test_safetensors_loader(data, rehash):
@@ -274,6 +391,7 @@ def test_safetensors_loader(data, rehash):
     load_and_sample(write_model(blob, meta))
 
 
+@outcomes(valid_model, must=("refused",))  # a header rewritten as other JSON is almost never still valid
 @FUZZ
 @given(data=st.data())
 def test_safetensors_header_json(data):
@@ -307,6 +425,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.
                     max_leaves=12)
 
 
+@outcomes(valid_model, must=("refused",))
 @FUZZ
 @given(data=st.data())
 def test_model_config_json(data):
@@ -328,6 +447,7 @@ def test_model_config_json(data):
     load_and_sample(write_model(weights, raw))
 
 
+@outcomes(valid_run)
 @FUZZ
 @given(pointer=st.sampled_from(["last.json", "best.json"]), value=JSON | st.sampled_from(
     ["step_00000001", "", ".", "..", "../model", "/", "step_1/../..", "model-seed"]).map(lambda d: {"dir": d}),
@@ -360,6 +480,21 @@ YAML_SCALARS = st.sampled_from(["", "~", "yes", "no", "on", "1e-4", "1e400", ".n
                                 "12:30:00", "1_000", "0b101", "+1", "-0", "@", "[" * 3000, "1" + "0" * 400])
 
 
+def valid_recipe():
+    """a recipe as shipped"""
+    from genforge.config import load_config
+
+    return loads_or_refuses(load_config, write("v.yaml", RECIPE))
+
+
+def valid_override():
+    """the overrides max_steps=5 and g_betas=[0.5, 0.9]"""
+    from genforge.config import load_config
+
+    return loads_or_refuses(load_config, None, ["max_steps=5", "g_betas=[0.5, 0.9]"])
+
+
+@outcomes(valid_recipe, must=("refused",))
 @FUZZ
 @given(data=st.data())
 def test_config_parser(data):
@@ -383,6 +518,7 @@ def test_config_parser(data):
                 assert np.isfinite(value), (name, value)
 
 
+@outcomes(valid_override, must=("refused",))  # random text is rarely a valid override
 @FUZZ
 @given(item=st.text(max_size=30) | st.tuples(st.sampled_from(_FIELDS), YAML_SCALARS | st.text(max_size=12)).map(
     lambda kv: f"{kv[0]}={kv[1]}"))
@@ -406,6 +542,25 @@ def fuzz_keyring():
 PLAIN = os.urandom(3 * 4096 + 77)
 
 
+def valid_ciphertext():
+    """the seed ciphertext, decrypted to its plaintext"""
+    from genforge import crypto
+
+    keyring = fuzz_keyring()
+    out = loads_or_refuses(crypto.decrypt_bytes, crypto.encrypt_bytes(PLAIN, "x.bin", keyring, 12), "x.bin", keyring)
+    return out if out == PLAIN else None
+
+
+def valid_key_files():
+    """a bare 64-hex-digit key and a named one"""
+    from genforge import crypto
+
+    got = [loads_or_refuses(crypto.parse_keyring, k, "valid key file")
+           for k in (os.urandom(32).hex().encode(), b"k:" + os.urandom(32).hex().encode())]
+    return None if any(g is None for g in got) else got
+
+
+@outcomes(valid_ciphertext, must=("refused",))  # authenticated: a mutation that changes a byte never decrypts
 @FUZZ
 @given(data=st.data())
 def test_encrypted_reader(data):
@@ -421,6 +576,7 @@ def test_encrypted_reader(data):
     assert out is None or out == PLAIN
 
 
+@outcomes(valid_key_files, must=("refused",))
 @FUZZ
 @given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode)
        | st.sampled_from([os.urandom(32).hex().encode(), b"k:" + os.urandom(32).hex().encode()]).flatmap(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genforge.data.clean import CleanReport, clean_pool
+from genforge.data.limits import ENV_MAX_DATA_BYTES, max_data_bytes
 from genforge.data.sources import Spec, parse_spec, read_source, resize_images
 from genforge.data.split import split_indices
 from genforge.data.transforms import augment, to_tensor
@@ -91,6 +92,18 @@ def load_splits(
     seed: same seed, same splits.
     """
     _check_options(image_size, channels, on_bad, dedup, val_fraction, test_fraction, seed)
+    try:
+        return _load(spec, image_size, channels, on_bad, dedup, val_fraction, test_fraction, seed)
+    except MemoryError:
+        # The readers charge every array to a budget before allocating it (limits.py), but cleaning,
+        # resizing and splitting make copies, and the machine may have less free memory than the budget.
+        raise DataError(
+            f"{spec}: ran out of memory while loading it; free memory, use a smaller source, or lower "
+            f"{ENV_MAX_DATA_BYTES} (now {max_data_bytes()} bytes) so sources this large are refused up front"
+        ) from None
+
+
+def _load(spec, image_size, channels, on_bad, dedup, val_fraction, test_fraction, seed) -> DataSplits:
     source = read_source(parse_spec(spec), image_size=image_size, channels=channels)
     report = CleanReport(source=spec, class_names=source.class_names, notes=list(source.notes))
 

@@ -9,6 +9,7 @@ rather than discovering later that the model trained on blank frames.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,7 +119,9 @@ def clean_pool(pool: Pool, report: CleanReport, *, on_bad: str, dedup: bool) -> 
                 report.details.update(items[:MAX_EXAMPLES])
 
     # Each row gets the first reason that applies; `bad` tracks rows already taken.
-    flat = pool.x.reshape(n, -1)  # (N, H*W*C)
+    # The row length comes from the shape, not -1: numpy cannot infer -1 for zero rows, and a folder in which
+    # no file decoded gives a (0, S, S, C) pool that must reach the "nothing usable remains" error.
+    flat = pool.x.reshape(n, math.prod(pool.x.shape[1:]))  # (N, H*W*C)
     masks: dict[str, np.ndarray] = {}
     bad = np.zeros(n, dtype=bool)
     if pool.non_finite is not None:

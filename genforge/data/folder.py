@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from genforge.data.clean import Pool
+from genforge.data.clean import MAX_EXAMPLES, Pool
 from genforge.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -43,7 +43,12 @@ def read_folder(root: Path, image_size: int, channels: int) -> tuple[Pool, list[
     """
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
-    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    # A symbolic link is followed only when its target lies inside the folder: a link to /etc/hostname or
+    # to another user's directory would otherwise be read (and its path echoed in the report) as training
+    # data. The ones skipped are listed in the report. `root` itself may be a link; its target is the folder.
+    inside = root.resolve()
+    outside: list[str] = []
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith(".") and _followable(p, inside, outside))
     subdirs = [p for p in entries if p.is_dir()]
     top_files = [p for p in entries if p.is_file()]
     top_images = [p for p in top_files if p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -58,15 +63,17 @@ def read_folder(root: Path, image_size: int, channels: int) -> tuple[Pool, list[
     labels: list[int] = []
     skipped = len(top_files) - len(top_images)
     for label, d in enumerate(subdirs):
-        found = sorted(p for p in d.rglob("*") if p.is_file() and not _hidden(p.relative_to(d)))
+        found = _files_under(d, inside, outside)
         images = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
         skipped += len(found) - len(images)
         files += images
         labels += [label] * len(images)
     if not subdirs:
         files = top_images
+    links_note = _links_note(root, outside)
     if not files:
-        raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+        raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found"
+                        + (f"; {links_note}" if links_note else ""))
 
     arrays: list[np.ndarray] = []  # uint8 (S, S) or (S, S, 3)
     kept: list[int] = []  # index into `files` of each decoded array
@@ -81,6 +88,8 @@ def read_folder(root: Path, image_size: int, channels: int) -> tuple[Pool, list[
     notes = [f"each image resized to {image_size}x{image_size} (Lanczos)"]
     if skipped:
         notes.append(f"ignored {skipped} non-image files under {root}")
+    if links_note:
+        notes.append(links_note)
     if channels == 0:
         n_colour = sum(a.ndim == 3 for a in arrays)
         # Majority wins (ties go to colour): a colour model can still draw grey.
@@ -140,9 +149,45 @@ def _decode(path: Path, image_size: int, channels: int) -> np.ndarray:
         raise _Bad("unreadable", f"{type(e).__name__}: {e}") from e
 
 
-def _hidden(relative: Path) -> bool:
-    """Dot-files and anything inside dot-folders (.ipynb_checkpoints, .DS_Store) are not data."""
-    return any(part.startswith(".") for part in relative.parts)
+def _followable(path: Path, inside: Path, outside: list[str]) -> bool:
+    """False, with `path` added to `outside`, for a symbolic link whose target is not under `inside`
+    (a link in a loop has no target at all, and counts as leaving)."""
+    if not path.is_symlink():
+        return True
+    try:
+        if path.resolve().is_relative_to(inside):
+            return True
+    except (RuntimeError, OSError):  # RuntimeError: "Symlink loop" (Python 3.11 pathlib)
+        pass
+    outside.append(str(path))
+    return False
+
+
+def _files_under(top: Path, inside: Path, outside: list[str]) -> list[Path]:
+    """Every file under `top`, sorted, skipping dot-names (.ipynb_checkpoints, .DS_Store are not data) and
+    links that leave `inside`. A link to a directory inside is followed once: a link to its own parent
+    would otherwise loop forever."""
+    found: list[Path] = []
+    seen = {top.resolve()}
+    stack = [top]
+    while stack:
+        for p in stack.pop().iterdir():
+            if p.name.startswith(".") or not _followable(p, inside, outside):
+                continue
+            if p.is_dir():
+                if p.resolve() not in seen:
+                    seen.add(p.resolve())
+                    stack.append(p)
+            elif p.is_file():
+                found.append(p)
+    return sorted(found)
+
+
+def _links_note(root: Path, outside: list[str]) -> str:
+    if not outside:
+        return ""
+    shown = ", ".join(sorted(outside)[:MAX_EXAMPLES]) + (", ..." if len(outside) > MAX_EXAMPLES else "")
+    return f"skipped {len(outside)} symbolic links that lead outside {root} or loop (not followed): {shown}"
 
 
 def _has_colour(img: Image.Image) -> bool:

@@ -2,9 +2,10 @@
 
 An IDX file is a 4-byte magic (0x00 0x00 dtype-code ndims), `ndims` big-endian
 uint32 sizes, then the raw values. The header alone decides how much memory we
-would allocate, so every claim it makes is checked against a cap and against
-the file's real size before a single image buffer exists: a 100-byte file
-saying "4 billion images" must fail instantly, not exhaust RAM.
+would allocate, so every claim it makes is checked against the file's real size
+and the data budget (limits.py) before a single image buffer exists: a 100-byte
+file saying "4 billion images" must fail instantly, not exhaust RAM. The payload
+is then decompressed chunk by chunk straight into that buffer.
 """
 
 from __future__ import annotations
@@ -19,23 +20,21 @@ from typing import BinaryIO
 import numpy as np
 
 from genforge.data.clean import Pool
+from genforge.data.limits import GZIP_MAX_RATIO, Budget, allocate, read_exactly
 from genforge.errors import DataError
 
-# Largest payload we agree to read from one file (Fashion-MNIST train is 47 MB).
-MAX_IDX_BYTES = 4 * 2**30
-# Deflate cannot compress better than about 1032:1, so a gzip that would have
-# to beat 1100:1 to hold what its header claims is lying or truncated.
-GZIP_MAX_RATIO = 1100
 
 _TYPE_NAMES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int", 0x0D: "float", 0x0E: "double"}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_idx(path: Path, kind: str) -> np.ndarray:
+def read_idx(path: Path, kind: str, budget: Budget | None = None) -> np.ndarray:
     """Read an IDX file (raw or gzipped) of `kind` "images" or "labels".
 
-    Returns uint8 (N, H, W, C) images or uint8 (N,) labels.
+    Returns uint8 (N, H, W, C) images or uint8 (N,) labels. `budget` is shared by the files of one source
+    (a fresh one, of limits.max_data_bytes(), by default).
     """
+    budget = Budget() if budget is None else budget
     gzipped = False
     try:
         with open(path, "rb") as f:
@@ -45,9 +44,9 @@ def read_idx(path: Path, kind: str) -> np.ndarray:
             dims = _read_header(f, path, kind)
             n_bytes = math.prod(dims)
             _check_claim(path, kind, dims, n_bytes, file_size, gzipped)
-            data = _read_exactly(f, n_bytes, path, kind, dims)
-            if f.read(1):
-                raise DataError(f"{path}: holds more data than its header's {_describe(kind, dims)}; file is corrupt")
+            budget.claim(n_bytes, str(path), f"its header's {_describe(kind, dims, with_bytes=False)}")
+            data = allocate(n_bytes, np.uint8, str(path))
+            read_exactly(f, data, str(path), _describe(kind, dims))
     except (OSError, EOFError, zlib.error) as e:
         # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError.
         what = "corrupt or truncated gzip" if gzipped else "cannot read file"
@@ -81,8 +80,6 @@ def _read_header(f: BinaryIO, path: Path, kind: str) -> tuple[int, ...]:
 def _check_claim(path: Path, kind: str, dims: tuple[int, ...], n_bytes: int, file_size: int, gzipped: bool) -> None:
     """Refuse a header whose size claim is impossible, before allocating for it."""
     claim = _describe(kind, dims)
-    if n_bytes > MAX_IDX_BYTES:
-        raise DataError(f"{path}: header says {claim}, over the {MAX_IDX_BYTES} byte limit; refusing to load it")
     if gzipped:
         if n_bytes > file_size * GZIP_MAX_RATIO:
             raise DataError(
@@ -98,27 +95,9 @@ def _check_claim(path: Path, kind: str, dims: tuple[int, ...], n_bytes: int, fil
             )
 
 
-def _read_exactly(f: BinaryIO, n_bytes: int, path: Path, kind: str, dims: tuple[int, ...]) -> np.ndarray:
-    """Stream exactly `n_bytes` into one preallocated buffer (no intermediate copies)."""
-    buf = np.empty(n_bytes, dtype=np.uint8)
-    view = memoryview(buf)
-    got = 0
-    while got < n_bytes:
-        step = f.readinto(view[got:])
-        if not step:
-            raise DataError(
-                f"{path}: file ends after {got} of the {n_bytes} data "
-                f"bytes its header promises ({_describe(kind, dims)})"
-            )
-        got += step
-    return buf
-
-
-def _describe(kind: str, dims: tuple[int, ...]) -> str:
-    n_bytes = math.prod(dims)
-    if kind == "labels":
-        return f"{dims[0]} labels ({n_bytes} bytes)"
-    return f"{dims[0]} images of {'x'.join(map(str, dims[1:]))} ({n_bytes} bytes)"
+def _describe(kind: str, dims: tuple[int, ...], with_bytes: bool = True) -> str:
+    what = f"{dims[0]} labels" if kind == "labels" else f"{dims[0]} images of {'x'.join(map(str, dims[1:]))}"
+    return f"{what} ({math.prod(dims)} bytes)" if with_bytes else what
 
 
 def find_idx_file(root: Path, prefix: str, kind: str) -> Path | None:
@@ -138,6 +117,7 @@ def read_idx_dir(root: Path) -> tuple[Pool, Pool | None]:
     if not root.is_dir():
         raise DataError(f"IDX directory {root} does not exist")
     pools: list[Pool | None] = []
+    budget = Budget()  # one for all four files: train and t10k, images and labels
     for prefix in ("train", "t10k"):
         img_path = find_idx_file(root, prefix, "images")
         lab_path = find_idx_file(root, prefix, "labels")
@@ -152,10 +132,10 @@ def read_idx_dir(root: Path) -> tuple[Pool, Pool | None]:
                 raise DataError(f"{root}: found {lab_path.name} but no matching t10k images file")
             pools.append(None)
             continue
-        x = read_idx(img_path, "images")
+        x = read_idx(img_path, "images", budget)
         y = None
         if lab_path is not None:
-            labels = read_idx(lab_path, "labels")
+            labels = read_idx(lab_path, "labels", budget)
             if len(labels) != len(x):
                 raise DataError(
                     f"{lab_path} has {len(labels)} labels but {img_path} has {len(x)} images; "

@@ -104,7 +104,12 @@ def _ascii_int(text: str) -> int | None:
     """The integer a string spells in ASCII digits ("2", " 2", "-1"), else None ("²", "①", "2.0", "two")."""
     body = text.strip()
     digits = body[1:] if body.startswith("-") else body
-    return int(body) if digits.isascii() and digits.isdecimal() else None
+    if not (digits.isascii() and digits.isdecimal()):
+        return None
+    try:
+        return int(body)
+    except ValueError:  # over Python's 4300-digit limit for int(str): no class index is that long
+        return None
 
 
 def resolve_class(model, c) -> int:
