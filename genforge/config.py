@@ -197,8 +197,8 @@ def validate(cfg: Config, source: str = "config") -> Config:
         try:
             control.check(getattr(cfg, name))
         except GenforgeError:
-            raise ConfigError(f"{source}: '{name}' must be {control.range_text()}, got {getattr(cfg, name)!r}") \
-                from None
+            raise ConfigError(f"{source}: '{name}' must be {control.range_text()}, got "
+                              f"{str(getattr(cfg, name))[:40]}") from None
     if cfg.clusters and not 2 <= cfg.clusters <= 1000:
         raise ConfigError(f"{source}: 'clusters' (cluster guidance) takes 2 to 1000 clusters, got {cfg.clusters}")
     if not 0.0 <= cfg.ada_target < 1.0 or not 0.0 <= cfg.cfg_dropout < 1.0:

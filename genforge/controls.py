@@ -48,16 +48,18 @@ class Control:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GenforgeError(f"{label} must be {self.range_text()}, got {shown}")
         if self.type is int:
             if isinstance(value, float) and not value.is_integer():
-                raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}")
+                raise GenforgeError(f"{label} must be {self.range_text()}, got {shown}")
             value = int(value)
-        else:
-            value = float(value)
+        # an int compares exactly with the float bounds, however large: no conversion that could overflow
         low_ok = value > self.low if self.low_open else value >= self.low
-        if not (math.isfinite(value) and low_ok and value <= self.high):
-            raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}")
-        return value
+        if not (low_ok and value <= self.high):
+            raise GenforgeError(f"{label} must be {self.range_text()}, got {shown}")
+        return value if self.type is int else float(value)
 
     def describe(self) -> dict:
         """The declaration as JSON (``/v1/models``, the web page)."""

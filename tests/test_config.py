@@ -78,3 +78,11 @@ def test_overrides_are_typed_and_validated(tmp_path):
 
 def test_defaults_are_valid():
     assert load_config(None) == Config()
+
+
+def test_huge_numbers_for_sampling_fields_are_a_clear_error():
+    """Found by fuzzing: an integer too large for a float once raised OverflowError inside the range check."""
+    with pytest.raises(ConfigError, match=r"'sample_steps' must be an integer from 1 to 1000, got 1000000"):
+        load_config(None, ["sample_steps=1" + "0" * 400])
+    with pytest.raises(ConfigError, match="'guidance' must be"):
+        load_config(None, ["guidance=1" + "0" * 400])
