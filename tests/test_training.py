@@ -180,6 +180,9 @@ def test_malicious_resume_state_refused(tmp_path, tiny_config):
     # A protocol-0 pickle, written by hand, that calls os.system("touch .../pwned") when unpickled.
     evil = b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR."
     (last_checkpoint(run) / "state.pt").write_bytes(evil)
+    with pytest.raises(GenforgeError, match="SHA-256 does not match state.json"):  # refused before unpickling
+        train(tiny_config("vae-mlp", max_steps=4), run, resume=True, quiet=True)
+    (last_checkpoint(run) / "state.json").unlink()  # a checkpoint from before the digest: weights_only refuses it
     with pytest.raises(GenforgeError, match="not a valid resume state"):
         train(tiny_config("vae-mlp", max_steps=4), run, resume=True, quiet=True)
     assert not (tmp_path / "pwned").exists()
