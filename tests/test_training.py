@@ -256,3 +256,25 @@ def test_validation_scores_and_best_checkpoint(tmp_path, tiny_config, monkeypatc
     assert best["val_fid"] == min(m["val_fid"] for m in lines)
     assert best["dir"] == f"step_{best['step']:08d}" and (run / "checkpoints" / best["dir"]).is_dir()
     assert genforge.load(run).meta["step"] == best["step"]  # a run directory loads its best weights
+
+
+def test_grids_come_through_the_generation_plan(tmp_path, tiny_config, monkeypatch):
+    """The training grid is what `genforge sample` draws from the saved model with seed + 3: the same latents,
+    each class in turn, through genforge.generation's one plan (which the loop now calls)."""
+    import numpy as np
+    from PIL import Image
+
+    from genforge.generation import make_grid, sampling
+
+    seeds, real_plan = [], sampling.plan
+    monkeypatch.setattr(sampling, "plan", lambda model, n, seed=0, *a, **k: seeds.append((n, seed)) or
+                        real_plan(model, n, seed, *a, **k))
+    cfg = tiny_config("cdcgan", grid_n=20, max_steps=2, checkpoint_every=2)
+    train(cfg, tmp_path / "r", quiet=True)
+    assert seeds == [(20, cfg.seed + 3)]
+    monkeypatch.undo()
+    grid = np.asarray(Image.open(tmp_path / "r" / "samples" / "step_00000002.png"))
+    model = genforge.load(tmp_path / "r")
+    drawn = genforge.generation.sample(model, 20, seed=cfg.seed + 3)
+    assert list(drawn.y) == [i % 10 for i in range(20)]
+    np.testing.assert_array_equal(grid, make_grid(drawn.x, nrow=10))

@@ -148,7 +148,8 @@ class Data:
     x: torch.Tensor                 # (N, c, h, w) in the method's value range
     y: torch.Tensor | None          # (N,) int64, when the model is conditional
     image_shape: tuple[int, int, int]
-    class_names: list[str] | None
+    class_names: list[str] | None   # the data's (recorded even when the model is unconditional)
+    num_classes: int                # classes the model is conditioned on: 0 for unconditional models
     clusters: dict | None           # cluster guidance: k, prior, method
     val_x: object                   # uint8 validation images, for the validator
 
@@ -174,7 +175,7 @@ def load_data(cfg: Config, device: torch.device) -> Data:
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(labels).to(device) if num_classes else None
-    return Data(x, y, splits.image_shape, class_names if num_classes else None, clusters, splits.val.x)
+    return Data(x, y, splits.image_shape, class_names, num_classes, clusters, splits.val.x)
 
 
 @dataclass
@@ -217,7 +218,7 @@ class _Run:
         self.method = method = MODELS[cfg.model].method
         self.data = data = load_data(cfg, device)
         self.n_train = n_train = data.x.shape[0]
-        num_classes = len(data.class_names or [])
+        num_classes = data.num_classes
 
         # ---- networks, EMA, DP, trainer (in that order: the EMA copies must not carry Opacus' hooks)
         torch.manual_seed(cfg.seed)
