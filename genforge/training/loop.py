@@ -125,7 +125,7 @@ def images_per_step(cfg: Config, method, world_size: int) -> int:
     return cfg.batch_size * method.Trainer.batches_per_step(cfg) * world_size
 
 
-def check_resume_state(cfg: Config, run: Path, ctx, keyring, allow_plaintext: bool) -> tuple[ResumeState, object]:
+def check_resume_state(cfg: Config, run: Path, keyring, allow_plaintext: bool) -> tuple[ResumeState, object]:
     """Read and verify the last checkpoint's resume state (digest, keys) before anything is written, and the
     settings that must not change across a resume: privacy (both records) and encryption. Returns the state
     and the keyring (loaded here when the run was encrypted and none was given)."""
@@ -210,66 +210,28 @@ class _Run:
             keyring = load_keyring()
         resumed = None
         if resume:  # read, verify and check the resume state now: a damaged one stops us before any write
-            resumed, keyring = check_resume_state(cfg, run, ctx, keyring, allow_plaintext)
+            resumed, keyring = check_resume_state(cfg, run, keyring, allow_plaintext)
         self.cfg, self.run, self.ctx, self.resumed, self.quiet = cfg, run, ctx, resumed, quiet
         self.keyring = keyring  # the checkpoint writer encrypts with it when cfg.encrypt (a rollback reads with it)
-        self.device = device = ctx.device
+        self.device = ctx.device
         set_threads(cfg.num_threads or ctx.cpu_threads)
-        self.method = method = MODELS[cfg.model].method
-        self.data = data = load_data(cfg, device)
-        self.n_train = n_train = data.x.shape[0]
-        num_classes = data.num_classes
-
-        # ---- networks, EMA, DP, trainer (in that order: the EMA copies must not carry Opacus' hooks)
-        torch.manual_seed(cfg.seed)
-        self.z_dim = method.latent_dim(cfg.z_dim, data.image_shape)  # diffusion: the noise image, c*h*w
-        self.nets = build_networks(cfg.model, data.image_shape, self.z_dim, cfg.base_channels, num_classes,
-                                   d_options(cfg))
-        for net in self.nets.values():
-            net.to(device).train()
-            if cfg.channels_last:
-                net.to(memory_format=torch.channels_last)
-        if cfg.compile:  # in place, so state_dict keys (and so checkpoints) are the same as without it
-            for net in self.nets.values():
-                net.compile()
-        self.per_step = images_per_step(cfg, method, ctx.world_size)
-        if self.per_step > n_train:
-            raise ConfigError(f"batch_size {cfg.batch_size} (x d_steps {cfg.d_steps} for GANs"
-                              f"{f', x {ctx.world_size} processes' if ctx.active else ''}) is larger than the "
-                              f"training split ({n_train} images)")
-        self.steps_per_epoch = n_train // self.per_step
-        self.ema = EMA({role: self.nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
-        # DP-SGD: per-sample hooks on the private networks, Poisson batches, the accountant; the trainer wraps
-        # its optimizer with it when it is built. genforge/training/privacy.py.
-        self.dp = PrivateTraining(cfg, self.nets, n_train, self.per_step, device) if cfg.dp_epsilon > 0 else None
-        # under torchrun: DDP-wrapped networks, gradients averaged over processes
-        self.trainer = method.Trainer(cfg, ctx.wrap(self.nets), private=self.dp)
-        self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.trainer.optimizers.items()}
-        # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.
-        self.noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))
-        self.aug_rng = torch.Generator().manual_seed(ctx.seed(cfg.seed + 2))
-        self.progress = Progress()
-
-        # ---- what the release weights say about themselves, and the model grids and validation sample from
-        self.meta = {"model": cfg.model, "modality": "image", "image_shape": list(data.image_shape),
-                     "z_dim": self.z_dim, "base_channels": cfg.base_channels, "num_classes": num_classes,
-                     "d_options": d_options(cfg), "class_names": data.class_names,
-                     "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": __version__,
-                     "train_config": cfg.to_dict(), **({"clusters": data.clusters} if data.clusters else {})}
-        # The EMA copies, and the networks without weights (the diffusion schedule); the trained networks that
-        # are not averaged (the GAN's discriminator) take no part in sampling and stay out, so the model's
-        # eval()/freeze never reaches a network that is being trained.
+        self.method = MODELS[cfg.model].method
+        self.data = load_data(cfg, self.device)
+        self.n_train = self.data.x.shape[0]
+        self.build()
+        self.meta = self.release_meta()
+        # The model grids and validation sample from: the EMA copies, and the networks without weights (the
+        # diffusion schedule). The trained networks that are not averaged (the GAN's discriminator) take no
+        # part in sampling and stay out, so the model's eval()/freeze never reaches a network being trained.
         self.sampler = GenerativeModel({role: self.ema.shadow.get(role, net) for role, net in self.nets.items()
                                         if role in self.ema.shadow or not any(True for _ in net.parameters())},
                                        self.meta)
-        self.calib = [(latents(256, self.z_dim, cfg.seed + 4 + i).to(device),
-                       torch.arange(256, device=device) % num_classes if num_classes else None) for i in range(4)]
         self.validator = None  # validation scoring (optional): the same latents every time (seed + 5)
         if cfg.eval_every and ctx.is_main:
             from genforge.metrics import TrainingEvaluator
 
-            self.validator = TrainingEvaluator(cfg.data, data.val_x, data.image_shape, n=cfg.eval_n, seed=cfg.seed)
-
+            self.validator = TrainingEvaluator(cfg.data, self.data.val_x, self.data.image_shape, n=cfg.eval_n,
+                                               seed=cfg.seed)
         # Everything the user can get wrong has been checked by now: only now is anything written.
         swept = []
         if ctx.is_main:
@@ -280,6 +242,50 @@ class _Run:
             self.restore(resumed)
         self.logger = RunLogger(run, cfg.max_steps, self.progress.step, cfg.tensorboard, quiet, enabled=ctx.is_main)
         self.announce(swept)
+
+    def build(self) -> None:
+        """Networks, EMA, DP, trainer (in that order: the EMA copies must not carry Opacus' hooks), streams."""
+        cfg, ctx, method, device = self.cfg, self.ctx, self.method, self.device
+        torch.manual_seed(cfg.seed)
+        self.z_dim = method.latent_dim(cfg.z_dim, self.data.image_shape)  # diffusion: the noise image, c*h*w
+        self.nets = build_networks(cfg.model, self.data.image_shape, self.z_dim, cfg.base_channels,
+                                   self.data.num_classes, d_options(cfg))
+        for net in self.nets.values():
+            net.to(device).train()
+            if cfg.channels_last:
+                net.to(memory_format=torch.channels_last)
+        if cfg.compile:  # in place, so state_dict keys (and so checkpoints) are the same as without it
+            for net in self.nets.values():
+                net.compile()
+        self.per_step = images_per_step(cfg, method, ctx.world_size)
+        if self.per_step > self.n_train:
+            raise ConfigError(f"batch_size {cfg.batch_size} (x d_steps {cfg.d_steps} for GANs"
+                              f"{f', x {ctx.world_size} processes' if ctx.active else ''}) is larger than the "
+                              f"training split ({self.n_train} images)")
+        self.steps_per_epoch = self.n_train // self.per_step
+        self.ema = EMA({role: self.nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
+        # DP-SGD: per-sample hooks on the private networks, Poisson batches, the accountant; the trainer wraps
+        # its optimizer with it when it is built. genforge/training/privacy.py.
+        self.dp = PrivateTraining(cfg, self.nets, self.n_train, self.per_step, device) if cfg.dp_epsilon > 0 else None
+        # under torchrun: DDP-wrapped networks, gradients averaged over processes
+        self.trainer = method.Trainer(cfg, ctx.wrap(self.nets), private=self.dp)
+        self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.trainer.optimizers.items()}
+        # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.
+        self.noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))
+        self.aug_rng = torch.Generator().manual_seed(ctx.seed(cfg.seed + 2))
+        self.progress = Progress()
+        k = self.data.num_classes  # BatchNorm recalibration inputs of the EMA copy: 4 x 256 fixed latents
+        self.calib = [(latents(256, self.z_dim, cfg.seed + 4 + i).to(device),
+                       torch.arange(256, device=device) % k if k else None) for i in range(4)]
+
+    def release_meta(self) -> dict:
+        """What the release weights' config.json says about them (``models/files.py`` checks it on load)."""
+        cfg, data = self.cfg, self.data
+        return {"model": cfg.model, "modality": "image", "image_shape": list(data.image_shape), "z_dim": self.z_dim,
+                "base_channels": cfg.base_channels, "num_classes": data.num_classes, "d_options": d_options(cfg),
+                "class_names": data.class_names, "value_range": self.method.VALUE_RANGE, "data": cfg.data,
+                "genforge_version": __version__, "train_config": cfg.to_dict(),
+                **({"clusters": data.clusters} if data.clusters else {})}
 
     def announce(self, swept: list[str]) -> None:
         cfg, ctx, log = self.cfg, self.ctx, self.logger.message
@@ -413,8 +419,9 @@ class _Run:
                             f"with learning rates x{self.progress.lr_scale:g}")
         return self.progress.step
 
-    def nonfinite_error(self, step: int, last_ckpt: Path | None, last_ckpt_step: int) -> TrainingError:
-        where = (f"the last good checkpoint is step {last_ckpt_step} ({last_ckpt})" if last_ckpt
+    def nonfinite_error(self, step: int) -> TrainingError:
+        """The error that stops training at a non-finite loss, naming the checkpoint kept and the likely cause."""
+        where = (f"the last good checkpoint is step {self.last_ckpt_step} ({self.last_ckpt})" if self.last_ckpt
                  else "no checkpoint had been written yet")
         cause = "Lower the learning rate (--set g_lr=... d_lr=...) or set nan_policy=rollback"
         if self.resumed is not None and self.resumed.verified:
@@ -431,28 +438,28 @@ class _Run:
 
     # ------------------------------------------------------------------ the loop
     def loop(self) -> TrainResult:
-        cfg, ctx, run, logger = self.cfg, self.ctx, self.run, self.logger
-        start_step = step = self.progress.step
-        elapsed_before = self.progress.elapsed
-        last_ckpt = last_checkpoint(run) if self.resumed is not None else None
-        last_ckpt_step = step if self.resumed is not None else -1
-        finite = torch.ones((), dtype=torch.bool, device=self.device)  # stays on the device: no sync per step
-        t_start = t_log = time.perf_counter()
-        step_log, grid = step, None
-        with _StopOnSignal(logger, debounce=2.0 if ctx.active else 0.0) as stop:
+        """Per step: the batch, the family's updates, the EMA; then logging, grids, validation, checkpoints."""
+        cfg, ctx = self.cfg, self.ctx
+        step = self.start_step = self.progress.step
+        self.elapsed_before = self.progress.elapsed
+        self.last_ckpt = last_checkpoint(self.run) if self.resumed is not None else None
+        self.last_ckpt_step = step if self.resumed is not None else -1
+        self.finite = torch.ones((), dtype=torch.bool, device=self.device)  # stays on the device: no sync per step
+        self.t_start = self.t_log = time.perf_counter()
+        self.step_log, grid = step, None
+        with _StopOnSignal(self.logger, debounce=2.0 if ctx.active else 0.0) as stop:
             try:
                 while step < cfg.max_steps and not ctx.any(stop.signum):  # any process's signal stops them all
-                    if (cfg.max_seconds and last_ckpt_step == step and step > start_step
-                            and ctx.any(time.perf_counter() - t_start >= cfg.max_seconds)):
+                    if self.last_ckpt_step == step > self.start_step and self.over_time():
                         # the budget ran out during the last step's validation or checkpoint: that step is saved
                         # (and scored), so stop here rather than train one more step and score it again
-                        logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
+                        self.logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
                         break
                     batch = self.batch(step)
                     if batch is None:
-                        logger.message(f"privacy budget reached: epsilon {self.dp.epsilon():.3f} of "
-                                       f"{cfg.dp_epsilon:g} (delta {cfg.dp_delta:g}) after {self.dp.steps()} "
-                                       "DP-SGD steps; stopping")
+                        self.logger.message(f"privacy budget reached: epsilon {self.dp.epsilon():.3f} of "
+                                            f"{cfg.dp_epsilon:g} (delta {cfg.dp_delta:g}) after {self.dp.steps()} "
+                                            "DP-SGD steps; stopping")
                         break
                     x, y, epoch = batch
                     # ---- the family's updates (GAN: D then G; VAE: one ELBO step; diffusion: L_simple), the EMA
@@ -460,54 +467,66 @@ class _Run:
                         losses = self.trainer.train_step(x, y, self.noise, step) if len(x) else self.dp.empty_step()
                     step += 1
                     self.ema.update(self.nets, step)
-                    finite &= torch.stack(list(losses.values())).isfinite().all()
-
-                    last = step == cfg.max_steps
-                    over_time = cfg.max_seconds and ctx.any(time.perf_counter() - t_start >= cfg.max_seconds)
-                    due_eval = bool(cfg.eval_every) and (step % cfg.eval_every == 0 or last or over_time)
-                    due_ckpt = ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
-                                or due_eval)  # evaluated weights are kept, so "best" can point at them
-                    scores = {}
-                    if step % cfg.log_every == 0 or due_ckpt:
-                        losses, finite = ctx.mean(losses, finite)  # under torchrun: over all processes
-                        if not bool(finite) or (due_ckpt and not self.all_finite()):
-                            if (cfg.nan_policy == "rollback" and last_ckpt is not None
-                                    and self.progress.rollbacks < cfg.max_rollbacks):
-                                step = self.rollback(last_ckpt, step)
-                                finite.fill_(True)
-                                continue
-                            raise self.nonfinite_error(step, last_ckpt, last_ckpt_step)
-                        now = time.perf_counter()
-                        scores = self.validate() if due_eval and ctx.is_main else {}
-                        logger.log(step, {**{k: float(v) for k, v in losses.items()},
-                                          "images_per_sec": (step - step_log) * self.per_step / max(now - t_log, 1e-9),
-                                          "epoch": epoch, "time": elapsed_before + now - t_start,
-                                          **(self.dp.log_values() if self.dp is not None else {}), **scores},
-                                   final=due_ckpt)
-                        t_log, step_log = now, step
-                    if cfg.sample_every and step % cfg.sample_every == 0:
-                        self.write_grid(step)
-                    if due_ckpt:
-                        improved = "val_fid" in scores and scores["val_fid"] < self.progress.best_fid
-                        if improved:
-                            self.progress.best_fid = scores["val_fid"]
-                        self.progress.step, self.progress.elapsed = step, elapsed_before + time.perf_counter() - t_start
-                        last_ckpt, last_ckpt_step = self.checkpoint(step), step
-                        if improved:
-                            atomic_write_json(run / "checkpoints" / "best.json",
-                                              {"dir": last_ckpt.name, "step": step, "val_fid": scores["val_fid"],
-                                               "evaluator_sha256": self.validator.evaluator_sha256})
-                    if over_time:
-                        logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
+                    self.finite &= torch.stack(list(losses.values())).isfinite().all()
+                    step, stop_now = self.after_step(step, losses, epoch)
+                    if stop_now:
                         break
-                if last_ckpt_step != step:  # stopped by a signal or the DP budget, or resumed with nothing left
-                    self.progress.step, self.progress.elapsed = step, elapsed_before + time.perf_counter() - t_start
-                    last_ckpt, last_ckpt_step = self.checkpoint(step), step
+                if self.last_ckpt_step != step:  # stopped by a signal or the DP budget, or nothing left to do
+                    self.save(step, {})
                 grid = self.write_grid(step)
                 if grid is not None:
-                    atomic_write_text(run / "samples" / "last.txt", grid.name + "\n")
+                    atomic_write_text(self.run / "samples" / "last.txt", grid.name + "\n")
             finally:
-                logger.close()
+                self.logger.close()
         if not self.quiet:
-            print(f"genforge: step {step}: checkpoint {last_ckpt}\ngenforge: sample grid {grid}")
-        return TrainResult(run=run, step=step, checkpoint=last_ckpt, interrupted=bool(stop.signum))
+            print(f"genforge: step {step}: checkpoint {self.last_ckpt}\ngenforge: sample grid {grid}")
+        return TrainResult(run=self.run, step=step, checkpoint=self.last_ckpt, interrupted=bool(stop.signum))
+
+    def over_time(self) -> bool:
+        return bool(self.cfg.max_seconds) and self.ctx.any(time.perf_counter() - self.t_start >= self.cfg.max_seconds)
+
+    def after_step(self, step: int, losses: dict, epoch: int) -> tuple[int, bool]:
+        """Log (and catch a non-finite loss), validate, write the grid and the checkpoint that are due.
+        Returns the step to continue from (earlier after a NaN rollback) and whether to stop."""
+        cfg = self.cfg
+        last, over_time = step == cfg.max_steps, self.over_time()
+        due_eval = bool(cfg.eval_every) and (step % cfg.eval_every == 0 or last or over_time)
+        due_ckpt = ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
+                    or due_eval)  # evaluated weights are kept, so "best" can point at them
+        scores = {}
+        if step % cfg.log_every == 0 or due_ckpt:
+            losses, self.finite = self.ctx.mean(losses, self.finite)  # under torchrun: over all processes
+            if not bool(self.finite) or (due_ckpt and not self.all_finite()):
+                if (cfg.nan_policy == "rollback" and self.last_ckpt is not None
+                        and self.progress.rollbacks < cfg.max_rollbacks):
+                    self.finite.fill_(True)
+                    return self.rollback(self.last_ckpt, step), False
+                raise self.nonfinite_error(step)
+            now = time.perf_counter()
+            scores = self.validate() if due_eval and self.ctx.is_main else {}
+            self.logger.log(step, {**{k: float(v) for k, v in losses.items()},
+                                   "images_per_sec": (step - self.step_log) * self.per_step / max(now - self.t_log, 1e-9),
+                                   "epoch": epoch, "time": self.elapsed_before + now - self.t_start,
+                                   **(self.dp.log_values() if self.dp is not None else {}), **scores},
+                            final=due_ckpt)
+            self.t_log, self.step_log = now, step
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            self.write_grid(step)
+        if due_ckpt:
+            self.save(step, scores)
+        if over_time:
+            self.logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
+        return step, bool(over_time)
+
+    def save(self, step: int, scores: dict) -> None:
+        """Checkpoint ``step``; point best.json at it when its validation FID is the best so far."""
+        improved = "val_fid" in scores and scores["val_fid"] < self.progress.best_fid
+        if improved:
+            self.progress.best_fid = scores["val_fid"]
+        self.progress.step = step
+        self.progress.elapsed = self.elapsed_before + time.perf_counter() - self.t_start
+        self.last_ckpt, self.last_ckpt_step = self.checkpoint(step), step
+        if improved:
+            atomic_write_json(self.run / "checkpoints" / "best.json",
+                              {"dir": self.last_ckpt.name, "step": step, "val_fid": scores["val_fid"],
+                               "evaluator_sha256": self.validator.evaluator_sha256})
