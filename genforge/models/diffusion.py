@@ -176,7 +176,7 @@ class Trainer:
     def __init__(self, cfg: Config, nets: dict[str, nn.Module], private=None):
         """``private`` must be None: DP-SGD is not implemented for diffusion (``privacy.check_config`` refuses it)."""
         if private is not None:
-            raise ValueError("differential privacy is not implemented for the diffusion family")
+            raise GenforgeError("differential privacy is not implemented for the diffusion family")
         self.denoiser, self.schedule = nets["denoiser"], nets["schedule"]
         with torch.no_grad():
             self.schedule.alphas_cumprod.copy_(make_schedule(cfg.noise_schedule))
