@@ -363,6 +363,9 @@ def test_altered_encrypted_checkpoint_is_one_clear_error(tmp_path, tiny_config, 
     # a malicious pickle, encrypted with the right key, is still refused by weights_only
     evil = b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR."
     crypto.write_encrypted(last_checkpoint(run) / "state.pt", evil, keyring)
+    with pytest.raises(GenforgeError, match="SHA-256 does not match state.json"):  # the digest of the plain bytes
+        load_state(last_checkpoint(run))
+    (last_checkpoint(run) / "state.json").unlink()  # as a checkpoint from before the digest
     with pytest.raises(GenforgeError, match="not a valid resume state"):
         load_state(last_checkpoint(run))
     assert not (tmp_path / "pwned").exists()
@@ -428,3 +431,18 @@ def test_encrypted_run_writes_no_sample_grids(tmp_path, digits_npz, key_file, ca
                  "--key-file", str(key_file)]) == 0
     assert "no sample grids are written" in capsys.readouterr().err
     assert not list(enc.rglob("*.png"))
+
+
+def test_train_takes_the_keyring_as_a_parameter(tmp_path, tiny_config, keyring, monkeypatch):
+    """No key file, no environment, no --key-file global: the keyring given to train() encrypts the
+    checkpoints and reads them back on resume."""
+    monkeypatch.delenv(crypto.ENV_KEY, raising=False)
+    monkeypatch.delenv(crypto.ENV_KEY_FILE, raising=False)
+    crypto.use_key_file(None)
+    run = tmp_path / "r"
+    train(tiny_config("vae-mlp", max_steps=2, encrypt=True), run, quiet=True, keyring=keyring)
+    assert crypto.key_id_of(last_checkpoint(run) / "state.pt") == "k1"
+    assert train(tiny_config("vae-mlp", max_steps=4, encrypt=True), run, resume=True, quiet=True,
+                 keyring=keyring).step == 4
+    with pytest.raises(crypto.EncryptionError, match="no encryption key"):  # and nothing else supplies one
+        train(tiny_config("vae-mlp", max_steps=6, encrypt=True), run, resume=True, quiet=True)

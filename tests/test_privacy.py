@@ -193,3 +193,30 @@ def test_resume_cannot_switch_privacy_on_or_off(tmp_path, tiny_config):
         train(tiny_config("vae-mlp", max_steps=4, **DP), tmp_path / "plain", resume=True, quiet=True)
     assert last_checkpoint(tmp_path / "plain").name == "step_00000002"
     assert "dp_epsilon: 0.0" in (tmp_path / "plain" / "config.yaml").read_text()  # refused before any write
+
+
+def test_resume_guard_reads_the_state_s_own_record(tmp_path, tiny_config):
+    """config.json unreadable: the resume state's own privacy record still refuses resuming without DP."""
+    train(tiny_config("vae-mlp", max_steps=2, **DP), tmp_path / "dp", quiet=True)
+    (last_checkpoint(tmp_path / "dp") / "config.json").write_text("{damaged")
+    with pytest.raises(ConfigError, match="void the guarantee"):
+        train(tiny_config("vae-mlp", max_steps=4), tmp_path / "dp", resume=True, quiet=True)
+    assert last_checkpoint(tmp_path / "dp").name == "step_00000002"
+
+
+def test_the_trainer_is_given_dp_when_it_is_built(tiny_config):
+    """DP-SGD reaches the trainer through its constructor: the discriminator's optimizer is Opacus' from the
+    start, the generator's a plain Adam; nothing swaps them afterwards."""
+    from opacus.optimizers import DPOptimizer
+
+    from genforge.models import build_networks, gan
+
+    cfg = tiny_config("dcgan", d_norm="group", **DP)
+    torch.manual_seed(0)
+    nets = build_networks("dcgan", (1, 28, 28), cfg.z_dim, cfg.base_channels, 0, {"norm": "group"})
+    dp = privacy.PrivateTraining(cfg, nets, n_train=205, batch=cfg.batch_size, device=torch.device("cpu"))
+    trainer = gan.Trainer(cfg, nets, private=dp)
+    assert isinstance(trainer.optimizers["discriminator"], DPOptimizer)
+    assert trainer.optimizers["discriminator"] is dp.optimizer
+    assert type(trainer.optimizers["generator"]) is torch.optim.Adam
+    assert not trainer.joint_d  # real and fake pass D apart, so Opacus clips the (x_i, G(z_i)) pair

@@ -180,6 +180,9 @@ def test_malicious_resume_state_refused(tmp_path, tiny_config):
     # A protocol-0 pickle, written by hand, that calls os.system("touch .../pwned") when unpickled.
     evil = b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR."
     (last_checkpoint(run) / "state.pt").write_bytes(evil)
+    with pytest.raises(GenforgeError, match="SHA-256 does not match state.json"):  # refused before unpickling
+        train(tiny_config("vae-mlp", max_steps=4), run, resume=True, quiet=True)
+    (last_checkpoint(run) / "state.json").unlink()  # a checkpoint from before the digest: weights_only refuses it
     with pytest.raises(GenforgeError, match="not a valid resume state"):
         train(tiny_config("vae-mlp", max_steps=4), run, resume=True, quiet=True)
     assert not (tmp_path / "pwned").exists()
@@ -252,3 +255,25 @@ def test_validation_scores_and_best_checkpoint(tmp_path, tiny_config):
     assert best["val_fid"] == min(m["val_fid"] for m in lines)
     assert best["dir"] == f"step_{best['step']:08d}" and (run / "checkpoints" / best["dir"]).is_dir()
     assert genforge.load(run).meta["step"] == best["step"]  # a run directory loads its best weights
+
+
+def test_grids_come_through_the_generation_plan(tmp_path, tiny_config, monkeypatch):
+    """The training grid is what `genforge sample` draws from the saved model with seed + 3: the same latents,
+    each class in turn, through genforge.generation's one plan (which the loop now calls)."""
+    import numpy as np
+    from PIL import Image
+
+    from genforge.generation import make_grid, sampling
+
+    seeds, real_plan = [], sampling.plan
+    monkeypatch.setattr(sampling, "plan", lambda model, n, seed=0, *a, **k: seeds.append((n, seed)) or
+                        real_plan(model, n, seed, *a, **k))
+    cfg = tiny_config("cdcgan", grid_n=20, max_steps=2, checkpoint_every=2)
+    train(cfg, tmp_path / "r", quiet=True)
+    assert seeds == [(20, cfg.seed + 3)]
+    monkeypatch.undo()
+    grid = np.asarray(Image.open(tmp_path / "r" / "samples" / "step_00000002.png"))
+    model = genforge.load(tmp_path / "r")
+    drawn = genforge.generation.sample(model, 20, seed=cfg.seed + 3)
+    assert list(drawn.y) == [i % 10 for i in range(20)]
+    np.testing.assert_array_equal(grid, make_grid(drawn.x, nrow=10))

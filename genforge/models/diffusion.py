@@ -173,13 +173,21 @@ def _half_log_snr(ab: float) -> float:
 class Trainer:
     """One Adam on the denoiser; runs one DDPM step. The loop calls it."""
 
-    def __init__(self, cfg: Config, nets: dict[str, nn.Module]):
+    def __init__(self, cfg: Config, nets: dict[str, nn.Module], private=None):
+        """``private`` must be None: DP-SGD is not implemented for diffusion (``privacy.check_config`` refuses it)."""
+        if private is not None:
+            raise GenforgeError("differential privacy is not implemented for the diffusion family")
         self.denoiser, self.schedule = nets["denoiser"], nets["schedule"]
         with torch.no_grad():
             self.schedule.alphas_cumprod.copy_(make_schedule(cfg.noise_schedule))
         self.cfg_dropout = cfg.cfg_dropout
         self.optimizers = {"denoiser": torch.optim.Adam(self.denoiser.parameters(), lr=cfg.g_lr,
                                                         betas=tuple(cfg.g_betas), fused=True)}
+
+    @staticmethod
+    def batches_per_step(cfg: Config) -> int:
+        """Real batches of ``batch_size`` one step consumes."""
+        return 1
 
     def state_dict(self) -> dict:
         """Trainer state beyond the optimizers that an exact resume needs: none."""

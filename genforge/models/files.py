@@ -176,6 +176,7 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[di
     if not isinstance(num_classes, int) or not 0 <= num_classes <= 100_000:
         raise ModelFileError(f"{directory / CONFIG}: field 'num_classes' must be a small non-negative integer")
     _check_sampling(meta, directory / CONFIG)
+    _check_fields(meta, num_classes, directory / CONFIG)
     clusters = meta.get("clusters")
     if clusters is not None:
         prior = clusters.get("prior") if isinstance(clusters, dict) else None
@@ -227,6 +228,39 @@ def _check_sampling(meta: dict, where: Path) -> None:
                 control.check(cfg[key])
             except GenforgeError:
                 raise ModelFileError(f"{where}: field 'train_config.{key}' has a bad value {cfg[key]!r}") from None
+
+
+_PRIVACY_NUMBERS = ("epsilon", "delta", "target_epsilon", "steps")
+
+
+def _check_fields(meta: dict, num_classes: int, where: Path) -> None:
+    """The other fields that loading, sampling, ``genforge info`` and the server read, each checked before use:
+    a hand-edited or damaged config.json is a one-line error naming the field, not a traceback later."""
+    def bad(key: str, want: str) -> ModelFileError:
+        return ModelFileError(f"{where}: field '{key}' must be {want}, got {meta.get(key)!r:.80}")
+
+    if not (len(meta["weights_sha256"]) == 64 and all(c in "0123456789abcdef" for c in meta["weights_sha256"])):
+        raise bad("weights_sha256", "64 lowercase hex digits")
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                              or (num_classes and len(names) != num_classes)):
+        raise bad("class_names", f"a list of {num_classes or 'the'} class names (strings)")
+    step = meta.get("step")
+    if step is not None and (type(step) is not int or step < 0):
+        raise bad("step", "a non-negative integer")
+    if not isinstance(meta.get("data", ""), str):
+        raise bad("data", "a data spec string")
+    if meta.get("value_range", "-1,1") not in ("-1,1", "0,1"):
+        raise bad("value_range", "'-1,1' or '0,1'")
+    privacy = meta.get("privacy")
+    if privacy is not None and (
+            not isinstance(privacy, dict)
+            or not all(isinstance(privacy.get(k), (int, float)) and not isinstance(privacy.get(k), bool)
+                       for k in _PRIVACY_NUMBERS)
+            or not isinstance(privacy.get("private_networks"), list)
+            or not all(isinstance(n, str) for n in privacy["private_networks"])
+            or not isinstance(privacy.get("mechanism"), str)):
+        raise bad("privacy", f"a mapping with numbers {', '.join(_PRIVACY_NUMBERS)}, private_networks and mechanism")
 
 
 def state_tensors_meta(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

@@ -144,20 +144,21 @@ def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None
 class Trainer:
     """Holds the optimizers and the defences' state, and runs one GAN step; ``training/loop.py`` calls it."""
 
-    def __init__(self, cfg: Config, nets: dict[str, nn.Module]):
+    def __init__(self, cfg: Config, nets: dict[str, nn.Module], private=None):
+        """``private``: differential privacy for the run (``training/privacy.py`` ``PrivateTraining``) or None;
+        it wraps the discriminator's optimizer in DP-SGD, the only one that sees real images."""
         self.G, self.D = nets["generator"], nets["discriminator"]
         self.cfg = cfg
         self.kind = cfg.gan_loss
         self.acgan = getattr(self.D, "conditioning", None) == "aux"
-        # Each D step gets its own real batch: the loop draws batch_size * d_steps images per step.
-        self.batch_multiplier = cfg.d_steps
         # Separate Adam per network: TTUR-style learning rates are one config line away. fused=True runs
         # each update as one kernel instead of a dozen per tensor.
-        self.optimizers = {
+        optimizers = {
             "generator": torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=tuple(cfg.g_betas), fused=True),
             "discriminator": torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas),
                                               fused=True),
         }
+        self.optimizers = private.wrap(optimizers) if private is not None else optimizers
         # D scores real and fake in one pass when nothing in it mixes samples (same numbers, larger matrix
         # products). BatchNorm and minibatch std do mix them, so then the batches stay apart, as in DCGAN.
         # With DP (dp_epsilon > 0) they stay apart too: Opacus then adds the per-sample gradients of the real
@@ -166,13 +167,18 @@ class Trainer:
         # charge the budget twice (Opacus issue #418: its DCGAN example once took a second, noisy step on the
         # fakes alone); it only bounds their pull on D as well. See genforge/training/privacy.py.
         mixes = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules())
-        self.joint_d = not mixes and not getattr(self.D, "mbstd", False) and not cfg.dp_epsilon > 0
+        self.joint_d = not mixes and not getattr(self.D, "mbstd", False) and private is None
         self.policy = [p for p in cfg.diffaugment.split(",") if p]
         device = next(self.D.parameters()).device
         # ADA's probability and its running overfitting signal live on the device: no sync per step.
         self.ada_p = torch.zeros((), device=device)
         self.ada_sum = torch.zeros((), device=device)
         self.ada_n = torch.zeros((), device=device)
+
+    @staticmethod
+    def batches_per_step(cfg: Config) -> int:
+        """Real batches of ``batch_size`` one step consumes: each D step gets its own."""
+        return cfg.d_steps
 
     def state_dict(self) -> dict:
         return {"ada_p": self.ada_p, "ada_sum": self.ada_sum, "ada_n": self.ada_n}

@@ -63,11 +63,19 @@ def reconstruct(nets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor | N
 class Trainer:
     """One Adam over encoder and decoder; runs one ELBO step. The loop calls it."""
 
-    def __init__(self, cfg: Config, nets: dict[str, nn.Module]):
+    def __init__(self, cfg: Config, nets: dict[str, nn.Module], private=None):
+        """``private``: differential privacy for the run (``training/privacy.py`` ``PrivateTraining``) or None;
+        it wraps the one optimizer in DP-SGD (encoder and decoder both see real images)."""
         self.encoder, self.decoder = nets["encoder"], nets["decoder"]
         self.recon, self.kl_weight = cfg.recon_loss, cfg.kl_weight
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
-        self.optimizers = {"vae": torch.optim.Adam(params, lr=cfg.g_lr, betas=tuple(cfg.g_betas), fused=True)}
+        optimizers = {"vae": torch.optim.Adam(params, lr=cfg.g_lr, betas=tuple(cfg.g_betas), fused=True)}
+        self.optimizers = private.wrap(optimizers) if private is not None else optimizers
+
+    @staticmethod
+    def batches_per_step(cfg: Config) -> int:
+        """Real batches of ``batch_size`` one step consumes."""
+        return 1
 
     def state_dict(self) -> dict:
         """Trainer state beyond the optimizers that an exact resume needs."""

@@ -9,7 +9,32 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from genforge.io import atomic_write_text
+
 PRINT_SECONDS = 10.0
+
+
+def trim_metrics(path: Path, start_step: int) -> None:
+    """Before a (resumed) run appends: drop the torn last line a kill -9 can leave, and the lines of steps after
+    ``start_step`` (logged after the checkpoint the run resumes from; they are logged again, from the same
+    weights, as the run repeats those steps). Rewritten atomically; nothing to do for a new run."""
+    if not path.is_file():
+        return
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        if not line.endswith("\n"):
+            break  # the torn last line
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            step = None
+        if isinstance(step, int) and step > start_step:
+            break
+        keep.append(line)
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
 
 
 class RunLogger:
@@ -18,6 +43,8 @@ class RunLogger:
     def __init__(self, run: Path, total_steps: int, start_step: int, tensorboard: bool, quiet: bool,
                  enabled: bool = True):
         # line-buffered: a crash loses at most a line
+        if enabled:
+            trim_metrics(Path(run) / "metrics.jsonl", start_step)
         self.metrics = open(Path(run) / "metrics.jsonl", "a", buffering=1) if enabled else None
         self.writer = None
         quiet = quiet or not enabled

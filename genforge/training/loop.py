@@ -1,12 +1,14 @@
 """The training loop: one explicit loop for every family, readable top to bottom.
 
-Per step: take the next batch (a fixed function of the step, so resuming needs
-no data-loader state), let the family's ``Trainer.train_step`` do its updates
-(``models/gan.py``: D then G; ``models/vae.py``: the ELBO), update the EMA.
-Every ``log_every`` steps the losses reach ``metrics.jsonl``, TensorBoard and
-the progress bar; every ``sample_every`` a grid PNG is written; every
-``checkpoint_every`` a checkpoint. Ctrl-C or SIGTERM finishes the step, writes
-a checkpoint and stops. A non-finite loss never reaches a checkpoint.
+``train`` builds a :class:`_Run` (the stages: ``setup`` in its constructor, then ``batch``, the family's
+step, ``log``, ``write_grid``, ``validate``, ``checkpoint``) and runs :meth:`_Run.loop`. Per step: take the
+next batch (a fixed function of the step, so resuming needs no data-loader state), let the family's
+``Trainer.train_step`` do its updates (``models/gan.py``: D then G; ``models/vae.py``: the ELBO;
+``models/diffusion.py``: L_simple), update the EMA. Every ``log_every`` steps the losses reach
+``metrics.jsonl``, TensorBoard and the progress bar; every ``sample_every`` a grid PNG is written; every
+``checkpoint_every`` a checkpoint. Ctrl-C or SIGTERM finishes the step, writes a checkpoint and stops. A
+non-finite loss never reaches a checkpoint. Grids and validation draw through the one generation plan
+(:func:`genforge.generation.sample`), as ``genforge sample`` does.
 """
 
 from __future__ import annotations
@@ -16,28 +18,29 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import yaml
 
-from genforge.version import __version__
+from genforge import models
 from genforge.config import Config
+from genforge.crypto import load_keyring
 from genforge.data import augment, load_splits, to_tensor
 from genforge.errors import ConfigError, GenforgeError, TrainingError
-from genforge.generation import latents, make_grid, save_grid, to_uint8
-from genforge.generation.sampling import prior_classes
-from genforge.io import atomic_write_json, atomic_write_text
+from genforge.generation import latents, make_grid, sample, save_grid
+from genforge.generation.model import GenerativeModel
 from genforge.generation.provenance import stamp
-from genforge.models import MODELS, build_networks, d_options, family_of, sampling_defaults
-from genforge import models
-from genforge.training import privacy
-from genforge.training.privacy import PrivateTraining, check_resume
-from genforge.training import distributed
-from genforge.training.checkpoint import last_checkpoint, load_state, save_checkpoint
+from genforge.io import atomic_write_json, atomic_write_text
+from genforge.models import MODELS, build_networks, d_options
+from genforge.training import distributed, privacy
+from genforge.training.checkpoint import (ResumeState, check_state, is_encrypted_run, last_checkpoint, read_state,
+                                          save_checkpoint, sweep_temporary)
 from genforge.training.ema import EMA, recalibrate_batchnorm
 from genforge.training.log import RunLogger
+from genforge.training.privacy import PrivateTraining, check_resume
+from genforge.version import __version__
 
 
 @dataclass
@@ -99,40 +102,65 @@ def check_run_dir(run: Path, resume: bool) -> None:
         raise GenforgeError(f"{run}: nothing to resume (no checkpoints/last.json)")
 
 
-def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = False) -> TrainResult:
+def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = False, keyring=None,
+          allow_plaintext: bool = False) -> TrainResult:
     """Train ``cfg`` into the run directory ``run`` (or continue it with ``resume=True``).
 
+    ``keyring`` (:mod:`genforge.crypto`): the keys of an encrypted run (``encrypt: true``, or resuming one);
+    when None and one is needed it is loaded once here (``--key-file`` or the environment). Resuming an
+    encrypted run with ``encrypt: false`` is refused unless ``allow_plaintext`` (the CLI's
+    ``--allow-plaintext``): its next checkpoints would be written in the clear.
     Under ``torchrun --nproc_per_node=N`` every process calls this; ``distributed.py`` says what they share.
     """
     ctx = distributed.setup(pick_device(cfg.device))  # rank 0 of 1 unless torchrun started us
     try:
-        return _train(cfg, run, resume, quiet or not ctx.is_main, ctx)
+        return _Run(cfg, Path(run), resume, quiet or not ctx.is_main, ctx, keyring, allow_plaintext).loop()
     finally:
         ctx.close()
 
 
-def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distributed.Context) -> TrainResult:
-    run = Path(run)
-    models.check_config(cfg)
-    privacy.check_config(cfg)
-    check_run_dir(run, resume)
-    if cfg.encrypt:  # a missing or unreadable key is found now, not at the first checkpoint
-        from genforge.crypto import load_keyring
+def images_per_step(cfg: Config, method, world_size: int) -> int:
+    """The global batch: the real images one step consumes over all processes. ``batch_size`` is per process
+    and per batch; a GAN with d_steps > 1 gives each D step its own batch. The one place it is interpreted."""
+    return cfg.batch_size * method.Trainer.batches_per_step(cfg) * world_size
 
-        load_keyring()
-    device = ctx.device
-    set_threads(cfg.num_threads or ctx.cpu_threads)
-    if ctx.active and getattr(cfg, "dp_epsilon", 0) > 0:
-        raise ConfigError("differential privacy (dp_epsilon) trains in one process only: run it without torchrun")
+
+def check_resume_state(cfg: Config, run: Path, keyring, allow_plaintext: bool) -> tuple[ResumeState, object]:
+    """Read and verify the last checkpoint's resume state (digest, keys) before anything is written, and the
+    settings that must not change across a resume: privacy (both records) and encryption. Returns the state
+    and the keyring (loaded here when the run was encrypted and none was given)."""
+    ckpt = last_checkpoint(run)
+    encrypted = is_encrypted_run(ckpt)
+    if encrypted and not cfg.encrypt and not allow_plaintext:
+        raise ConfigError(f"{run}: this run is encrypted; resuming it with encrypt=false would write its next "
+                          "checkpoints in plaintext. Keep encrypt: true, or pass --allow-plaintext to do so "
+                          "deliberately")
+    if encrypted and keyring is None:
+        keyring = load_keyring()
+    resumed = read_state(ckpt, keyring)
+    check_resume(cfg, ckpt, resumed.state)
+    return resumed, keyring
+
+
+@dataclass
+class Data:
+    """The training split on the device, and what the loop needs to know about it."""
+    x: torch.Tensor                 # (N, c, h, w) in the method's value range
+    y: torch.Tensor | None          # (N,) int64, when the model is conditional
+    image_shape: tuple[int, int, int]
+    class_names: list[str] | None   # the data's (recorded even when the model is unconditional)
+    num_classes: int                # classes the model is conditioned on: 0 for unconditional models
+    clusters: dict | None           # cluster guidance: k, prior, method
+    val_x: object                   # uint8 validation images, for the validator
+
+
+def load_data(cfg: Config, device: torch.device) -> Data:
+    """Cleaned, split, normalized once, kept in memory as one tensor (no per-batch image work)."""
     spec = MODELS[cfg.model]
-    method = spec.method
-
-    # ---- data: cleaned, split, normalized once, kept in memory as one tensor (no per-batch image work)
     splits = load_splits(cfg.data, image_size=cfg.image_size, channels=cfg.channels, on_bad=cfg.on_bad,
                          dedup=cfg.dedup, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                          seed=cfg.split_seed)
-    x_train = to_tensor(splits.train.x, method.VALUE_RANGE).to(device)  # (N, c, h, w)
-    n_train = x_train.shape[0]
+    x = to_tensor(splits.train.x, spec.method.VALUE_RANGE).to(device)  # (N, c, h, w)
     labels, class_names, clusters = splits.train.y, splits.class_names, None
     if cfg.clusters:  # cluster guidance: k-means clusters replace the labels, which are never read
         from genforge.data.clusters import cluster_labels
@@ -144,266 +172,361 @@ def _train(cfg: Config, run: str | Path, resume: bool, quiet: bool, ctx: distrib
     if spec.conditional and (labels is None or num_classes < 2):
         raise ConfigError(f"model {cfg.model!r} is class-conditional but data {cfg.data!r} has no labels "
                           "(set clusters: K to train it on k-means clusters instead)")
-    y_train = torch.from_numpy(labels).to(device) if num_classes else None  # (N,) int64
-    augmenting = cfg.augment_flip or cfg.augment_shift > 0 or cfg.augment_rotate > 0
-
-    # ---- networks, optimizers, EMA, random streams
-    torch.manual_seed(cfg.seed)
-    z_dim = method.latent_dim(cfg.z_dim, splits.image_shape)          # diffusion: the noise image, c*h*w
-    nets = build_networks(cfg.model, splits.image_shape, z_dim, cfg.base_channels, num_classes, d_options(cfg))
-    for net in nets.values():
-        net.to(device).train()
-        if cfg.channels_last:
-            net.to(memory_format=torch.channels_last)
     if cfg.channels_last:
-        x_train = x_train.contiguous(memory_format=torch.channels_last)
-    trainer = method.Trainer(cfg, ctx.wrap(nets))  # under torchrun: DDP-wrapped, gradients averaged over processes
-    if cfg.compile:  # in place, so state_dict keys (and so checkpoints) are the same as without it
-        for net in nets.values():
-            net.compile()
-    # real images one step consumes (over all processes: the global batch); a GAN with d_steps > 1 gives each
-    # D step its own batch
-    per_step = cfg.batch_size * getattr(trainer, "batch_multiplier", 1) * ctx.world_size
-    if per_step > n_train:
-        raise ConfigError(f"batch_size {cfg.batch_size} (x d_steps {cfg.d_steps} for GANs"
-                          f"{f', x {ctx.world_size} processes' if ctx.active else ''}) is larger than the "
-                          f"training split ({n_train} images)")
-    steps_per_epoch = n_train // per_step
-    ema = EMA({role: nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
-    # DP-SGD (after the EMA copies, which must not carry Opacus' hooks): takes over the private networks'
-    # optimizer, draws Poisson batches, keeps the privacy accountant. genforge/training/privacy.py.
-    dp = PrivateTraining(cfg, trainer, nets, n_train, device) if cfg.dp_epsilon > 0 else None
-    # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.
-    noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))
-    aug_rng = torch.Generator().manual_seed(ctx.seed(cfg.seed + 2))
-    grid_z = latents(cfg.grid_n, z_dim, cfg.seed + 3).to(device)       # the same grid latents all run long
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(labels).to(device) if num_classes else None
+    return Data(x, y, splits.image_shape, class_names, num_classes, clusters, splits.val.x)
 
-    def classes(n: int, seed: int) -> torch.Tensor | None:
-        """Classes of n grid or validation samples: each class in turn; clusters drawn by size; or None."""
-        if clusters:  # a cluster-guided model is shown and scored as the unconditional model it stands for
-            return torch.from_numpy(prior_classes(clusters["prior"], n, seed)).to(device)
-        return torch.arange(n, device=device) % num_classes if num_classes else None
 
-    # conditional grids cycle through the classes and are drawn num_classes wide: one column per class
-    grid_y = classes(cfg.grid_n, cfg.seed + 3)
-    grid_cols = None if clusters else (num_classes or None)
-    calib = [(latents(256, z_dim, cfg.seed + 4 + i).to(device),
-              torch.arange(256, device=device) % num_classes if num_classes else None) for i in range(4)]
-    meta = {"model": cfg.model, "modality": "image", "image_shape": list(splits.image_shape), "z_dim": z_dim,
-            "base_channels": cfg.base_channels, "num_classes": num_classes, "d_options": d_options(cfg), "class_names": class_names,
-            "value_range": method.VALUE_RANGE, "data": cfg.data, "genforge_version": __version__,
-            "train_config": cfg.to_dict(), **({"clusters": clusters} if clusters else {})}
-    base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in trainer.optimizers.items()}
-    book = {"step": 0, "lr_scale": 1.0, "rollbacks": 0, "elapsed": 0.0, "best_fid": math.inf}
+@dataclass
+class Progress:
+    """The loop's bookkeeping that a checkpoint carries and a resume or rollback restores."""
+    step: int = 0
+    lr_scale: float = 1.0       # halved by each NaN rollback
+    rollbacks: int = 0
+    elapsed: float = 0.0        # training seconds before this process started
+    best_fid: float = math.inf
 
-    # ---- validation scoring (optional): the same latents every time, so the curve measures the model only
-    validator = None
-    if cfg.eval_every and ctx.is_main:
-        from genforge.metrics import TrainingEvaluator
+    def to_state(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
-        validator = TrainingEvaluator(cfg.data, splits.val.x, splits.image_shape, n=cfg.eval_n, seed=cfg.seed)
-        eval_z = latents(cfg.eval_n, z_dim, cfg.seed + 5).to(device)
-        eval_y = classes(cfg.eval_n, cfg.seed + 5)
+    def load(self, state: dict) -> None:
+        for f in fields(self):
+            setattr(self, f.name, state.get(f.name, getattr(self, f.name)))
 
-    def restore(ckpt: Path) -> None:
-        state = load_state(ckpt)
-        for role, net in nets.items():
+
+class _Run:
+    """One training run's state: data, networks, trainer, EMA, random streams, and the stages that use them."""
+
+    # ------------------------------------------------------------------ setup
+    def __init__(self, cfg: Config, run: Path, resume: bool, quiet: bool, ctx: distributed.Context, keyring,
+                 allow_plaintext: bool):
+        models.check_config(cfg)
+        privacy.check_config(cfg)
+        check_run_dir(run, resume)
+        if ctx.active and cfg.dp_epsilon > 0:
+            raise ConfigError("differential privacy (dp_epsilon) trains in one process only: run it without torchrun")
+        if cfg.encrypt and keyring is None:  # a missing or unreadable key is found now, not at the first checkpoint
+            keyring = load_keyring()
+        resumed = None
+        if resume:  # read, verify and check the resume state now: a damaged one stops us before any write
+            resumed, keyring = check_resume_state(cfg, run, keyring, allow_plaintext)
+        self.cfg, self.run, self.ctx, self.resumed, self.quiet = cfg, run, ctx, resumed, quiet
+        self.keyring = keyring  # the checkpoint writer encrypts with it when cfg.encrypt (a rollback reads with it)
+        self.device = ctx.device
+        set_threads(cfg.num_threads or ctx.cpu_threads)
+        self.method = MODELS[cfg.model].method
+        self.data = load_data(cfg, self.device)
+        self.n_train = self.data.x.shape[0]
+        self.build()
+        self.meta = self.release_meta()
+        # The model grids and validation sample from: the EMA copies, and the networks without weights (the
+        # diffusion schedule). The trained networks that are not averaged (the GAN's discriminator) take no
+        # part in sampling and stay out, so the model's eval()/freeze never reaches a network being trained.
+        self.sampler = GenerativeModel({role: self.ema.shadow.get(role, net) for role, net in self.nets.items()
+                                        if role in self.ema.shadow or not any(True for _ in net.parameters())},
+                                       self.meta)
+        self.validator = None  # validation scoring (optional): the same latents every time (seed + 5)
+        if cfg.eval_every and ctx.is_main:
+            from genforge.metrics import TrainingEvaluator
+
+            self.validator = TrainingEvaluator(cfg.data, self.data.val_x, self.data.image_shape, n=cfg.eval_n,
+                                               seed=cfg.seed)
+        # Everything the user can get wrong has been checked by now: only now is anything written.
+        swept = []
+        if ctx.is_main:
+            run.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            swept = sweep_temporary(run)
+        if resumed is not None:  # every process loads the same checkpoint
+            self.restore(resumed)
+        self.logger = RunLogger(run, cfg.max_steps, self.progress.step, cfg.tensorboard, quiet, enabled=ctx.is_main)
+        self.announce(swept)
+
+    def build(self) -> None:
+        """Networks, EMA, DP, trainer (in that order: the EMA copies must not carry Opacus' hooks), streams."""
+        cfg, ctx, method, device = self.cfg, self.ctx, self.method, self.device
+        torch.manual_seed(cfg.seed)
+        self.z_dim = method.latent_dim(cfg.z_dim, self.data.image_shape)  # diffusion: the noise image, c*h*w
+        self.nets = build_networks(cfg.model, self.data.image_shape, self.z_dim, cfg.base_channels,
+                                   self.data.num_classes, d_options(cfg))
+        for net in self.nets.values():
+            net.to(device).train()
+            if cfg.channels_last:
+                net.to(memory_format=torch.channels_last)
+        if cfg.compile:  # in place, so state_dict keys (and so checkpoints) are the same as without it
+            for net in self.nets.values():
+                net.compile()
+        self.per_step = images_per_step(cfg, method, ctx.world_size)
+        if self.per_step > self.n_train:
+            raise ConfigError(f"batch_size {cfg.batch_size} (x d_steps {cfg.d_steps} for GANs"
+                              f"{f', x {ctx.world_size} processes' if ctx.active else ''}) is larger than the "
+                              f"training split ({self.n_train} images)")
+        self.steps_per_epoch = self.n_train // self.per_step
+        self.ema = EMA({role: self.nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
+        # DP-SGD: per-sample hooks on the private networks, Poisson batches, the accountant; the trainer wraps
+        # its optimizer with it when it is built. genforge/training/privacy.py.
+        self.dp = PrivateTraining(cfg, self.nets, self.n_train, self.per_step, device) if cfg.dp_epsilon > 0 else None
+        # under torchrun: DDP-wrapped networks, gradients averaged over processes
+        self.trainer = method.Trainer(cfg, ctx.wrap(self.nets), private=self.dp)
+        self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.trainer.optimizers.items()}
+        # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.
+        self.noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))
+        self.aug_rng = torch.Generator().manual_seed(ctx.seed(cfg.seed + 2))
+        self.progress = Progress()
+        k = self.data.num_classes  # BatchNorm recalibration inputs of the EMA copy: 4 x 256 fixed latents
+        self.calib = [(latents(256, self.z_dim, cfg.seed + 4 + i).to(device),
+                       torch.arange(256, device=device) % k if k else None) for i in range(4)]
+
+    def release_meta(self) -> dict:
+        """What the release weights' config.json says about them (``models/files.py`` checks it on load)."""
+        cfg, data = self.cfg, self.data
+        return {"model": cfg.model, "modality": "image", "image_shape": list(data.image_shape), "z_dim": self.z_dim,
+                "base_channels": cfg.base_channels, "num_classes": data.num_classes, "d_options": d_options(cfg),
+                "class_names": data.class_names, "value_range": self.method.VALUE_RANGE, "data": cfg.data,
+                "genforge_version": __version__, "train_config": cfg.to_dict(),
+                **({"clusters": data.clusters} if data.clusters else {})}
+
+    def announce(self, swept: list[str]) -> None:
+        cfg, ctx, log = self.cfg, self.ctx, self.logger.message
+        log(f"genforge: training {cfg.model} on {cfg.data} ({self.n_train} images, {self.data.image_shape}) "
+            f"on {self.device}; run directory: {self.run}")
+        if swept:
+            log(f"genforge: removed {len(swept)} unfinished checkpoint director{'y' if len(swept) == 1 else 'ies'} "
+                f"left by an interrupted write ({', '.join(swept[:3])}{', ...' if len(swept) > 3 else ''})")
+        if self.resumed is not None and not self.resumed.verified:
+            log(f"genforge: {self.resumed.path} has no recorded SHA-256 (written by an older genforge): resuming "
+                "from it unverified")
+        if ctx.active:
+            log(f"genforge: {ctx.world_size} processes, batch_size {cfg.batch_size} each: "
+                f"{self.per_step} images per step")
+        saved = self.resumed.state if self.resumed is not None else {}
+        if saved.get("global_batch", self.per_step) != self.per_step:
+            log(f"genforge: this run took {saved['global_batch']} images per step "
+                f"({saved.get('world_size', 1)} processes), now {self.per_step}: the data order and the "
+                f"learning dynamics change (keep batch_size x processes to continue as before)")
+        if self.dp is not None:
+            log(self.dp.describe())
+        if cfg.encrypt and cfg.sample_every:
+            log("genforge: encrypt: no sample grids are written (PNGs cannot be encrypted and would show "
+                "what the model learned); draw samples with: genforge sample RUN --out x.npz --encrypt")
+
+    def restore(self, resumed: ResumeState) -> None:
+        """Load a verified resume state: weights, EMA, optimizers, trainer, DP, random streams, bookkeeping."""
+        state, ctx, cfg = resumed.state, self.ctx, self.cfg
+        check_state(state, self.nets, self.ema.shadow, self.trainer.optimizers, resumed.path)
+        for role, net in self.nets.items():
             net.load_state_dict(state["nets"][role])
-        ema.load_state_dict(state["ema"])
-        for name, opt in trainer.optimizers.items():
+        self.ema.load_state_dict(state["ema"])
+        for name, opt in self.trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
-        trainer.load_state_dict(state["trainer"])
-        if dp is not None:
-            dp.load_state_dict(state["privacy"])
+        self.trainer.load_state_dict(state["trainer"])
+        if self.dp is not None:
+            self.dp.load_state_dict(state["privacy"])
         streams = state.get("rank_rngs") or [(state["noise_rng"], state["aug_rng"])]
         if ctx.rank < len(streams):
-            noise.set_state(streams[ctx.rank][0])
-            aug_rng.set_state(streams[ctx.rank][1])
+            self.noise.set_state(streams[ctx.rank][0])
+            self.aug_rng.set_state(streams[ctx.rank][1])
         else:  # more processes than the run had: a fresh stream of its own, a function of rank and step
-            noise.manual_seed(ctx.seed(cfg.seed + 1) + 7919 * state["step"])
-            aug_rng.manual_seed(ctx.seed(cfg.seed + 2) + 7919 * state["step"])
-        book.update({k: state.get(k, book[k]) for k in book})
-        return state
+            self.noise.manual_seed(ctx.seed(cfg.seed + 1) + 7919 * state["step"])
+            self.aug_rng.manual_seed(ctx.seed(cfg.seed + 2) + 7919 * state["step"])
+        self.progress.load(state)
 
-    def release_nets() -> dict[str, torch.nn.Module]:
-        """EMA copies where the family averages, the trained networks elsewhere."""
-        released = {role: ema.shadow.get(role, net) for role, net in nets.items()}
-        recalibrate_batchnorm(released[method.LATENT], calib)
+    # ------------------------------------------------------------------ one step's batch
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, int] | None:
+        """This process's images (b, c, h, w) and classes (b,) or None for ``step``, and the epoch; None when DP's
+        budget is spent. A fixed permutation per epoch, so batch k is the same after a resume."""
+        cfg = self.cfg
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if self.dp is not None:  # DP-SGD: a Poisson batch (the accountant's assumption), until the budget
+            if not self.dp.allows_step():
+                return None
+            idx = self.dp.batch(step).to(self.device)
+        else:
+            if epoch != getattr(self, "_perm_epoch", None):
+                perm_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+                self._perm = torch.randperm(self.n_train, generator=perm_gen).to(self.device)
+                self._perm_epoch = epoch
+            idx = self.ctx.shard(self._perm[i * self.per_step:(i + 1) * self.per_step])  # this process's part
+        x = self.data.x[idx]                                         # (b, c, h, w)
+        y = self.data.y[idx] if self.data.y is not None else None    # (b,) or None
+        if (cfg.augment_flip or cfg.augment_shift > 0 or cfg.augment_rotate > 0) and len(idx):
+            x = augment(x, self.aug_rng, flip=cfg.augment_flip, shift=cfg.augment_shift, rotate=cfg.augment_rotate)
+        return x, y, epoch
+
+    # ------------------------------------------------------------------ sampling: grids and validation
+    def release_nets(self) -> dict[str, torch.nn.Module]:
+        """EMA copies where the family averages, the trained networks elsewhere (what a checkpoint releases)."""
+        released = {role: self.ema.shadow.get(role, net) for role, net in self.nets.items()}
+        recalibrate_batchnorm(released[self.method.LATENT], self.calib)
         return released
 
-    def checkpoint(step: int) -> Path:
-        ctx.check_in_sync(nets, step)  # under torchrun: every process holds the same weights, or stop here
-        streams = ctx.gather((noise.get_state(), aug_rng.get_state()))  # every process's random streams
+    def write_grid(self, step: int) -> Path | None:
+        """The same grid_n samples (seed + 3) at every step: each class in turn, grid rows one class wide."""
+        # grids of a model trained on confidential data may show that data: an encrypted run writes none
+        if not self.ctx.is_main or self.cfg.encrypt:
+            return None
+        self.release_nets()  # the sampler shares the EMA copies; their BatchNorm statistics are refreshed here
+        images = sample(self.sampler, self.cfg.grid_n, seed=self.cfg.seed + 3).x
+        cols = None if self.data.clusters else (self.sampler.num_classes or None)
+        path = save_grid(images, self.run / "samples" / f"step_{step:08d}.png", nrow=cols,
+                         metadata=stamp({"kind": "training-grid", "model": self.cfg.model, "run": str(self.run),
+                                         "step": step}))
+        self.logger.image("samples", make_grid(images, nrow=cols), step)
+        return path
+
+    def validate(self) -> dict[str, float]:
+        """Scores of eval_n samples (seed + 5) against the validation split."""
+        self.release_nets()
+        return self.validator(sample(self.sampler, self.cfg.eval_n, seed=self.cfg.seed + 5).x)
+
+    # ------------------------------------------------------------------ checkpoint
+    def checkpoint(self, step: int) -> Path:
+        """Write checkpoint ``step`` (rank 0; the others wait), after checking every process holds the same
+        weights."""
+        ctx = self.ctx
+        ctx.check_in_sync(self.nets, step)  # under torchrun: every process holds the same weights, or stop here
+        streams = ctx.gather((self.noise.get_state(), self.aug_rng.get_state()))  # every process's streams
         if not ctx.is_main:  # rank 0 writes; the others wait until the checkpoint is complete
             ctx.barrier()
-            return last_checkpoint(run)
-        state = {"nets": {role: net.state_dict() for role, net in nets.items()}, "ema": ema.state_dict(),
-                 "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()},
-                 "trainer": trainer.state_dict(),
-                 "noise_rng": noise.get_state(), "aug_rng": aug_rng.get_state(), **book, "step": step,
-                 "world_size": ctx.world_size, "global_batch": per_step}
+            return last_checkpoint(self.run)
+        state = {"nets": {role: net.state_dict() for role, net in self.nets.items()}, "ema": self.ema.state_dict(),
+                 "optimizers": {name: opt.state_dict() for name, opt in self.trainer.optimizers.items()},
+                 "trainer": self.trainer.state_dict(), "noise_rng": self.noise.get_state(),
+                 "aug_rng": self.aug_rng.get_state(), **self.progress.to_state(), "step": step,
+                 "world_size": ctx.world_size, "global_batch": self.per_step}
         if ctx.active:
             state["rank_rngs"] = streams
-        info = meta
-        if dp is not None:  # the accountant travels with the resume state, the epsilon spent with the model
-            state["privacy"] = dp.state_dict()
-            info = {**meta, "privacy": dp.report()}
-        path = save_checkpoint(run, step, release_nets(), info, state, keep=cfg.keep_checkpoints)
+        info = self.meta
+        if self.dp is not None:  # the accountant travels with the resume state, the epsilon spent with the model
+            state["privacy"] = self.dp.state_dict()
+            info = {**self.meta, "privacy": self.dp.report()}
+        path = save_checkpoint(self.run, step, self.release_nets(), info, state, keep=self.cfg.keep_checkpoints,
+                               keyring=self.keyring if self.cfg.encrypt else None)
         ctx.barrier()
         return path
 
-    # diffusion: grids and validation sample the way the finished model will (the recipe's sampler settings)
-    sampling = sampling_defaults(method, cfg.to_dict(), bool(num_classes))
+    # ------------------------------------------------------------------ a non-finite loss
+    def rollback(self, last_ckpt: Path, step: int) -> int:
+        """nan_policy rollback: back to the last checkpoint with the learning rates halved; returns its step."""
+        self.restore(read_state(last_ckpt, self.keyring))
+        self.progress.rollbacks += 1
+        self.progress.lr_scale *= 0.5
+        for name, opt in self.trainer.optimizers.items():
+            for group, lr in zip(opt.param_groups, self.base_lrs[name]):
+                group["lr"] = lr * self.progress.lr_scale
+        self.logger.message(f"non-finite loss before step {step}: rolled back to step {self.progress.step} "
+                            f"with learning rates x{self.progress.lr_scale:g}")
+        return self.progress.step
 
-    def write_grid(step: int) -> Path | None:
-        # grids of a model trained on confidential data may show that data: an encrypted run writes none
-        if not ctx.is_main or cfg.encrypt:
-            return None
-        with torch.inference_mode():
-            images = to_uint8(method.generate(release_nets(), grid_z, grid_y, **sampling)).cpu().numpy()
-        path = save_grid(images, run / "samples" / f"step_{step:08d}.png", nrow=grid_cols,
-                         metadata=stamp({"kind": "training-grid", "model": cfg.model, "run": str(run), "step": step}))
-        logger.image("samples", make_grid(images, nrow=grid_cols), step)
-        return path
+    def nonfinite_error(self, step: int) -> TrainingError:
+        """The error that stops training at a non-finite loss, naming the checkpoint kept and the likely cause."""
+        where = (f"the last good checkpoint is step {self.last_ckpt_step} ({self.last_ckpt})" if self.last_ckpt
+                 else "no checkpoint had been written yet")
+        cause = "Lower the learning rate (--set g_lr=... d_lr=...) or set nan_policy=rollback"
+        if self.resumed is not None and self.resumed.verified:
+            cause = (f"The run resumed from {self.resumed.path}, whose SHA-256 matched the digest recorded when "
+                     f"it was written, so the state was not corrupt: the training diverged. {cause}")
+        elif self.resumed is not None:
+            cause = (f"The run resumed from {self.resumed.path}, written before resume states carried a digest, so "
+                     f"it may be damaged, or the training diverged: resume from an earlier intact copy, or: {cause}")
+        return TrainingError(f"loss became non-finite (NaN or inf) by step {step}; training stopped and {where}. "
+                             f"{cause}")
 
-    def validate() -> dict[str, float]:
-        with torch.inference_mode():
-            nets_ = release_nets()
-            images = torch.cat([to_uint8(method.generate(nets_, z, None if eval_y is None else eval_y[i:i + 500],
-                                                         **sampling))
-                                for i, z in zip(range(0, cfg.eval_n, 500), eval_z.split(500))]).cpu().numpy()
-        return validator(images[..., 0] if images.shape[-1] == 1 else images)
+    def all_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for net in self.nets.values() for p in net.parameters())
 
-    def all_finite() -> bool:
-        return all(bool(torch.isfinite(p).all()) for net in nets.values() for p in net.parameters())
-
-    if resume:
-        check_resume(cfg, last_checkpoint(run))
-    # Everything the user can get wrong has been checked by now: only now is anything written.
-    if ctx.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    saved = restore(last_checkpoint(run)) if resume else {}  # every process loads the same checkpoint
-    start_step = step = book["step"]
-    elapsed_before = book["elapsed"]
-    logger = RunLogger(run, cfg.max_steps, start_step, cfg.tensorboard, quiet, enabled=ctx.is_main)
-    logger.message(f"genforge: training {cfg.model} on {cfg.data} ({n_train} images, {splits.image_shape}) "
-                   f"on {device}; run directory: {run}")
-    if ctx.active:
-        logger.message(f"genforge: {ctx.world_size} processes, batch_size {cfg.batch_size} each: "
-                       f"{per_step} images per step")
-    if saved.get("global_batch", per_step) != per_step:
-        logger.message(f"genforge: this run took {saved['global_batch']} images per step "
-                       f"({saved.get('world_size', 1)} processes), now {per_step}: the data order and the "
-                       f"learning dynamics change (keep batch_size x processes to continue as before)")
-    if dp is not None:
-        logger.message(dp.describe())
-    if cfg.encrypt and cfg.sample_every:
-        logger.message("genforge: encrypt: no sample grids are written (PNGs cannot be encrypted and would show "
-                       "what the model learned); draw samples with: genforge sample RUN --out x.npz --encrypt")
-
-    last_ckpt: Path | None = last_checkpoint(run) if resume else None
-    last_ckpt_step = step if resume else -1
-    finite = torch.ones((), dtype=torch.bool, device=device)  # stays on the device: no sync per step
-    t_start = t_log = time.perf_counter()
-    step_log = step
-    perm, perm_epoch = None, -1
-    with _StopOnSignal(logger, debounce=2.0 if ctx.active else 0.0) as stop:
-        try:
-            while step < cfg.max_steps and not ctx.any(stop.signum):  # any process's signal stops them all
-                if (cfg.max_seconds and last_ckpt_step == step and step > start_step
-                        and ctx.any(time.perf_counter() - t_start >= cfg.max_seconds)):
-                    # the budget ran out during the last step's validation or checkpoint: that step is saved
-                    # (and scored), so stop here rather than train one more step and score it again
-                    logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
-                    break
-                # ---- the batch: a fixed permutation per epoch, so batch k is the same after a resume
-                epoch, i = divmod(step, steps_per_epoch)
-                if dp is not None:  # DP-SGD: a Poisson batch (the accountant's assumption), until the budget
-                    if not dp.allows_step():
-                        logger.message(f"privacy budget reached: epsilon {dp.epsilon():.3f} of {cfg.dp_epsilon:g} "
-                                       f"(delta {cfg.dp_delta:g}) after {dp.steps()} DP-SGD steps; stopping")
+    # ------------------------------------------------------------------ the loop
+    def loop(self) -> TrainResult:
+        """Per step: the batch, the family's updates, the EMA; then logging, grids, validation, checkpoints."""
+        cfg, ctx = self.cfg, self.ctx
+        step = self.start_step = self.progress.step
+        self.elapsed_before = self.progress.elapsed
+        self.last_ckpt = last_checkpoint(self.run) if self.resumed is not None else None
+        self.last_ckpt_step = step if self.resumed is not None else -1
+        self.finite = torch.ones((), dtype=torch.bool, device=self.device)  # stays on the device: no sync per step
+        self.t_start = self.t_log = time.perf_counter()
+        self.step_log, grid = step, None
+        with _StopOnSignal(self.logger, debounce=2.0 if ctx.active else 0.0) as stop:
+            try:
+                while step < cfg.max_steps and not ctx.any(stop.signum):  # any process's signal stops them all
+                    if self.last_ckpt_step == step > self.start_step and self.over_time():
+                        # the budget ran out during the last step's validation or checkpoint: that step is saved
+                        # (and scored), so stop here rather than train one more step and score it again
+                        self.logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
                         break
-                    idx = dp.batch(step).to(device)
-                else:
-                    if epoch != perm_epoch:
-                        perm_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-                        perm, perm_epoch = torch.randperm(n_train, generator=perm_gen).to(device), epoch
-                    idx = ctx.shard(perm[i * per_step:(i + 1) * per_step])  # this process's part of the batch
-                x = x_train[idx]                                   # (b, c, h, w)
-                y = y_train[idx] if y_train is not None else None  # (b,) or None
-                if augmenting and len(idx):
-                    x = augment(x, aug_rng, flip=cfg.augment_flip, shift=cfg.augment_shift,
-                                rotate=cfg.augment_rotate)
+                    batch = self.batch(step)
+                    if batch is None:
+                        self.logger.message(f"privacy budget reached: epsilon {self.dp.epsilon():.3f} of "
+                                            f"{cfg.dp_epsilon:g} (delta {cfg.dp_delta:g}) after {self.dp.steps()} "
+                                            "DP-SGD steps; stopping")
+                        break
+                    x, y, epoch = batch
+                    # ---- the family's updates (GAN: D then G; VAE: one ELBO step; diffusion: L_simple), the EMA
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                        losses = self.trainer.train_step(x, y, self.noise, step) if len(x) else self.dp.empty_step()
+                    step += 1
+                    self.ema.update(self.nets, step)
+                    self.finite &= torch.stack(list(losses.values())).isfinite().all()
+                    step, stop_now = self.after_step(step, losses, epoch)
+                    if stop_now:
+                        break
+                if self.last_ckpt_step != step:  # stopped by a signal or the DP budget, or nothing left to do
+                    self.save(step, {})
+                grid = self.write_grid(step)
+                if grid is not None:
+                    atomic_write_text(self.run / "samples" / "last.txt", grid.name + "\n")
+            finally:
+                self.logger.close()
+        if not self.quiet:
+            print(f"genforge: step {step}: checkpoint {self.last_ckpt}\ngenforge: sample grid {grid}")
+        return TrainResult(run=self.run, step=step, checkpoint=self.last_ckpt, interrupted=bool(stop.signum))
 
-                # ---- the family's updates (GAN: D then G; VAE: one ELBO step), then the EMA
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                    losses = trainer.train_step(x, y, noise, step) if len(idx) else dp.empty_step()
-                step += 1
-                ema.update(nets, step)
-                finite &= torch.stack(list(losses.values())).isfinite().all()
+    def over_time(self) -> bool:
+        return bool(self.cfg.max_seconds) and self.ctx.any(time.perf_counter() - self.t_start >= self.cfg.max_seconds)
 
-                last = step == cfg.max_steps
-                over_time = cfg.max_seconds and ctx.any(time.perf_counter() - t_start >= cfg.max_seconds)
-                due_eval = bool(cfg.eval_every) and (step % cfg.eval_every == 0 or last or over_time)
-                due_ckpt = ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
-                            or due_eval)  # evaluated weights are kept, so "best" can point at them
-                if step % cfg.log_every == 0 or due_ckpt:
-                    losses, finite = ctx.mean(losses, finite)  # under torchrun: over all processes
-                    if not bool(finite) or (due_ckpt and not all_finite()):
-                        if cfg.nan_policy == "rollback" and last_ckpt is not None \
-                                and book["rollbacks"] < cfg.max_rollbacks:
-                            restore(last_ckpt)
-                            book["rollbacks"] += 1
-                            book["lr_scale"] *= 0.5
-                            for name, opt in trainer.optimizers.items():
-                                for group, lr in zip(opt.param_groups, base_lrs[name]):
-                                    group["lr"] = lr * book["lr_scale"]
-                            logger.message(f"non-finite loss before step {step}: rolled back to step "
-                                           f"{book['step']} with learning rates x{book['lr_scale']:g}")
-                            step = book["step"]
-                            finite.fill_(True)
-                            continue
-                        where = (f"the last good checkpoint is step {last_ckpt_step} ({last_ckpt})" if last_ckpt
-                                 else "no checkpoint had been written yet")
-                        raise TrainingError(f"loss became non-finite (NaN or inf) by step {step}; training stopped "
-                                            f"and {where}. Lower the learning rate (--set g_lr=... d_lr=...) or "
-                                            f"set nan_policy=rollback")
-                    now = time.perf_counter()
-                    values = {k: float(v) for k, v in losses.items()}
-                    values["images_per_sec"] = (step - step_log) * per_step / max(now - t_log, 1e-9)
-                    values["epoch"] = epoch
-                    values["time"] = elapsed_before + now - t_start
-                    if dp is not None:
-                        values.update(dp.log_values())
-                    scores = validate() if due_eval and ctx.is_main else {}
-                    values.update(scores)
-                    logger.log(step, values, final=due_ckpt)
-                    t_log, step_log = now, step
-                if cfg.sample_every and step % cfg.sample_every == 0:
-                    write_grid(step)
-                if due_ckpt:
-                    improved = "val_fid" in scores and scores["val_fid"] < book["best_fid"]
-                    if improved:
-                        book["best_fid"] = scores["val_fid"]
-                    book["step"], book["elapsed"] = step, elapsed_before + time.perf_counter() - t_start
-                    last_ckpt, last_ckpt_step = checkpoint(step), step
-                    if improved:
-                        atomic_write_json(run / "checkpoints" / "best.json",
-                                          {"dir": last_ckpt.name, "step": step, "val_fid": scores["val_fid"],
-                                           "evaluator_sha256": validator.evaluator_sha256})
-                if over_time:
-                    logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
-                    break
-            if last_ckpt_step != step:  # stopped by a signal, or resumed with nothing left to do
-                book["step"], book["elapsed"] = step, elapsed_before + time.perf_counter() - t_start
-                last_ckpt, last_ckpt_step = checkpoint(step), step
-            grid = write_grid(step)
-            if grid is not None:
-                atomic_write_text(run / "samples" / "last.txt", grid.name + "\n")
-        finally:
-            logger.close()
-    if not quiet:
-        print(f"genforge: step {step}: checkpoint {last_ckpt}\ngenforge: sample grid {grid}")
-    return TrainResult(run=run, step=step, checkpoint=last_ckpt, interrupted=bool(stop.signum))
+    def after_step(self, step: int, losses: dict, epoch: int) -> tuple[int, bool]:
+        """Log (and catch a non-finite loss), validate, write the grid and the checkpoint that are due.
+        Returns the step to continue from (earlier after a NaN rollback) and whether to stop."""
+        cfg = self.cfg
+        last, over_time = step == cfg.max_steps, self.over_time()
+        due_eval = bool(cfg.eval_every) and (step % cfg.eval_every == 0 or last or over_time)
+        due_ckpt = ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
+                    or due_eval)  # evaluated weights are kept, so "best" can point at them
+        scores = {}
+        if step % cfg.log_every == 0 or due_ckpt:
+            losses, self.finite = self.ctx.mean(losses, self.finite)  # under torchrun: over all processes
+            if not bool(self.finite) or (due_ckpt and not self.all_finite()):
+                if (cfg.nan_policy == "rollback" and self.last_ckpt is not None
+                        and self.progress.rollbacks < cfg.max_rollbacks):
+                    self.finite.fill_(True)
+                    return self.rollback(self.last_ckpt, step), False
+                raise self.nonfinite_error(step)
+            now = time.perf_counter()
+            scores = self.validate() if due_eval and self.ctx.is_main else {}
+            self.logger.log(step, {**{k: float(v) for k, v in losses.items()},
+                                   "images_per_sec": (step - self.step_log) * self.per_step / max(now - self.t_log, 1e-9),
+                                   "epoch": epoch, "time": self.elapsed_before + now - self.t_start,
+                                   **(self.dp.log_values() if self.dp is not None else {}), **scores},
+                            final=due_ckpt)
+            self.t_log, self.step_log = now, step
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            self.write_grid(step)
+        if due_ckpt:
+            self.save(step, scores)
+        if over_time:
+            self.logger.message(f"max_seconds={cfg.max_seconds:g} reached at step {step}")
+        return step, bool(over_time)
 
+    def save(self, step: int, scores: dict) -> None:
+        """Checkpoint ``step``; point best.json at it when its validation FID is the best so far."""
+        improved = "val_fid" in scores and scores["val_fid"] < self.progress.best_fid
+        if improved:
+            self.progress.best_fid = scores["val_fid"]
+        self.progress.step = step
+        self.progress.elapsed = self.elapsed_before + time.perf_counter() - self.t_start
+        self.last_ckpt, self.last_ckpt_step = self.checkpoint(step), step
+        if improved:
+            atomic_write_json(self.run / "checkpoints" / "best.json",
+                              {"dir": self.last_ckpt.name, "step": step, "val_fid": scores["val_fid"],
+                               "evaluator_sha256": self.validator.evaluator_sha256})

@@ -194,28 +194,29 @@ def attach_grad_sampler(net: nn.Module) -> nn.Module:
 
 
 class PrivateTraining:
-    """DP-SGD for one run: per-sample hooks on the private networks, the DP optimizer in the trainer's place,
-    Poisson batches, the RDP accountant, the budget, and their resume state.
+    """DP-SGD for one run: per-sample hooks on the private networks, the DP optimizer (:meth:`wrap`, called by
+    the family's ``Trainer`` when it is built with ``private=``), Poisson batches, the RDP accountant, the
+    budget, and their resume state.
 
     The training loop calls :meth:`batch` for each step's indices, :meth:`allows_step` before each step,
     :meth:`log_values` when it logs, :meth:`report` for the model's config.json and
     :meth:`state_dict` / :meth:`load_state_dict` with the checkpoint.
     """
 
-    def __init__(self, cfg, trainer, nets: dict[str, nn.Module], n_train: int, device: torch.device):
+    def __init__(self, cfg, nets: dict[str, nn.Module], n_train: int, batch: int, device: torch.device):
+        """``batch``: the images one step takes (the loop's global batch), here the expected Poisson batch."""
         _opacus()
         from opacus.accountants import RDPAccountant
-        from opacus.optimizers import DPOptimizer
         from opacus.validators import ModuleValidator
 
-        roles, opt_name = PRIVATE[family_of(cfg.model)]
+        roles, self.optimizer_name = PRIVATE[family_of(cfg.model)]
         if not cfg.dp_delta < 1 / n_train:
             raise ConfigError(f"'dp_delta' must be below 1 / N = {1 / n_train:.3g} for the {n_train} training images "
                               f"(a larger delta allows leaking a whole record), got {cfg.dp_delta!r}")
         self.target_epsilon, self.delta, self.max_grad_norm = cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm
         self.n = n_train
-        self.expected_batch = cfg.batch_size
-        self.sample_rate = cfg.batch_size / n_train
+        self.expected_batch = batch
+        self.sample_rate = batch / n_train
         self.roles = roles
         for role in roles:
             problems = ModuleValidator.validate(nets[role], strict=False)
@@ -234,12 +235,20 @@ class PrivateTraining:
         self.secret = secrets.randbits(62)
         self.noise = torch.Generator(device=device).manual_seed(secrets.randbits(62))
         self.accountant = RDPAccountant()
-        self.optimizer = DPOptimizer(trainer.optimizers[opt_name], noise_multiplier=self.noise_multiplier,
+        self.optimizer = None  # the DP optimizer, made by wrap() when the trainer builds its optimizers
+        self._limit = self._steps_within_budget()
+
+    def wrap(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.optim.Optimizer]:
+        """The trainer's optimizers with the private networks' one inside Opacus' ``DPOptimizer`` (clip each
+        per-sample gradient, add the noise, count the step in the accountant). Each family's ``Trainer`` calls
+        this from its constructor when it is given a ``PrivateTraining``."""
+        from opacus.optimizers import DPOptimizer
+
+        self.optimizer = DPOptimizer(optimizers[self.optimizer_name], noise_multiplier=self.noise_multiplier,
                                      max_grad_norm=self.max_grad_norm, expected_batch_size=self.expected_batch,
                                      loss_reduction="mean", generator=self.noise)
         self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
-        trainer.optimizers[opt_name] = self.optimizer
-        self._limit = self._steps_within_budget()
+        return {**optimizers, self.optimizer_name: self.optimizer}
 
     # ------------------------------------------------------------------ batches
     def batch(self, step: int) -> torch.Tensor:
@@ -323,16 +332,21 @@ class PrivateTraining:
         self._limit = self._steps_within_budget()
 
 
-def check_resume(cfg, ckpt: Path | None) -> None:
+def check_resume(cfg, ckpt: Path | None, state: dict | None = None) -> None:
     """A run keeps its privacy setting across a resume: turning DP on half-way (the first steps were not
-    private) or off (the model would be released as if private) is refused before anything is written."""
+    private) or off (the model would be released as if private) is refused before anything is written.
+
+    Two records say whether the run was private: the checkpoint's ``config.json`` and the resume state's own
+    ``privacy`` entry (``state``, already read and verified by the caller). Either one is enough to refuse, so
+    a damaged or deleted ``config.json`` cannot make a private run resume without DP.
+    """
     if ckpt is None:
         return
     try:
         meta = json.loads((Path(ckpt) / "config.json").read_text())
     except (OSError, ValueError):
-        return  # the checkpoint loader reports a broken checkpoint itself
-    was = isinstance(meta, dict) and "privacy" in meta
+        meta = None  # the state's own record still decides
+    was = (isinstance(meta, dict) and "privacy" in meta) or (isinstance(state, dict) and "privacy" in state)
     if was and not enabled(cfg):
         raise ConfigError(f"{ckpt}: this run was trained with differential privacy; resuming it without "
                           "dp_epsilon would void the guarantee")
