@@ -43,3 +43,27 @@ def pick(name: str = "auto"):
     if name == "mps" and not has_mps:
         raise GenforgeError("device 'mps' asked for, but Apple's MPS is not available here (use auto or cpu)")
     return torch.device(name)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` (a torch.device) computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
+    with AVX512-BF16 or AMX-BF16. Elsewhere bf16 is emulated, hundreds of times slower than fp32 matmul."""
+    import torch  # late: check_name and the CLI's --help stay free of torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    return False

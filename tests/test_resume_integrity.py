@@ -167,3 +167,19 @@ def test_nan_after_an_unverified_resume_names_both_causes(vae_run, tiny_config, 
     _poison_after(monkeypatch, 0)
     with pytest.raises(TrainingError, match="may be damaged, or the training diverged"):
         train(tiny_config("vae-mlp", max_steps=4), vae_run, resume=True, quiet=True)
+
+
+def test_cli_resume_of_an_encrypted_run_needs_allow_plaintext(tmp_path, tiny_config, keyring, monkeypatch):
+    """The issue's probe: `genforge train --resume RUN --set encrypt=false` wrote plaintext with exit 0."""
+    from genforge.cli import main
+
+    key_file = tmp_path / "key"
+    crypto.write_key_file(key_file, keyring)
+    monkeypatch.setenv(crypto.ENV_KEY_FILE, str(key_file))
+    run = tmp_path / "r"
+    train(tiny_config("gan-mlp", max_steps=2, encrypt=True), run, quiet=True, keyring=keyring)
+    assert main(["train", "--resume", str(run), "--max-steps", "4", "--set", "encrypt=false", "--quiet"]) == 2
+    assert last_checkpoint(run).name == "step_00000002"
+    assert main(["train", "--resume", str(run), "--max-steps", "4", "--set", "encrypt=false", "--quiet",
+                 "--allow-plaintext"]) == 0
+    assert not crypto.is_encrypted(last_checkpoint(run) / "state.pt")

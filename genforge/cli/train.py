@@ -167,10 +167,12 @@ def resolve_config(recipe: str | None, resume: str | None, out: str | None, sets
 @click.option("--print-config", is_flag=True, help="print the resolved config as YAML, checked, and exit")
 @click.option("--dry-run", is_flag=True, help="check the config and that the data loads, say what would run, "
                                               "and exit")
+@click.option("--allow-plaintext", is_flag=True,
+              help="resume an encrypted run with encrypt=false, writing its next checkpoints in plaintext")
 @stack(quiet_option, key_file_option)
 @config_options
 def train(recipe: str | None, out: str | None, resume: str | None, sets: list, print_config: bool,
-          dry_run: bool, quiet: bool, **fields) -> int:
+          dry_run: bool, allow_plaintext: bool, quiet: bool, **fields) -> int:
     """Train a model from a recipe: genforge train mnist5k-dcgan --max-steps 2000 --out runs/dc.
 
     RECIPE is a bundled recipe name (genforge recipes lists them) or a YAML file. Every config field is a
@@ -200,7 +202,7 @@ def train(recipe: str | None, out: str | None, resume: str | None, sets: list, p
         return 0
     from genforge.training import train as run_training
 
-    result = run_training(cfg, run, resume=bool(resume), quiet=quiet)
+    result = run_training(cfg, run, resume=bool(resume), quiet=quiet, allow_plaintext=allow_plaintext)
     from genforge.cli import EXIT_INTERRUPTED
 
     return EXIT_INTERRUPTED if result.interrupted else 0

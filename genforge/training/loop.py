@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from genforge import models
+from genforge import devices, models
 from genforge.config import Config
 from genforge.crypto import load_keyring
 from genforge.data import augment, load_splits, to_tensor
@@ -32,6 +32,7 @@ from genforge.errors import ConfigError, GenforgeError, TrainingError
 from genforge.generation import latents, make_grid, sample, save_grid
 from genforge.generation.model import GenerativeModel
 from genforge.generation.provenance import stamp
+from genforge.metrics import TrainingEvaluator
 from genforge.io import atomic_write_json, atomic_write_text
 from genforge.models import MODELS, build_networks, d_options
 from genforge.training import distributed, privacy
@@ -52,11 +53,26 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but no CUDA device is available here (use device=cpu)")
-    return torch.device(name)
+    """The config's device (auto: CUDA, then MPS, then the CPU), as every command picks it."""
+    try:
+        return devices.pick(name)
+    except GenforgeError as e:
+        raise ConfigError(str(e)) from None
+
+
+def resolve_precision(cfg: Config, device: torch.device, log) -> str:
+    """"fp32" or "bf16" for the training step. auto: bf16 autocast on a CUDA device with native bfloat16
+    (it holds the recipes' quality there and is faster), fp32 elsewhere, the CPU included: on CPUs without
+    native bfloat16 (AVX2-only machines) bf16 matmul runs hundreds of times slower, and on those with it the
+    speed-up of these small networks does not pay for a second set of numerics. An explicit bf16 where the
+    hardware lacks it is a warning, with the reason."""
+    native = devices.native_bf16(device)
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" and native else "fp32"
+    if cfg.precision == "bf16" and not native:
+        log(f"genforge: warning: precision bf16 on {device}, which has no native bfloat16: expect it to run far "
+            "slower than fp32 (precision: auto picks fp32 here)")
+    return cfg.precision
 
 
 def set_threads(num_threads: int) -> int:
@@ -214,6 +230,8 @@ class _Run:
         self.cfg, self.run, self.ctx, self.resumed, self.quiet = cfg, run, ctx, resumed, quiet
         self.keyring = keyring  # the checkpoint writer encrypts with it when cfg.encrypt (a rollback reads with it)
         self.device = ctx.device
+        self.notes = []  # said once the logger exists
+        self.precision = resolve_precision(cfg, self.device, self.notes.append)
         set_threads(cfg.num_threads or ctx.cpu_threads)
         self.method = MODELS[cfg.model].method
         self.data = load_data(cfg, self.device)
@@ -226,12 +244,15 @@ class _Run:
         self.sampler = GenerativeModel({role: self.ema.shadow.get(role, net) for role, net in self.nets.items()
                                         if role in self.ema.shadow or not any(True for _ in net.parameters())},
                                        self.meta)
-        self.validator = None  # validation scoring (optional): the same latents every time (seed + 5)
+        # validation scoring (optional): the same latents every time (seed + 5). No evaluator is trained
+        # silently: a missing one is announced with an estimate, or validation is skipped with a note when the
+        # run is shorter than training it (genforge.metrics.validation.TrainingEvaluator.for_run)
+        self.validator = None
         if cfg.eval_every and ctx.is_main:
-            from genforge.metrics import TrainingEvaluator
-
-            self.validator = TrainingEvaluator(cfg.data, self.data.val_x, self.data.image_shape, n=cfg.eval_n,
-                                               seed=cfg.seed)
+            self.validator = TrainingEvaluator.for_run(cfg.data, self.data.val_x, self.data.image_shape,
+                                                       n=cfg.eval_n, seed=cfg.seed, max_steps=cfg.max_steps,
+                                                       max_seconds=cfg.max_seconds,
+                                                       log=lambda note: self.notes.append(f"genforge: {note}"))
         # Everything the user can get wrong has been checked by now: only now is anything written.
         swept = []
         if ctx.is_main:
@@ -242,6 +263,8 @@ class _Run:
             self.restore(resumed)
         self.logger = RunLogger(run, cfg.max_steps, self.progress.step, cfg.tensorboard, quiet, enabled=ctx.is_main)
         self.announce(swept)
+        for note in self.notes:
+            self.logger.message(note)
 
     def build(self) -> None:
         """Networks, EMA, DP, trainer (in that order: the EMA copies must not carry Opacus' hooks), streams."""
@@ -463,7 +486,7 @@ class _Run:
                         break
                     x, y, epoch = batch
                     # ---- the family's updates (GAN: D then G; VAE: one ELBO step; diffusion: L_simple), the EMA
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                         losses = self.trainer.train_step(x, y, self.noise, step) if len(x) else self.dp.empty_step()
                     step += 1
                     self.ema.update(self.nets, step)
@@ -490,7 +513,7 @@ class _Run:
         Returns the step to continue from (earlier after a NaN rollback) and whether to stop."""
         cfg = self.cfg
         last, over_time = step == cfg.max_steps, self.over_time()
-        due_eval = bool(cfg.eval_every) and (step % cfg.eval_every == 0 or last or over_time)
+        due_eval = self.ctx.any(self.validator is not None) and (step % cfg.eval_every == 0 or last or over_time)
         due_ckpt = ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
                     or due_eval)  # evaluated weights are kept, so "best" can point at them
         scores = {}
