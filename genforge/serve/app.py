@@ -484,9 +484,32 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
                               "model's controls with their ranges.")
     app.state.service = svc
     bearer = [Depends(HTTPBearer(auto_error=False, description="an API key from genforge keys create"))]
+    add_error_handlers(app, svc)
+    add_generation_routes(app, svc, bearer)
+    add_admin_routes(app, svc, bearer)
+    add_page_routes(app)
+    svc.routes = list(app.router.routes)
+    app.add_middleware(Gate, service=svc)
+    return app
 
-    # ---------------------------------------------------------------- errors: always a JSON body
 
+async def flush_every(svc: Service) -> None:
+    """Write the audit summary lines every ``audit_summary_interval`` seconds, traffic or not."""
+    while True:
+        await asyncio.sleep(svc.config.audit_summary_interval)
+        flush_tally(svc)
+
+
+def flush_tally(svc: Service) -> None:
+    try:
+        svc.tally.flush()
+    except OSError as e:
+        log.error("could not write summary lines to the audit log %s: %s (kept for the next try)",
+                  svc.audit.path, e)
+
+
+def add_error_handlers(app: FastAPI, svc: Service) -> None:
+    """Every error is a JSON body: {"error": {"status": ..., "message": ...}}."""
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
         if e.reason:
@@ -514,11 +537,12 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
         log.exception("internal error on %s", request.url.path)
         return error_response(500, "internal error (logged on the server)")
 
-    # ---------------------------------------------------------------- endpoints
 
+def add_generation_routes(app: FastAPI, svc: Service, bearer: list) -> None:
+    """/healthz, /metrics, /v1/models, /v1/generate and /v1/feedback."""
     @app.get("/healthz", tags=["service"])
     async def healthz():
-        return {"status": "ok", "version": __version__, "auth": config.auth, "models": len(models)}
+        return {"status": "ok", "version": __version__, "auth": svc.config.auth, "models": len(svc.models)}
 
     @app.get("/metrics", tags=["service"], dependencies=bearer, response_class=Response)
     @requires("viewer")
@@ -528,7 +552,7 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
     @app.get("/v1/models", tags=["models"], dependencies=bearer, response_model=ModelsResponse, responses=ERRORS)
     @requires("viewer")
     async def list_models():
-        return ModelsResponse(models=[model_info(s) for s in models.values()])
+        return ModelsResponse(models=[model_info(s) for s in svc.models.values()])
 
     @app.post("/v1/generate", tags=["generation"], dependencies=bearer, responses={
         **ERRORS, 200: {"model": GenerateResponse, "content": {"image/png": {}, "application/octet-stream": {}}}})
@@ -590,8 +614,9 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
                                          "body_sha256": hashlib.sha256(response.body).hexdigest()}
         return response
 
-    # ---------------------------------------------------------------- admin
 
+def add_admin_routes(app: FastAPI, svc: Service, bearer: list) -> None:
+    """/v1/admin: keys and reloading the model files."""
     @app.get("/v1/admin/keys", tags=["admin"], dependencies=bearer, responses=ERRORS)
     @requires("admin")
     async def list_keys():
@@ -626,15 +651,16 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
     async def reload_models():
         """Load every model's files again (after retraining into the same directory). All or nothing."""
         try:
-            fresh = {name: await asyncio.to_thread(s.load) for name, s in models.items()}
+            fresh = {name: await asyncio.to_thread(s.load) for name, s in svc.models.items()}
         except GenforgeError as e:
             raise ApiError(422, f"reload failed, still serving the previous models: {e}") from None
         for name, model in fresh.items():
-            models[name].model = model  # queued requests keep the model they were drawn for
-        return ModelsResponse(models=[model_info(s) for s in models.values()])
+            svc.models[name].model = model  # queued requests keep the model they were drawn for
+        return ModelsResponse(models=[model_info(s) for s in svc.models.values()])
 
-    # ---------------------------------------------------------------- the page
 
+def add_page_routes(app: FastAPI) -> None:
+    """The web page and its static files."""
     @app.get("/", include_in_schema=False)
     async def page():
         return static_file("index.html")
@@ -644,25 +670,6 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
         if name not in STATIC:
             raise ApiError(404, f"no file {name!r}")
         return static_file(name)
-
-    svc.routes = list(app.router.routes)
-    app.add_middleware(Gate, service=svc)
-    return app
-
-
-async def flush_every(svc: Service) -> None:
-    """Write the audit summary lines every ``audit_summary_interval`` seconds, traffic or not."""
-    while True:
-        await asyncio.sleep(svc.config.audit_summary_interval)
-        flush_tally(svc)
-
-
-def flush_tally(svc: Service) -> None:
-    try:
-        svc.tally.flush()
-    except OSError as e:
-        log.error("could not write summary lines to the audit log %s: %s (kept for the next try)",
-                  svc.audit.path, e)
 
 
 def decode_for_batcher(model, z: torch.Tensor, y: np.ndarray | None, **controls) -> np.ndarray:
