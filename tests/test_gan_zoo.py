@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 import genforge
-from genforge.config import from_dict
+
 from genforge.errors import ConfigError
 from genforge.models import build_networks, d_options, gan
 from genforge.models.networks import minibatch_std

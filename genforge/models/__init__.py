@@ -10,7 +10,6 @@ from __future__ import annotations
 from types import ModuleType
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
 from genforge.errors import ConfigError
