@@ -204,13 +204,14 @@ def test_models_lists_what_is_served(client, loaded):
     assert info["vae"]["family"] == "vae" and info["vae"]["image_shape"] == [1, 28, 28]
     # each model's controls as its family and modality declare them (genforge.controls), server bounds applied
     for name in info:
-        assert [c["name"] for c in info[name]["controls"]] == [c.name for c in loaded[name].controls]
-    dc = {c["name"]: c for c in info["dc"]["controls"]}
+        assert info[name]["controls"] == [c.name for c in loaded[name].controls]  # names, as before
+        assert [c["name"] for c in info[name]["control_specs"]] == info[name]["controls"]
+    dc = {c["name"]: c for c in info["dc"]["control_specs"]}
     assert dc["truncation"]["min"] == 0.01 and dc["truncation"]["max"] == 1 and dc["truncation"]["type"] == "float"
-    ddpm = {c["name"]: c for c in info["ddpm"]["controls"]}
+    ddpm = {c["name"]: c for c in info["ddpm"]["control_specs"]}
     assert ddpm["sampler"]["choices"] == ["ddim", "dpm++2m"] and ddpm["steps"]["max"] == 1000
     assert "guidance" not in ddpm  # an unconditional diffusion model takes no guidance
-    assert "temperature" in {c["name"] for c in info["vae"]["controls"]}
+    assert "temperature" in info["vae"]["controls"]
     assert c.get("/healthz").json()["status"] == "ok"
     schema = c.get("/openapi.json").json()
     assert {"/v1/generate", "/v1/feedback", "/v1/models"} <= set(schema["paths"])

@@ -440,7 +440,9 @@ def model_info(served: Served) -> ModelInfo:
                      classes=(m.class_names or [str(i) for i in range(m.num_classes)]) if m.num_classes else None,
                      image_shape=list(m.image_shape), image_size=m.image_shape[1], z_dim=m.z_dim,
                      weights_sha256=m.meta.get("weights_sha256"), step=m.meta.get("step"),
-                     controls=[{**served_range(c), "default": defaults.get(c.name, c.default)} for c in m.controls])
+                     controls=[c.name for c in m.controls],
+                     control_specs=[{**served_range(c), "default": defaults.get(c.name, c.default)}
+                                    for c in m.controls])
 
 
 # --------------------------------------------------------------------------- the app

@@ -122,8 +122,9 @@ class ModelInfo(BaseModel):
     z_dim: int
     weights_sha256: str | None
     step: int | None
-    controls: list[dict] = Field(description="the controls this model takes, as declared (genforge.controls): "
-                                              "name, type, help, default, and min/max or choices")
+    controls: list[str] = Field(description="the names of the controls this model takes")
+    control_specs: list[dict] = Field(description="the same controls as declared (genforge.controls): name, type, "
+                                                  "help, this model's default, and min/max or choices")
 
 
 class ModelsResponse(BaseModel):

@@ -122,7 +122,7 @@ function controlInput(c) {
 
 function controlValues(m) {
   const out = {};
-  for (const c of m.controls) {
+  for (const c of m.control_specs) {
     const input = $("control-" + c.name).querySelector("[name]");
     if (input.value === "" || input.value === input.dataset.start) continue;
     out[c.name] = c.choices ? input.value : Number(input.value);
@@ -149,7 +149,7 @@ function modelChanged() {
   (m.classes || []).forEach((name, i) => options.push(new Option(`${i}: ${name}`, String(i))));
   $("class").replaceChildren(...options);
   if (same) $("class").value = chosen;
-  if (!same) $("model-controls").replaceChildren(...m.controls.map(controlInput));
+  if (!same) $("model-controls").replaceChildren(...m.control_specs.map(controlInput));
 }
 
 // ------------------------------------------------------------------------------------------ results
