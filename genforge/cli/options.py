@@ -19,7 +19,7 @@ from genforge.errors import GenforgeError
 DATA_SPEC = "mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR"
 KEY_FILE_HELP = ("encryption key file: ID:KEY lines, the last the primary (default $GENFORGE_ENCRYPTION_KEY_FILE, "
                  "else $GENFORGE_ENCRYPTION_KEY); keys are never taken on the command line")
-KEYS_FILE_HELP = "API key store of genforge serve (default $GENFORGE_KEYS_FILE or ~/.config/genforge/keys.json)"
+KEYS_FILE_HELP = "API key store of genforge serve (default $GENFORGE_KEYS_FILE, else $XDG_CONFIG_HOME/genforge/keys.json, ~/.config when unset)"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 Decorator = Callable[[Callable], Callable]

@@ -201,7 +201,7 @@ def interpolate(model: str, seeds: str, frames: int, classes: str | None, class_
 @click.command(context_settings=CONTEXT)
 @click.argument("image", metavar="IMAGE.png")
 @click.option("--ledger", metavar="FILE",
-              help="ledger JSONL (default $GENFORGE_LEDGER or ~/.local/share/genforge/ledger.jsonl)")
+              help="ledger JSONL (default $GENFORGE_LEDGER, else $XDG_DATA_HOME/genforge/ledger.jsonl, ~/.local/share when unset)")
 def verify(image: str, ledger: str | None) -> int:
     """Check whether an image is one genforge generated, unaltered, and print its settings.
 

@@ -71,8 +71,8 @@ def evaluator_train(data: str, image_size: int, channels: int, train_steps: int 
                     force: bool, device: str) -> int:
     """Train the evaluator of a data set on its train split (fixed seed) and save it as safetensors + JSON.
 
-    Written to the cache ($GENFORGE_CACHE/evaluators or ~/.cache/genforge/evaluators) unless --out DIR;
-    genforge eval and evaluation during training then find it. The JSON records the data, split, test
+    Written to the cache ($GENFORGE_CACHE/evaluators, else $XDG_CACHE_HOME/genforge/evaluators, ~/.cache
+    when unset) unless --out DIR; genforge eval and evaluation during training then find it. The JSON records the data, split, test
     accuracy and the SHA-256 of the weights.
     """
     # late, as in cmd_eval: torch loads only when the command runs

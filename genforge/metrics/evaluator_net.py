@@ -9,8 +9,8 @@ test accuracy, SHA-256 of the weights), and every score carries that hash.
 Where an evaluator comes from, in order: the package itself
 (``genforge/metrics/evaluators/``: ``mnist5k`` and ``fashion-mnist``, so every
 user of a bundled data set scores with the same file, whatever their CPU or
-thread count), the cache (``$GENFORGE_CACHE/evaluators/`` or
-``~/.cache/genforge/evaluators/``), or it is trained on first use and written to
+thread count), the cache (``$GENFORGE_CACHE/evaluators/``, else
+``$XDG_CACHE_HOME/genforge/evaluators/``, ``~/.cache`` when unset), or it is trained on first use and written to
 the cache. Training is never silent: :func:`get_evaluator` says so with an
 estimate of the time (a few timed steps, scaled) and a progress bar, and a
 caller with a time budget (``max_seconds``) gets :class:`EvaluatorUnavailable`
@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from genforge.data import augment, load_splits, to_tensor
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json
+from genforge.io import atomic_write_bytes, atomic_write_json, read_json, user_dir
 from genforge.models.files import check_header
 
 FORMAT = "genforge-evaluator"
@@ -350,8 +350,9 @@ def evaluator_key(spec: str, image_shape: tuple[int, int, int]) -> str:
 
 
 def cache_dir() -> Path:
+    """$GENFORGE_CACHE/evaluators, else $XDG_CACHE_HOME/genforge/evaluators (~/.cache when unset)."""
     root = os.environ.get("GENFORGE_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "genforge") / "evaluators"
+    return (Path(root).expanduser() if root else user_dir("cache")) / "evaluators"
 
 
 def find_evaluator(spec: str, image_shape: tuple[int, int, int]) -> Path | None:
