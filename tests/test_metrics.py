@@ -392,7 +392,7 @@ def test_report_is_one_self_contained_page(tmp_path, tiny_config, capsys):
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4  # losses, validation, images/s, the sample grid
-    assert "Validation metrics" in page and "step_00000004.png" in page and "model: dcgan" in page
+    assert "Validation scores" in page and "step_00000004.png" in page and "model: dcgan" in page
     assert "1 unreadable line(s) skipped" in page and "http" not in page.lower().replace("http-equiv", "")
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "run directory not found" in capsys.readouterr().err

@@ -66,3 +66,124 @@ def test_tensorboard_tags_grouped_and_jsonl_keys_flat(tmp_path):
     assert set(acc.Tags()["scalars"]) == {"train/loss_g", "train/images_per_sec", "val/fid"}
     assert set(json.loads((tmp_path / "metrics.jsonl").read_text())) == {"step", "loss_g", "images_per_sec",
                                                                           "val_fid"}
+
+
+# ---------------------------------------------------------------------------------------------- progress bars
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy" / "models"
+
+
+class RecordingBar:
+    """Stands in for tqdm: records what a bar was asked to show."""
+
+    made: list = []
+
+    def __init__(self, *args, total=None, disable=False, desc="", **kwargs):
+        self.total, self.disable, self.desc, self.updates = total, disable, desc, []
+        RecordingBar.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        self.updates.append(n)
+
+
+def test_sampling_bar_counts_samples_and_keeps_the_pixels(capsys, monkeypatch):
+    import numpy as np
+
+    import genforge
+    from genforge.generation import sample, sampling
+
+    model = genforge.load(LEGACY / "ddpm")
+    quiet = sample(model, 7, seed=3, batch_size=3, steps=3)
+    assert capsys.readouterr().err == ""  # off by default in the Python API
+    shown = sample(model, 7, seed=3, batch_size=3, steps=3, progress=True)
+    assert "sampling" in capsys.readouterr().err
+    assert np.array_equal(quiet.x, shown.x) and np.array_equal(quiet.z, shown.z)
+    RecordingBar.made = []
+    monkeypatch.setattr(sampling, "tqdm", RecordingBar)
+    again = sample(model, 7, seed=3, batch_size=3, steps=3, progress=True)
+    (bar,) = RecordingBar.made
+    assert not bar.disable and bar.total == 7 and bar.updates == [3, 3, 1]  # over samples, batch by batch
+    assert np.array_equal(again.x, quiet.x)
+    assert np.array_equal(model.sample(7, seed=3, batch_size=3, steps=3, progress=True).x, quiet.x)
+
+
+def test_cli_progress_flag_on_the_long_commands():
+    import click
+
+    from genforge.apps.cli import augment
+    from genforge.apps.inspection.cli import fit
+    from genforge.cli.options import show_progress
+    from genforge.cli.sample import sample
+    from genforge.metrics.cli import eval_command
+
+    assert show_progress(True) is True and show_progress(False) is False
+    assert show_progress(None) is False  # pytest's stderr is not a terminal: quiet unless asked
+    for cmd in (sample, eval_command, fit, augment):
+        names = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts + p.secondary_opts}
+        assert {"--progress", "--no-progress"} <= names, cmd.name
+
+
+def test_cli_sample_with_progress_writes_the_same_file(tmp_path, capsys):
+    import numpy as np
+
+    from genforge.cli import main
+
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert main(["sample", str(LEGACY / "dcgan"), "--n", "9", "--out", str(a), "--no-progress"]) == 0
+    assert "sampling" not in capsys.readouterr().err
+    assert main(["sample", str(LEGACY / "dcgan"), "--n", "9", "--out", str(b), "--progress"]) == 0
+    assert "sampling" in capsys.readouterr().err
+    with np.load(a) as fa, np.load(b) as fb:
+        assert np.array_equal(fa["x"], fb["x"])
+
+
+# ---------------------------------------------------------------------------------------------- XDG paths
+
+def test_user_dir_follows_xdg_and_falls_back_to_the_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    assert user_dir("config") == home / ".config" / "genforge"
+    assert user_dir("data") == home / ".local" / "share" / "genforge"
+    assert user_dir("cache") == home / ".cache" / "genforge"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the spec: relative paths are ignored
+    assert user_dir("config") == tmp_path / "cfg" / "genforge"
+    assert user_dir("data") == tmp_path / "data" / "genforge"
+    assert user_dir("cache") == home / ".cache" / "genforge"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        user_dir("state")
+
+
+def test_every_home_file_follows_xdg(monkeypatch, tmp_path):
+    from genforge.data.series import tep
+    from genforge.generation import provenance
+    from genforge.metrics import evaluator_net
+    from genforge.serve import audit, keys
+
+    for var in ("GENFORGE_KEYS_FILE", "GENFORGE_AUDIT_KEY", "GENFORGE_AUDIT_KEY_FILE", "GENFORGE_LEDGER",
+                "GENFORGE_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert keys.default_keys_file() == tmp_path / "cfg" / "genforge" / "keys.json"
+    assert audit.default_audit_log() == tmp_path / "data" / "genforge" / "audit.jsonl"
+    assert provenance.default_ledger() == tmp_path / "data" / "genforge" / "ledger.jsonl"
+    assert evaluator_net.cache_dir() == tmp_path / "cache" / "genforge" / "evaluators"
+    assert tep.cache_dir() == tmp_path / "cache" / "genforge" / "tep"
+    key = audit.load_key(create=True)  # the audit key file is made under XDG_CONFIG_HOME
+    assert len(key) >= 16 and (tmp_path / "cfg" / "genforge" / "audit.key").is_file()
+    # the genforge-specific variables still come first
+    monkeypatch.setenv("GENFORGE_KEYS_FILE", str(tmp_path / "k.json"))
+    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path / "gc"))
+    assert keys.default_keys_file() == tmp_path / "k.json"
+    assert evaluator_net.cache_dir() == tmp_path / "gc" / "evaluators"

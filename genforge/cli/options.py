@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Callable
 
 import click
@@ -107,6 +108,18 @@ def image_options(fn):
 
 def quiet_option(fn):
     return click.option("--quiet", is_flag=True, help="no progress output")(fn)
+
+
+def progress_option(fn):
+    """``--progress/--no-progress``: bars on stderr; by default only when stderr is a terminal (a log file or a
+    pipe gets none). The value reaching the command is a bool (see :func:`show_progress`)."""
+    return click.option("--progress/--no-progress", default=None, callback=lambda ctx, param, value:
+                        show_progress(value), help="progress bars on stderr (default: when it is a terminal)")(fn)
+
+
+def show_progress(asked: bool | None) -> bool:
+    """``asked`` when given, else whether stderr is a terminal."""
+    return sys.stderr.isatty() if asked is None else bool(asked)
 
 
 def device_option(help: str = "where the networks run") -> Decorator:

@@ -6,8 +6,11 @@ scoring code in ``inspection.py`` is the same for all of them:
 
     det = DETECTORS["vae"](image_shape, **options)
     det.fit(x_train, seed)              # x: float32 (n, c, h, w) in [0, 1], normal images only
+                                        # (log: a callable for notes; progress: a bar over training steps)
     score, residual = det.score(x)      # (n,) float64, higher is more anomalous; (n, h, w) float32 heat map
     det.tensors()                       # everything learnt, for safetensors; det.options() for the JSON
+    det.to(device)                      # where fit and score compute: they follow x's device, scores come back
+                                        # as numpy; batch order and seeds are drawn on the CPU on every device
 
 ``vae`` and ``ganomaly`` are the generative detectors (genforge's own networks and VAE method);
 ``pca`` and ``knn`` are the baselines they must beat.
@@ -16,11 +19,13 @@ scoring code in ``inspection.py`` is the same for all of them:
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from genforge.config import Config
 from genforge.errors import GenforgeError, TrainingError
@@ -43,6 +48,16 @@ def _train_batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
         if i == 0:
             perm = torch.randperm(n, generator=gen)
         yield perm[i * batch:(i + 1) * batch]
+
+
+def _steps(batches, steps: int, desc: str, progress: bool):
+    """``batches`` with a bar over the training steps on stderr when ``progress`` (it draws no random numbers)."""
+    return tqdm(batches, total=steps, desc=desc, unit="step", disable=not progress, file=sys.stderr, leave=False,
+                dynamic_ncols=True)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
 
 
 def _standardize(values: np.ndarray, stats: dict) -> np.ndarray:
@@ -82,15 +97,15 @@ class PCADetector:
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.mean, self.components = tensors["mean"], tensors["components"]
 
-    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
         from sklearn.decomposition import PCA  # heavy import (~1-3 s with scipy): only the pca detector fits with it
 
-        flat = x.flatten(1).double().numpy()                  # (n, d)
+        flat = _numpy(x.flatten(1).double())                  # (n, d)
         # a float n_components: the fewest components whose explained variance exceeds that share
         # (1.0, every component, is None to scikit-learn)
         pca = PCA(n_components=self.variance if self.variance < 1 else None, svd_solver="full").fit(flat)
-        self.mean = torch.from_numpy(pca.mean_).double()
-        self.components = torch.from_numpy(np.ascontiguousarray(pca.components_)).double()  # (k, d)
+        self.mean = torch.from_numpy(pca.mean_).double().to(x.device)
+        self.components = torch.from_numpy(np.ascontiguousarray(pca.components_)).double().to(x.device)  # (k, d)
         if log:
             log(f"pca: {self.components.shape[0]} components explain {100 * self.variance:g}% of the variance")
 
@@ -101,7 +116,10 @@ class PCADetector:
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         err = (x.double() - self.reconstruct(x)).square().mean(1)  # (n, h, w), channel mean
-        return err.flatten(1).sum(1).numpy(), err.float().numpy()
+        return _numpy(err.flatten(1).sum(1)), _numpy(err.float())
+
+    def to(self, device) -> None:
+        self.mean, self.components = self.mean.to(device), self.components.to(device)
 
 
 class KNNDetector:
@@ -127,12 +145,15 @@ class KNNDetector:
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.bank = tensors["bank"]
 
-    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
         flat = x.flatten(1).float()
         if len(flat) > self.bank_size:
             keep = torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:self.bank_size]
-            flat = flat[keep.sort().values]
+            flat = flat[keep.sort().values.to(flat.device)]
         self.bank = flat.contiguous()
+
+    def to(self, device) -> None:
+        self.bank = self.bank.to(device)
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         k = min(self.k, len(self.bank))
@@ -146,7 +167,7 @@ class KNNDetector:
             scores.append(d2.sqrt().mean(1))
             nearest = self.bank[idx[:, 0]].view(-1, *self.image_shape)
             residuals.append((x[sl].float() - nearest).abs().mean(1))  # (b, h, w)
-        return torch.cat(scores).numpy(), torch.cat(residuals).numpy()
+        return _numpy(torch.cat(scores)), _numpy(torch.cat(residuals))
 
 
 # ------------------------------------------------------------------------------------------- generative
@@ -218,23 +239,31 @@ class VAEDetector:
         _load_nets(self.nets, tensors)
         self.bank = tensors["bank"]
 
-    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+    def to(self, device) -> None:
+        for net in self.nets.values():
+            net.to(device)
+        self.bank = self.bank.to(device)
+
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
         # The fields vae.Trainer reads; the detector's own options were checked when it was built.
         cfg = Config(model="vae-conv", recon_loss="bce", kl_weight=1.0, g_lr=self.lr, g_betas=[0.9, 0.999],
                      z_dim=self.z_dim, base_channels=self.base_channels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.nets = _conv_nets(self.image_shape, self.z_dim, self.base_channels,
-                                   {"encoder": "encoder", "decoder": "decoder"})
+                                   {"encoder": "encoder", "decoder": "decoder"})  # built on the CPU: same start
             for net in self.nets.values():
-                net.train()
+                net.to(x.device).train()
             trainer = vae.Trainer(cfg, self.nets)   # the same ELBO step `genforge train` runs
             gen = torch.Generator().manual_seed(seed + 1)
+            # the ELBO's noise: on the CPU, the batch order's generator as before; elsewhere one on x's device
+            noise = gen if x.device.type == "cpu" else torch.Generator(device=x.device).manual_seed(seed + 1)
             order = torch.randperm(len(x), generator=gen)
             held = max(1, len(x) // 10)                  # calibration images: never trained on
             x_cal, x = x[order[:held].sort().values], x[order[held:].sort().values]
-            for step, idx in enumerate(_train_batches(len(x), self.batch_size, self.steps, gen)):
-                out = trainer.train_step(x[idx], None, gen, step)
+            for step, idx in enumerate(_steps(_train_batches(len(x), self.batch_size, self.steps, gen), self.steps,
+                                              "vae detector", progress)):
+                out = trainer.train_step(x[idx], None, noise, step)
                 if not torch.isfinite(out["loss"]):
                     raise TrainingError(f"vae detector: non-finite loss at step {step}; lower lr (now {self.lr})")
                 if log and (step + 1) % 200 == 0:
@@ -275,13 +304,13 @@ class VAEDetector:
         makes its standardized values comparable to the latent distance's.
         """
         parts = self._parts(x)
-        residual = parts["residual"].double().numpy()
-        comps = {"residual": residual, "elbo": parts["elbo"].double().numpy(),
-                 "latent": self._latent_distance(parts["mu"]).numpy()}
+        residual = _numpy(parts["residual"].double())
+        comps = {"residual": residual, "elbo": _numpy(parts["elbo"].double()),
+                 "latent": _numpy(self._latent_distance(parts["mu"]))}
         if self.stats:
             logs = {**comps, "residual": np.log(residual + 1e-12)}
             comps["combined"] = sum(_standardize(logs[name], self.stats[name]) for name in ("residual", "latent"))
-        return comps, parts["map"].numpy()
+        return comps, _numpy(parts["map"])
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         comps, maps = self.components(x)
@@ -329,16 +358,21 @@ class GANomalyDetector:
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         _load_nets(self.nets, tensors)
 
+    def to(self, device) -> None:
+        for net in self.nets.values():
+            net.to(device)
+
     def _generate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = self.nets["g_encoder"](x)[0]                         # (b, z_dim)
         x_hat = torch.sigmoid(self.nets["g_decoder"](z))         # (b, c, h, w) in [0, 1]
         z_hat = self.nets["encoder"](x_hat)[0]                   # (b, z_dim)
         return z, x_hat, z_hat
 
-    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.nets = self._build()
+            self.nets = self._build()  # built on the CPU: the same start on every device
+        self.to(x.device)
         nets = self.nets
         for net in nets.values():
             net.train()
@@ -347,7 +381,8 @@ class GANomalyDetector:
         opt_d = torch.optim.Adam(nets["discriminator"].parameters(), lr=self.lr, betas=(0.5, 0.999))
         D = nets["discriminator"]
         gen = torch.Generator().manual_seed(seed + 1)
-        for step, idx in enumerate(_train_batches(len(x), self.batch_size, self.steps, gen)):
+        for step, idx in enumerate(_steps(_train_batches(len(x), self.batch_size, self.steps, gen), self.steps,
+                                          "ganomaly detector", progress)):
             real = x[idx] * 2 - 1                                # D was built for tanh images in [-1, 1]
             z, x_hat, z_hat = self._generate(x[idx])
             fake = x_hat * 2 - 1
@@ -386,8 +421,8 @@ class GANomalyDetector:
             latent.append((z - z_hat).square().mean(1).double())
             residual.append(err.flatten(1).sum(1).double())
             maps.append(err.mean(1))
-        return ({"latent": torch.cat(latent).numpy(), "residual": torch.cat(residual).numpy()},
-                torch.cat(maps).numpy())
+        return ({"latent": _numpy(torch.cat(latent)), "residual": _numpy(torch.cat(residual))},
+                _numpy(torch.cat(maps)))
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         comps, maps = self.components(x)
