@@ -100,6 +100,8 @@ def _panel_figure_png(panels: dict[str, dict[str, tuple]], title: str, bands: di
                 ax.fill_between(steps, lo, hi, alpha=0.2)
             if key.endswith("fid") and min(values) > 0 and max(values) > 10 * min(values):
                 ax.set_yscale("log")  # FID falls by orders of magnitude early in training
+        if ax.get_yscale() == "linear":
+            ax.ticklabel_format(axis="y", useOffset=False)  # "1540" on the axis, not "+1.54e3" above it
         if len(curves) > 1:
             ax.legend(fontsize=7)
         ax.set_title(name, fontsize=10)
