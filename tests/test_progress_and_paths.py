@@ -205,7 +205,7 @@ def test_report_draws_validation_curves_over_every_step_and_the_last_grids(tmp_p
 
     from genforge.cli import main
     from genforge.config import from_dict
-    from genforge.metrics.report import validation_panels, series, read_metrics
+    from genforge.metrics.report import read_metrics, series, validation_panels
     from genforge.training import check_config, train
 
     cfg = check_config(from_dict({"data": "mnist5k", "model": "dcgan", "base_channels": 4, "z_dim": 8,

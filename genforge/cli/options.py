@@ -131,14 +131,6 @@ def device_option(help: str = "where the networks run") -> Decorator:
                         help=f"{help}: {NAMES_TEXT} (auto: CUDA, then MPS, then CPU)")
 
 
-def cpu_only(device: str, command: str) -> str:
-    """For commands whose networks run on the CPU only for now: auto means cpu, anything else is refused."""
-    if device not in ("auto", "cpu"):
-        raise GenforgeError(f"genforge {command} runs on the CPU for now: --device {device} is not supported by it "
-                            "(use --device cpu or auto)")
-    return "cpu"
-
-
 def _use_key_file(ctx, param, value):
     if value is not None:
         from genforge.crypto import use_key_file  # late: the help stays free of the crypto module

@@ -67,8 +67,9 @@ def evaluator() -> None:
 @out_option("where to write it (default: the cache)", required=False, metavar="DIR")
 @click.option("--force", is_flag=True, help="replace an existing evaluator of the same name")
 @device_option()
+@progress_option
 def evaluator_train(data: str, image_size: int, channels: int, train_steps: int | None, out: str | None,
-                    force: bool, device: str) -> int:
+                    force: bool, device: str, progress: bool) -> int:
     """Train the evaluator of a data set on its train split (fixed seed) and save it as safetensors + JSON.
 
     Written to the cache ($GENFORGE_CACHE/evaluators, else $XDG_CACHE_HOME/genforge/evaluators, ~/.cache
@@ -89,7 +90,8 @@ def evaluator_train(data: str, image_size: int, channels: int, train_steps: int 
     if target.exists() and not force:
         raise GenforgeError(f"{target} already exists: retraining changes the ruler earlier scores were measured "
                             "with (their hash would no longer match); pass --force to replace it")
-    trained = train_evaluator(data, recipe=TrainRecipe(steps=train_steps or 0), splits=splits, device=device)
+    trained = train_evaluator(data, recipe=TrainRecipe(steps=train_steps or 0), splits=splits, device=device,
+                              bars=progress)
     path = save_evaluator(trained, where)
     found = find_evaluator(data, trained.image_shape)
     print(f"genforge: evaluator {trained.name}: test accuracy {100 * trained.meta['test_accuracy']:.2f}% on "

@@ -226,7 +226,7 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
         x = check_images(x, f"{model.path} samples")
 
     shape = (x.shape[3], x.shape[1], x.shape[2])
-    evaluator = get_evaluator(data, shape, progress=progress).to(dev)
+    evaluator = get_evaluator(data, shape, progress=progress, bars=bars).to(dev)
     if y is not None:
         y = check_labels(y, n, evaluator.num_classes, what)
     splits = load_splits(data, image_size=shape[1], channels=shape[0])

@@ -157,8 +157,8 @@ class Evaluator:
                 feats.append(f)
                 logits.append(self.net.head(f))
                 bar.update(len(f))
-        return (torch.cat(feats).double().cpu().numpy(),
-                torch.softmax(torch.cat(logits).double(), dim=1).cpu().numpy())
+        return (torch.cat(feats).cpu().double().numpy(),  # float64 on the CPU: MPS has none
+                torch.softmax(torch.cat(logits).cpu().double(), dim=1).numpy())
 
     def features(self, x: np.ndarray, batch_size: int = 500, progress: bool = False,
                  desc: str = "features") -> np.ndarray:
@@ -271,15 +271,17 @@ def data_sha256(x: np.ndarray) -> str:
 
 
 def train_evaluator(spec: str, image_size: int = 28, channels: int = 0, recipe: TrainRecipe = TrainRecipe(),
-                    progress: bool = True, splits=None, device: str = "cpu") -> Evaluator:
+                    progress: bool = True, splits=None, device: str = "cpu", bars: bool | None = None) -> Evaluator:
     """Train the evaluator of data ``spec`` on its train split (split seed 0) and test it on its test split.
 
     ``splits``: ``load_splits(spec, image_size=..., channels=...)`` when the caller has it already.
     ``device``: auto, cpu, cuda, cuda:N or mps (:func:`genforge.devices.pick`). The CPU is the default: an
     evaluator is a ruler, and the same seed gives the same weights only on the same kind of device (the
-    device is recorded in its JSON).
+    device is recorded in its JSON). ``progress``: say what happens on stderr; ``bars``: a bar over the
+    training steps there too (default: when ``progress`` and stderr is a terminal).
     """
     dev = pick(device)
+    bars = (progress and sys.stderr.isatty()) if bars is None else bool(bars)
     splits = splits or load_splits(spec, image_size=image_size, channels=channels)
     if splits.train.y is None or splits.num_classes < 2:
         raise DataError(f"{spec}: has no class labels; genforge evaluators are classifiers and need labelled "
@@ -291,7 +293,7 @@ def train_evaluator(spec: str, image_size: int = 28, channels: int = 0, recipe: 
         print(f"genforge: training the evaluator for {spec} {_shape_str(shape)} on its train split "
               f"({len(splits.train)} images, {steps} steps, seed {recipe.seed})", file=sys.stderr)
     t0 = time.perf_counter()
-    net = train_classifier(splits.train.x, splits.train.y, splits.num_classes, recipe, widths, progress,
+    net = train_classifier(splits.train.x, splits.train.y, splits.num_classes, recipe, widths, bars,
                            desc=f"evaluator {spec}", device=dev)
     acc = accuracy(net, splits.test.x, splits.test.y)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": evaluator_key(spec, shape),
@@ -393,13 +395,15 @@ def find_evaluator(spec: str, image_shape: tuple[int, int, int]) -> Path | None:
 
 
 def get_evaluator(spec: str, image_shape: tuple[int, int, int], recipe: TrainRecipe = TrainRecipe(),
-                  progress: bool = True, max_seconds: float | None = None, device: str = "cpu") -> Evaluator:
+                  progress: bool = True, max_seconds: float | None = None, device: str = "cpu",
+                  bars: bool | None = None) -> Evaluator:
     """The evaluator for data ``spec`` at ``image_shape`` (c, h, w): shipped, cached, or trained now and cached.
 
     Training one is announced with its estimated time and shown with a progress bar. ``max_seconds``: the
     longest the caller will wait for that training; when the estimate is longer, :class:`EvaluatorUnavailable`
     is raised before anything is trained (its message says how to train the evaluator ahead of time).
     ``device``: where one trained now trains (the estimate is timed on the CPU); the result is on the CPU.
+    ``bars``: as in :func:`train_evaluator`.
     """
     image_shape = tuple(int(s) for s in image_shape)
     if len(image_shape) != 3 or image_shape[0] not in (1, 3) or image_shape[1] != image_shape[2]:
@@ -411,7 +415,7 @@ def get_evaluator(spec: str, image_shape: tuple[int, int, int], recipe: TrainRec
     splits = load_splits(spec, image_size=image_shape[1], channels=image_shape[0])
     where = f"{spec} {_shape_str(image_shape)}"
     if splits.train.y is None or splits.num_classes < 2:  # train_evaluator's clear error, without the probe
-        return train_evaluator(spec, recipe=recipe, progress=progress, splits=splits, device=device)
+        return train_evaluator(spec, recipe=recipe, progress=progress, splits=splits, device=device, bars=bars)
     estimate = estimate_train_seconds(len(splits.train), splits.image_shape, splits.num_classes, recipe)
     if max_seconds is not None and estimate > max_seconds:
         raise EvaluatorUnavailable(
@@ -421,6 +425,6 @@ def get_evaluator(spec: str, image_shape: tuple[int, int, int], recipe: TrainRec
     if progress:
         print(f"genforge: no evaluator for {where} yet: training one now, about {_duration(estimate)} "
               f"(once; cached in {target})", file=sys.stderr)
-    evaluator = train_evaluator(spec, recipe=recipe, progress=progress, splits=splits, device=device)
+    evaluator = train_evaluator(spec, recipe=recipe, progress=progress, splits=splits, device=device, bars=bars)
     save_evaluator(evaluator, target)
     return evaluator

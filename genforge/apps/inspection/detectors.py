@@ -100,12 +100,12 @@ class PCADetector:
     def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
         from sklearn.decomposition import PCA  # heavy import (~1-3 s with scipy): only the pca detector fits with it
 
-        flat = _numpy(x.flatten(1).double())                  # (n, d)
+        flat = _numpy(x.flatten(1).cpu().double())            # (n, d)
         # a float n_components: the fewest components whose explained variance exceeds that share
         # (1.0, every component, is None to scikit-learn)
         pca = PCA(n_components=self.variance if self.variance < 1 else None, svd_solver="full").fit(flat)
-        self.mean = torch.from_numpy(pca.mean_).double().to(x.device)
-        self.components = torch.from_numpy(np.ascontiguousarray(pca.components_)).double().to(x.device)  # (k, d)
+        self.mean = torch.from_numpy(pca.mean_).double()
+        self.components = torch.from_numpy(np.ascontiguousarray(pca.components_)).double()  # (k, d)
         if log:
             log(f"pca: {self.components.shape[0]} components explain {100 * self.variance:g}% of the variance")
 
@@ -115,11 +115,12 @@ class PCADetector:
         return (proj + self.mean).view(x.shape)
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = x.cpu()
         err = (x.double() - self.reconstruct(x)).square().mean(1)  # (n, h, w), channel mean
         return _numpy(err.flatten(1).sum(1)), _numpy(err.float())
 
     def to(self, device) -> None:
-        self.mean, self.components = self.mean.to(device), self.components.to(device)
+        """Stays on the CPU: a float64 baseline (MPS has no float64), cheap there, the same scores everywhere."""
 
 
 class KNNDetector:
@@ -146,16 +147,17 @@ class KNNDetector:
         self.bank = tensors["bank"]
 
     def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
-        flat = x.flatten(1).float()
+        flat = x.cpu().flatten(1).float()
         if len(flat) > self.bank_size:
             keep = torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:self.bank_size]
-            flat = flat[keep.sort().values.to(flat.device)]
+            flat = flat[keep.sort().values]
         self.bank = flat.contiguous()
 
     def to(self, device) -> None:
-        self.bank = self.bank.to(device)
+        """Stays on the CPU, as the pca detector does (float64 distances)."""
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = x.cpu()
         k = min(self.k, len(self.bank))
         bank_sq = self.bank.double().square().sum(1)              # (m,)
         scores, residuals = [], []
@@ -294,7 +296,7 @@ class VAEDetector:
         return {k: torch.cat(v) for k, v in out.items()}
 
     def _latent_distance(self, mu: torch.Tensor) -> torch.Tensor:
-        d = torch.cdist(mu.double(), self.bank.double())       # (n, m)
+        d = torch.cdist(mu.cpu().double(), self.bank.cpu().double())  # (n, m), float64 on the CPU (not on MPS)
         return d.topk(min(self.k, len(self.bank)), dim=1, largest=False).values.mean(1)
 
     def components(self, x: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -304,8 +306,8 @@ class VAEDetector:
         makes its standardized values comparable to the latent distance's.
         """
         parts = self._parts(x)
-        residual = _numpy(parts["residual"].double())
-        comps = {"residual": residual, "elbo": _numpy(parts["elbo"].double()),
+        residual = _numpy(parts["residual"].cpu().double())
+        comps = {"residual": residual, "elbo": _numpy(parts["elbo"].cpu().double()),
                  "latent": _numpy(self._latent_distance(parts["mu"]))}
         if self.stats:
             logs = {**comps, "residual": np.log(residual + 1e-12)}
@@ -418,8 +420,8 @@ class GANomalyDetector:
         for sl in _batches(len(x), SCORE_BATCH):
             z, x_hat, z_hat = self._generate(x[sl])
             err = (x[sl] - x_hat).abs()                          # (b, c, h, w)
-            latent.append((z - z_hat).square().mean(1).double())
-            residual.append(err.flatten(1).sum(1).double())
+            latent.append((z - z_hat).square().mean(1).cpu().double())
+            residual.append(err.flatten(1).sum(1).cpu().double())
             maps.append(err.mean(1))
         return ({"latent": _numpy(torch.cat(latent)), "residual": _numpy(torch.cat(residual))},
                 _numpy(torch.cat(maps)))
