@@ -118,6 +118,11 @@ def test_training_a_missing_evaluator_is_announced_with_an_estimate_and_a_bar(tm
     get_evaluator(digits_npz, (1, 28, 28), recipe=TrainRecipe(steps=3, batch_size=32))
     err = capsys.readouterr().err
     assert "training one now, about " in err and " s (once; cached in " in err  # the estimate, before any step
+    assert f"evaluator {digits_npz}:" not in err  # stderr is not a terminal here: no bar unless asked
+    shutil.rmtree(tmp_path / "cache")
+    get_evaluator(digits_npz, (1, 28, 28), recipe=TrainRecipe(steps=3, batch_size=32), bars=True)
+    err = capsys.readouterr().err
+    assert "training one now, about " in err
     assert f"evaluator {digits_npz}:" in err  # the progress bar's label (tqdm, on stderr)
 
 
