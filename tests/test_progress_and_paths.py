@@ -43,10 +43,14 @@ def test_training_bar_shows_the_budget_left_not_the_steps(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 1.0
 
 
-def test_training_bar_quiet_without_a_terminal(tmp_path):
-    logger = RunLogger(tmp_path, 10, 0, tensorboard=False, quiet=False)  # pytest's stderr is not a terminal
-    assert logger.bar.disable
+def test_training_bar_quiet_without_a_terminal_and_the_log_line_says_the_time_left(tmp_path, capsys):
+    now = [50.0]
+    logger = RunLogger(tmp_path, 10_000, 0, tensorboard=False, quiet=False, max_seconds=30, clock=lambda: now[0])
+    assert logger.bar.disable  # pytest's stderr is not a terminal
+    now[0] += 3.0
+    logger.log(10, {"loss": 1.0})
     logger.close()
+    assert "step 10: loss=1 (00:27 left)" in capsys.readouterr().err  # the plain line of a log file or a pipe
 
 
 # ---------------------------------------------------------------------------------------------- TensorBoard

@@ -117,7 +117,10 @@ class RunLogger:
             # Without a terminal (CI, nohup, a pipe) print a plain line at most every PRINT_SECONDS.
             if not self.quiet and (time.monotonic() - self.last_print >= PRINT_SECONDS or final):
                 self.last_print = time.monotonic()
-                print(f"step {step}: " + " ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
+                self.last_step = step  # the time left counts this step as done
+                left = self.remaining()
+                print(f"step {step}: " + " ".join(f"{k}={v}" for k, v in shown.items())
+                      + ("" if left is None or final else f" ({tqdm.format_interval(left)} left)"), file=sys.stderr)
         else:
             self.bar.set_postfix(shown, refresh=False)
         self.advance(step)
