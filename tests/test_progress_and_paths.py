@@ -353,3 +353,16 @@ def test_augment_bar_counts_every_k_seed_and_stage(monkeypatch, digits_npz):
     (bar,) = RecordingBar.made
     assert not bar.disable and bar.total == 2 * 3 * len(augment.STAGES) == sum(bar.updates)
     assert len(rows) == 6 and len(result["summary"]) == 2
+
+
+def test_cli_heatmaps_all_or_a_count(digits_npz, tmp_path, capsys):
+    from genforge.cli import main
+
+    det = tmp_path / "det"
+    assert main(["inspect", "fit", digits_npz, "--normal-class", "1", "--detector", "pca", "--out", str(det),
+                 "--quiet", "--device", "cpu"]) == 0
+    assert main(["inspect", "score", str(det), digits_npz, "--out", str(tmp_path / "all"), "--heatmaps", "all"]) == 0
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert len(list((tmp_path / "all" / "heatmaps").glob("*.png"))) == summary["n"] == summary["heatmaps"]
+    assert main(["inspect", "score", str(det), digits_npz, "--out", str(tmp_path / "r"), "--heatmaps", "lots"]) == 2
+    assert "--heatmaps 'lots': give a number of images (0 or more) or 'all'" in capsys.readouterr().err
