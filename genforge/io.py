@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the same directory, fsync, then rename; and the one JSON reader.
+"""Atomic file writes: a temporary file in the same directory, fsync, then rename; the one JSON reader; and
+where genforge keeps files in the user's home (:func:`user_dir`, after the XDG base directory spec).
 
 A crash, Ctrl-C or full disk in the middle of a write leaves the previous file
 untouched; readers never see a half-written file.
@@ -80,3 +81,20 @@ def read_json(path: str | Path, error: type[Exception], missing: str = "missing"
         raise error(f"{label}: {missing}") from None
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested too deeply
         raise error(f"{label}: {invalid}") from None
+
+
+# XDG base directories (https://specifications.freedesktop.org/basedir-spec/): the variable, and its default
+_XDG = {"config": ("XDG_CONFIG_HOME", ".config"), "data": ("XDG_DATA_HOME", ".local/share"),
+        "cache": ("XDG_CACHE_HOME", ".cache")}
+
+
+def user_dir(kind: str) -> Path:
+    """genforge's folder of ``kind`` ("config", "data" or "cache") in the user's home: ``$XDG_CONFIG_HOME/genforge``
+    (default ``~/.config/genforge``), ``$XDG_DATA_HOME/genforge`` (``~/.local/share``), ``$XDG_CACHE_HOME/genforge``
+    (``~/.cache``). A relative or empty XDG value is ignored, as the spec says. Nothing is created here."""
+    if kind not in _XDG:
+        raise ValueError(f"user_dir: kind must be one of {', '.join(_XDG)}, got {kind!r}")
+    variable, default = _XDG[kind]
+    base = os.environ.get(variable, "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / default
+    return root / "genforge"

@@ -118,6 +118,11 @@ def test_training_a_missing_evaluator_is_announced_with_an_estimate_and_a_bar(tm
     get_evaluator(digits_npz, (1, 28, 28), recipe=TrainRecipe(steps=3, batch_size=32))
     err = capsys.readouterr().err
     assert "training one now, about " in err and " s (once; cached in " in err  # the estimate, before any step
+    assert f"evaluator {digits_npz}:" not in err  # stderr is not a terminal here: no bar unless asked
+    shutil.rmtree(tmp_path / "cache")
+    get_evaluator(digits_npz, (1, 28, 28), recipe=TrainRecipe(steps=3, batch_size=32), bars=True)
+    err = capsys.readouterr().err
+    assert "training one now, about " in err
     assert f"evaluator {digits_npz}:" in err  # the progress bar's label (tqdm, on stderr)
 
 
@@ -392,7 +397,7 @@ def test_report_is_one_self_contained_page(tmp_path, tiny_config, capsys):
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4  # losses, validation, images/s, the sample grid
-    assert "Validation metrics" in page and "step_00000004.png" in page and "model: dcgan" in page
+    assert "Validation scores" in page and "step_00000004.png" in page and "model: dcgan" in page
     assert "1 unreadable line(s) skipped" in page and "http" not in page.lower().replace("http-equiv", "")
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "run directory not found" in capsys.readouterr().err

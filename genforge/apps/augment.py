@@ -18,6 +18,7 @@ is the one a user with K labelled images faces.
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from genforge.config import load_config
 from genforge.data import ImageSet, load_splits
@@ -95,13 +97,19 @@ def synthesize(model, per_class: int, seed: int) -> ImageSet:
     return ImageSet(x, s.y)
 
 
+STAGES = ("generator", "classifier on real", "classifier on real + synthetic")
+
+
 def run_seed(splits, recipe: str | Path, k: int, seed: int, options: AugmentOptions = AugmentOptions(),
-             device: str = "cpu", keep: Path | None = None) -> dict:
+             device: str = "cpu", keep: Path | None = None, stage=None) -> dict:
     """One seed of the experiment; returns the test accuracies (real only, real + synthetic) and timings.
 
     ``keep``: write the real + synthetic training set there as an npz (x, y, and ``synthetic``, a bool per image).
+    ``stage``: called with a short name as each of the STAGES begins (for a progress bar).
     """
+    stage = stage or (lambda name: None)
     real = few_shot(splits.train, k, seed, splits.class_names)
+    stage(STAGES[0])
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="genforge-augment-") as tmp:
         model = train_generator(recipe, real, seed, options, Path(tmp), device)
@@ -115,9 +123,10 @@ def run_seed(splits, recipe: str | Path, k: int, seed: int, options: AugmentOpti
     n_classes = splits.num_classes
     result = {"k": k, "seed": seed, "real": len(real), "synthetic": len(fake), "generator": model.name,
               "generator_seconds": round(t_gen, 1)}
-    for name, part in (("real_only", real), ("real_plus_synthetic", mixed)):
+    for name, part, what in (("real_only", real, STAGES[1]), ("real_plus_synthetic", mixed, STAGES[2])):
+        stage(what)
         t1 = time.perf_counter()
-        net = train_classifier(part.x, part.y, n_classes, classifier)
+        net = train_classifier(part.x, part.y, n_classes, classifier, device=device)
         result[name] = accuracy(net, splits.test.x, splits.test.y)
         result[f"{name}_seconds"] = round(time.perf_counter() - t1, 1)
     return result
@@ -150,8 +159,11 @@ def format_table(summary: list[dict]) -> str:
 
 
 def run(data: str, recipe: str | Path, ks: list[int], seeds: list[int], options: AugmentOptions = AugmentOptions(),
-        device: str = "cpu", progress=None) -> dict:
-    """The whole experiment for every K and seed; returns {"rows": per seed, "summary": per K, "options"}."""
+        device: str = "cpu", progress=None, bars: bool = False) -> dict:
+    """The whole experiment for every K and seed; returns {"rows": per seed, "summary": per K, "options"}.
+
+    ``progress``: called with each seed's row as it is done; ``bars``: a bar on stderr over every K, seed and
+    stage (generator, two classifiers), whose estimate comes from the stages done so far."""
     if not seeds:
         raise GenforgeError("give at least one seed")
     splits = load_splits(data)
@@ -160,10 +172,21 @@ def run(data: str, recipe: str | Path, ks: list[int], seeds: list[int], options:
     for k in ks:  # fail before any training when a K is impossible
         few_shot(splits.train, k, seeds[0], splits.class_names)
     rows = []
-    for k in ks:
-        for seed in seeds:
-            rows.append(run_seed(splits, recipe, k, seed, options, device))
-            if progress:
-                progress(rows[-1])
+    with tqdm(total=len(ks) * len(seeds) * len(STAGES), desc="augment", unit="stage", disable=not bars,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for k in ks:
+            for seed in seeds:
+                started = []
+
+                def stage(name, k=k, seed=seed, started=started):
+                    if started:
+                        bar.update(1)  # the stage before this one is done
+                    started.append(name)
+                    bar.set_postfix_str(f"K={k} seed {seed}: {name}")
+
+                rows.append(run_seed(splits, recipe, k, seed, options, device, stage=stage))
+                bar.update(1)
+                if progress:
+                    progress(rows[-1])
     return {"data": data, "recipe": str(recipe), "test_size": len(splits.test), "options": asdict(options),
             "rows": rows, "summary": summarize(rows)}

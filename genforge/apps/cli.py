@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from genforge.cli.options import (CONTEXT, comma_list, data_option, device_option, model_argument, out_option,
-                                  renamed, seed_option)
+                                  progress_option, renamed, seed_option)
 from genforge.errors import GenforgeError
 
 if TYPE_CHECKING:
@@ -233,8 +233,9 @@ def transfer(model: str, images: str, to: str, source_class: str | None, out: st
 @out_option("write every seed's result and the summary here as JSON", required=False, metavar="FILE.json")
 @renamed("--json", "--out FILE.json")
 @device_option()
+@progress_option
 def augment(recipe: str, data: str | None, k: str, seeds: str, gen_steps: int, synthetic_per_class: int,
-            classifier_steps: int, keep: str | None, out: str | None, device: str) -> int:
+            classifier_steps: int, keep: str | None, out: str | None, device: str, progress: bool) -> int:
     """Does synthetic data help with K real images per class? genforge augment RECIPE --k 10,50,100 --seeds 0,1,2.
 
     For each K and seed: K real images per class from the train split of --data; the conditional RECIPE
@@ -264,11 +265,11 @@ def augment(recipe: str, data: str | None, k: str, seeds: str, gen_steps: int, s
         data = load_config(recipe_path).data
     where = str(pick(device))
 
-    def progress(row):
+    def done(row):
         print(f"  K={row['k']} seed {row['seed']}: real only {100 * row['real_only']:.1f}%, real + synthetic "
               f"{100 * row['real_plus_synthetic']:.1f}%", flush=True)
 
-    result = run(data, recipe_path, ks, seed_list, options, device=where, progress=progress)
+    result = run(data, recipe_path, ks, seed_list, options, device=where, progress=done, bars=progress)
     print(format_table(result["summary"]), end="")
     print(f"(test split of {data}: {result['test_size']} images)")
     if keep:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Callable
 
 import click
@@ -19,7 +20,7 @@ from genforge.errors import GenforgeError
 DATA_SPEC = "mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR"
 KEY_FILE_HELP = ("encryption key file: ID:KEY lines, the last the primary (default $GENFORGE_ENCRYPTION_KEY_FILE, "
                  "else $GENFORGE_ENCRYPTION_KEY); keys are never taken on the command line")
-KEYS_FILE_HELP = "API key store of genforge serve (default $GENFORGE_KEYS_FILE or ~/.config/genforge/keys.json)"
+KEYS_FILE_HELP = "API key store of genforge serve (default $GENFORGE_KEYS_FILE, else $XDG_CONFIG_HOME/genforge/keys.json, ~/.config when unset)"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 Decorator = Callable[[Callable], Callable]
@@ -109,6 +110,18 @@ def quiet_option(fn):
     return click.option("--quiet", is_flag=True, help="no progress output")(fn)
 
 
+def progress_option(fn):
+    """``--progress/--no-progress``: bars on stderr; by default only when stderr is a terminal (a log file or a
+    pipe gets none). The value reaching the command is a bool (see :func:`show_progress`)."""
+    return click.option("--progress/--no-progress", default=None, callback=lambda ctx, param, value:
+                        show_progress(value), help="progress bars on stderr (default: when it is a terminal)")(fn)
+
+
+def show_progress(asked: bool | None) -> bool:
+    """``asked`` when given, else whether stderr is a terminal."""
+    return sys.stderr.isatty() if asked is None else bool(asked)
+
+
 def device_option(help: str = "where the networks run") -> Decorator:
     """``--device``: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; the spelling is checked here,
     the device's presence when the command runs (genforge.devices.pick)."""
@@ -116,14 +129,6 @@ def device_option(help: str = "where the networks run") -> Decorator:
         return None if value is None else check_name(value)
     return click.option("--device", default="auto", show_default=True, callback=checked, metavar="DEVICE",
                         help=f"{help}: {NAMES_TEXT} (auto: CUDA, then MPS, then CPU)")
-
-
-def cpu_only(device: str, command: str) -> str:
-    """For commands whose networks run on the CPU only for now: auto means cpu, anything else is refused."""
-    if device not in ("auto", "cpu"):
-        raise GenforgeError(f"genforge {command} runs on the CPU for now: --device {device} is not supported by it "
-                            "(use --device cpu or auto)")
-    return "cpu"
 
 
 def _use_key_file(ctx, param, value):

@@ -14,7 +14,8 @@ import click
 
 from genforge import controls
 from genforge.cli.options import (CONTEXT, Group, comma_list, data_option, device_option, image_options,
-                                  key_file_option, model_argument, n_option, out_option, renamed, seed_option)
+                                  key_file_option, model_argument, n_option, out_option, progress_option, renamed,
+                                  seed_option)
 from genforge.errors import GenforgeError
 
 
@@ -52,9 +53,10 @@ def control_options(fn):
 @device_option()
 @click.option("--encrypt", is_flag=True, help="write the .npz encrypted (key from --key-file or the environment)")
 @key_file_option
+@progress_option
 def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | None, like: str | None,
            radius: float, filter_method: str | None, keep_top: float | None, dedup: float | None, out: str,
-           scale: int, device: str, encrypt: bool, **control_values) -> int:
+           scale: int, device: str, encrypt: bool, progress: bool, **control_values) -> int:
     """Generate samples: genforge sample MODEL --n 64 --seed 0 --out grid.png.
 
     MODEL is a run directory (its best, else last, checkpoint) or a model directory. A .png gets a grid and
@@ -83,7 +85,7 @@ def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | 
                                 + ", ".join((["--class"] if classes else []) + shaping))
         samples, extra = feedback(net, from_grid, parse_ints(like, "--like"), n, radius, seed)
     else:
-        samples = draw(net, n, seed=seed, classes=comma_list(classes), **given)
+        samples = draw(net, n, seed=seed, classes=comma_list(classes), progress=progress, **given)
     if filter_method or keep_top is not None or dedup is not None:
         samples, note = postprocess_samples(net, samples, filter_method, keep_top, dedup, seed)
         extra = {**(extra or {}), "postprocess": note}
@@ -201,7 +203,7 @@ def interpolate(model: str, seeds: str, frames: int, classes: str | None, class_
 @click.command(context_settings=CONTEXT)
 @click.argument("image", metavar="IMAGE.png")
 @click.option("--ledger", metavar="FILE",
-              help="ledger JSONL (default $GENFORGE_LEDGER or ~/.local/share/genforge/ledger.jsonl)")
+              help="ledger JSONL (default $GENFORGE_LEDGER, else $XDG_DATA_HOME/genforge/ledger.jsonl, ~/.local/share when unset)")
 def verify(image: str, ledger: str | None) -> int:
     """Check whether an image is one genforge generated, unaltered, and print its settings.
 

@@ -30,6 +30,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from genforge.version import __version__
 from genforge.errors import GenforgeError
+from genforge.io import user_dir
 
 KEY_ENV, KEY_FILE_ENV, LEDGER_ENV = "GENFORGE_PROVENANCE_KEY", "GENFORGE_PROVENANCE_KEY_FILE", "GENFORGE_LEDGER"
 CHUNK = "genforge"
@@ -41,8 +42,7 @@ def default_ledger() -> Path | None:
     value = os.environ.get(LEDGER_ENV)
     if value == "off":
         return None
-    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share"
-    return Path(value or Path(data_home) / "genforge" / "ledger.jsonl")
+    return Path(value) if value else user_dir("data") / "ledger.jsonl"
 
 
 def load_key() -> bytes | None:

@@ -11,11 +11,13 @@ outputs everywhere (``tests/test_same_output.py``).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from genforge import controls as declared
 from genforge.errors import GenforgeError
@@ -194,23 +196,27 @@ def resize(x: np.ndarray, size: int, resample: str = "lanczos") -> np.ndarray:
     return np.stack(out)
 
 
-def decode(model, z: torch.Tensor, y: np.ndarray | None = None, batch_size: int = 500, **family_controls) -> np.ndarray:
+def decode(model, z: torch.Tensor, y: np.ndarray | None = None, batch_size: int = 500, progress: bool = False,
+           **family_controls) -> np.ndarray:
     """Latents (n, z_dim) and classes (n,) or None -> uint8 images (n, h, w) or (n, h, w, c).
 
     ``family_controls`` (diffusion: steps, guidance, sampler) go to the family's ``generate``; None values are
     dropped, and the model's recipe fills in the ones not given (``model.sampling_defaults``). Callers that
     choose latents themselves (interpolation, class sweeps, feedback, the server's batcher) come here.
+    ``progress``: a bar over the samples on stderr (the batches and random streams are the same either way).
     """
     family_controls = {**model.sampling_defaults, **{k: v for k, v in family_controls.items() if v is not None}}
     device = model.device
     y_t = torch.from_numpy(y) if y is not None else None
     chunks = []
-    with torch.inference_mode():
+    with torch.inference_mode(), tqdm(total=z.shape[0], desc="sampling", unit="img", disable=not progress,
+                                      file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
         for start in range(0, z.shape[0], batch_size):
             part_y = y_t[start:start + batch_size].to(device) if y_t is not None else None
             images = model.method.generate(model.nets, z[start:start + batch_size].to(device), part_y,
                                            **family_controls)
             chunks.append(to_uint8(images).cpu())
+            bar.update(len(chunks[-1]))
     x = torch.cat(chunks).numpy()  # (n, h, w, c)
     return x[..., 0] if x.shape[-1] == 1 else x
 
@@ -256,13 +262,14 @@ def finish(x: np.ndarray, output: dict) -> np.ndarray:
     return x
 
 
-def render(model, p: Plan, batch_size: int = 500) -> Samples:
-    """Decode a plan into samples."""
-    x = finish(decode(model, p.z, p.y, batch_size, **p.decode), p.output)
+def render(model, p: Plan, batch_size: int = 500, progress: bool = False) -> Samples:
+    """Decode a plan into samples (``progress``: a bar over the samples on stderr)."""
+    x = finish(decode(model, p.z, p.y, batch_size, progress, **p.decode), p.output)
     return Samples(x=x, y=p.y, z=p.z.numpy(), seed=p.seed, controls=p.controls)
 
 
-def sample(model, n: int, seed: int = 0, classes=None, batch_size: int = 500, **controls) -> Samples:
+def sample(model, n: int, seed: int = 0, classes=None, batch_size: int = 500, progress: bool = False,
+           **controls) -> Samples:
     """Generate ``n`` samples from a loaded model (see :func:`genforge.load`), reproducibly from ``seed``.
 
     classes: conditional models only; one class (index or name) or a list cycled over the samples.
@@ -270,5 +277,6 @@ def sample(model, n: int, seed: int = 0, classes=None, batch_size: int = 500, **
     truncation (GANs, (0, 1]: keep the central share of each latent coordinate), temperature (VAEs, (0, 10]:
     the prior's spread), steps / sampler / guidance (diffusion: sampler steps, "ddim" or "dpm++2m",
     classifier-free guidance for conditional models), size / resample (images: resize the output).
+    progress: a bar over the samples on stderr (off by default; the samples are the same either way).
     """
-    return render(model, plan(model, n, seed, classes, **controls), batch_size)
+    return render(model, plan(model, n, seed, classes, **controls), batch_size, progress)

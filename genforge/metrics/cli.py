@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from genforge.cli.options import (CONTEXT, Group, cpu_only, data_option, device_option, image_options, n_option,
-                                  out_option, renamed, seed_option)
+from genforge.cli.options import (CONTEXT, Group, data_option, device_option, image_options, n_option, out_option,
+                                  progress_option, renamed, seed_option)
 from genforge.errors import GenforgeError
 from genforge.io import atomic_write_json
 
@@ -29,9 +29,10 @@ from genforge.io import atomic_write_json
 @click.option("--inception-weights", metavar="FILE", help="pytorch-fid Inception weights "
               "(pt_inception-2015-12-05-*.pth) for an Inception-v3 FID as well; slow on a CPU")
 @click.option("--no-cas", is_flag=True, help="skip CAS (it trains a classifier on the samples)")
-@device_option()
+@device_option("where the model, the evaluator and the CAS classifier run")
+@progress_option
 def eval_command(source: str, data: str | None, n: int, seed: int, out: str | None, baseline: str | None,
-                 inception_weights: str | None, no_cas: bool, device: str) -> int:
+                 inception_weights: str | None, no_cas: bool, device: str, progress: bool) -> int:
     """Score a model or an npz of samples: genforge eval MODEL_OR_NPZ [--data SPEC] [--n 10000] [--out FILE].
 
     MODEL_OR_NPZ is a run directory, a model directory, or an npz with x uint8 (N, H, W) or (N, H, W, C) and
@@ -43,10 +44,9 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
     # late: the metrics load torch (seconds); `genforge --help` must not pay for them
     from genforge.metrics.evaluate import evaluate, format_table, load_result
 
-    cpu_only(device, "eval")
     previous = load_result(baseline) if baseline else None
     result = evaluate(source, data=data, n=n, seed=seed, inception_weights=inception_weights, with_cas=not no_cas,
-                      baseline=previous)
+                      baseline=previous, bars=progress, device=device)
     print(format_table(result, previous), end="")
     if out:
         atomic_write_json(out, result)
@@ -67,20 +67,21 @@ def evaluator() -> None:
 @out_option("where to write it (default: the cache)", required=False, metavar="DIR")
 @click.option("--force", is_flag=True, help="replace an existing evaluator of the same name")
 @device_option()
+@progress_option
 def evaluator_train(data: str, image_size: int, channels: int, train_steps: int | None, out: str | None,
-                    force: bool, device: str) -> int:
+                    force: bool, device: str, progress: bool) -> int:
     """Train the evaluator of a data set on its train split (fixed seed) and save it as safetensors + JSON.
 
-    Written to the cache ($GENFORGE_CACHE/evaluators or ~/.cache/genforge/evaluators) unless --out DIR;
-    genforge eval and evaluation during training then find it. The JSON records the data, split, test
-    accuracy and the SHA-256 of the weights.
+    Written to the cache ($GENFORGE_CACHE/evaluators, else $XDG_CACHE_HOME/genforge/evaluators, ~/.cache
+    when unset) unless --out DIR; genforge eval and evaluation during training then find it. The JSON
+    records the data, split, test accuracy, the device and the SHA-256 of the weights. --device auto trains
+    on a GPU when there is one: the same seed gives the same weights only on the same kind of device.
     """
     # late, as in cmd_eval: torch loads only when the command runs
     from genforge.data import load_splits
     from genforge.metrics.evaluator_net import (TrainRecipe, cache_dir, evaluator_key, find_evaluator,
                                                 save_evaluator, train_evaluator)
 
-    cpu_only(device, "evaluator train")
     if train_steps is not None and train_steps < 1:
         raise GenforgeError(f"--train-steps must be positive, got {train_steps}")
     splits = load_splits(data, image_size=image_size, channels=channels)
@@ -89,7 +90,8 @@ def evaluator_train(data: str, image_size: int, channels: int, train_steps: int 
     if target.exists() and not force:
         raise GenforgeError(f"{target} already exists: retraining changes the ruler earlier scores were measured "
                             "with (their hash would no longer match); pass --force to replace it")
-    trained = train_evaluator(data, recipe=TrainRecipe(steps=train_steps or 0), splits=splits)
+    trained = train_evaluator(data, recipe=TrainRecipe(steps=train_steps or 0), splits=splits, device=device,
+                              bars=progress)
     path = save_evaluator(trained, where)
     found = find_evaluator(data, trained.image_shape)
     print(f"genforge: evaluator {trained.name}: test accuracy {100 * trained.meta['test_accuracy']:.2f}% on "
@@ -119,7 +121,7 @@ def evaluator_list() -> int:
 @click.argument("run", metavar="RUN")
 @out_option("output file (default RUN/report.html)", required=False, metavar="FILE.html")
 def report(run: str, out: str | None) -> int:
-    """Write one self-contained HTML page for a run: loss, metric and images/s curves, the latest samples, config.
+    """Write one self-contained HTML page for a run: loss, validation and images/s curves, the last grids, config.
 
     The page embeds its plots as PNG data, so it opens offline and can be mailed as one file.
     """

@@ -19,6 +19,7 @@ import numpy as np
 
 from genforge.crypto import plain_source
 from genforge.data import load_splits
+from genforge.devices import pick
 from genforge.errors import GenforgeError
 from genforge.generation import sample
 from genforge.generation.model import load as load_model
@@ -150,34 +151,36 @@ def score_features(real_f: np.ndarray, fake_f: np.ndarray, fake_p: np.ndarray, f
 
 
 def cas(evaluator: Evaluator, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-        seed: int = 0, steps: int | None = None) -> dict:
+        seed: int = 0, steps: int | None = None, progress: bool = False) -> dict:
     """Classification accuracy score (Ravuri and Vinyals 2019): a classifier trained on generated samples only,
     tested on the real test split, beside the same classifier trained on the real train split.
 
     "The same classifier" is the evaluator: same network, same recipe (steps, augmentation), only the data
     differs; its test accuracy is the real-data figure. ``steps`` overrides the recipe's (for quick checks;
-    the two figures are then no longer like for like).
+    the two figures are then no longer like for like). The classifier trains on the evaluator's device.
     """
     recipe = TrainRecipe(**{**evaluator.meta.get("train_recipe", {}), "seed": seed})
     if steps is not None:
         recipe = dataclasses.replace(recipe, steps=steps)
-    net = train_classifier(x, y, evaluator.num_classes, recipe, tuple(evaluator.meta["widths"]))
+    net = train_classifier(x, y, evaluator.num_classes, recipe, tuple(evaluator.meta["widths"]), progress,
+                           desc="CAS classifier", device=evaluator.device)
     return {"generated": accuracy(net, test_x, test_y), "real": evaluator.meta["test_accuracy"],
             "n_generated": len(x), "n_real": evaluator.meta.get("train_size"), "steps": recipe.steps,
             "test_size": len(test_x)}
 
 
-def _sample_model(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _sample_model(model, n: int, seed: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """The one sampling function every entry point calls; conditional models cycle through every class.
 
     A cluster-guided model is scored as the unconditional model it is: its clusters are not classes, so
     no labels come back (no class match, no CAS)."""
-    samples = sample(model, n, seed=seed)
+    samples = sample(model, n, seed=seed, progress=progress)
     return samples.x, (None if model.cluster_prior is not None else samples.y)
 
 
 def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inception_weights: str | None = None,
-             with_cas: bool = True, baseline: dict | None = None, progress: bool = True) -> dict:
+             with_cas: bool = True, baseline: dict | None = None, progress: bool = True, bars: bool | None = None,
+             device: str = "cpu") -> dict:
     """Score a model (a run or model directory, or a loaded model) or an npz of samples against real test data.
 
     Returns the JSON-ready result: the evaluator's identity and hash, the sample count and seed, a row for
@@ -185,7 +188,14 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
     train split, against the test split), CAS when the samples have labels, notes on anything to keep in
     mind. ``baseline``: an earlier result (see :func:`load_result`); one from another evaluator or other
     reference data is refused before any scoring, and its notes join this result's.
+
+    ``progress``: say what is being done on stderr; ``bars``: progress bars there too, for sampling, features
+    and CAS (default: when ``progress`` and stderr is a terminal). ``device``: where the model and the
+    evaluator run (auto, cpu, cuda, cuda:N, mps; see :func:`genforge.devices.pick`); an evaluator that has
+    to be trained first trains on the CPU, so that it is the same ruler everywhere.
     """
+    bars = (progress and sys.stderr.isatty()) if bars is None else bool(bars)
+    dev = pick(device)
     def say(text: str) -> None:
         if progress:
             print(f"genforge: {text}", file=sys.stderr)
@@ -206,17 +216,17 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
                                 f"shape ({n},)")
         scores.need(n, scores.DC_K + 1, "precision/recall and density/coverage")
     else:
-        model = load_model(source) if isinstance(source, (str, Path)) else source
+        model = load_model(source, device=dev) if isinstance(source, (str, Path)) else source
         data = data or model.meta.get("data")
         if not data:
             raise GenforgeError(f"{model.path}: the model does not say what data it was trained on; give --data SPEC")
         kind, what = "model", str(model.path)
         say(f"sampling {n} images from {model.path} (seed {seed})")
-        x, y = _sample_model(model, n, seed)
+        x, y = _sample_model(model, n, seed, bars)
         x = check_images(x, f"{model.path} samples")
 
     shape = (x.shape[3], x.shape[1], x.shape[2])
-    evaluator = get_evaluator(data, shape, progress=progress)
+    evaluator = get_evaluator(data, shape, progress=progress, bars=bars).to(dev)
     if y is not None:
         y = check_labels(y, n, evaluator.num_classes, what)
     splits = load_splits(data, image_size=shape[1], channels=shape[0])
@@ -245,9 +255,9 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
     say(f"scoring {n} samples against the {data} test split ({len(test)} images) with evaluator "
         f"{evaluator.name} ({evaluator.sha256[:12]})")
     t0 = time.perf_counter()
-    test_f = evaluator.features(test.x)
-    fake_f, fake_p = evaluator.features_and_probs(x)
-    ref_f, ref_p = evaluator.features_and_probs(ref_x)
+    test_f = evaluator.features(test.x, progress=bars, desc="features: test split")
+    fake_f, fake_p = evaluator.features_and_probs(x, progress=bars, desc="features: samples")
+    ref_f, ref_p = evaluator.features_and_probs(ref_x, progress=bars, desc="features: real subset")
     with scores.one_blas_thread():
         result["rows"] = {"samples": score_features(test_f, fake_f, fake_p, y, seed),
                           "real": score_features(test_f, ref_f, ref_p, ref_y, seed)}
@@ -255,7 +265,7 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
     result.update({"cas": None, "inception": None, "notes": notes})
     if y is not None and with_cas:
         say(f"CAS: training a classifier on the {n} generated samples only (the evaluator's recipe)")
-        result["cas"] = cas(evaluator, x, y, test.x, test.y, seed)
+        result["cas"] = cas(evaluator, x, y, test.x, test.y, seed, progress=bars)
     if inception_weights is not None:
         say(f"Inception-v3 FID with {inception_weights} (slow on a CPU: about 6 GFLOP per image)")
         result["inception"] = inception_fid(inception_weights, test.x, x, ref_x)

@@ -9,8 +9,8 @@ test accuracy, SHA-256 of the weights), and every score carries that hash.
 Where an evaluator comes from, in order: the package itself
 (``genforge/metrics/evaluators/``: ``mnist5k`` and ``fashion-mnist``, so every
 user of a bundled data set scores with the same file, whatever their CPU or
-thread count), the cache (``$GENFORGE_CACHE/evaluators/`` or
-``~/.cache/genforge/evaluators/``), or it is trained on first use and written to
+thread count), the cache (``$GENFORGE_CACHE/evaluators/``, else
+``$XDG_CACHE_HOME/genforge/evaluators/``, ``~/.cache`` when unset), or it is trained on first use and written to
 the cache. Training is never silent: :func:`get_evaluator` says so with an
 estimate of the time (a few timed steps, scaled) and a progress bar, and a
 caller with a time budget (``max_seconds``) gets :class:`EvaluatorUnavailable`
@@ -37,8 +37,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from genforge.data import augment, load_splits, to_tensor
+from genforge.devices import pick
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json
+from genforge.io import atomic_write_bytes, atomic_write_json, read_json, user_dir
 from genforge.models.files import check_header
 
 FORMAT = "genforge-evaluator"
@@ -134,23 +135,41 @@ class Evaluator:
         keys = ("name", "data", "image_shape", "num_classes", "weights_sha256", "test_accuracy", "test_size")
         return {k: self.meta[k] for k in keys}
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device) -> "Evaluator":
+        """Run the network on ``device`` (a torch.device or name); features still come back as numpy."""
+        self.net.to(device)
+        return self
+
     @torch.inference_mode()
-    def _run(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, x: np.ndarray, batch_size: int, progress: bool = False,
+             desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
         x = x[..., None] if x.ndim == 3 else x
         feats, logits = [], []
-        for i in range(0, len(x), batch_size):
-            f = self.net.features(to_tensor(np.ascontiguousarray(x[i:i + batch_size]), VALUE_RANGE))
-            feats.append(f)
-            logits.append(self.net.head(f))
-        return (torch.cat(feats).double().numpy(), torch.softmax(torch.cat(logits).double(), dim=1).numpy())
+        device = self.device
+        with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, file=sys.stderr, leave=False,
+                  dynamic_ncols=True) as bar:
+            for i in range(0, len(x), batch_size):
+                f = self.net.features(to_tensor(np.ascontiguousarray(x[i:i + batch_size]), VALUE_RANGE).to(device))
+                feats.append(f)
+                logits.append(self.net.head(f))
+                bar.update(len(f))
+        return (torch.cat(feats).cpu().double().numpy(),  # float64 on the CPU: MPS has none
+                torch.softmax(torch.cat(logits).cpu().double(), dim=1).numpy())
 
-    def features(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        """(n, feature_dim) penultimate activations; eval mode, so a batch never affects its neighbours."""
-        return self._run(x, batch_size)[0]
+    def features(self, x: np.ndarray, batch_size: int = 500, progress: bool = False,
+                 desc: str = "features") -> np.ndarray:
+        """(n, feature_dim) penultimate activations; eval mode, so a batch never affects its neighbours.
+        ``progress``: a bar over the images on stderr, labelled ``desc``."""
+        return self._run(x, batch_size, progress, desc)[0]
 
-    def features_and_probs(self, x: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    def features_and_probs(self, x: np.ndarray, batch_size: int = 500, progress: bool = False,
+                           desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
         """(features (n, feature_dim), class probabilities (n, num_classes)) in one pass."""
-        return self._run(x, batch_size)
+        return self._run(x, batch_size, progress, desc)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -158,17 +177,21 @@ class Evaluator:
 
 def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, recipe: TrainRecipe = TrainRecipe(),
                      widths: tuple[int, ...] | None = None, progress: bool = False,
-                     desc: str = "classifier") -> EvaluatorNet:
+                     desc: str = "classifier", device=None) -> EvaluatorNet:
     """Train an :class:`EvaluatorNet` on uint8 images (n, h, w, c) and labels; the same seed, the same weights.
 
     The evaluators and the CAS classifier both come from here, so "trained on real" and "trained on
-    generated" differ only in their data.
+    generated" differ only in their data. ``device``: where the network trains (default the CPU); the
+    batches and their augmentation are drawn on the CPU either way, so the data order is the same on every
+    device (the weights still differ in the last bits between devices).
     """
+    device = torch.device(device or "cpu")
     shape = (x.shape[3], x.shape[1], x.shape[2])
     steps = recipe.steps_for(len(x))
-    with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG: seed it, then restore the caller's
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # dropout draws from the global RNG: seed it, then restore the caller's
         torch.manual_seed(recipe.seed)
-        net = EvaluatorNet(shape, num_classes, widths or default_widths(shape))
+        net = EvaluatorNet(shape, num_classes, widths or default_widths(shape)).to(device)
         gen = torch.Generator().manual_seed(recipe.seed + 1)  # batches and augmentation
         data = to_tensor(x, VALUE_RANGE)  # (n, c, h, w)
         labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
@@ -184,8 +207,8 @@ def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, recipe: Tra
             if i == 0:
                 perm = torch.randperm(len(x), generator=gen)
             idx = perm[i * batch:(i + 1) * batch]
-            xb = augment(data[idx], gen, shift=recipe.shift, rotate=recipe.rotate)  # (b, c, h, w)
-            loss = F.cross_entropy(net(xb), labels[idx])
+            xb = augment(data[idx], gen, shift=recipe.shift, rotate=recipe.rotate).to(device)  # (b, c, h, w)
+            loss = F.cross_entropy(net(xb), labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -233,10 +256,12 @@ def estimate_train_seconds(n_train: int, image_shape: tuple[int, int, int], num_
 @torch.inference_mode()
 def accuracy(net: EvaluatorNet, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
     net.eval()
+    device = next(net.parameters()).device
     x = x[..., None] if x.ndim == 3 else x
     right = 0
     for i in range(0, len(x), batch_size):
-        pred = net(to_tensor(np.ascontiguousarray(x[i:i + batch_size]), VALUE_RANGE)).argmax(1).numpy()
+        batch = to_tensor(np.ascontiguousarray(x[i:i + batch_size]), VALUE_RANGE).to(device)
+        pred = net(batch).argmax(1).cpu().numpy()
         right += int((pred == y[i:i + batch_size]).sum())
     return right / len(x)
 
@@ -246,11 +271,17 @@ def data_sha256(x: np.ndarray) -> str:
 
 
 def train_evaluator(spec: str, image_size: int = 28, channels: int = 0, recipe: TrainRecipe = TrainRecipe(),
-                    progress: bool = True, splits=None) -> Evaluator:
+                    progress: bool = True, splits=None, device: str = "cpu", bars: bool | None = None) -> Evaluator:
     """Train the evaluator of data ``spec`` on its train split (split seed 0) and test it on its test split.
 
     ``splits``: ``load_splits(spec, image_size=..., channels=...)`` when the caller has it already.
+    ``device``: auto, cpu, cuda, cuda:N or mps (:func:`genforge.devices.pick`). The CPU is the default: an
+    evaluator is a ruler, and the same seed gives the same weights only on the same kind of device (the
+    device is recorded in its JSON). ``progress``: say what happens on stderr; ``bars``: a bar over the
+    training steps there too (default: when ``progress`` and stderr is a terminal).
     """
+    dev = pick(device)
+    bars = (progress and sys.stderr.isatty()) if bars is None else bool(bars)
     splits = splits or load_splits(spec, image_size=image_size, channels=channels)
     if splits.train.y is None or splits.num_classes < 2:
         raise DataError(f"{spec}: has no class labels; genforge evaluators are classifiers and need labelled "
@@ -262,8 +293,8 @@ def train_evaluator(spec: str, image_size: int = 28, channels: int = 0, recipe: 
         print(f"genforge: training the evaluator for {spec} {_shape_str(shape)} on its train split "
               f"({len(splits.train)} images, {steps} steps, seed {recipe.seed})", file=sys.stderr)
     t0 = time.perf_counter()
-    net = train_classifier(splits.train.x, splits.train.y, splits.num_classes, recipe, widths, progress,
-                           desc=f"evaluator {spec}")
+    net = train_classifier(splits.train.x, splits.train.y, splits.num_classes, recipe, widths, bars,
+                           desc=f"evaluator {spec}", device=dev)
     acc = accuracy(net, splits.test.x, splits.test.y)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": evaluator_key(spec, shape),
             "data": spec, "image_shape": list(shape), "num_classes": splits.num_classes,
@@ -273,12 +304,12 @@ def train_evaluator(spec: str, image_size: int = 28, channels: int = 0, recipe: 
             "train_recipe": {**recipe.__dict__, "steps": steps},
             "test_accuracy": round(acc, 6), "test_size": len(splits.test), "train_seconds": 0.0,
             # CPU float reductions depend on the thread count: same seed, same threads, same weights
-            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "device": dev.type}
     meta["train_seconds"] = round(time.perf_counter() - t0, 1)
     if progress:
         print(f"genforge: evaluator test accuracy {100 * acc:.2f}% on {len(splits.test)} test images "
               f"({meta['train_seconds']:.0f} s)", file=sys.stderr)
-    return Evaluator(net, meta)
+    return Evaluator(net.cpu(), meta)  # kept on the CPU, like a loaded one; Evaluator.to moves it
 
 
 def save_evaluator(evaluator: Evaluator, directory: str | Path) -> Path:
@@ -350,8 +381,9 @@ def evaluator_key(spec: str, image_shape: tuple[int, int, int]) -> str:
 
 
 def cache_dir() -> Path:
+    """$GENFORGE_CACHE/evaluators, else $XDG_CACHE_HOME/genforge/evaluators (~/.cache when unset)."""
     root = os.environ.get("GENFORGE_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "genforge") / "evaluators"
+    return (Path(root).expanduser() if root else user_dir("cache")) / "evaluators"
 
 
 def find_evaluator(spec: str, image_shape: tuple[int, int, int]) -> Path | None:
@@ -363,12 +395,15 @@ def find_evaluator(spec: str, image_shape: tuple[int, int, int]) -> Path | None:
 
 
 def get_evaluator(spec: str, image_shape: tuple[int, int, int], recipe: TrainRecipe = TrainRecipe(),
-                  progress: bool = True, max_seconds: float | None = None) -> Evaluator:
+                  progress: bool = True, max_seconds: float | None = None, device: str = "cpu",
+                  bars: bool | None = None) -> Evaluator:
     """The evaluator for data ``spec`` at ``image_shape`` (c, h, w): shipped, cached, or trained now and cached.
 
     Training one is announced with its estimated time and shown with a progress bar. ``max_seconds``: the
     longest the caller will wait for that training; when the estimate is longer, :class:`EvaluatorUnavailable`
     is raised before anything is trained (its message says how to train the evaluator ahead of time).
+    ``device``: where one trained now trains (the estimate is timed on the CPU); the result is on the CPU.
+    ``bars``: as in :func:`train_evaluator`.
     """
     image_shape = tuple(int(s) for s in image_shape)
     if len(image_shape) != 3 or image_shape[0] not in (1, 3) or image_shape[1] != image_shape[2]:
@@ -380,7 +415,7 @@ def get_evaluator(spec: str, image_shape: tuple[int, int, int], recipe: TrainRec
     splits = load_splits(spec, image_size=image_shape[1], channels=image_shape[0])
     where = f"{spec} {_shape_str(image_shape)}"
     if splits.train.y is None or splits.num_classes < 2:  # train_evaluator's clear error, without the probe
-        return train_evaluator(spec, recipe=recipe, progress=progress, splits=splits)
+        return train_evaluator(spec, recipe=recipe, progress=progress, splits=splits, device=device, bars=bars)
     estimate = estimate_train_seconds(len(splits.train), splits.image_shape, splits.num_classes, recipe)
     if max_seconds is not None and estimate > max_seconds:
         raise EvaluatorUnavailable(
@@ -390,6 +425,6 @@ def get_evaluator(spec: str, image_shape: tuple[int, int, int], recipe: TrainRec
     if progress:
         print(f"genforge: no evaluator for {where} yet: training one now, about {_duration(estimate)} "
               f"(once; cached in {target})", file=sys.stderr)
-    evaluator = train_evaluator(spec, recipe=recipe, progress=progress, splits=splits)
+    evaluator = train_evaluator(spec, recipe=recipe, progress=progress, splits=splits, device=device, bars=bars)
     save_evaluator(evaluator, target)
     return evaluator

@@ -11,7 +11,7 @@ latency, plus:
   full rewrite with a recomputed chain is caught too: the forger lacks the key.
 
 The key comes from ``$GENFORGE_AUDIT_KEY`` (hex or text), else the file named
-by ``$GENFORGE_AUDIT_KEY_FILE``, else ``~/.config/genforge/audit.key`` (made,
+by ``$GENFORGE_AUDIT_KEY_FILE``, else ``$XDG_CONFIG_HOME/genforge/audit.key`` (``~/.config`` when unset) (made,
 mode 0600, on first use). Never from the command line, where other users of
 the machine can read it. Keep the key away from the log's machine for the
 strongest guarantee.
@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from genforge.errors import GenforgeError
+from genforge.io import user_dir
 
 KEY_ENV, KEY_FILE_ENV = "GENFORGE_AUDIT_KEY", "GENFORGE_AUDIT_KEY_FILE"
 GENESIS = "0" * 64
@@ -53,7 +54,8 @@ TAIL_BYTES = 4 << 20
 
 
 def default_audit_log() -> Path:
-    return Path.home() / ".local/share/genforge/audit.jsonl"
+    """$XDG_DATA_HOME/genforge/audit.jsonl (~/.local/share when unset)."""
+    return user_dir("data") / "audit.jsonl"
 
 
 def load_key(create: bool = False) -> bytes:
@@ -65,7 +67,7 @@ def load_key(create: bool = False) -> bytes:
         except ValueError:
             key = raw.encode()
     else:
-        path = Path(os.environ.get(KEY_FILE_ENV) or Path.home() / ".config/genforge/audit.key")
+        path = Path(os.environ.get(KEY_FILE_ENV) or user_dir("config") / "audit.key")
         if not path.exists() and create and not os.environ.get(KEY_FILE_ENV):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

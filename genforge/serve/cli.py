@@ -74,7 +74,7 @@ def model_loader(path: str, backend: str, device: str = "auto", threads: int | N
 @click.option("--threads", type=int, help="threads of the forward pass (default: torch's)")
 @keys_file_option
 @click.option("--insecure-no-auth", is_flag=True, help="check no API keys (loopback hosts only)")
-@click.option("--audit-log", metavar="FILE", help="audit log (default ~/.local/share/genforge/audit.jsonl)")
+@click.option("--audit-log", metavar="FILE", help="audit log (default $XDG_DATA_HOME/genforge/audit.jsonl, ~/.local/share when unset)")
 @click.option("--audit-fsync", is_flag=True, help="fsync every audit line (survives power loss)")
 @click.option("--max-n", type=int, default=64, show_default=True, help="images per request (413 above)")
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="request body size (413)")

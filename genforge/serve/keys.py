@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genforge.errors import GenforgeError
-from genforge.io import atomic_write_json, read_json
+from genforge.io import atomic_write_json, read_json, user_dir
 
 ROLES = {"viewer": 0, "generator": 1, "admin": 2}
 FORMAT, FORMAT_VERSION = "genforge-keys", 1
@@ -37,7 +37,8 @@ MAX_NAME = 100
 
 
 def default_keys_file() -> Path:
-    return Path(os.environ.get(KEYS_FILE_ENV) or Path.home() / ".config/genforge/keys.json")
+    """$GENFORGE_KEYS_FILE, else $XDG_CONFIG_HOME/genforge/keys.json (~/.config when unset)."""
+    return Path(os.environ.get(KEYS_FILE_ENV) or user_dir("config") / "keys.json")
 
 
 def role_allows(role: str, needed: str) -> bool:

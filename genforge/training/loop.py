@@ -261,7 +261,8 @@ class _Run:
             swept = sweep_temporary(run)
         if resumed is not None:  # every process loads the same checkpoint
             self.restore(resumed)
-        self.logger = RunLogger(run, cfg.max_steps, self.progress.step, cfg.tensorboard, quiet, enabled=ctx.is_main)
+        self.logger = RunLogger(run, cfg.max_steps, self.progress.step, cfg.tensorboard, quiet, enabled=ctx.is_main,
+                                max_seconds=cfg.max_seconds)
         self.announce(swept)
         for note in self.notes:
             self.logger.message(note)

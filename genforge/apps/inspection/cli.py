@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from genforge.cli.options import (CONTEXT, Group, LazyHelpOption, comma_list, cpu_only, device_option,
-                                  image_options, out_option, quiet_option, seed_option)
+from genforge.cli.options import (CONTEXT, Group, LazyHelpOption, comma_list, device_option, image_options,
+                                  out_option, progress_option, quiet_option, seed_option)
 from genforge.errors import GenforgeError
 
 
@@ -74,10 +74,11 @@ def _fpr_help() -> str:
 @seed_option("training seed")
 @out_option("detector directory", metavar="DET")
 @quiet_option
+@progress_option
 @device_option()
 def fit(data: str, detector: str, normal_class: str | None, anomaly_class: str | None, fpr: float | None,
         sets: tuple[str, ...], max_train: int, image_size: int, channels: int, split_seed: int, seed: int, out: str,
-        quiet: bool, device: str) -> int:
+        quiet: bool, progress: bool, device: str) -> int:
     """Fit an anomaly detector on normal images: genforge inspect fit DATA --normal-class 3 --out DET.
 
     DATA is any data spec (mnist5k, fashion-mnist, idx:DIR, npz:FILE, folder:DIR). Labelled data: pick the
@@ -88,7 +89,6 @@ def fit(data: str, detector: str, normal_class: str | None, anomaly_class: str |
     """
     from genforge.apps import inspection
 
-    cpu_only(device, "inspect fit")
     fpr = inspection.DEFAULT_FPR if fpr is None else fpr
 
     options = parse_options(detector, sets)
@@ -103,7 +103,7 @@ def fit(data: str, detector: str, normal_class: str | None, anomaly_class: str |
             "class_names": normal.class_names, "max_train": max_train}
     log = None if quiet else (lambda msg: print(f"  {msg}", flush=True))
     det = inspection.fit(detector, normal.train, normal.val, fpr=fpr, seed=seed, options=options,
-                         log=log, data=about)
+                         log=log, data=about, device=device, progress=progress and not quiet)
     inspection.save(det, out)
     print(f"genforge: threshold {det.threshold:.6g} flags {100 * det.meta['val_fpr']:.1f}% of the normal "
           f"validation images (target {100 * fpr:g}%); fit in {det.meta['fit_seconds']:.1f} s; "
@@ -115,20 +115,36 @@ def _names(normal) -> list[str]:
     return [normal.class_names[c] if normal.class_names else str(c) for c in normal.normal_classes]
 
 
+def _heatmaps(value: str) -> int | None:
+    """--heatmaps: a count (0 or more), or "all" (None)."""
+    text = str(value).strip().lower()
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise GenforgeError(f"--heatmaps {value!r}: give a number of images (0 or more) or 'all'")
+    return int(text)
+
+
 @inspect.command("score", context_settings=CONTEXT)
 @click.argument("detector", metavar="DET")
 @click.argument("data", metavar="DATA")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
               help="which split of DATA to score")
 @click.option("--resize", is_flag=True, help="resize images of another size to the detector's")
-@click.option("--no-heatmaps", is_flag=True, help="write scores only")
+@click.option("--heatmaps", "heatmaps", default="32", show_default=True, metavar="K|all",
+              callback=lambda ctx, param, value: _heatmaps(value),
+              help="heat maps of the K highest scores (and of the cases the report shows); all: every image")
+@click.option("--no-heatmaps", is_flag=True, help="write scores only (as --heatmaps 0)")
 @out_option("results directory", metavar="RESULTS")
 @device_option()
-def score(detector: str, data: str, split: str, resize: bool, no_heatmaps: bool, out: str, device: str) -> int:
+def score(detector: str, data: str, split: str, resize: bool, heatmaps: int | None, no_heatmaps: bool, out: str,
+          device: str) -> int:
     """Score images with a fitted detector: genforge inspect score DET DATA --out RESULTS.
 
-    Writes RESULTS/scores.csv (score and normal/anomaly label per image), RESULTS/summary.json and a residual
-    heat map per image (RESULTS/heatmaps/NNNNN.png: the image beside where it differs from normal). --split
+    Writes RESULTS/scores.csv (score and normal/anomaly label per image), RESULTS/summary.json and residual
+    heat maps (RESULTS/heatmaps/NNNNN.png, NNNNN the image's index: the image beside where it differs from
+    normal) for the --heatmaps K highest scores, and when the truth is known for the false alarms and
+    missed anomalies the report shows; --heatmaps all writes one per image. --split
     picks test (default), val, train or all (every image of the source in file order; duplicates kept).
     When DATA has labels and the detector was fit on some of its classes, the images of the other classes
     count as true anomalies: AUROC, F1 and the confusion counts are printed and saved.
@@ -137,8 +153,7 @@ def score(detector: str, data: str, split: str, resize: bool, no_heatmaps: bool,
     from genforge.apps.inspection.report import write_results
     from genforge.data import load_splits
 
-    cpu_only(device, "inspect score")
-    det = inspection.load(detector)
+    det = inspection.load(detector, device=device)
     _, h, _ = det.image_shape
     if split == "all":
         splits = load_splits(data, image_size=h, val_fraction=0.0, test_fraction=0.0, dedup=False)
@@ -163,7 +178,7 @@ def score(detector: str, data: str, split: str, resize: bool, no_heatmaps: bool,
         truth = ~np.isin(y, normal_classes)
     about = {"detector": str(Path(detector)), "data": data, "split": split}
     summary = write_results(out, det, scored, x, classes=y, class_names=splits.class_names, truth=truth,
-                            heatmaps=not no_heatmaps, about=about)
+                            heatmaps=0 if no_heatmaps else heatmaps, about=about)
     line = f"genforge: {summary['flagged']} of {summary['n']} images flagged as anomalies"
     if "auroc" in summary:
         line += f"; AUROC {summary['auroc']:.4f}, F1 {summary['f1']:.4f} at the threshold"

@@ -6,8 +6,11 @@ scoring code in ``inspection.py`` is the same for all of them:
 
     det = DETECTORS["vae"](image_shape, **options)
     det.fit(x_train, seed)              # x: float32 (n, c, h, w) in [0, 1], normal images only
+                                        # (log: a callable for notes; progress: a bar over training steps)
     score, residual = det.score(x)      # (n,) float64, higher is more anomalous; (n, h, w) float32 heat map
     det.tensors()                       # everything learnt, for safetensors; det.options() for the JSON
+    det.to(device)                      # where fit and score compute: they follow x's device, scores come back
+                                        # as numpy; batch order and seeds are drawn on the CPU on every device
 
 ``vae`` and ``ganomaly`` are the generative detectors (genforge's own networks and VAE method);
 ``pca`` and ``knn`` are the baselines they must beat.
@@ -16,11 +19,13 @@ scoring code in ``inspection.py`` is the same for all of them:
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from genforge.config import Config
 from genforge.errors import GenforgeError, TrainingError
@@ -43,6 +48,16 @@ def _train_batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
         if i == 0:
             perm = torch.randperm(n, generator=gen)
         yield perm[i * batch:(i + 1) * batch]
+
+
+def _steps(batches, steps: int, desc: str, progress: bool):
+    """``batches`` with a bar over the training steps on stderr when ``progress`` (it draws no random numbers)."""
+    return tqdm(batches, total=steps, desc=desc, unit="step", disable=not progress, file=sys.stderr, leave=False,
+                dynamic_ncols=True)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
 
 
 def _standardize(values: np.ndarray, stats: dict) -> np.ndarray:
@@ -82,10 +97,10 @@ class PCADetector:
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.mean, self.components = tensors["mean"], tensors["components"]
 
-    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
         from sklearn.decomposition import PCA  # heavy import (~1-3 s with scipy): only the pca detector fits with it
 
-        flat = x.flatten(1).double().numpy()                  # (n, d)
+        flat = _numpy(x.flatten(1).cpu().double())            # (n, d)
         # a float n_components: the fewest components whose explained variance exceeds that share
         # (1.0, every component, is None to scikit-learn)
         pca = PCA(n_components=self.variance if self.variance < 1 else None, svd_solver="full").fit(flat)
@@ -100,8 +115,12 @@ class PCADetector:
         return (proj + self.mean).view(x.shape)
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = x.cpu()
         err = (x.double() - self.reconstruct(x)).square().mean(1)  # (n, h, w), channel mean
-        return err.flatten(1).sum(1).numpy(), err.float().numpy()
+        return _numpy(err.flatten(1).sum(1)), _numpy(err.float())
+
+    def to(self, device) -> None:
+        """Stays on the CPU: a float64 baseline (MPS has no float64), cheap there, the same scores everywhere."""
 
 
 class KNNDetector:
@@ -127,14 +146,18 @@ class KNNDetector:
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.bank = tensors["bank"]
 
-    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
-        flat = x.flatten(1).float()
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
+        flat = x.cpu().flatten(1).float()
         if len(flat) > self.bank_size:
             keep = torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:self.bank_size]
             flat = flat[keep.sort().values]
         self.bank = flat.contiguous()
 
+    def to(self, device) -> None:
+        """Stays on the CPU, as the pca detector does (float64 distances)."""
+
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = x.cpu()
         k = min(self.k, len(self.bank))
         bank_sq = self.bank.double().square().sum(1)              # (m,)
         scores, residuals = [], []
@@ -146,7 +169,7 @@ class KNNDetector:
             scores.append(d2.sqrt().mean(1))
             nearest = self.bank[idx[:, 0]].view(-1, *self.image_shape)
             residuals.append((x[sl].float() - nearest).abs().mean(1))  # (b, h, w)
-        return torch.cat(scores).numpy(), torch.cat(residuals).numpy()
+        return _numpy(torch.cat(scores)), _numpy(torch.cat(residuals))
 
 
 # ------------------------------------------------------------------------------------------- generative
@@ -218,23 +241,31 @@ class VAEDetector:
         _load_nets(self.nets, tensors)
         self.bank = tensors["bank"]
 
-    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+    def to(self, device) -> None:
+        for net in self.nets.values():
+            net.to(device)
+        self.bank = self.bank.to(device)
+
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
         # The fields vae.Trainer reads; the detector's own options were checked when it was built.
         cfg = Config(model="vae-conv", recon_loss="bce", kl_weight=1.0, g_lr=self.lr, g_betas=[0.9, 0.999],
                      z_dim=self.z_dim, base_channels=self.base_channels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.nets = _conv_nets(self.image_shape, self.z_dim, self.base_channels,
-                                   {"encoder": "encoder", "decoder": "decoder"})
+                                   {"encoder": "encoder", "decoder": "decoder"})  # built on the CPU: same start
             for net in self.nets.values():
-                net.train()
+                net.to(x.device).train()
             trainer = vae.Trainer(cfg, self.nets)   # the same ELBO step `genforge train` runs
             gen = torch.Generator().manual_seed(seed + 1)
+            # the ELBO's noise: on the CPU, the batch order's generator as before; elsewhere one on x's device
+            noise = gen if x.device.type == "cpu" else torch.Generator(device=x.device).manual_seed(seed + 1)
             order = torch.randperm(len(x), generator=gen)
             held = max(1, len(x) // 10)                  # calibration images: never trained on
             x_cal, x = x[order[:held].sort().values], x[order[held:].sort().values]
-            for step, idx in enumerate(_train_batches(len(x), self.batch_size, self.steps, gen)):
-                out = trainer.train_step(x[idx], None, gen, step)
+            for step, idx in enumerate(_steps(_train_batches(len(x), self.batch_size, self.steps, gen), self.steps,
+                                              "vae detector", progress)):
+                out = trainer.train_step(x[idx], None, noise, step)
                 if not torch.isfinite(out["loss"]):
                     raise TrainingError(f"vae detector: non-finite loss at step {step}; lower lr (now {self.lr})")
                 if log and (step + 1) % 200 == 0:
@@ -265,7 +296,7 @@ class VAEDetector:
         return {k: torch.cat(v) for k, v in out.items()}
 
     def _latent_distance(self, mu: torch.Tensor) -> torch.Tensor:
-        d = torch.cdist(mu.double(), self.bank.double())       # (n, m)
+        d = torch.cdist(mu.cpu().double(), self.bank.cpu().double())  # (n, m), float64 on the CPU (not on MPS)
         return d.topk(min(self.k, len(self.bank)), dim=1, largest=False).values.mean(1)
 
     def components(self, x: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -275,13 +306,13 @@ class VAEDetector:
         makes its standardized values comparable to the latent distance's.
         """
         parts = self._parts(x)
-        residual = parts["residual"].double().numpy()
-        comps = {"residual": residual, "elbo": parts["elbo"].double().numpy(),
-                 "latent": self._latent_distance(parts["mu"]).numpy()}
+        residual = _numpy(parts["residual"].cpu().double())
+        comps = {"residual": residual, "elbo": _numpy(parts["elbo"].cpu().double()),
+                 "latent": _numpy(self._latent_distance(parts["mu"]))}
         if self.stats:
             logs = {**comps, "residual": np.log(residual + 1e-12)}
             comps["combined"] = sum(_standardize(logs[name], self.stats[name]) for name in ("residual", "latent"))
-        return comps, parts["map"].numpy()
+        return comps, _numpy(parts["map"])
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         comps, maps = self.components(x)
@@ -329,16 +360,21 @@ class GANomalyDetector:
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         _load_nets(self.nets, tensors)
 
+    def to(self, device) -> None:
+        for net in self.nets.values():
+            net.to(device)
+
     def _generate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = self.nets["g_encoder"](x)[0]                         # (b, z_dim)
         x_hat = torch.sigmoid(self.nets["g_decoder"](z))         # (b, c, h, w) in [0, 1]
         z_hat = self.nets["encoder"](x_hat)[0]                   # (b, z_dim)
         return z, x_hat, z_hat
 
-    def fit(self, x: torch.Tensor, seed: int = 0, log=None) -> None:
+    def fit(self, x: torch.Tensor, seed: int = 0, log=None, progress: bool = False) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.nets = self._build()
+            self.nets = self._build()  # built on the CPU: the same start on every device
+        self.to(x.device)
         nets = self.nets
         for net in nets.values():
             net.train()
@@ -347,7 +383,8 @@ class GANomalyDetector:
         opt_d = torch.optim.Adam(nets["discriminator"].parameters(), lr=self.lr, betas=(0.5, 0.999))
         D = nets["discriminator"]
         gen = torch.Generator().manual_seed(seed + 1)
-        for step, idx in enumerate(_train_batches(len(x), self.batch_size, self.steps, gen)):
+        for step, idx in enumerate(_steps(_train_batches(len(x), self.batch_size, self.steps, gen), self.steps,
+                                          "ganomaly detector", progress)):
             real = x[idx] * 2 - 1                                # D was built for tanh images in [-1, 1]
             z, x_hat, z_hat = self._generate(x[idx])
             fake = x_hat * 2 - 1
@@ -383,11 +420,11 @@ class GANomalyDetector:
         for sl in _batches(len(x), SCORE_BATCH):
             z, x_hat, z_hat = self._generate(x[sl])
             err = (x[sl] - x_hat).abs()                          # (b, c, h, w)
-            latent.append((z - z_hat).square().mean(1).double())
-            residual.append(err.flatten(1).sum(1).double())
+            latent.append((z - z_hat).square().mean(1).cpu().double())
+            residual.append(err.flatten(1).sum(1).cpu().double())
             maps.append(err.mean(1))
-        return ({"latent": torch.cat(latent).numpy(), "residual": torch.cat(residual).numpy()},
-                torch.cat(maps).numpy())
+        return ({"latent": _numpy(torch.cat(latent)), "residual": _numpy(torch.cat(residual))},
+                _numpy(torch.cat(maps)))
 
     def score(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         comps, maps = self.components(x)

@@ -28,6 +28,7 @@ from safetensors.torch import save as st_save
 
 from genforge.apps.inspection.detectors import DETECTORS
 from genforge.data import load_splits, to_tensor
+from genforge.devices import pick
 from genforge.errors import DataError, GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 from genforge.models.files import check_header
@@ -64,9 +65,16 @@ class Detector:
     """A fitted detector: the method (``inspection_detectors``), its threshold and the statistics of its
     scores on the normal validation images. Build with :func:`fit`, or :func:`load` a saved one."""
 
-    def __init__(self, method, meta: dict):
+    def __init__(self, method, meta: dict, device=None):
         self.method = method
         self.meta = meta
+        self.device = torch.device(device or "cpu")  # where score() computes; see to()
+
+    def to(self, device: str = "cpu") -> "Detector":
+        """Score on ``device``: auto, cpu, cuda, cuda:N or mps (:func:`genforge.devices.pick`)."""
+        self.device = pick(device) if isinstance(device, str) else torch.device(device)
+        self.method.to(self.device)
+        return self
 
     @property
     def name(self) -> str:
@@ -82,7 +90,7 @@ class Detector:
 
     def score(self, images: np.ndarray) -> Scored:
         """Score uint8 images (n, h, w) or (n, h, w, c) of the size and channel count the detector was fit on."""
-        x = as_tensor(images, self.image_shape)
+        x = as_tensor(images, self.image_shape).to(self.device)
         score, residual = self.method.score(x)
         return Scored(score, score > self.threshold, residual)
 
@@ -194,23 +202,29 @@ def _check_fit_inputs(name: str, train: np.ndarray, val: np.ndarray, fpr: float)
 
 
 def fit(name: str, train: np.ndarray, val: np.ndarray, *, fpr: float = DEFAULT_FPR, seed: int = 0,
-        options: dict | None = None, log=None, data: dict | None = None) -> Detector:
+        options: dict | None = None, log=None, data: dict | None = None, device: str = "cpu",
+        progress: bool = False) -> Detector:
     """Fit detector ``name`` on normal ``train`` images and set its threshold on normal ``val`` images.
 
     train, val: uint8 (n, h, w) or (n, h, w, c), normal images only. fpr: the share of normal validation
     images allowed above the threshold. options: the detector's own (see ``inspection_detectors``), e.g.
-    ``{"steps": 600}`` for ``vae``. data: what to record about where the images came from.
+    ``{"steps": 600}`` for ``vae``. data: what to record about where the images came from. device: where it
+    fits (auto, cpu, cuda, cuda:N or mps); the batch order and seeds are the same on every device, the last
+    bits of the weights are not. The fitted detector scores on the same device (:meth:`Detector.to`).
+    progress: a bar over the training steps on stderr (vae, ganomaly).
     """
     _check_fit_inputs(name, train, val, fpr)
+    dev = pick(device)
     x = as_tensor(train, what="normal training images")
     shape = tuple(x.shape[1:])
-    x_val = as_tensor(val, shape, what="normal validation images")
+    x_val = as_tensor(val, shape, what="normal validation images").to(dev)
+    x = x.to(dev)
     try:
         method = DETECTORS[name](shape, **(options or {}))
     except TypeError as e:
         raise GenforgeError(f"detector {name!r}: bad option ({e})") from None
     t0 = time.perf_counter()
-    method.fit(x, seed=seed, log=log)
+    method.fit(x, seed=seed, log=log, progress=progress)
     fit_seconds = time.perf_counter() - t0
     val_scores, val_maps = method.score(x_val)
     threshold = choose_threshold(val_scores, fpr)
@@ -221,8 +235,9 @@ def fit(name: str, train: np.ndarray, val: np.ndarray, *, fpr: float = DEFAULT_F
             # heat maps of every image share one colour scale: the 99.9th percentile of normal residual pixels
             "residual_scale": float(max(np.quantile(val_maps, 0.999), 1e-12)),
             "train_size": len(x), "seed": int(seed), "fit_seconds": round(fit_seconds, 2),
-            "data": data or {}, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
-    return Detector(method, meta)
+            "data": data or {}, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": dev.type}
+    return Detector(method, meta, dev)
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -242,8 +257,9 @@ def save(detector: Detector, directory: str | Path) -> Path:
     return directory
 
 
-def load(directory: str | Path) -> Detector:
-    """Load a saved detector: JSON fields, safetensors header and SHA-256 checked before any tensor is used."""
+def load(directory: str | Path, device: str = "cpu") -> Detector:
+    """Load a saved detector: JSON fields, safetensors header and SHA-256 checked before any tensor is used.
+    ``device``: where it scores (auto, cpu, cuda, cuda:N or mps)."""
     directory = Path(directory)
     if directory.is_file():
         directory = directory.parent
@@ -279,7 +295,7 @@ def load(directory: str | Path) -> Detector:
         raise ModelFileError(f"{weights}: SHA-256 does not match {CONFIG}: the file was altered or truncated")
     method = cls(tuple(shape), **meta["options"])
     method.load_tensors(st_load(blob))
-    return Detector(method, meta)
+    return Detector(method, meta).to(device)
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -4,7 +4,8 @@ A results directory holds:
 
     scores.csv        index, score, label (normal / anomaly), and, for labelled data, class and truth
     summary.json      detector, data, threshold, counts; AUROC, F1 and the confusion counts when truth is known
-    heatmaps/NNNNN.png  each image beside its residual heat map (one colour scale for all images)
+    heatmaps/NNNNN.png  an image beside its residual heat map (one colour scale for all images), NNNNN its index:
+                        by default only for the TOP_HEATMAPS highest scores and the cases the report shows
 
 The report is one self-contained HTML page (plots drawn with matplotlib's Agg backend and embedded as
 base64 PNG, like ``genforge report``): ROC curve when truth is known, score histograms with the threshold,
@@ -34,6 +35,7 @@ SCORES = "scores.csv"
 SUMMARY = "summary.json"
 HEATMAPS = "heatmaps"
 WORST = 16
+TOP_HEATMAPS = 32  # heat maps written by default: a page of the worst cases, not one PNG per image of a data set
 
 
 def heatmap_image(image: np.ndarray, residual: np.ndarray, scale: float) -> Image.Image:
@@ -47,12 +49,14 @@ def heatmap_image(image: np.ndarray, residual: np.ndarray, scale: float) -> Imag
 
 
 def write_results(out: str | Path, detector, scored, images: np.ndarray, *, classes: np.ndarray | None = None,
-                  class_names: list[str] | None = None, truth: np.ndarray | None = None, heatmaps: bool = True,
-                  about: dict | None = None) -> dict:
-    """Write scores.csv, summary.json and (unless heatmaps=False) one heat-map PNG per image into ``out``.
+                  class_names: list[str] | None = None, truth: np.ndarray | None = None,
+                  heatmaps: int | bool | None = TOP_HEATMAPS, about: dict | None = None) -> dict:
+    """Write scores.csv, summary.json and heat-map PNGs into ``out``.
 
-    truth: True for images known to be anomalies (labelled data whose normal classes the detector records).
-    Returns the summary.
+    heatmaps: K (default :data:`TOP_HEATMAPS`) writes those of the K highest scores, and, when the truth is
+    known, of the false alarms and missed anomalies the report shows; None or True: one per image; 0 or
+    False: none. truth: True for images known to be anomalies (labelled data whose normal classes the
+    detector records). Returns the summary.
     """
     out = Path(out)
     x = images[..., None] if images.ndim == 3 else images
@@ -62,12 +66,13 @@ def write_results(out: str | Path, detector, scored, images: np.ndarray, *, clas
         t = "" if truth is None else ("anomaly" if truth[i] else "normal")
         rows.append(f"{i},{float(s)!r},{'anomaly' if a else 'normal'},{_csv_field(cls)},{t}")
     atomic_write_text(out / SCORES, "\n".join(rows) + "\n")
-    if heatmaps:
-        write_heatmaps(out / HEATMAPS, x, scored.residual, detector.meta["residual_scale"])
+    chosen = heatmap_indices(scored.score, truth, heatmaps)
+    if len(chosen):
+        write_heatmaps(out / HEATMAPS, x, scored.residual, detector.meta["residual_scale"], chosen)
     summary = {"format": "genforge-inspection", "format_version": 1, **(about or {}),
                "detector_name": detector.name, "threshold": detector.threshold,
                "target_fpr": detector.meta["target_fpr"], "n": len(scored.score),
-               "flagged": int(scored.anomaly.sum()), "heatmaps": bool(heatmaps),
+               "flagged": int(scored.anomaly.sum()), "heatmaps": int(len(chosen)),
                "class_names": class_names, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if truth is not None and 0 < truth.sum() < len(truth):
         summary["auroc"] = auroc(scored.score, truth)
@@ -76,14 +81,31 @@ def write_results(out: str | Path, detector, scored, images: np.ndarray, *, clas
     return summary
 
 
-def write_heatmaps(directory: Path, x: np.ndarray, residual: np.ndarray, scale: float) -> None:
-    """One PNG per image into a temporary directory beside ``directory``, then renamed into place: a crash
-    leaves the previous heat maps (or none), never a mix. (One fsync'd atomic write per file would cost
-    seconds per thousand images.)"""
+def heatmap_indices(score: np.ndarray, truth: np.ndarray | None, heatmaps: int | bool | None) -> np.ndarray:
+    """The indices whose heat maps :func:`write_results` writes (sorted): see its ``heatmaps``."""
+    n = len(score)
+    if heatmaps is None or heatmaps is True:
+        return np.arange(n)
+    if heatmaps is False or heatmaps == 0:
+        return np.arange(0)
+    if isinstance(heatmaps, bool) or not isinstance(heatmaps, (int, np.integer)) or heatmaps < 0:
+        raise GenforgeError(f"heatmaps: a number of images (0 or more) or 'all', got {heatmaps!r}")
+    order = np.argsort(-np.asarray(score), kind="mergesort")  # as the report orders its cases
+    chosen = [order[:heatmaps]]
+    if truth is not None:  # the report's false alarms and missed anomalies, so that it shows them too
+        chosen += [order[~truth[order]][:WORST], order[truth[order]][::-1][:WORST]]
+    return np.unique(np.concatenate(chosen)).astype(np.int64)
+
+
+def write_heatmaps(directory: Path, x: np.ndarray, residual: np.ndarray, scale: float,
+                   indices: np.ndarray | None = None) -> None:
+    """One PNG per image of ``indices`` (default all), named by its index, into a temporary directory beside
+    ``directory``, then renamed into place: a crash leaves the previous heat maps (or none), never a mix.
+    (One fsync'd atomic write per file would cost seconds per thousand images.)"""
     tmp = directory.with_name(f".{directory.name}.{os.getpid()}.{time.time_ns()}.tmp")
     tmp.mkdir()  # unlike mkdtemp, keeps the user's umask
     try:
-        for i in range(len(x)):
+        for i in (range(len(x)) if indices is None else indices):
             heatmap_image(x[i], residual[i], scale).save(tmp / f"{i:05d}.png", format="PNG")
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
@@ -227,7 +249,7 @@ def build_report(results: str | Path) -> str:
         parts.append(_cases(results, cols, anomaly_idx[::-1][:WORST],
                             "missed anomalies: anomalies with the lowest scores", summary))
     if not summary.get("heatmaps", True):
-        parts.append("<p>(scored with --no-heatmaps: no images to show)</p>")
+        parts.append("<p>(scored with --heatmaps 0: no images to show)</p>")
     parts += ["<h2>Summary</h2>", f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>"]
     style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}"
              "img{max-width:100%}img.case{image-rendering:pixelated;width:168px}"

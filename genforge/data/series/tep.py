@@ -25,7 +25,6 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ import numpy as np
 
 from genforge.data.npz import ZIP_ERRORS
 from genforge.errors import DataError
-from genforge.io import atomic_write
+from genforge.io import atomic_write, user_dir
 
 EXTRA = "pip install 'genforge[series]'"
 TESTED_VERSION = "0.2.0"  # the tep-studio release genforge pins and was checked against
@@ -183,8 +182,7 @@ def _ranges(values) -> str:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "genforge" / "tep"
+    return user_dir("cache") / "tep"
 
 
 def simulator():
