@@ -17,7 +17,7 @@ The package is layered; each layer imports only those below it (``tests/test_lay
 from genforge.version import __version__
 
 
-def load(path, device="cpu"):
+def load(path, device: str = "auto"):
     """Load a trained model from a run directory or a model directory (config.json + model.safetensors)."""
     from genforge.generation.model import load as _load  # late: `import genforge` stays free of torch
 

@@ -105,7 +105,7 @@ class GenerativeModel:
                 f"z_dim={self.z_dim}, step={self.meta.get('step')})")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+def load(path: str | Path, device: str | torch.device = "auto") -> GenerativeModel:
     """Load a trained model from a run directory (its best, else last, checkpoint) or a model directory
     (config.json + model.safetensors), checking every field and the weights' SHA-256 before trusting them.
     ``device``: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps", or a torch.device.
