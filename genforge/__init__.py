@@ -18,7 +18,11 @@ from genforge.version import __version__
 
 
 def load(path, device: str = "auto"):
-    """Load a trained model from a run directory or a model directory (config.json + model.safetensors)."""
+    """Load a trained model from a run directory or a model directory (config.json + model.safetensors).
+
+    ``device``: "auto" (CUDA, then MPS, then the CPU), "cpu", "cuda", "cuda:N" or "mps". Returns a
+    :class:`~genforge.generation.model.GenerativeModel`; ``model.sample(n, seed=..., **controls)`` draws samples.
+    """
     from genforge.generation.model import load as _load  # late: `import genforge` stays free of torch
 
     return _load(path, device=device)
