@@ -23,6 +23,8 @@ import ctypes
 import os
 import time
 
+from genforge.errors import GenforgeError
+
 # glibc malloc.h: #define M_TRIM_THRESHOLD -1, M_TOP_PAD -2, M_MMAP_THRESHOLD -3
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
@@ -49,7 +51,8 @@ def tune_allocator() -> dict[str, object]:
     tunable set and its value (empty when nothing was set) and ``reason`` says why. Nothing is set on a system
     without glibc (macOS, musl, Windows), when ``GENFORGE_MALLOC=default``, when the user chose an allocator
     themselves (any ``MALLOC_*`` variable, ``glibc.malloc`` in ``GLIBC_TUNABLES``, or an allocator in
-    ``LD_PRELOAD`` such as jemalloc or tcmalloc): their choice wins.
+    ``LD_PRELOAD`` such as jemalloc or tcmalloc): their choice wins. Any other value of ``GENFORGE_MALLOC`` is
+    a GenforgeError naming it.
     """
     global _result
     if _result is None:
@@ -62,8 +65,8 @@ def _tune(environ) -> dict[str, object]:
     if choice == "default":
         return {"applied": {}, "reason": f"{ESCAPE_ENV}=default: glibc's defaults kept"}
     if choice:
-        return {"applied": {}, "reason": f"{ESCAPE_ENV}={environ[ESCAPE_ENV]!r} not understood (only 'default' "
-                                         "is): glibc's defaults kept"}
+        raise GenforgeError(f"{ESCAPE_ENV}={environ[ESCAPE_ENV]!r}: use 'default' to keep glibc's malloc "
+                            "defaults, or unset it to let genforge tune them")
     user = sorted(k for k in environ if k.startswith("MALLOC_"))
     if user:
         return {"applied": {}, "reason": f"the environment sets {', '.join(user)}: the user's choice kept"}
@@ -115,8 +118,8 @@ class ProcessCounters:
         self.last_time = time.monotonic()
 
     def delta(self) -> dict[str, float]:
-        """``{"page_faults_per_s": ..., "system_share": ...}`` since the previous call (or creation); empty
-        where /proc cannot be read or no time has passed."""
+        """``{"page_faults": ..., "page_faults_per_s": ..., "system_share": ...}`` (minor and major faults)
+        since the previous call (or creation); empty where /proc cannot be read or no time has passed."""
         now, at = read_counters(), time.monotonic()
         before, before_at = self.last, self.last_time
         self.last, self.last_time = now, at
@@ -124,7 +127,34 @@ class ProcessCounters:
             return {}
         faults = (now["minor_faults"] + now["major_faults"]) - (before["minor_faults"] + before["major_faults"])
         cpu = (now["user_s"] - before["user_s"]) + (now["system_s"] - before["system_s"])
-        out = {"page_faults_per_s": round(faults / (at - before_at), 1)}
+        out = {"page_faults": int(faults), "page_faults_per_s": round(faults / (at - before_at), 1)}
         if cpu > 0:
             out["system_share"] = round((now["system_s"] - before["system_s"]) / cpu, 4)
         return out
+
+
+_log_counters: ProcessCounters | None = None
+
+
+def counters_since_last_log() -> dict[str, float]:
+    """``{"page_faults_per_s": ..., "system_share": ...}`` since the previous call in this process (the first
+    call: since the process started), for one line of ``metrics.jsonl``; empty where there is no /proc."""
+    global _log_counters
+    if _log_counters is None:
+        _log_counters = ProcessCounters()
+        _log_counters.last = {"minor_faults": 0.0, "major_faults": 0.0, "user_s": 0.0, "system_s": 0.0}
+        _log_counters.last_time = time.monotonic() - _process_age()
+    got = _log_counters.delta()
+    got.pop("page_faults", None)
+    return got
+
+
+def _process_age() -> float:
+    """Seconds since this process started (field 22 of /proc/self/stat, in clock ticks since boot)."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return max(float(f.read().split()[0]) - started, 1e-3)
+    except (OSError, ValueError, IndexError):
+        return 1.0
