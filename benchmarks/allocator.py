@@ -99,15 +99,21 @@ def summary(runs: list[dict]) -> dict[str, float]:
 
 
 def table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """Medians with the range over the children in brackets: on a shared machine the range shows the load."""
+    def cell(rs, key, fmt):
+        values = [r[key] for r in rs]
+        return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
     lines = ["| workload | allocator | wall s | user s | system s | system share | minor page faults | "
              "faults vs defaults |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for workload, runs in results.items():
         base = summary(runs["glibc defaults"])
         for setting, rs in runs.items():
             m = summary(rs)
-            lines.append(f"| {workload} | {setting} | {m['wall_s']:.1f} | {m['user_s']:.1f} | {m['system_s']:.1f} | "
-                         f"{100 * m['system_share']:.0f}% | {m['minor_faults']:,.0f} | "
-                         f"{m['minor_faults'] / base['minor_faults']:.2f} |")
+            lines.append(f"| {workload} | {setting} | {cell(rs, 'wall_s', '{:.1f}')} | "
+                         f"{cell(rs, 'user_s', '{:.1f}')} | "
+                         f"{cell(rs, 'system_s', '{:.1f}')} | {100 * m['system_share']:.0f}% | "
+                         f"{cell(rs, 'minor_faults', '{:,.0f}')} | {m['minor_faults'] / base['minor_faults']:.2f} |")
     return lines
 
 
@@ -165,9 +171,9 @@ def main() -> None:
         f"- machine: {describe(facts)}",
         f"- date: {started:%Y-%m-%d %H:%M} UTC",
         f"- command: `{command.strip()}`",
-        "- each row: the median of the children (alternating settings after one uncounted warm-up child, each a "
-        "fresh `genforge` process through `genforge.cli.main`); user, system and minor page faults from "
-        "`os.wait4`'s rusage of the child",
+        "- each cell: the median of the children, their range in brackets (alternating settings after one "
+        "uncounted warm-up child, each a fresh `genforge` process through `genforge.cli.main`); user, system and "
+        "minor page faults from `os.wait4`'s rusage of the child",
         "- glibc defaults: `GENFORGE_MALLOC=default` (the escape hatch); genforge tuning: `genforge.memory."
         "tune_allocator()` (mallopt M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB, M_TOP_PAD 256 MiB)",
         f"- the sampled pixels were {'identical' if same else 'NOT identical'} under both settings",

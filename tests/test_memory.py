@@ -133,3 +133,16 @@ def test_process_counters_see_touched_memory():
     assert got["page_faults_per_s"] > 0
     assert 0.0 <= got.get("system_share", 0.0) <= 1.0
     assert counters.delta()["page_faults"] < got["page_faults"]  # a delta, not the running total
+
+
+def test_counters_for_the_training_log_cover_the_time_since_the_previous_line(monkeypatch):
+    monkeypatch.setattr(memory, "_log_counters", None)
+    first = memory.counters_since_last_log()  # since the process started: this pytest run has faulted a lot
+    if not first:
+        pytest.skip("no /proc/self/stat here")
+    assert set(first) == {"page_faults_per_s", "system_share"}
+    assert first["page_faults_per_s"] > 0
+    block = b"\x01" * (64 << 20)
+    second = memory.counters_since_last_log()
+    del block
+    assert second["page_faults_per_s"] > 0 and 0.0 <= second["system_share"] <= 1.0
