@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
 from genforge.apps.augment import AugmentOptions, format_table, run  # noqa: E402
 from genforge.config import load_config  # noqa: E402
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
     torch.set_num_threads(2)
 
     data = args.data or load_config(args.recipe).data

@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import print_machine  # noqa: E402
 MARK = ("<!-- fuzzing:start -->", "<!-- fuzzing:end -->")
 
 
@@ -30,6 +31,7 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=1000, help="cases per fuzz test (CI runs 60)")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     args = ap.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
     os.environ["GENFORGE_FUZZ_EXAMPLES"] = str(args.examples)  # read by tests/test_fuzz.py at import: random
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

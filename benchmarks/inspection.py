@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.throughput import write_section  # noqa: E402
 from genforge.apps import inspection  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
@@ -137,6 +138,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write every number to this JSON file")
     parser.add_argument("--no-write", action="store_true", help="do not touch benchmarks/RESULTS.md")
     args = parser.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
     torch.set_num_threads(args.threads)
 
     t_start = time.perf_counter()

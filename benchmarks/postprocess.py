@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import print_machine  # noqa: E402
 import genforge  # noqa: E402
 from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
 from genforge.config import load_config  # noqa: E402
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.8)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
     set_threads(0)
 
     splits = load_splits("mnist5k")

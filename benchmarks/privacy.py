@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
 from genforge.config import Config, load_config  # noqa: E402
 from genforge.metrics import evaluate  # noqa: E402
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--runs", help="keep the run directories here (default: a temporary directory)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
 
     threads = set_threads(0)
     recipe = Path(args.recipe)

@@ -34,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
@@ -221,6 +222,7 @@ def main() -> None:
                     help="with --runs: take a recipe's row from DIR/RECIPE.row.json when an earlier call wrote it "
                          "(so recipes can be run one call at a time, between other jobs, and tabled together)")
     args = ap.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
 
     threads = set_threads(0)
     recipes = sorted(ROOT.glob("genforge/recipes/*.yaml"))

@@ -31,6 +31,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import print_machine  # noqa: E402
 import genforge  # noqa: E402
 from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
 from genforge.apps.repair import RepairOptions, repair  # noqa: E402
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
     torch.set_num_threads(2)
 
     splits = load_splits("mnist5k")

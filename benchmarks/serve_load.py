@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.throughput import write_section  # noqa: E402
 
 MARK_START, MARK_END = "<!-- serve_load:start -->", "<!-- serve_load:end -->"
@@ -220,6 +221,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="server's forward-pass threads (default 1)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
 
     load_before = os.getloadavg()
     model = ensure_model(args.model)

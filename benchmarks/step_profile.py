@@ -26,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits, to_tensor  # noqa: E402
@@ -100,6 +101,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="profiled training steps per recipe (default 50)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
     threads = set_threads(0)
     lines = [MARKS[0], "## Where the time goes (`benchmarks/step_profile.py`)", "",
              f"- command: `python benchmarks/step_profile.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",

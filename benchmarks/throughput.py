@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import print_machine  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits, to_tensor  # noqa: E402
 from genforge.models import MODELS, build_networks  # noqa: E402
@@ -120,6 +121,7 @@ def main() -> None:
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
+    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
 
     threads = set_threads(0)
     # By default one recipe per network and method: the mnist5k ones (fashion-* share their networks).

@@ -27,8 +27,8 @@ FIXTURE_MODEL = Path(__file__).parent / "fixtures" / "legacy" / "models" / "dcga
 # lowest first; a module may import its own layer and the ones below it. recipes (the bundled YAML files)
 # sits below config, whose load_config finds a recipe by name; devices (CUDA/MPS/CPU choice) just above config:
 # it reads the config's device field and everything from data upwards may ask it.
-LAYERS = ["version", "errors", "io", "crypto", "controls", "recipes", "config", "devices", "modalities", "data",
-          "models", "generation", "postprocess", "metrics", "training", "apps", "export", "security", "serve",
+LAYERS = ["version", "errors", "io", "memory", "crypto", "controls", "recipes", "config", "devices", "modalities",
+          "data", "models", "generation", "postprocess", "metrics", "training", "apps", "export", "security", "serve",
           "cli", "__init__", "__main__"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 

@@ -15,6 +15,7 @@ import click
 
 from genforge.cli.options import CONTEXT, Group, key_file_option, short_help
 from genforge.errors import GenforgeError
+from genforge.memory import tune_allocator
 from genforge.version import __version__
 
 EXIT_USER_ERROR = 2
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``genforge`` command line on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     from genforge.crypto import use_key_file
 
+    tune_allocator()  # before any command imports torch: every command samples, trains or scores tensors
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     debug = _debug_requested(args)
     use_key_file(None)  # a --key-file of an earlier main() in this process does not carry over

@@ -16,6 +16,7 @@ from torch import nn
 from genforge import devices, modalities
 from genforge.controls import Control
 from genforge.generation.sampling import Samples, sample
+from genforge.memory import tune_allocator
 from genforge.models import MODELS, family_of, sampling_defaults
 from genforge.models.files import read_model
 
@@ -113,6 +114,7 @@ def load(path: str | Path, device: str | torch.device = "auto") -> GenerativeMod
     >>> model = genforge.load("runs/mnist5k-dcgan")
     >>> model.sample(16, seed=0).x.shape   # uint8 (16, 28, 28)
     """
+    tune_allocator()  # sampling, evaluation and the server load through here, also when called from Python
     if isinstance(device, str):  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps"
         device = devices.pick(device)
     nets, meta, directory = read_model(path, device)

@@ -15,6 +15,7 @@ import click
 
 from genforge.cli.options import CONTEXT, Group, device_option, keys_file_option, model_argument, out_option
 from genforge.errors import GenforgeError
+from genforge.memory import tune_allocator
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -115,6 +116,7 @@ def serve(specs: tuple[str, ...], host: str, port: int, backend: str, device: st
     audit log before its response (key from $GENFORGE_AUDIT_KEY or $GENFORGE_AUDIT_KEY_FILE; genforge audit
     verify checks it); requests without one are rate-limited per address and counted in summary lines.
     """
+    tune_allocator()  # before torch: a server started from Python (not through main()) gets it too
     import torch
     import uvicorn
 

@@ -34,6 +34,7 @@ from genforge.generation.model import GenerativeModel
 from genforge.generation.provenance import stamp
 from genforge.metrics import TrainingEvaluator
 from genforge.io import atomic_write_json, atomic_write_text
+from genforge.memory import tune_allocator
 from genforge.models import MODELS, build_networks, d_options
 from genforge.training import distributed, privacy
 from genforge.training.checkpoint import (ResumeState, check_state, is_encrypted_run, last_checkpoint, read_state,
@@ -128,6 +129,7 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
     ``--allow-plaintext``): its next checkpoints would be written in the clear.
     Under ``torchrun --nproc_per_node=N`` every process calls this; ``distributed.py`` says what they share.
     """
+    tune_allocator()  # before the networks and the data allocate: also when train() is called from Python
     ctx = distributed.setup(pick_device(cfg.device))  # rank 0 of 1 unless torchrun started us
     try:
         return _Run(cfg, Path(run), resume, quiet or not ctx.is_main, ctx, keyring, allow_plaintext).loop()
