@@ -131,11 +131,20 @@ def test_sampling_again_with_the_tuning_reuses_its_memory():
     assert again < 0.25 * (untuned[1] + untuned[2]) / 2, (tuned, untuned)
 
 
+def fresh_pages(size: int = 64 << 20) -> None:
+    """Touch ``size`` bytes of fresh anonymous memory, one write per page: each page a minor fault, whatever
+    the allocator kept from earlier tests (malloc'd bytes could reuse a heap the tuning keeps)."""
+    import mmap
+
+    with mmap.mmap(-1, size) as m:
+        for offset in range(0, size, mmap.PAGESIZE):
+            m[offset] = 1
+
+
 def test_process_counters_see_touched_memory():
     counters = memory.ProcessCounters()
-    block = b"\x01" * (64 << 20)  # 64 MiB written: 16,384 fresh 4 KiB pages, each a minor fault
+    fresh_pages()  # 64 MiB: 16,384 fresh 4 KiB pages
     got = counters.delta()
-    del block
     if not got:
         pytest.skip("no /proc/self/stat here")
     assert got["page_faults"] >= 10_000
@@ -151,7 +160,6 @@ def test_counters_for_the_training_log_cover_the_time_since_the_previous_line(mo
         pytest.skip("no /proc/self/stat here")
     assert set(first) == {"page_faults_per_s", "system_share"}
     assert first["page_faults_per_s"] > 0
-    block = b"\x01" * (64 << 20)
+    fresh_pages()
     second = memory.counters_since_last_log()
-    del block
     assert second["page_faults_per_s"] > 0 and 0.0 <= second["system_share"] <= 1.0

@@ -68,8 +68,8 @@ def test_tensorboard_tags_grouped_and_jsonl_keys_flat(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     assert set(acc.Tags()["scalars"]) == {"train/loss_g", "train/images_per_sec", "val/fid"}
-    assert set(json.loads((tmp_path / "metrics.jsonl").read_text())) == {"step", "loss_g", "images_per_sec",
-                                                                          "val_fid"}
+    logged = set(json.loads((tmp_path / "metrics.jsonl").read_text())) - {"page_faults_per_s", "system_share"}
+    assert logged == {"step", "loss_g", "images_per_sec", "val_fid"}  # flat keys, as users parse them
 
 
 # ---------------------------------------------------------------------------------------------- progress bars

@@ -11,6 +11,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from genforge.io import atomic_write_text
+from genforge.memory import counters_since_last_log
 
 PRINT_SECONDS = 10.0
 
@@ -108,7 +109,9 @@ class RunLogger:
     def log(self, step: int, values: dict[str, float], final: bool = False) -> None:
         if self.metrics is None:
             return
-        self.metrics.write(json.dumps({"step": step, **values}) + "\n")
+        # page faults per second and the kernel's share of the CPU time since the last line: a run whose
+        # allocator maps and unmaps memory shows it here long before its images/s collapse
+        self.metrics.write(json.dumps({"step": step, **values, **counters_since_last_log()}) + "\n")
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(tensorboard_tag(key), value, step)
