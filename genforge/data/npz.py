@@ -12,11 +12,13 @@ preallocated buffer, and must be exactly as long as its header says.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import lzma
 import math
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +38,13 @@ ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedErro
               ValueError)
 
 
-def read_npz(path: Path, budget: Budget | None = None) -> Pool:
-    """Read `x` (uint8, integer or float images) and optional integer `y` from `path`.
-
-    `budget` bounds the bytes of x and y together (a fresh one, of limits.max_data_bytes(), by default).
-    """
-    budget = Budget() if budget is None else budget
+@contextlib.contextmanager
+def npz_members(path: Path, what: str) -> Iterator[tuple[zipfile.ZipFile, dict[str, str]]]:
+    """The open archive of the .npz at ``path`` (decrypted in memory when it is encrypted) and its arrays, name
+    -> member. A missing file, a file that is not a zip, an archive without ``x`` (``what`` says what x holds)
+    and a corrupt archive, found here or while the caller reads members, are one-line DataErrors."""
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist")
-
     source = plain_source(path)  # the file, or its decrypted bytes in memory (genforge security encrypt)
     if not zipfile.is_zipfile(source):
         raise DataError(f"{path}: not an .npz archive (not a zip file); save arrays with numpy.savez")
@@ -53,14 +53,33 @@ def read_npz(path: Path, budget: Budget | None = None) -> Pool:
             members = {name[: -len(".npy")]: name for name in zf.namelist() if name.endswith(".npy")}
             if "x" not in members:
                 have = ", ".join(sorted(members)) or "none"
-                raise DataError(f"{path}: no array named 'x' (the images); arrays present: {have}")
-            x_shape, x_dtype = _peek(zf, members["x"], path, budget)
-            y_shape, y_dtype = _peek(zf, members["y"], path, budget) if "y" in members else (None, None)
-            _check_shapes(path, x_shape, x_dtype, y_shape)
-            x = _read_member(zf, members["x"], path, x_shape, x_dtype)
-            y = _read_member(zf, members["y"], path, y_shape, y_dtype) if y_shape is not None else None
+                raise DataError(f"{path}: no array named 'x' ({what}); arrays present: {have}")
+            yield zf, members
     except ZIP_ERRORS as e:
         raise DataError(f"{path}: corrupt .npz archive ({e})") from e
+
+
+def read_npz_arrays(path: Path, names: tuple[str, ...], what: str, budget: Budget | None = None) -> dict:
+    """The arrays ``names`` that the .npz at ``path`` holds (``x`` must be one), each header checked and
+    charged to ``budget`` before its array is read chunk by chunk."""
+    budget = Budget() if budget is None else budget
+    with npz_members(path, what) as (zf, members):
+        peeked = {k: _peek(zf, members[k], path, budget) for k in names if k in members}
+        return {k: _read_member(zf, members[k], path, *shape_dtype) for k, shape_dtype in peeked.items()}
+
+
+def read_npz(path: Path, budget: Budget | None = None) -> Pool:
+    """Read `x` (uint8, integer or float images) and optional integer `y` from `path`.
+
+    `budget` bounds the bytes of x and y together (a fresh one, of limits.max_data_bytes(), by default).
+    """
+    budget = Budget() if budget is None else budget
+    with npz_members(path, "the images") as (zf, members):
+        x_shape, x_dtype = _peek(zf, members["x"], path, budget)
+        y_shape, y_dtype = _peek(zf, members["y"], path, budget) if "y" in members else (None, None)
+        _check_shapes(path, x_shape, x_dtype, y_shape)
+        x = _read_member(zf, members["x"], path, x_shape, x_dtype)
+        y = _read_member(zf, members["y"], path, y_shape, y_dtype) if y_shape is not None else None
 
     if x.ndim == 3:
         x = x[..., None]  # (N, H, W) -> (N, H, W, 1)

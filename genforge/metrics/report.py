@@ -119,31 +119,8 @@ def _panel_figure_png(panels: dict[str, dict[str, tuple]], title: str, bands: di
 
 
 def _figure_png(panels: dict[str, tuple[list[float], list[float]]], title: str, columns: int = 3) -> str:
-    """One small plot per key, as a base64 PNG."""
-    import matplotlib  # heavy import (~1 s): only when a report is drawn
-
-    matplotlib.use("Agg")  # no display needed, ever
-    import matplotlib.pyplot as plt
-
-    rows = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(rows, min(columns, len(panels)), figsize=(4.2 * min(columns, len(panels)), 2.8 * rows),
-                             squeeze=False)
-    for ax, (key, (steps, values)) in zip(axes.flat, panels.items()):
-        ax.plot(steps, values, lw=1.2, marker="o" if len(steps) < 30 else None, ms=3)
-        if key.endswith("fid") and min(values) > 0 and max(values) > 10 * min(values):
-            ax.set_yscale("log")  # FID falls by orders of magnitude early in training
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    """One small plot per key, one curve each, as a base64 PNG."""
+    return _panel_figure_png({key: {key: curve} for key, curve in panels.items()}, title, columns=columns)
 
 
 def last_grids(run: Path, count: int = LAST_GRIDS) -> list[tuple[int, Path]]:

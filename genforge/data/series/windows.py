@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from genforge.crypto import plain_source
-from genforge.data.npz import ZIP_ERRORS, _peek
+from genforge.data.npz import read_npz_arrays
 from genforge.data.series.base import MISSING_POLICIES, SeriesSet, check_policy, fill_missing
 from genforge.errors import DataError
 
@@ -54,9 +53,7 @@ def read_csv_log(path: str | Path, *, time_column: str | None = None, label_colu
         raise DataError(f"CSV file {path} does not exist")
     if path.stat().st_size > MAX_CSV_BYTES:
         raise DataError(f"{path}: {path.stat().st_size} bytes, over the {MAX_CSV_BYTES} byte limit for a CSV log")
-    from genforge.crypto import plain_source  # a file encrypted at rest reads like a plain one
-
-    source = plain_source(path)
+    source = plain_source(path)  # a file encrypted at rest reads like a plain one
     raw = source.read() if isinstance(source, io.BytesIO) else path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -136,24 +133,8 @@ def read_npz_log(path: str | Path, *, missing: str = "refuse") -> Log:
     """Read `x` (T, C) and optional `t`, `y`, `channels` from an .npz log (NaN in x marks a missing value)."""
     check_policy("missing", missing, MISSING_POLICIES)
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"npz file {path} does not exist")
-    source = plain_source(path)
-    if not zipfile.is_zipfile(source):
-        raise DataError(f"{path}: not an .npz archive (not a zip file); save arrays with numpy.savez")
-    try:
-        with zipfile.ZipFile(source) as zf:
-            members = {name[: -len(".npy")]: name for name in zf.namelist() if name.endswith(".npy")}
-            if "x" not in members:
-                raise DataError(f"{path}: no array named 'x' (the (time, channels) values); arrays present: "
-                                f"{', '.join(sorted(members)) or 'none'}")
-            shapes = {k: _peek(zf, members[k], path) for k in ("x", "t", "y", "channels") if k in members}
-        if isinstance(source, io.BytesIO):
-            source.seek(0)
-        with np.load(source, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in shapes}
-    except ZIP_ERRORS as e:
-        raise DataError(f"{path}: corrupt .npz archive ({e})") from e
+    # each array's header is checked and charged to the data budget before it is read (genforge.data.npz)
+    arrays = read_npz_arrays(path, ("x", "t", "y", "channels"), "the (time, channels) values")
     x = arrays["x"]
     if x.ndim != 2 or x.dtype.kind not in "uif" or 0 in x.shape:
         raise DataError(f"{path}: x has shape {x.shape} and dtype {x.dtype}; expected (time, channels) numbers")
