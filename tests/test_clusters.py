@@ -95,3 +95,22 @@ def test_bad_cluster_settings(unlabeled, run, tmp_path):
     (copy / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="field 'clusters' must hold 'prior', one share per class \\(3\\)"):
         genforge.load(copy)
+
+
+def test_resume_trains_on_the_same_clusters_or_refuses(unlabeled, tmp_path):
+    """k-means is computed again on resume; the labels' hash recorded with the model proves it is the same
+    clustering, and a run whose checkpoint cannot prove it (an older genforge's k-means) is refused."""
+    path = tmp_path / "run"
+    train(_config(unlabeled), path, quiet=True)
+    meta_file = genforge.load(path).path + "/config.json"
+    meta = json.loads(open(meta_file).read())
+    assert len(meta["clusters"]["labels_sha256"]) == 64
+    assert train(_config(unlabeled, max_steps=4), path, resume=True, quiet=True).step == 4
+    for edit, message in ((lambda c: c.pop("labels_sha256"), "records no hash of its cluster labels"),
+                          (lambda c: c.update(labels_sha256="0" * 64), "differ from the ones it trained on")):
+        meta_file = genforge.load(path).path + "/config.json"
+        meta = json.loads(open(meta_file).read())
+        edit(meta["clusters"])
+        open(meta_file, "w").write(json.dumps(meta))
+        with pytest.raises(ConfigError, match=message):
+            train(_config(unlabeled, max_steps=6), path, resume=True, quiet=True)

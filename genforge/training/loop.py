@@ -13,6 +13,7 @@ non-finite loss never reaches a checkpoint. Grids and validation draw through th
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -28,12 +30,14 @@ from genforge import devices, models
 from genforge.config import Config
 from genforge.crypto import load_keyring
 from genforge.data import augment, load_splits, to_tensor
-from genforge.errors import ConfigError, GenforgeError, TrainingError
+from genforge.data.clusters import METHOD as CLUSTER_METHOD
+from genforge.data.clusters import cluster_labels
+from genforge.errors import ConfigError, GenforgeError, ModelFileError, TrainingError
 from genforge.generation import latents, make_grid, sample, save_grid
 from genforge.generation.model import GenerativeModel
 from genforge.generation.provenance import stamp
 from genforge.metrics import TrainingEvaluator
-from genforge.io import atomic_write_json, atomic_write_text
+from genforge.io import atomic_write_json, atomic_write_text, read_json
 from genforge.memory import tune_allocator
 from genforge.models import MODELS, build_networks, d_options
 from genforge.training import distributed, privacy
@@ -181,11 +185,12 @@ def load_data(cfg: Config, device: torch.device) -> Data:
     x = to_tensor(splits.train.x, spec.method.VALUE_RANGE).to(device)  # (N, c, h, w)
     labels, class_names, clusters = splits.train.y, splits.class_names, None
     if cfg.clusters:  # cluster guidance: k-means clusters replace the labels, which are never read
-        from genforge.data.clusters import cluster_labels
 
         labels, prior = cluster_labels(splits.train.x, cfg.clusters, cfg.seed)
         class_names = [f"cluster {i}" for i in range(cfg.clusters)]
-        clusters = {"k": cfg.clusters, "prior": prior.tolist(), "method": "k-means on 32 principal components"}
+        # the labels' hash travels with the model, so a resume can tell that it trains on the same clusters
+        clusters = {"k": cfg.clusters, "prior": prior.tolist(), "method": CLUSTER_METHOD,
+                    "labels_sha256": hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64)).hexdigest()}
     num_classes = len(class_names or []) if spec.conditional else 0
     if spec.conditional and (labels is None or num_classes < 2):
         raise ConfigError(f"model {cfg.model!r} is class-conditional but data {cfg.data!r} has no labels "
@@ -194,6 +199,20 @@ def load_data(cfg: Config, device: torch.device) -> Data:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(labels).to(device) if num_classes else None
     return Data(x, y, splits.image_shape, class_names, num_classes, clusters, splits.val.x)
+
+
+def check_same_clusters(clusters: dict, ckpt: Path) -> None:
+    """Refuse to resume a cluster-guided run on clusters other than the ones it trained on (k-means computed
+    again differs when the data, the seed or genforge's k-means changed); a run from before the labels' hash
+    was recorded cannot be checked, so it is refused too, naming why."""
+    meta = read_json(Path(ckpt) / "config.json", ModelFileError)
+    recorded = (meta.get("clusters") or {}).get("labels_sha256") if isinstance(meta, dict) else None
+    if recorded != clusters["labels_sha256"]:
+        why = ("its checkpoint records no hash of its cluster labels (written by an older genforge, whose k-means "
+               "was its own)" if recorded is None else "the cluster labels computed now differ from the ones it "
+               "trained on")
+        raise ConfigError(f"{ckpt}: cannot resume this cluster-guided run: {why}. Start a new run; its model "
+                          "files still load and sample")
 
 
 @dataclass
@@ -237,6 +256,8 @@ class _Run:
         set_threads(cfg.num_threads or ctx.cpu_threads)
         self.method = MODELS[cfg.model].method
         self.data = load_data(cfg, self.device)
+        if resumed is not None and self.data.clusters:
+            check_same_clusters(self.data.clusters, resumed.path.parent)  # resumed.path: the state.pt
         self.n_train = self.data.x.shape[0]
         self.build()
         self.meta = self.release_meta()
