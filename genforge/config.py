@@ -127,7 +127,7 @@ CHOICES = {
     "noise_schedule": ("linear", "cosine"),
 }
 # recipe fields that set a trained model's sampling defaults: their ranges are the controls' own
-RECIPE_CONTROLS = {c.recipe_field: c for c in (controls.STEPS, controls.SAMPLER, controls.GUIDANCE)}
+RECIPE_CONTROLS = {c.recipe_field: c for c in controls.ALL if c.recipe_field}
 POSITIVE = ("eval_n", "image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
             "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
             "keep_checkpoints", "dp_max_grad_norm")

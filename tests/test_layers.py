@@ -232,3 +232,14 @@ def test_a_modalitys_writers_exist(name, tmp_path):
             assert len(list(out.glob("*.png"))) == 4
     with pytest.raises(GenforgeError, match="unknown output format .bogus"):
         writers.write_samples(samples, tmp_path / "out.bogus", model)
+
+
+def test_the_list_of_every_control_is_the_families_and_modalities_own():
+    """genforge.controls.ALL (torch-free, for the CLI's flags) lists exactly the controls the families and the
+    modalities declare, so a control added to a family cannot miss its flag."""
+    from genforge import controls
+    from genforge.models import MODELS
+
+    declared = {c.name for spec in MODELS.values() for c in spec.method.CONTROLS}
+    declared |= {c.name for m in MODALITIES.values() for c in m.output_controls}
+    assert {c.name for c in controls.ALL} == declared and len(controls.ALL) == len(declared)

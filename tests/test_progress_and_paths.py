@@ -340,7 +340,7 @@ def test_heatmaps_for_the_top_k_and_the_reports_cases(tmp_path):
 def test_augment_bar_counts_every_k_seed_and_stage(monkeypatch, digits_npz):
     from genforge.apps import augment
 
-    def fake_seed(splits, recipe, k, seed, options, device, stage=None):
+    def fake_seed(splits, recipe, k, seed, options, device, keep=None, stage=None):
         for name in augment.STAGES:
             stage(name)
         return {"k": k, "seed": seed, "real_only": 0.5, "real_plus_synthetic": 0.6}

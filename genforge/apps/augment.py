@@ -159,8 +159,10 @@ def format_table(summary: list[dict]) -> str:
 
 
 def run(data: str, recipe: str | Path, ks: list[int], seeds: list[int], options: AugmentOptions = AugmentOptions(),
-        device: str = "cpu", progress=None, bars: bool = False) -> dict:
+        device: str = "cpu", progress=None, bars: bool = False, keep: Path | None = None) -> dict:
     """The whole experiment for every K and seed; returns {"rows": per seed, "summary": per K, "options"}.
+
+    ``keep``: write the real + synthetic training set of the first K and seed there (see :func:`run_seed`).
 
     ``progress``: called with each seed's row as it is done; ``bars``: a bar on stderr over every K, seed and
     stage (generator, two classifiers), whose estimate comes from the stages done so far."""
@@ -176,15 +178,14 @@ def run(data: str, recipe: str | Path, ks: list[int], seeds: list[int], options:
               file=sys.stderr, dynamic_ncols=True) as bar:
         for k in ks:
             for seed in seeds:
-                started = []
-
-                def stage(name, k=k, seed=seed, started=started):
-                    if started:
+                def stage(name, k=k, seed=seed):
+                    if name != STAGES[0]:
                         bar.update(1)  # the stage before this one is done
-                    started.append(name)
                     bar.set_postfix_str(f"K={k} seed {seed}: {name}")
 
-                rows.append(run_seed(splits, recipe, k, seed, options, device, stage=stage))
+                first = k == ks[0] and seed == seeds[0]
+                rows.append(run_seed(splits, recipe, k, seed, options, device, keep=keep if first else None,
+                                     stage=stage))
                 bar.update(1)
                 if progress:
                     progress(rows[-1])

@@ -244,8 +244,7 @@ def augment(recipe: str, data: str | None, k: str, seeds: str, gen_steps: int, s
     split. Prints mean and spread over the seeds. --keep FILE.npz writes the real + synthetic training set
     of the first K and seed.
     """
-    from genforge.apps.augment import AugmentOptions, format_table, run, run_seed
-    from genforge.data import load_splits
+    from genforge.apps.augment import AugmentOptions, format_table, run
     from genforge.devices import pick
     from genforge.generation.steering import parse_ints
     from genforge.io import atomic_write_json
@@ -269,11 +268,11 @@ def augment(recipe: str, data: str | None, k: str, seeds: str, gen_steps: int, s
         print(f"  K={row['k']} seed {row['seed']}: real only {100 * row['real_only']:.1f}%, real + synthetic "
               f"{100 * row['real_plus_synthetic']:.1f}%", flush=True)
 
-    result = run(data, recipe_path, ks, seed_list, options, device=where, progress=done, bars=progress)
+    result = run(data, recipe_path, ks, seed_list, options, device=where, progress=done, bars=progress,
+                 keep=Path(keep) if keep else None)
     print(format_table(result["summary"]), end="")
     print(f"(test split of {data}: {result['test_size']} images)")
     if keep:
-        run_seed(load_splits(data), recipe_path, ks[0], seed_list[0], options, where, keep=Path(keep))
         print(f"genforge: wrote the real + synthetic training set (K={ks[0]}, seed {seed_list[0]}) to {keep}")
     if out:
         atomic_write_json(out, result)

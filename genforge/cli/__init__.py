@@ -100,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``genforge`` command line on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     from genforge.crypto import use_key_file
 
-    tune_allocator()  # before any command imports torch: every command samples, trains or scores tensors
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     debug = _debug_requested(args)
     use_key_file(None)  # a --key-file of an earlier main() in this process does not carry over
     try:
+        tune_allocator()  # before any command imports torch (a bad GENFORGE_MALLOC is a one-line error)
         result = cli.main(args, prog_name="genforge", standalone_mode=False)
         return int(result or 0)
     except click.exceptions.Exit as e:  # raised by a command that stops early

@@ -110,7 +110,7 @@ def _check_shapes(path: Path, x_shape: tuple[int, ...], x_dtype: np.dtype, y_sha
 
 
 def _peek(
-    zf: zipfile.ZipFile, member: str, path: Path, budget: Budget | None = None
+    zf: zipfile.ZipFile, member: str, path: Path, budget: Budget
 ) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from a member's .npy header, refusing unsafe, impossible or oversized arrays.
 
@@ -142,8 +142,7 @@ def _peek(
             f"{path}: {member} header says shape {shape} of {dtype} ({n_bytes} bytes) but "
             f"the member holds {info.file_size - header_len} data bytes; file is corrupt"
         )
-    # Without a budget of its caller's (genforge eval's samples reader), each array gets a fresh one.
-    (Budget() if budget is None else budget).claim(n_bytes, str(path), f"{member} of shape {shape} and dtype {dtype}")
+    budget.claim(n_bytes, str(path), f"{member} of shape {shape} and dtype {dtype}")
     return shape, dtype
 
 

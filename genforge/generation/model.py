@@ -8,6 +8,7 @@ controls its family and modality declare.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -60,7 +61,7 @@ class GenerativeModel:
         clusters = self.meta.get("clusters")
         return clusters["prior"] if clusters else None
 
-    @property
+    @functools.cached_property  # the metadata never changes after load; plan() and decode() both read it
     def sampling_defaults(self) -> dict:
         """The decoding controls used when a caller gives none: the recipe's own (diffusion: sampler,
         sample_steps, guidance), else the declared defaults (models saved before those keys existed)."""

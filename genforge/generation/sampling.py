@@ -240,17 +240,15 @@ def plan(model, n: int, seed: int = 0, classes=None, **controls) -> Plan:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise GenforgeError(f"seed must be a non-negative integer, got {seed!r}")
     checked = resolve_controls(model, controls)
-    if "size" not in checked:
+    if "size" in checked:
+        checked.setdefault("resample", declared.RESAMPLE.default)  # recorded with the size it filters
+    else:
         checked.pop("resample", None)  # a filter without a size changes nothing
     stage = {c.name: c.stage for c in model.controls}
     by_stage = {s: {k: v for k, v in checked.items() if stage[k] == s} for s in ("noise", "decode", "output")}
-    if "size" in by_stage["output"]:
-        by_stage["output"].setdefault("resample", declared.RESAMPLE.default)
     y = class_indices(model, classes, n, seed)
     z = draw_latents(model, n, seed, by_stage["noise"])
     record = {**({"classes": classes} if classes is not None else {}), **checked}
-    if "size" in checked:
-        record["resample"] = by_stage["output"]["resample"]
     decode_controls = {**model.sampling_defaults, **by_stage["decode"]}
     return Plan(z=z, y=y, decode=decode_controls, output=by_stage["output"], seed=seed, controls=record)
 
@@ -258,7 +256,7 @@ def plan(model, n: int, seed: int = 0, classes=None, **controls) -> Plan:
 def finish(x: np.ndarray, output: dict) -> np.ndarray:
     """Apply the output controls to decoded samples (images: size and resample)."""
     if output.get("size") is not None:
-        x = resize(x, output["size"], output.get("resample", declared.RESAMPLE.default))
+        x = resize(x, output["size"], output["resample"])
     return x
 
 

@@ -12,12 +12,11 @@ import dataclasses
 import sys
 import textwrap
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from genforge.crypto import plain_source
+from genforge.data.npz import read_npz_arrays
 from genforge.data import load_splits
 from genforge.devices import pick
 from genforge.errors import GenforgeError
@@ -92,33 +91,13 @@ def check_labels(y, n: int, num_classes: int, where: str) -> np.ndarray:
 
 
 def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """``x`` and optional ``y`` from an npz of samples; headers are checked before anything is loaded."""
-    from genforge.data.npz import ZIP_ERRORS, _peek  # _peek refuses object arrays, zip bombs and lying headers
-
+    """``x`` and optional ``y`` from an npz of samples (encrypted or not), read as training data is: each
+    header checked and charged to the data budget before its array is read (:mod:`genforge.data.npz`)."""
     path = Path(path)
     if not path.is_file():
         raise GenforgeError(f"samples file not found: {path}")
-
-    source = plain_source(path)  # the file, or its decrypted bytes in memory (genforge sample --encrypt)
-    if not zipfile.is_zipfile(source):
-        raise GenforgeError(f"{path}: not an .npz archive; save samples with numpy.savez(path, x=..., y=...)")
-    try:
-        with zipfile.ZipFile(source) as zf:
-            members = {name[:-4]: name for name in zf.namelist() if name.endswith(".npy")}
-            if "x" not in members:
-                raise GenforgeError(f"{path}: no array named 'x' (the samples); arrays present: "
-                                    f"{', '.join(sorted(members)) or 'none'}")
-            for key in ("x", "y"):
-                if key in members:
-                    _peek(zf, members[key], path)
-        if not isinstance(source, Path):
-            source.seek(0)  # np.load reads from where zipfile left it
-        with np.load(source, allow_pickle=False) as f:
-            x = f["x"]
-            y = f["y"] if "y" in members else None
-    except ZIP_ERRORS as e:
-        raise GenforgeError(f"{path}: corrupt .npz archive ({e})") from None
-    return x, y
+    arrays = read_npz_arrays(path, ("x", "y"), "the samples")
+    return arrays["x"], arrays.get("y")
 
 
 # ---------------------------------------------------------------------------------------------- scoring

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from genforge.errors import GenforgeError
-from genforge.io import atomic_write_text
+from genforge.io import atomic_write_text, read_json
 from genforge.metrics.evaluate import format_table, load_result
 
 NOT_PLOTTED = {"step", "epoch", "time", "images_per_sec"}
@@ -145,8 +145,8 @@ def _checkpoint_line(run: Path, pointer: str) -> str | None:
     if not path.is_file():
         return None
     try:
-        info = json.loads(path.read_text())
-    except ValueError:
+        info = read_json(path, GenforgeError)
+    except GenforgeError:
         return f"{pointer[:-5]}: {path} is unreadable"
     if not isinstance(info, dict):
         return f"{pointer[:-5]}: {path} is unreadable"

@@ -60,7 +60,7 @@ def model_loader(path: str, backend: str, device: str = "auto", threads: int | N
     def load_or_export():
         if is_onnx_dir(path):
             return load_onnx(path, threads)
-        return onnx_model_of(load_model(path), threads)  # exported in memory: nothing written, encrypted or not
+        return onnx_model_of(load_model(path, device="cpu"), threads)  # exported in memory: nothing written, encrypted or not
 
     return load_or_export
 

@@ -141,6 +141,15 @@ def train(cfg: Config, run: str | Path, resume: bool = False, quiet: bool = Fals
         ctx.close()
 
 
+def check_config(cfg: Config, source: str = "config") -> Config:
+    """The checks of a training config beyond its own fields: a known recipe (:func:`genforge.models.check_config`)
+    and settings differential privacy can honour (:func:`genforge.training.privacy.check_config`). ``train``
+    runs them first; ``genforge train --print-config`` runs them without training. Returns ``cfg``."""
+    models.check_config(cfg, source)
+    privacy.check_config(cfg, source)
+    return cfg
+
+
 def images_per_step(cfg: Config, method, world_size: int) -> int:
     """The global batch: the real images one step consumes over all processes. ``batch_size`` is per process
     and per batch; a GAN with d_steps > 1 gives each D step its own batch. The one place it is interpreted."""
@@ -238,8 +247,7 @@ class _Run:
     # ------------------------------------------------------------------ setup
     def __init__(self, cfg: Config, run: Path, resume: bool, quiet: bool, ctx: distributed.Context, keyring,
                  allow_plaintext: bool):
-        models.check_config(cfg)
-        privacy.check_config(cfg)
+        check_config(cfg)
         check_run_dir(run, resume)
         if ctx.active and cfg.dp_epsilon > 0:
             raise ConfigError("differential privacy (dp_epsilon) trains in one process only: run it without torchrun")
@@ -276,6 +284,8 @@ class _Run:
                                                        n=cfg.eval_n, seed=cfg.seed, max_steps=cfg.max_steps,
                                                        max_seconds=cfg.max_seconds,
                                                        log=lambda note: self.notes.append(f"genforge: {note}"))
+        # whether any process validates: asked once here (a collective under torchrun), not at every step
+        self.validating = ctx.any(self.validator is not None)
         # Everything the user can get wrong has been checked by now: only now is anything written.
         swept = []
         if ctx.is_main:
@@ -537,7 +547,7 @@ class _Run:
         Returns the step to continue from (earlier after a NaN rollback) and whether to stop."""
         cfg = self.cfg
         last, over_time = step == cfg.max_steps, self.over_time()
-        due_eval = self.ctx.any(self.validator is not None) and (step % cfg.eval_every == 0 or last or over_time)
+        due_eval = self.validating and (step % cfg.eval_every == 0 or last or over_time)
         due_ckpt = ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last or over_time
                     or due_eval)  # evaluated weights are kept, so "best" can point at them
         scores = {}
