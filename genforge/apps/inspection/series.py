@@ -41,6 +41,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from genforge.apps.inspection.inspector import choose_threshold, score_stats
+from genforge.data.series import KINDS, parse_series_spec
+from genforge.data.series.tep import load_tep
+from genforge.data.series.windows import read_csv_log, read_npz_log
 from genforge.errors import DataError, GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 from genforge.version import __version__
@@ -301,6 +304,10 @@ class SeriesDetector:
             raise DataError(f"{where}: {run.shape[0]} channel(s), but the detector was fit on {c} channel(s)")
         if run.shape[1] < w:
             raise DataError(f"{where}: {run.shape[1]} samples, fewer than the detector's window of {w}")
+        bad = ~np.isfinite(run)
+        if bad.any():
+            ch, t = np.argwhere(bad)[0]
+            raise DataError(f"{where}: channel {ch}, sample {t} is {run[ch, t]} (not a finite number)")
         windows = np.lib.stride_tricks.sliding_window_view(run, w, axis=1).transpose(1, 0, 2)  # (L - w + 1, C, w)
         score, contrib = self.score_windows(windows, where)
         times = np.arange(w - 1, run.shape[1])
@@ -502,17 +509,12 @@ def run_row(label: str, fault: str, rs: RunScore, channel_names: list[str], top:
 
 def is_series_spec(spec: str) -> bool:
     """Whether a data spec names a series source (ucr:, tep:, series-csv:, series-npz:)."""
-    from genforge.data.series import KINDS
-
     kind, sep, _ = str(spec).strip().partition(":")
     return bool(sep) and kind in KINDS
 
 
 def _log_runs(spec: str, time_column: str | None, label_column: str | None):
     """(runs (1, C, L), lengths, labels, channel names) of a series-csv / series-npz log: the whole log as one run."""
-    from genforge.data.series import parse_series_spec
-    from genforge.data.series.windows import read_csv_log, read_npz_log
-
     kind, path = parse_series_spec(spec)
     if kind == "series-csv":
         log = read_csv_log(path, time_column=time_column, label_column=label_column)
@@ -528,9 +530,6 @@ def fit_spec(detector: str, spec: str, window: int, *, fpr: float = DEFAULT_FPR,
     """Fit on the normal operation of a series source. tep: the normal training runs (IDV 0); series-csv and
     series-npz: the whole log (it must be normal operation). The last `val_fraction` of each run sets the
     threshold."""
-    from genforge.data.series import parse_series_spec
-    from genforge.data.series.tep import load_tep
-
     kind, rest = parse_series_spec(spec)
     if kind == "ucr":
         raise GenforgeError(f"{spec}: fault detection runs on recordings (tep:, series-csv:, series-npz:); a UCR "
@@ -552,9 +551,6 @@ def score_spec(det: SeriesDetector, spec: str, *, onset: int | None = None, cach
                log=None) -> tuple[list[tuple[str, str, RunScore]], dict]:
     """Score the runs of a series source: tep: every test run (fault introduced at the protocol's onset);
     series-csv / series-npz: the whole log as one run (`onset`: where a known fault starts, if any)."""
-    from genforge.data.series import parse_series_spec
-    from genforge.data.series.tep import load_tep
-
     kind, rest = parse_series_spec(spec)
     if kind == "ucr":
         raise GenforgeError(f"{spec}: fault detection scores recordings (tep:, series-csv:, series-npz:), not UCR "
