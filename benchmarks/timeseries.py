@@ -157,18 +157,21 @@ N, C, T = x.shape
 rows = [{"sid": i, "t": t, "label": str(int(y[i])), **{f"c{c}": float(x[i, c, t]) for c in range(C)}}
         for i in range(N) for t in range(T)]
 df = pd.DataFrame(rows)
-meta = Metadata.detect_from_dataframe(df)
+# sdv 2.0 detects metadata from a dict of tables (1.x had detect_from_dataframe for one)
+meta = (Metadata.detect_from_dataframes({"series": df}) if hasattr(Metadata, "detect_from_dataframes")
+        else Metadata.detect_from_dataframe(df))
 meta.update_column(column_name="sid", sdtype="id")
 meta.set_sequence_key(column_name="sid")
 meta.set_sequence_index(column_name="t")
 meta.update_column(column_name="label", sdtype="categorical")
 t0 = time.time()
-synth = PARSynthesizer(meta, context_columns=["label"], epochs=epochs, verbose=False)
-synth.fit(df)
+synth = PARSynthesizer(meta, context_columns=["label"], epochs=epochs, verbose=False, cuda=False)
+synth.fit({"series": df} if hasattr(Metadata, "detect_from_dataframes") else df)  # sdv 2.0: a dict of tables
 fit_s = time.time() - t0
 labels = np.resize(np.unique(y), n)
 ctx = pd.DataFrame({"sid": np.arange(n), "label": [str(int(v)) for v in labels]})
 out = synth.sample_sequential_columns(context_columns=ctx, sequence_length=T)
+out = out["series"] if isinstance(out, dict) else out  # sdv 2.0 answers with a dict of tables
 xs = np.zeros((n, C, T), np.float32)
 for i, (_, g) in enumerate(out.groupby("sid", sort=True)):
     xs[i] = g[[f"c{c}" for c in range(C)]].to_numpy(np.float32)[:T].T
