@@ -167,3 +167,18 @@ def test_diagnosis_with_scarce_runs_real_and_real_plus_synthetic():
     assert 0 <= out["real+synthetic"]["mean"] <= 1 and isinstance(out["synthetic_helps"], bool)
     with pytest.raises(DataError, match="IDV01 has 3 training run"):
         diagnosis.experiment(data, 4)
+
+
+def test_series_evaluator_is_cached_and_only_reused_for_the_same_training_windows(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path))
+    (x, y), recipe = data["train"], ms.SeriesRecipe(steps=20)
+    first = ms.get_series_evaluator("toy:sines", x, y, 2, recipe=recipe)
+    assert (tmp_path / "evaluators" / "series-toy_sines-2x32.json").is_file()
+    real_train = ms.train_series_evaluator
+    monkeypatch.setattr(ms, "train_series_evaluator", lambda *a, **k: pytest.fail("trained again"))
+    again = ms.get_series_evaluator("toy:sines", x, y, 2, recipe=recipe)
+    assert again.sha256 == first.sha256
+    monkeypatch.setattr(ms, "train_series_evaluator", real_train)
+    said = []
+    other = ms.get_series_evaluator("toy:sines", x[:50], y[:50], 2, recipe=recipe, log=said.append)
+    assert other.meta["n_train"] == 50 and "trained on other windows" in said[0]

@@ -23,6 +23,8 @@ trains 2,000 / 5,000 steps; the defaults here are smaller so a score costs secon
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from genforge.errors import DataError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json
+from genforge.io import atomic_write_bytes, atomic_write_json, read_json, user_dir
 from genforge.metrics.scores import frechet_distance, mean_cov, one_blas_thread, precision_recall
 
 FORMAT = "genforge-series-evaluator"
@@ -297,6 +299,50 @@ def load_series_evaluator(path: str | Path) -> SeriesEvaluator:
     net = SeriesCNN(c, t, meta["num_classes"])
     net.load_state_dict(st_load(blob))
     return SeriesEvaluator(net, meta, meta["weights_sha256"])
+
+
+SHIPPED_DIR = Path(__file__).parent / "evaluators"
+
+
+def evaluator_key(spec: str, shape: tuple[int, int]) -> str:
+    """``series-ucr_BasicMotions-6x100``: the data spec (how it was shaped included, e.g. "ucr:PLAID
+    resample 256") and the example shape; a spec with a path gets a short hash so two files never collide."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.strip()).strip("_.")[:60]
+    if "/" in spec or "\\" in spec:
+        slug += "-" + hashlib.sha256(spec.encode()).hexdigest()[:10]
+    return f"series-{slug}-{shape[0]}x{shape[1]}"
+
+
+def series_cache_dir() -> Path:
+    """$GENFORGE_CACHE/evaluators, else $XDG_CACHE_HOME/genforge/evaluators (the image evaluators' folder)."""
+    root = os.environ.get("GENFORGE_CACHE")
+    return (Path(root).expanduser() if root else user_dir("cache")) / "evaluators"
+
+
+def get_series_evaluator(spec: str, train_x: np.ndarray, train_y: np.ndarray, num_classes: int, *,
+                         test_x: np.ndarray | None = None, test_y: np.ndarray | None = None,
+                         recipe: SeriesRecipe = SeriesRecipe(), log=None) -> SeriesEvaluator:
+    """The evaluator of data `spec`: shipped (genforge/metrics/evaluators/), cached, or trained now on `train_x`
+    and cached. A shipped or cached one is used only if it was trained on exactly these training windows
+    (their SHA-256 is in its JSON); otherwise a new one is trained, so a score never silently uses an evaluator
+    of other data."""
+    key = evaluator_key(spec, train_x.shape[1:])
+    digest = hashlib.sha256(np.ascontiguousarray(train_x, np.float32).tobytes()).hexdigest()
+    for directory in (SHIPPED_DIR, series_cache_dir()):
+        path = directory / f"{key}.json"
+        if path.is_file():
+            ev = load_series_evaluator(path)
+            if ev.meta.get("train_sha256") == digest:
+                return ev
+            if log:
+                log(f"{path}: trained on other windows than {spec}'s train split; training a new evaluator")
+    if log:
+        log(f"no evaluator for {spec} yet: training one on {len(train_x)} windows ({recipe.steps} steps; cached in "
+            f"{series_cache_dir()})")
+    ev = train_series_evaluator(train_x, train_y, num_classes, name=spec, test_x=test_x, test_y=test_y,
+                                recipe=recipe)
+    save_series_evaluator(ev, series_cache_dir() / key)
+    return ev
 
 
 def frechet_series_distance(real_f: np.ndarray, fake_f: np.ndarray) -> float:
