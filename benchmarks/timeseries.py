@@ -242,10 +242,12 @@ def run_generation(sets: dict, args) -> dict:
             x, y = x[:64], y[:64]
         k = s.num_classes
         t0 = time.perf_counter()
-        ev = ms.train_series_evaluator(x, y, k, name=name, test_x=tx, test_y=ty,
-                                       recipe=ms.SeriesRecipe(steps=args.classifier_steps))
+        spec = s.name + "".join(f" {k}={v}" for k, v in UCR_SHAPE.get(name, {}).items())
+        ev = (ms.get_series_evaluator(spec, x, y, k, test_x=tx, test_y=ty, log=log) if not args.quick else
+              ms.train_series_evaluator(x, y, k, name=name, test_x=tx, test_y=ty,
+                                        recipe=ms.SeriesRecipe(steps=args.classifier_steps)))
         log(f"generation {name}: {x.shape[0]} train windows {x.shape[1]}x{x.shape[2]}, {k} classes; evaluator test "
-            f"accuracy {ev.meta['test_accuracy']:.3f} ({time.perf_counter() - t0:.0f} s)")
+            f"accuracy {ev.meta['test_accuracy']:.3f}, weights {ev.sha256[:12]} ({time.perf_counter() - t0:.0f} s)")
         kw = dict(seeds=args.seeds, posthoc_steps=args.posthoc_steps,
                   recipe=ms.SeriesRecipe(steps=args.classifier_steps))
         other = s.val if len(s.val) >= 5 else s.test
@@ -267,7 +269,8 @@ def run_generation(sets: dict, args) -> dict:
                                                                 test_y=ty, **kw)
                 rows["SDV PARSynthesizer"]["fit_seconds"] = info["fit_seconds"]
                 log(f"  SDV PARSynthesizer: {ms.summary_line(rows['SDV PARSynthesizer'])}")
-        results[name] = {"rows": rows, "evaluator_accuracy": ev.meta["test_accuracy"], "shape": list(x.shape[1:]),
+        results[name] = {"rows": rows, "evaluator_accuracy": ev.meta["test_accuracy"], "evaluator": ev.sha256[:12],
+                         "shape": list(x.shape[1:]),
                          "n_train": len(x)}
     return {"results": results, "sdv": sdv[1]}
 
@@ -347,7 +350,8 @@ def main() -> None:
                 f"TSTR) {args.classifier_steps} steps. {notes} genforge's series recipes: not in this genforge yet."]
         for name, r in gen["results"].items():
             text.append(f"**{name}** ({r['n_train']} train windows of {r['shape'][0]} x {r['shape'][1]}, evaluator "
-                        f"test accuracy {r['evaluator_accuracy']:.3f})\n\n" + generation_table(name, r))
+                        f"{r['evaluator']} with test accuracy {r['evaluator_accuracy']:.3f})\n\n"
+                        + generation_table(name, r))
         parts.append("\n\n".join(text))
     total = time.perf_counter() - t_start
     log(f"total {total:.0f} s")

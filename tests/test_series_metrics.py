@@ -182,3 +182,15 @@ def test_series_evaluator_is_cached_and_only_reused_for_the_same_training_window
     said = []
     other = ms.get_series_evaluator("toy:sines", x[:50], y[:50], 2, recipe=recipe, log=said.append)
     assert other.meta["n_train"] == 50 and "trained on other windows" in said[0]
+
+
+def test_shipped_basicmotions_evaluator_matches_the_data_and_classifies_it(monkeypatch, tmp_path):
+    pytest.importorskip("sktime")
+    from genforge.data.series import load_series
+
+    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path))  # nothing cached: it must come from the package
+    s = load_series("ucr:BasicMotions")
+    monkeypatch.setattr(ms, "train_series_evaluator", lambda *a, **k: pytest.fail("trained instead of shipped"))
+    ev = ms.get_series_evaluator("ucr:BasicMotions", s.train.x, s.train.y, s.num_classes)
+    assert ev.meta["command"].startswith("python3 -c 'from genforge.metrics.series import ship_evaluator")
+    assert ev.accuracy(s.test.x, s.test.y) == ev.meta["test_accuracy"] >= 0.95

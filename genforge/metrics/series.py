@@ -23,6 +23,7 @@ trains 2,000 / 5,000 steps; the defaults here are smaller so a score costs secon
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
@@ -260,14 +261,17 @@ def _blob(net: SeriesCNN) -> bytes:
 
 def train_series_evaluator(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, *, name: str = "",
                            test_x: np.ndarray | None = None, test_y: np.ndarray | None = None,
-                           recipe: SeriesRecipe = SeriesRecipe()) -> SeriesEvaluator:
-    """Train the evaluator of a data set on its train split (never on generated data)."""
+                           recipe: SeriesRecipe = SeriesRecipe(), command: str = "") -> SeriesEvaluator:
+    """Train the evaluator of a data set on its train split (never on generated data). `command`: how it was
+    trained, recorded in its JSON (for a shipped one)."""
     t0 = time.perf_counter()
     net = train_series_classifier(train_x, train_y, num_classes, recipe)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "data": name, "split": "train",
             "example_shape": list(train_x.shape[1:]), "num_classes": int(num_classes), "n_train": len(train_x),
             "recipe": recipe.__dict__, "train_seconds": round(time.perf_counter() - t0, 2),
-            "train_sha256": hashlib.sha256(np.ascontiguousarray(train_x, np.float32).tobytes()).hexdigest()}
+            "train_sha256": hashlib.sha256(np.ascontiguousarray(train_x, np.float32).tobytes()).hexdigest(),
+            "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+            **({"command": command} if command else {})}
     if test_x is not None and test_y is not None:
         meta["test_accuracy"] = classifier_accuracy(net, check_series_array(test_x, "test series"), test_y)
     return SeriesEvaluator(net, meta, hashlib.sha256(_blob(net)).hexdigest())
@@ -342,6 +346,21 @@ def get_series_evaluator(spec: str, train_x: np.ndarray, train_y: np.ndarray, nu
     ev = train_series_evaluator(train_x, train_y, num_classes, name=spec, test_x=test_x, test_y=test_y,
                                 recipe=recipe)
     save_series_evaluator(ev, series_cache_dir() / key)
+    return ev
+
+
+def ship_evaluator(spec: str, **shape) -> SeriesEvaluator:
+    """Train the evaluator of UCR set `spec` on one thread with the default recipe and write it into the package
+    (genforge/metrics/evaluators/), its command in its JSON. `shape`: load_series' length options."""
+    from genforge.data.series import load_series  # the data layer is only needed to make a shipped file
+
+    torch.set_num_threads(1)
+    s = load_series(spec, **shape)
+    args = "".join(f", {k}={json.dumps(v)}" for k, v in shape.items())  # double quotes: the shell line uses single
+    command = f"python3 -c 'from genforge.metrics.series import ship_evaluator; ship_evaluator(\"{spec}\"{args})'"
+    ev = train_series_evaluator(s.train.x, s.train.y, s.num_classes, name=spec, test_x=s.test.x, test_y=s.test.y,
+                                command=command)
+    save_series_evaluator(ev, SHIPPED_DIR / evaluator_key(spec, s.example_shape))
     return ev
 
 
