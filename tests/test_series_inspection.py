@@ -195,3 +195,42 @@ def test_cli_on_a_short_tep_simulation(tmp_path, monkeypatch, capsys):
     assert len(summary["runs"][1]["top_channels"]) == 5
     assert main(["inspect", "report", str(res)]) == 0
     assert "IDV01 seed 0" in build_series_report(res)
+
+
+@pytest.fixture(scope="module")
+def plant_models(tmp_path_factory, normal_runs):
+    """A 1-D VAE and a 1-D DDPM trained for a few steps on the normal plant log (windows of 16 samples)."""
+    from genforge.config import from_dict
+    from genforge.training import check_config, train
+
+    root = tmp_path_factory.mktemp("plant")
+    log = _npz_log(root / "normal.npz", np.concatenate(normal_runs, axis=1))
+    runs = {}
+    for model, extra in (("vae-1d", {"z_dim": 4}), ("ddpm-1d", {})):
+        cfg = check_config(from_dict({"data": log, "series_window": 16, "series_stride": 4, "model": model,
+                                      "base_channels": 8, "batch_size": 32, "max_steps": 40, "g_lr": 3e-3,
+                                      "log_every": 20, "sample_every": 0, "checkpoint_every": 40,
+                                      "tensorboard": False, "num_threads": 1, **extra}, "test"), "test")
+        train(cfg, root / model, quiet=True)
+        runs[model] = str(root / model)
+    return log, runs
+
+
+@pytest.mark.parametrize("model", ["vae-1d", "ddpm-1d"])
+def test_reconstruction_detector_on_a_trained_series_model(model, plant_models, tmp_path, capsys):
+    log, runs = plant_models
+    det = fd.fit_spec("recon", log, 1, options={"model": runs[model]}, fpr=0.05)
+    assert det.shape == (C, 16) and det.meta["val_fpr"] <= 0.05
+    chatter = plant_run(300, 3)
+    chatter[2, ONSET::2] += 100.0
+    rs = det.score_run(chatter, onset=ONSET)
+    assert rs.detection_rate > 0.9 and rs.false_alarm_rate <= 0.2 and int(np.argmax(rs.contributions)) == 2
+    fd.save_series(det, tmp_path / "det")
+    again = fd.load_series_detector(tmp_path / "det")  # rebuilt from the run named in detector.json
+    assert np.array_equal(again.score_run(chatter, ONSET).score, rs.score)
+    with pytest.raises(GenforgeError, match="does not match"):
+        fd.fit_spec("recon", log, 8, options={"model": runs[model]})
+    # the CLI path: genforge inspect fit ... --detector recon --set model=RUN
+    assert main(["inspect", "fit", log, "--detector", "recon", "--set", f"model={runs[model]}", "--out",
+                 str(tmp_path / "cli")]) == 0
+    assert "16 sample(s)" in capsys.readouterr().out

@@ -188,14 +188,17 @@ class IsolationForestMonitor:
 
 
 class ReconstructionMonitor:
-    """Any callable reconstruction x -> x_hat of standardized (N, C, w) windows; the score is the mean squared
-    residual. `model` names where the callable comes from (a genforge series run), so a saved detector can
-    rebuild it; a detector built on a bare callable scores but cannot be saved."""
+    """Any callable reconstruction x -> x_hat of (N, C, w) windows in the units they are given in; the residual is
+    measured in standardized units (each sensor divided by its normal spread, so a pressure in kPa does not
+    drown a concentration in mol %), its mean square is the score. `model` names where the callable comes from
+    (a genforge series run: see model_reconstructor), so a saved detector can rebuild it; a detector built on a
+    bare callable scores but cannot be saved."""
 
     def __init__(self, shape: tuple[int, int], model: str = "", mode: str = "auto",
                  reconstruct: Callable[[np.ndarray], np.ndarray] | None = None):
         self.shape, self.model, self.mode = tuple(shape), str(model), str(mode)
         self.reconstruct = reconstruct
+        self.mean, self.std = np.zeros(shape[0]), np.ones(shape[0])  # set by fit_series / load
 
     def options(self) -> dict:
         return {"model": self.model, "mode": self.mode}
@@ -211,26 +214,85 @@ class ReconstructionMonitor:
             if not self.model:
                 raise GenforgeError("recon detector: give a reconstruction callable, or --set model=RUN (a trained "
                                     "genforge series VAE or diffusion run)")
-            self.reconstruct = model_reconstructor(self.model, self.mode)
+            self.reconstruct = model_reconstructor(self.model, self.mode, self.shape)
         return self.reconstruct
 
     def fit(self, z: np.ndarray, seed: int = 0) -> None:
         self._callable()  # nothing to learn: the model was trained already; fail early if it cannot load
 
     def score(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x_hat = np.asarray(self._callable()(z.astype(np.float32)), dtype=np.float64)
+        x = z * self.std[:, None] + self.mean[:, None]  # back to the units the callable takes
+        x_hat = np.asarray(self._callable()(x.astype(np.float32)), dtype=np.float64)
         if x_hat.shape != z.shape:
             raise GenforgeError(f"recon detector: the reconstruction returned shape {x_hat.shape} for windows "
                                 f"{z.shape}")
-        contrib = ((z - x_hat) ** 2).mean(2)  # (n, C)
+        z_hat = (x_hat - self.mean[:, None]) / self.std[:, None]
+        contrib = ((z - z_hat) ** 2).mean(2)  # (n, C)
         return contrib.sum(1), contrib
 
 
-def model_reconstructor(model: str, mode: str = "auto") -> Callable[[np.ndarray], np.ndarray]:
-    """x -> x_hat from a trained genforge series model (VAE: decode the posterior mean; diffusion: noise to a
-    middle step and denoise). Needs genforge's series models (the core's series path)."""
-    raise GenforgeError(f"recon detector: {model}: reconstruction from a saved genforge series model needs the "
-                        "series models of the core, which this genforge does not have yet")
+DIFFUSION_NOISE_STEP = 200  # of the 1000 training timesteps: enough noise to wash out a fault, little enough to
+DIFFUSION_STEPS = 10        # keep the window's normal content; denoised back in this many DDIM steps
+
+
+def model_reconstructor(model: str, mode: str = "auto", shape: tuple[int, int] | None = None):
+    """x -> x_hat (float32 (N, C, t) in the data's units) from a trained genforge series model.
+
+    VAE family: decode the posterior mean (vae.reconstruct). Diffusion family: noise each window to timestep
+    DIFFUSION_NOISE_STEP with a fixed seed and denoise it with DDIM (mode "t=N" picks another step): what the
+    model of the training data makes of the window. A conditional model reconstructs under its "normal" class
+    (the model of normal operation; mode "class=NAME" picks another). GANs have no encoder and are refused.
+    """
+    from genforge.generation.model import load as load_model  # torch models load only for this detector
+    from genforge.models import diffusion, vae  # the families' own math; only this detector needs them
+
+    m = load_model(model, device="cpu")
+    if m.modality.name != "series":
+        raise GenforgeError(f"recon detector: {model} is a {m.modality.name} model, not a series one")
+    if shape is not None and tuple(m.example_shape) != tuple(shape):
+        raise GenforgeError(f"recon detector: {model} makes {m.example_shape[0]} channel(s) x {m.example_shape[1]} "
+                            f"samples, the detector's windows are {shape[0]} x {shape[1]}")
+    options = dict(part.split("=", 1) for part in mode.split(";") if "=" in part) if mode != "auto" else {}
+    y_class = None
+    if m.num_classes:
+        names = m.class_names or [str(i) for i in range(m.num_classes)]
+        want = options.get("class", "normal" if "normal" in names else None)
+        if want is None or want not in names:
+            raise GenforgeError(f"recon detector: {model} is conditional; name the class of normal operation with "
+                                f"--set mode=class=NAME (classes: {', '.join(names)})")
+        y_class = names.index(want)
+    norm = m.output.normalization
+    family = m.family
+    if family not in ("vae", "diffusion"):
+        raise GenforgeError(f"recon detector: {model} is a {family} model; reconstruction needs a VAE (encoder) "
+                            "or a diffusion model")
+    t_star = int(options.get("t", DIFFUSION_NOISE_STEP))
+
+    @torch.no_grad()
+    def reconstruct(x: np.ndarray) -> np.ndarray:
+        u = torch.from_numpy(norm.apply(x)).clamp(-1, 1)  # (n, c, t) in the model's [-1, 1]
+        y = None if y_class is None else torch.full((len(u),), y_class, dtype=torch.long)
+        if family == "vae":
+            out01 = vae.reconstruct(m.nets, (u + 1) / 2, y)
+        else:
+            denoiser, ab = m.nets["denoiser"], m.nets["schedule"].alphas_cumprod.tolist()
+            gen = torch.Generator().manual_seed(0)  # the same noise for every call: a deterministic score
+            eps = torch.randn(u.shape, generator=gen)
+            xt = math.sqrt(ab[t_star]) * u + math.sqrt(1 - ab[t_star]) * eps  # q(x_t | x_0), DDPM eq. 4
+            steps = [int(round(t_star * (1 - i / DIFFUSION_STEPS))) for i in range(DIFFUSION_STEPS)]
+            for i, t in enumerate(steps):  # DDIM (Song et al. 2021, eq. 12, sigma = 0) from t_star to 0
+                e = diffusion.predict_eps(denoiser, xt, torch.full((len(u),), t, dtype=torch.long), y, 1.0)
+                x0 = ((xt - math.sqrt(1 - ab[t]) * e) / math.sqrt(ab[t])).clamp(-1, 1)
+                if i + 1 == len(steps):
+                    xt = x0
+                    break
+                s_ab = ab[steps[i + 1]]
+                e = (xt - math.sqrt(ab[t]) * x0) / math.sqrt(1 - ab[t])
+                xt = math.sqrt(s_ab) * x0 + math.sqrt(1 - s_ab) * e
+            out01 = (xt + 1) / 2
+        return m.output(out01)
+
+    return reconstruct
 
 
 DETECTORS = {
@@ -359,8 +421,8 @@ def fit_series(name: str, train: np.ndarray, val: np.ndarray, *, fpr: float = DE
     mean = train.mean(axis=(0, 2))
     std = train.std(axis=(0, 2))
     std = np.where(std <= 1e-12 * np.maximum(1, np.abs(mean)), 1.0, std)
-    if name == "recon":  # the model has its own normalization: it receives the windows as given
-        mean, std = np.zeros_like(mean), np.ones_like(std)
+    if name == "recon":  # the callable takes windows in their own units; the residual is standardized
+        method.mean, method.std = mean, std
     t0 = time.perf_counter()
     method.fit((train - mean[:, None]) / std[:, None], seed=seed)
     det = SeriesDetector(method, {}, mean, std)
@@ -442,6 +504,8 @@ def load_series_detector(directory: str | Path) -> SeriesDetector:
         raise ModelFileError(f"{weights}: tensors do not match the {meta['detector']} detector of shape {shape}")
     mean, std = arrays.pop("mean"), arrays.pop("std")
     method.load_arrays(arrays)
+    if meta["detector"] == "recon":
+        method.mean, method.std = mean, std
     return SeriesDetector(method, meta, mean, std)
 
 
@@ -534,6 +598,16 @@ def fit_spec(detector: str, spec: str, window: int, *, fpr: float = DEFAULT_FPR,
     if kind == "ucr":
         raise GenforgeError(f"{spec}: fault detection runs on recordings (tep:, series-csv:, series-npz:); a UCR "
                             "set is a set of labelled examples, not a run of normal operation")
+    if detector == "recon":  # the window is the model's example length
+        from genforge.generation.model import load as load_model  # torch models load only for this detector
+
+        if not (options or {}).get("model"):
+            raise GenforgeError("recon detector: name the trained series model with --set model=RUN")
+        length = int(load_model(options["model"], device="cpu").example_shape[1])
+        if window not in (1, length):
+            raise GenforgeError(f"recon detector: {options['model']} reconstructs windows of {length} samples; "
+                                f"--window {window} does not match (leave it out)")
+        window = length
     if kind == "tep":
         data = load_tep(rest, cache=cache, log=log)
         normal = np.flatnonzero(data.train.fault == 0)
