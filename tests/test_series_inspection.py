@@ -234,3 +234,24 @@ def test_reconstruction_detector_on_a_trained_series_model(model, plant_models, 
     assert main(["inspect", "fit", log, "--detector", "recon", "--set", f"model={runs[model]}", "--out",
                  str(tmp_path / "cli")]) == 0
     assert "16 sample(s)" in capsys.readouterr().out
+
+
+def test_genforge_eval_scores_a_series_model_with_the_series_scores(plant_models, tmp_path, capsys, monkeypatch):
+    """`genforge eval RUN` on a series model: the discriminative and predictive scores beside the real-vs-real
+    row (the plant log is unlabelled, so there is no evaluator and no FD / TSTR, and the note says so)."""
+    import functools
+
+    from genforge.metrics import series as ms
+
+    _, runs = plant_models
+    # the CLI's 5 x 500 post-hoc steps take minutes on two busy cores; the path is the same with fewer
+    monkeypatch.setattr(ms, "evaluate_series_model",
+                        functools.partial(ms.evaluate_series_model, seeds=2, posthoc_steps=40))
+    out = tmp_path / "eval.json"
+    assert main(["eval", runs["vae-1d"], "--n", "32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "discr." in text and "real (held out vs train)" in text and "no class labels" in text
+    result = json.loads(out.read_text())
+    assert result["format"] == "genforge-eval-series" and result["n"] == 32
+    for row in result["rows"].values():
+        assert 0 <= row["discriminative"] <= 0.5 and row["predictive"] > 0

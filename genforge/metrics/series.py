@@ -492,3 +492,101 @@ def summary_line(row: dict) -> str:
         parts.append(f"TSTR {row['tstr']:.3f}")
     return ", ".join(parts)
 
+
+
+# ---------------------------------------------------------------------------------- genforge eval on series
+
+EVAL_FORMAT = "genforge-eval-series"
+
+
+def _shaping(train_config: dict, x_length: int | None = None) -> dict:
+    """load_series options from a model's training config (how its data was cut and shaped)."""
+    c = train_config
+    out = {"length_policy": c.get("series_length_policy", "equal"), "length": c.get("series_length") or None,
+           "missing": c.get("series_missing", "refuse"), "window": c.get("series_window") or x_length,
+           "stride": c.get("series_stride") or None, "time_column": c.get("series_time_column") or None,
+           "label_column": c.get("series_label_column") or None, "val_fraction": c.get("val_fraction", 0.1),
+           "test_fraction": c.get("test_fraction", 0.1), "seed": c.get("split_seed", 0)}
+    return out
+
+
+def evaluate_series_model(model, data: str | None, n: int, seed: int = 0, *, x: np.ndarray | None = None,
+                          y: np.ndarray | None = None, source: str = "", say=None, seeds: int = 5,
+                          posthoc_steps: int = 500) -> dict:
+    """`genforge eval` for sensor series: sample `n` windows from `model` (or score the given `x`, `y` in the
+    data's units) against `data` shaped as the model's training data was, and return the JSON-ready result:
+    a row for the samples and the real-vs-real reference row (the val split, else the test split, as if
+    generated), each with the discriminative score (mean, std over `seeds`), the predictive score, FD,
+    precision/recall on the data set's evaluator and TSTR (TRTR in the real row). Windows are compared after the
+    z-score of the training split, so no score depends on a channel's units."""
+    from genforge.data.series import load_series  # the data layer: only the series path of eval needs it here
+
+    say = say or (lambda text: None)
+    train_config = (model.meta.get("train_config") or {}) if model is not None else {}
+    data = data or (model.meta.get("data") if model is not None else None)
+    if not data:
+        raise GenforgeError(f"{source}: give --data SPEC, the real series these samples should be scored against")
+    shaping = _shaping(train_config, None if x is None else x.shape[2])
+    splits = load_series(data, normalize="zscore", **shaping)
+    train, test = splits.train, splits.test
+    if model is not None:
+        say(f"sampling {n} series from {model.path} (seed {seed})")
+        samples = model.sample(n, seed=seed)
+        x, y = samples.x, samples.y
+        source = str(model.path)
+    x = check_series_array(np.asarray(x), f"{source} samples", splits.example_shape, at_least=5)
+    fake = splits.normalization.apply(x)
+    if y is not None and splits.num_classes:
+        y = np.asarray(y, np.int64)
+        if y.shape != (len(x),) or y.min() < 0 or y.max() >= splits.num_classes:
+            raise GenforgeError(f"{source}: y must hold {len(x)} class indices in 0..{splits.num_classes - 1}")
+    key = data + "".join(f" {k}={v}" for k, v in shaping.items() if v is not None and k in
+                         ("length_policy", "length", "window", "stride"))
+    ev = None
+    if train.y is not None and splits.num_classes >= 2:
+        ev = get_series_evaluator(key, train.x, train.y, splits.num_classes, test_x=test.x, test_y=test.y,
+                                  log=lambda m: say(m))
+    other = splits.val if len(splits.val) >= 5 else test
+    say(f"scoring {len(x)} samples against {len(train)} training windows of {data} (discriminative score over "
+        f"{seeds} seeds)")
+    with_labels = y is not None and ev is not None
+    kw = dict(test_x=test.x if with_labels else None, test_y=test.y if with_labels else None, seeds=seeds,
+              posthoc_steps=posthoc_steps)
+    rows = {"samples": evaluate_series(ev, train.x, fake, real_y=train.y, fake_y=y if with_labels else None, **kw),
+            "real": reference_row(ev, train.x, train.y, other.x, other.y if with_labels else None, **kw)}
+    result = {"format": EVAL_FORMAT, "format_version": 1, "source": source, "data": data, "shaping": shaping,
+              "n": len(x), "seed": seed, "rows": rows, "reference": {"split": "val" if other is splits.val
+                                                                     else "test", "size": len(other)},
+              "evaluator": None if ev is None else {"name": key, "weights_sha256": ev.sha256,
+                                                    "test_accuracy": ev.meta.get("test_accuracy")},
+              "notes": [] if ev is not None else [f"{data} has no class labels: no evaluator, so no FD, "
+                                                  "precision/recall or TSTR"]}
+    if model is not None:
+        result["model"] = {"name": model.name, "step": model.meta.get("step"),
+                           "weights_sha256": model.meta.get("weights_sha256")}
+    return result
+
+
+def format_series_table(result: dict) -> str:
+    """The printable table of evaluate_series_model's result."""
+    what = result["source"] + (f" ({result['model']['name']}, step {result['model'].get('step')})"
+                               if result.get("model") else "")
+    ev = result["evaluator"]
+    lines = [f"{what} against {result['data']} (reference: the {result['reference']['split']} split, "
+             f"{result['reference']['size']} windows)"]
+    if ev:
+        lines.append(f"evaluator {ev['name']}  sha256 {ev['weights_sha256'][:16]}  test accuracy "
+                     f"{100 * (ev['test_accuracy'] or 0):.2f}%")
+    cols = [("discriminative", "discr.", "{:.3f}"), ("discriminative_std", "+-", "{:.3f}"),
+            ("predictive", "pred. MAE", "{:.4f}"), ("fd", "FD", "{:.3g}"), ("precision", "prec", "{:.3f}"),
+            ("recall", "recall", "{:.3f}"), ("tstr", "TSTR", "{:.3f}")]
+    lines += ["", f"{'':<26} {'n':>6} " + " ".join(f"{h:>9}" for _, h, _ in cols)]
+    for label, row in ((f"samples (seed {result['seed']})", result["rows"]["samples"]),
+                       ("real (held out vs train)", result["rows"]["real"])):
+        cells = [f"{fmt.format(row[k]) if isinstance(row.get(k), (int, float)) else '-':>9}" for k, _, fmt in cols]
+        lines.append(f"{label:<26} {row['n_fake']:>6} " + " ".join(cells))
+    lines += ["", "discriminative: |accuracy - 0.5| of a post-hoc GRU telling real from generated (0 is best); "
+                  "predictive: MAE on real of a next-step GRU trained on the samples; TSTR: accuracy on the real "
+                  "test split of a classifier trained on the samples (TRTR in the real row)."]
+    lines += [f"note: {n}" for n in result.get("notes", [])]
+    return "\n".join(lines) + "\n"
