@@ -23,7 +23,9 @@ from genforge.errors import GenforgeError
 from genforge.generation import sample
 from genforge.generation.model import load as load_model
 from genforge.io import read_json
+from genforge.modalities import MODALITIES
 from genforge.metrics import scores
+from genforge.metrics import series as series_eval
 from genforge.metrics.evaluator_net import (Evaluator, TrainRecipe, accuracy, data_sha256, get_evaluator,
                                             train_classifier)
 from genforge.metrics.inception import inception_fid
@@ -88,6 +90,11 @@ def check_labels(y, n: int, num_classes: int, where: str) -> np.ndarray:
         raise GenforgeError(f"{where}: y holds labels from {y.min()} to {y.max()}; the evaluator knows classes "
                             f"0 to {num_classes - 1}")
     return y.astype(np.int64)
+
+
+def _is_series(data: str) -> bool:
+    """Whether a data spec's prefix is a series source (an image spec, "mnist5k", has no prefix to match)."""
+    return data.strip().partition(":")[0] in MODALITIES["series"].sources
 
 
 def read_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -184,6 +191,9 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise GenforgeError(f"--seed must be a non-negative integer, got {seed!r}")
     model = None
+    if isinstance(source, (str, Path)) and str(source).endswith(".npz") and data and _is_series(data):
+        x, y = read_samples(source)  # float (N, C, T) series in the data's units: the series scores
+        return series_eval.evaluate_series_model(None, data, n, seed, x=x, y=y, source=str(source), say=say)
     if isinstance(source, (str, Path)) and str(source).endswith(".npz"):
         if not data:
             raise GenforgeError(f"{source}: give --data SPEC, the real data these samples should be scored against")
@@ -199,6 +209,8 @@ def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inc
         data = data or model.meta.get("data")
         if not data:
             raise GenforgeError(f"{model.path}: the model does not say what data it was trained on; give --data SPEC")
+        if model.modality.name == "series":  # sensor series have their own scores (genforge.metrics.series)
+            return series_eval.evaluate_series_model(model, data, n, seed, say=say)
         kind, what = "model", str(model.path)
         say(f"sampling {n} images from {model.path} (seed {seed})")
         x, y = _sample_model(model, n, seed, bars)
@@ -301,6 +313,8 @@ def _row(label: str, row: dict, columns) -> str:
 
 def format_table(result: dict, baseline: dict | None = None) -> str:
     """The printable table: the samples row, the real-data reference row (and a baseline row), CAS, notes."""
+    if result.get("format") == series_eval.EVAL_FORMAT:
+        return series_eval.format_series_table(result)
     ev, rows = result["evaluator"], result["rows"]
     s, r = rows["samples"], rows["real"]
     columns = [c for c in COLUMNS if c[0] != "class_match" or "class_match" in s]

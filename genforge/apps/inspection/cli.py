@@ -50,7 +50,9 @@ def inspect() -> None:
 def _detector_help() -> str:
     from genforge.apps.inspection.detectors import DETECTORS
 
-    return f"{' | '.join(DETECTORS)} (default vae)"
+    from genforge.apps.inspection.series import DETECTORS as SERIES
+
+    return (f"images: {' | '.join(DETECTORS)} (default vae); series: {' | '.join(SERIES)} (default pca-spe)")
 
 
 def _fpr_help() -> str:
@@ -61,7 +63,7 @@ def _fpr_help() -> str:
 
 @inspect.command("fit", context_settings=CONTEXT)
 @click.argument("data", metavar="DATA")
-@click.option("--detector", default="vae", cls=LazyHelpOption, help_from=_detector_help)
+@click.option("--detector", default=None, cls=LazyHelpOption, help_from=_detector_help)
 @click.option("--normal-class", metavar="CLASS[,CLASS...]", help="the normal classes (index or name)")
 @click.option("--anomaly-class", metavar="CLASS[,CLASS...]", help="every class but these is normal")
 @click.option("--fpr", type=float, cls=LazyHelpOption, help_from=_fpr_help)
@@ -71,14 +73,19 @@ def _fpr_help() -> str:
               "(0: all)")
 @image_options
 @click.option("--split-seed", type=int, default=0, show_default=True, help="seed of the train / val / test split")
+@click.option("--window", type=int, default=1, show_default=True, help="series: samples per scored window (1: "
+              "the classical static monitor; more: a dynamic one)")
+@click.option("--time-column", metavar="NAME", help="series-csv: the column of time stamps (not a channel)")
+@click.option("--label-column", metavar="NAME", help="series-csv: the column of labels (not a channel)")
 @seed_option("training seed")
 @out_option("detector directory", metavar="DET")
 @quiet_option
 @progress_option
 @device_option()
-def fit(data: str, detector: str, normal_class: str | None, anomaly_class: str | None, fpr: float | None,
-        sets: tuple[str, ...], max_train: int, image_size: int, channels: int, split_seed: int, seed: int, out: str,
-        quiet: bool, progress: bool, device: str) -> int:
+def fit(data: str, detector: str | None, normal_class: str | None, anomaly_class: str | None, fpr: float | None,
+        sets: tuple[str, ...], max_train: int, image_size: int, channels: int, split_seed: int, window: int,
+        time_column: str | None, label_column: str | None, seed: int, out: str, quiet: bool, progress: bool,
+        device: str) -> int:
     """Fit an anomaly detector on normal images: genforge inspect fit DATA --normal-class 3 --out DET.
 
     DATA is any data spec (mnist5k, fashion-mnist, idx:DIR, npz:FILE, folder:DIR). Labelled data: pick the
@@ -86,9 +93,19 @@ def fit(data: str, detector: str, normal_class: str | None, anomaly_class: str |
     class is normal); unlabelled data: every image is normal. The detector trains on the train split's
     normal images and sets its threshold on the validation split's normal images, so that --fpr of normal
     images are flagged (never on test images). Writes DET/detector.safetensors and DET/detector.json.
+
+    Sensor series (tep:[OPTIONS], series-csv:FILE, series-npz:FILE): the detector (pca-spe by default, pca-t2,
+    iforest, recon) fits on normal operation only (tep: the normal training runs; a log: the whole log), on
+    windows of --window samples, and sets its threshold on the last fifth of each run so that --fpr (default
+    1%) of normal windows alarm.
     """
     from genforge.apps import inspection
+    from genforge.apps.inspection import series as fd
 
+    if fd.is_series_spec(data):
+        return _fit_series(data, detector or "pca-spe", fpr, sets, window, time_column, label_column, seed, out,
+                           quiet)
+    detector = detector or "vae"
     fpr = inspection.DEFAULT_FPR if fpr is None else fpr
 
     options = parse_options(detector, sets)
@@ -107,6 +124,39 @@ def fit(data: str, detector: str, normal_class: str | None, anomaly_class: str |
     inspection.save(det, out)
     print(f"genforge: threshold {det.threshold:.6g} flags {100 * det.meta['val_fpr']:.1f}% of the normal "
           f"validation images (target {100 * fpr:g}%); fit in {det.meta['fit_seconds']:.1f} s; "
+          f"wrote {out}")
+    return 0
+
+
+def _series_options(detector: str, items) -> dict:
+    """``--set key=value`` for a series detector; unknown keys are an error naming them."""
+    from genforge.apps.inspection import series as fd
+    from genforge.config import parse_override
+
+    if detector not in fd.DETECTORS:
+        raise GenforgeError(f"unknown series detector {detector!r}; choose one of {', '.join(fd.DETECTORS)}")
+    options = {}
+    for item in items or []:
+        key, value = parse_override(item)
+        if key not in fd.OPTIONS[detector]:
+            raise GenforgeError(f"--set {key}: not an option of the {detector} detector; it takes "
+                                f"{', '.join(fd.OPTIONS[detector])}")
+        options[key] = value
+    return options
+
+
+def _fit_series(data, detector, fpr, sets, window, time_column, label_column, seed, out, quiet) -> int:
+    from genforge.apps.inspection import series as fd
+
+    options = _series_options(detector, sets)
+    log = None if quiet else (lambda msg: print(f"  {msg}", flush=True))
+    det = fd.fit_spec(detector, data, window, fpr=fd.DEFAULT_FPR if fpr is None else fpr, seed=seed,
+                      options=options, time_column=time_column, label_column=label_column, log=log)
+    fd.save_series(det, out)
+    c, w = det.shape
+    print(f"genforge: fit {detector} on {det.meta['train_windows']} normal windows of {c} channels x {w} "
+          f"sample(s) of {data}; threshold {det.threshold:.6g} alarms on {100 * det.meta['val_fpr']:.1f}% of "
+          f"{det.meta['val_windows']} normal validation windows (target {100 * det.meta['target_fpr']:g}%); "
           f"wrote {out}")
     return 0
 
@@ -135,10 +185,11 @@ def _heatmaps(value: str) -> int | None:
               callback=lambda ctx, param, value: _heatmaps(value),
               help="heat maps of the K highest scores (and of the cases the report shows); all: every image")
 @click.option("--no-heatmaps", is_flag=True, help="write scores only (as --heatmaps 0)")
+@click.option("--onset", type=int, help="series log: the sample where a known fault starts (for the delay)")
 @out_option("results directory", metavar="RESULTS")
 @device_option()
-def score(detector: str, data: str, split: str, resize: bool, heatmaps: int | None, no_heatmaps: bool, out: str,
-          device: str) -> int:
+def score(detector: str, data: str, split: str, resize: bool, heatmaps: int | None, no_heatmaps: bool,
+          onset: int | None, out: str, device: str) -> int:
     """Score images with a fitted detector: genforge inspect score DET DATA --out RESULTS.
 
     Writes RESULTS/scores.csv (score and normal/anomaly label per image), RESULTS/summary.json and residual
@@ -148,8 +199,17 @@ def score(detector: str, data: str, split: str, resize: bool, heatmaps: int | No
     picks test (default), val, train or all (every image of the source in file order; duplicates kept).
     When DATA has labels and the detector was fit on some of its classes, the images of the other classes
     count as true anomalies: AUROC, F1 and the confusion counts are printed and saved.
+
+    A series detector scores runs: every test run of tep: (the fault introduced at the protocol's onset), or a
+    whole series-csv / series-npz log (--onset: where a known fault starts). Writes RESULTS/summary.json
+    (per run: alarms, detection delay, detection and false-alarm rates, the sensors the alarms point at; per
+    fault: the same averaged), RESULTS/runs.csv and RESULTS/runs.npz (score and alarm per window position).
     """
     from genforge.apps import inspection
+    from genforge.apps.inspection import series as fd
+
+    if fd.is_series_detector(detector):
+        return _score_series(detector, data, onset, out)
     from genforge.apps.inspection.report import write_results
     from genforge.data import load_splits
 
@@ -186,6 +246,26 @@ def score(detector: str, data: str, split: str, resize: bool, heatmaps: int | No
     return 0
 
 
+def _score_series(detector: str, data: str, onset: int | None, out: str) -> int:
+    from genforge.apps.inspection import series as fd
+    from genforge.apps.inspection.series_report import write_series_results
+
+    det = fd.load_series_detector(detector)
+    if not fd.is_series_spec(data):
+        raise GenforgeError(f"{detector} is a series detector; {data!r} is not a series source (tep:, series-csv:, "
+                            "series-npz:)")
+    runs, about = fd.score_spec(det, data, onset=onset)
+    summary = write_series_results(out, det, runs, {"detector": str(Path(detector)), **about})
+    for fault, row in summary["faults"].items():
+        delay = "never" if row["median_delay"] is None else f"{row['median_delay']:g} samples"
+        rate = "" if row["detection_rate"] is None else f", detection rate {row['detection_rate']:.3f}"
+        far = "" if row["false_alarm_rate"] is None else f", false alarms {row['false_alarm_rate']:.3f}"
+        print(f"  {fault}: {row['detected']} of {row['runs']} run(s) alarmed after the onset{rate}{far}; "
+              f"median delay {delay}")
+    print(f"genforge: scored {len(runs)} run(s) with {det.name}; wrote {out}")
+    return 0
+
+
 @inspect.command("report", context_settings=CONTEXT)
 @click.argument("results", metavar="RESULTS")
 @out_option("HTML file (default RESULTS/report.html)", required=False, metavar="FILE.html")
@@ -196,7 +276,8 @@ def report(results: str, out: str | None) -> int:
     images with the highest scores, the false alarms and the missed anomalies, each beside its heat map.
     """
     from genforge.apps.inspection.report import write_report
+    from genforge.apps.inspection.series_report import is_series_results, write_series_report
 
-    path = write_report(results, out)
+    path = write_series_report(results, out) if is_series_results(results) else write_report(results, out)
     print(f"genforge: wrote {path}")
     return 0

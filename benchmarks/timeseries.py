@@ -1,0 +1,413 @@
+"""Sensor series: fault detection and diagnosis on the Tennessee Eastman process, and generation scores.
+
+    nice python3 benchmarks/timeseries.py [--budget SECONDS] [--quick] [--sections detection diagnosis generation]
+        [--tep SPEC] [--datasets tep BasicMotions ACSF1 PLAID] [--no-sdv] [--no-write]
+
+detection: every detector fitted on the normal training runs of `--tep` (the last fifth of each run sets the
+  threshold at a 1% false-alarm rate), scored on every test run (the fault introduced at sample 160): detection
+  rate per fault (share of samples after the onset that alarm), false-alarm rate on the normal test runs, median
+  detection delay (samples of 3 min). PCA T^2 and SPE, the isolation forest, and the reconstruction detectors of
+  genforge's series models where this genforge has them.
+diagnosis: classify the fault (IDV 1..21) of 20-sample windows with K = 1 and 3 training runs per fault, real
+  windows only against real plus windows of a per-class VAR fitted on the same K runs; 3 seeds, mean and spread.
+generation: per data set, the evaluator (a 1-D CNN trained on the train split), then rows: real vs real (held-out
+  real windows as if generated: the floor), the VAR baseline, SDV's PARSynthesizer (in its own virtual
+  environment, when it installs and runs within --budget), and each genforge series recipe (trained for --budget
+  seconds). Scores: discriminative (mean +- std over 5 seeds), predictive (MAE), FD and precision/recall on the
+  evaluator's features, TSTR accuracy (and TRTR in the real row).
+
+--budget SECONDS caps the training of each generator (the issue asks 10 minutes per recipe; RESULTS.md says what
+was run). --quick: a seconds-long tiny simulation and a tiny set, every code path once (a smoke test; nothing is
+written to RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import describe, print_machine  # noqa: E402
+from benchmarks.throughput import write_section  # noqa: E402
+from genforge.apps import diagnosis  # noqa: E402
+from genforge.apps.inspection import series as fd  # noqa: E402
+from genforge.data.series import load_series  # noqa: E402
+from genforge.data.series.tep import load_tep  # noqa: E402
+from genforge.metrics import series as ms  # noqa: E402
+from genforge.models.var import VARBaseline, var_generator  # noqa: E402
+
+MARK_START, MARK_END = "<!-- timeseries:start -->", "<!-- timeseries:end -->"
+FULL_TEP = "tep:faults=1-21;seeds=0-2"
+QUICK_TEP = "tep:faults=1,2;seeds=0;train=100;test=160;onset=60;warmup=40"
+UNDETECTABLE = (3, 9, 15)  # by PCA, DPCA and CVA in the literature; left out of the mean, as the issue asks
+SDV_VENV = Path(tempfile.gettempdir()) / "genforge-sdv-venv"
+# How each set is shaped for generation: as genforge's recipes shape it (genforge/recipes/tep-*, ucr-*), so
+# every row is scored on the same windows. PLAID is ragged (100 to 1,344 samples): resampled to 512.
+UCR_SHAPE = {"BasicMotions": {}, "ACSF1": {}, "PLAID": {"length_policy": "resample", "length": 512}}
+TEP_WINDOW, TEP_STRIDE = 64, 16  # the tep-* recipes' series_window / series_stride
+RECIPES = {"tep": ("tep-cvae", "tep-cddpm", "tep-cgan"),
+           "BasicMotions": ("ucr-basicmotions-cvae", "ucr-basicmotions-cddpm", "ucr-basicmotions-cgan"),
+           "ACSF1": ("ucr-acsf1-cvae", "ucr-acsf1-cddpm", "ucr-acsf1-cgan"),
+           "PLAID": ("ucr-plaid-cvae", "ucr-plaid-cddpm", "ucr-plaid-cgan")}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- detection
+
+
+def detectors_available() -> list[tuple[str, str, dict]]:
+    """(row name, detector, options): the baselines always; the model reconstructions once genforge has them."""
+    return [("PCA T^2", "pca-t2", {}), ("PCA SPE", "pca-spe", {}), ("isolation forest", "iforest", {})]
+
+
+def run_detection(data, fpr: float) -> dict:
+    tr, te = data.train, data.test
+    normal = [tr.x[r, :, : int(tr.length[r])] for r in np.flatnonzero(tr.fault == 0)]
+    results = {}
+    for row, name, options in detectors_available():
+        t0 = time.perf_counter()
+        det = fd.fit_on_runs(name, normal, window=1, fpr=fpr, options=options, seed=0)
+        labels = [f"{int(f)}" for f in te.fault]
+        scored = fd.score_runs(det, te.x, te.length, data.protocol.onset, labels)
+        rows = [fd.run_row(label, label, rs, data.channel_names) for label, rs in scored]
+        table = fd.fault_table(rows)
+        results[row] = {"faults": table, "val_fpr": det.meta["val_fpr"], "seconds": round(time.perf_counter() - t0, 1)}
+        faults = [f for f in table if f != "0"]
+        kept = [table[f]["detection_rate"] for f in faults if int(f) not in UNDETECTABLE]
+        delays = [table[f]["median_delay"] for f in faults if table[f]["median_delay"] is not None]
+        results[row]["mean_rate"] = float(np.mean(kept)) if kept else None
+        results[row]["median_delay"] = float(np.median(delays)) if delays else None
+        # normal test runs: every window is normal, so every alarm is a false alarm (onset only splits the run)
+        normal_runs = [r for r in rows if r["fault"] == "0"]
+        results[row]["normal_test_far"] = (float(np.mean([r["alarms"] / (r["samples"]) for r in normal_runs]))
+                                           if normal_runs else None)
+        log(f"detection {row}: mean rate (excl. IDV 3, 9, 15) {results[row]['mean_rate']}, false alarms on normal "
+            f"test runs {results[row]['normal_test_far']}, median delay {results[row]['median_delay']} "
+            f"({results[row]['seconds']} s)")
+    return results
+
+
+def detection_table(results: dict, faults: list[int]) -> str:
+    names = list(results)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = ["| fault | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for f in faults:
+        cells = []
+        for n in names:
+            t = results[n]["faults"].get(str(f))
+            cells.append("-" if t is None else f"{fmt(t['detection_rate'])} ({fmt(t['median_delay']) if t['median_delay'] is not None else 'never'})")
+        lines.append(f"| IDV {f}{' *' if f in UNDETECTABLE else ''} | " + " | ".join(cells) + " |")
+    lines.append("| **mean rate, excl. 3, 9, 15** | " + " | ".join(f"**{fmt(results[n]['mean_rate'])}**" for n in names)
+                 + " |")
+    lines.append("| false-alarm rate, normal test runs | " + " | ".join(fmt(results[n]["normal_test_far"])
+                                                                     for n in names) + " |")
+    lines.append("| median delay (samples) | " + " | ".join(fmt(results[n]["median_delay"]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- diagnosis
+
+
+def run_diagnosis(data, steps: int, seeds: tuple[int, ...]) -> dict:
+    windows = diagnosis.tep_windows(data, window=20)
+    out = {}
+    most = int(np.bincount(windows.run_class).min())
+    for k in (1, 3):
+        if k > most:
+            log(f"diagnosis K={k}: skipped, only {most} training run(s) per fault were simulated")
+            continue
+        out[k] = diagnosis.experiment(windows, k, generator=var_generator(2), seeds=seeds,
+                                      recipe=ms.SeriesRecipe(steps=steps), log=lambda m: log(f"diagnosis {m}"))
+    return out
+
+
+def diagnosis_table(results: dict) -> str:
+    lines = ["| K runs per fault | real only | real + VAR windows | synthetic helps |", "|---|---|---|---|"]
+    for k, r in results.items():
+        mixed = r.get("real+synthetic")
+        lines.append(f"| {k} | {r['real']['mean']:.3f} +- {r['real']['std']:.3f} | "
+                     + (f"{mixed['mean']:.3f} +- {mixed['std']:.3f} | {'yes' if r['synthetic_helps'] else 'no'} |"
+                        if mixed else "- | - |"))
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- generation
+
+
+SDV_SCRIPT = r'''
+import json, sys, time
+import numpy as np, pandas as pd
+from sdv.metadata import Metadata
+from sdv.sequential import PARSynthesizer
+src, dst, epochs, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+z = np.load(src)
+x, y = z["x"], z["y"]
+N, C, T = x.shape
+rows = [{"sid": i, "t": t, "label": str(int(y[i])), **{f"c{c}": float(x[i, c, t]) for c in range(C)}}
+        for i in range(N) for t in range(T)]
+df = pd.DataFrame(rows)
+# sdv 2.0 detects metadata from a dict of tables (1.x had detect_from_dataframe for one)
+meta = (Metadata.detect_from_dataframes({"series": df}) if hasattr(Metadata, "detect_from_dataframes")
+        else Metadata.detect_from_dataframe(df))
+meta.update_column(column_name="sid", sdtype="id")
+meta.set_sequence_key(column_name="sid")
+meta.set_sequence_index(column_name="t")
+meta.update_column(column_name="label", sdtype="categorical")
+t0 = time.time()
+synth = PARSynthesizer(meta, context_columns=["label"], epochs=epochs, verbose=False, cuda=False)
+synth.fit({"series": df} if hasattr(Metadata, "detect_from_dataframes") else df)  # sdv 2.0: a dict of tables
+fit_s = time.time() - t0
+labels = np.resize(np.unique(y), n)
+ctx = pd.DataFrame({"sid": np.arange(n), "label": [str(int(v)) for v in labels]})
+out = synth.sample_sequential_columns(context_columns=ctx, sequence_length=T)
+out = out["series"] if isinstance(out, dict) else out  # sdv 2.0 answers with a dict of tables
+xs = np.zeros((n, C, T), np.float32)
+for i, (_, g) in enumerate(out.groupby("sid", sort=True)):
+    xs[i] = g[[f"c{c}" for c in range(C)]].to_numpy(np.float32)[:T].T
+np.savez(dst, x=xs, y=labels.astype(np.int64))
+print(json.dumps({"fit_seconds": fit_s}))
+'''
+
+
+def sdv_python() -> tuple[Path | None, str]:
+    """The venv's python with sdv importable, installing it on first use (torch pinned first, so sdv's torch
+    requirement is met by this machine's 2.13.0 through the system site-packages instead of a new download)."""
+    py = SDV_VENV / "bin" / "python"
+    try:
+        if not py.is_file():
+            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(SDV_VENV)], check=True,
+                           capture_output=True, timeout=300)
+        if subprocess.run([str(py), "-c", "import sdv"], capture_output=True, timeout=300).returncode != 0:
+            for pkg in ("torch==2.13.0", "sdv"):
+                r = subprocess.run([str(py), "-m", "pip", "install", "-q", pkg], capture_output=True, text=True,
+                                   timeout=1200)
+                if r.returncode != 0:
+                    return None, f"pip install {pkg} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}"
+        version = subprocess.run([str(py), "-c", "import sdv; print(sdv.__version__)"], capture_output=True,
+                                 text=True, timeout=300)
+        if version.returncode != 0:
+            return None, f"sdv does not import: {version.stderr.strip().splitlines()[-1:]}"
+        return py, version.stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+def sdv_samples(py: Path, x: np.ndarray, y: np.ndarray, n: int, budget: float, epochs: int):
+    """PARSynthesizer fitted on (x, y) for `epochs` epochs (at most `budget` s) and n samples; or the reason not."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(src, x=x, y=y)
+        try:
+            r = subprocess.run([str(py), "-c", SDV_SCRIPT, str(src), str(dst), str(epochs), str(n)],
+                               capture_output=True, text=True, timeout=budget)
+        except subprocess.TimeoutExpired:
+            return None, f"PARSynthesizer did not fit and sample within the {budget:.0f} s budget"
+        if r.returncode != 0:
+            return None, "PARSynthesizer failed: " + " ".join((r.stderr or r.stdout).strip().splitlines()[-1:])
+        z = np.load(dst)
+        return (z["x"], z["y"]), json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def recipe_row(recipe: str, name: str, s, ev, x, y, tx, ty, kw: dict, args) -> dict:
+    """Train genforge recipe `recipe` for --budget seconds (on the benchmark's TEP runs for tep-*), sample as many
+    windows as the training split has, and score them like every other row."""
+    import genforge
+    from genforge.config import load_config
+    from genforge.training import check_config, train
+
+    overrides = [f"max_seconds={int(args.budget)}", "sample_every=0", "tensorboard=false", "num_threads=" +
+                 str(args.threads), f"checkpoint_every={10 ** 6}"]
+    if name == "tep":
+        overrides.append(f"data={args.tep}")  # the runs simulated for this benchmark (the recipe names seed 0)
+    if args.quick:
+        overrides.append(f"batch_size={min(32, len(x))}")  # the smoke run's tiny sets hold fewer windows
+    run = Path(tempfile.mkdtemp(prefix=f"genforge-bench-{recipe}-"))
+    try:
+        t0 = time.perf_counter()
+        cfg = check_config(load_config(recipe, overrides), recipe)
+        result = train(cfg, run, quiet=True)
+        fit_s = time.perf_counter() - t0
+        model = genforge.load(run, device="cpu")
+        samples = model.sample(len(x), seed=0)
+        fake = s.normalization.apply(samples.x)
+        row = ms.evaluate_series(ev, x, fake, real_y=y, fake_y=samples.y, test_x=tx, test_y=ty, **kw)
+        row.update({"fit_seconds": round(fit_s, 1), "steps": int(model.meta.get("step") or 0)})
+        log(f"  {recipe} ({row['steps']} steps in {fit_s:.0f} s): {ms.summary_line(row)}")
+        del result
+        return row
+    except Exception as e:  # one recipe failing must not lose the other rows; the table says why
+        log(f"  {recipe}: failed: {type(e).__name__}: {e}")
+        return {"error": f"failed: {type(e).__name__}: {str(e)[:120]}"}
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def generation_sets(names: list[str], quick: bool, tep_spec: str) -> dict:
+    sets = {}
+    for name in names:
+        if name == "tep":
+            s = load_series(tep_spec, window=TEP_WINDOW, stride=TEP_STRIDE)
+        else:
+            s = load_series(f"ucr:{name}", **UCR_SHAPE.get(name, {}))
+        sets[name] = s
+    return sets
+
+
+def run_generation(sets: dict, args) -> dict:
+    results = {}
+    sdv = (None, "not tried (--no-sdv)") if args.no_sdv else sdv_python()
+    if sdv[0] is None:
+        log(f"SDV PARSynthesizer: {sdv[1]}; going on without it")
+    for name, s in sets.items():
+        x, y, tx, ty = s.train.x, s.train.y, s.test.x, s.test.y
+        if args.quick:
+            x, y = x[:64], y[:64]
+        k = s.num_classes
+        t0 = time.perf_counter()
+        spec = s.name + "".join(f" {k}={v}" for k, v in UCR_SHAPE.get(name, {}).items())
+        ev = (ms.get_series_evaluator(spec, x, y, k, test_x=tx, test_y=ty, log=log) if not args.quick else
+              ms.train_series_evaluator(x, y, k, name=name, test_x=tx, test_y=ty,
+                                        recipe=ms.SeriesRecipe(steps=args.classifier_steps)))
+        log(f"generation {name}: {x.shape[0]} train windows {x.shape[1]}x{x.shape[2]}, {k} classes; evaluator test "
+            f"accuracy {ev.meta['test_accuracy']:.3f}, weights {ev.sha256[:12]} ({time.perf_counter() - t0:.0f} s)")
+        kw = dict(seeds=args.seeds, posthoc_steps=args.posthoc_steps,
+                  recipe=ms.SeriesRecipe(steps=args.classifier_steps))
+        other = s.val if len(s.val) >= 5 else s.test
+        rows = {"real vs real": ms.reference_row(ev, x, y, other.x, other.y, test_x=tx, test_y=ty, **kw)}
+        log(f"  real vs real ({len(other.x)} held-out windows): {ms.summary_line(rows['real vs real'])}")
+        n = len(x)
+        var = VARBaseline(order=2).fit(x, y)
+        fx, fy = var.sample(n, seed=0)
+        rows["VAR(2) per class"] = ms.evaluate_series(ev, x, fx, real_y=y, fake_y=fy, test_x=tx, test_y=ty, **kw)
+        log(f"  VAR(2): {ms.summary_line(rows['VAR(2) per class'])}" + (f" [{'; '.join(var.notes)}]" if var.notes
+                                                                         else ""))
+        if sdv[0] is not None:
+            got, info = sdv_samples(sdv[0], x, y, n, args.budget, args.sdv_epochs)
+            if got is None:
+                log(f"  SDV PARSynthesizer: {info}")
+                rows["SDV PARSynthesizer"] = {"error": info}
+            else:
+                rows["SDV PARSynthesizer"] = ms.evaluate_series(ev, x, got[0], real_y=y, fake_y=got[1], test_x=tx,
+                                                                test_y=ty, **kw)
+                rows["SDV PARSynthesizer"]["fit_seconds"] = info["fit_seconds"]
+                log(f"  SDV PARSynthesizer: {ms.summary_line(rows['SDV PARSynthesizer'])}")
+        for recipe in ([] if args.no_recipes else RECIPES.get(name, ())):
+            rows[recipe] = recipe_row(recipe, name, s, ev, x, y, tx, ty, kw, args)
+        results[name] = {"rows": rows, "evaluator_accuracy": ev.meta["test_accuracy"], "evaluator": ev.sha256[:12],
+                         "shape": list(x.shape[1:]),
+                         "n_train": len(x)}
+    return {"results": results, "sdv": sdv[1]}
+
+
+def generation_table(name: str, r: dict) -> str:
+    lines = ["| generator | discriminative (mean +- std) | predictive (MAE) | FD | precision | recall | TSTR |",
+             "|---|---|---|---|---|---|---|"]
+    for row, v in r["rows"].items():
+        if "error" in v:
+            lines.append(f"| {row} | {v['error']} | | | | | |")
+            continue
+        label = f"{row} ({v['steps']} steps, {v['fit_seconds']:.0f} s)" if "steps" in v else row
+        lines.append(f"| {label} | {v['discriminative']:.3f} +- {v['discriminative_std']:.3f} | {v['predictive']:.4f} "
+                     f"| {v['fd']:.3g} | {v['precision']:.3f} | {v['recall']:.3f} | {v.get('tstr', float('nan')):.3f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds of training per generator")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run; RESULTS.md untouched")
+    parser.add_argument("--sections", nargs="+", default=["detection", "diagnosis", "generation"],
+                        choices=("detection", "diagnosis", "generation"))
+    parser.add_argument("--tep", default=None, help=f"the TEP spec (default {FULL_TEP}; --quick: {QUICK_TEP})")
+    parser.add_argument("--datasets", nargs="+", default=["tep", "BasicMotions", "ACSF1", "PLAID"])
+    parser.add_argument("--fpr", type=float, default=0.01)
+    parser.add_argument("--seeds", type=int, default=5, help="classifiers per discriminative score")
+    parser.add_argument("--posthoc-steps", type=int, default=300)
+    parser.add_argument("--classifier-steps", type=int, default=600)
+    parser.add_argument("--sdv-epochs", type=int, default=32)
+    parser.add_argument("--no-sdv", action="store_true")
+    parser.add_argument("--no-recipes", action="store_true", help="skip training genforge's series recipes")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write every number to this JSON file")
+    parser.add_argument("--no-write", action="store_true", help="do not touch benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.tep = args.tep or QUICK_TEP
+        args.seeds, args.posthoc_steps, args.classifier_steps, args.sdv_epochs = 2, 30, 30, 1
+        args.datasets = [d for d in args.datasets if d in ("tep", "BasicMotions")]
+        args.budget = min(args.budget, 20.0)
+    args.tep = args.tep or FULL_TEP
+    facts = print_machine()
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    everything: dict = {"command": " ".join(sys.argv[1:]), "budget": args.budget}
+    parts = []
+    if {"detection", "diagnosis"} & set(args.sections):
+        t0 = time.perf_counter()
+        data = load_tep(args.tep.partition(":")[2], log=log)
+        log(f"{args.tep}: {len(data.train.fault)} training and {len(data.test.fault)} test runs "
+            f"({time.perf_counter() - t0:.0f} s, simulated or read from the cache)")
+        if "detection" in args.sections:
+            det = run_detection(data, args.fpr)
+            everything["detection"] = det
+            parts.append(f"### Fault detection, `{args.tep}`\n\nDetection rate per fault at a {100 * args.fpr:g}% "
+                         "false-alarm rate (threshold on normal validation windows), median detection delay in "
+                         "samples of 3 min in brackets; * undetectable by PCA in the literature, left out of the "
+                         "mean. Static monitors (window 1), fitted on the normal training runs.\n\n"
+                         + detection_table(det, list(data.protocol.faults)))
+        if "diagnosis" in args.sections:
+            diag = run_diagnosis(data, args.classifier_steps, (0, 1, 2))
+            everything["diagnosis"] = diag
+            parts.append(f"### Fault diagnosis with K faulty runs per fault, `{args.tep}`\n\nTest accuracy over "
+                         f"{len(data.protocol.faults)} faults (windows of 20 samples after the onset of every test "
+                         "run), mean +- std over 3 seeds; the VAR is fitted on the same K runs.\n\n"
+                         + diagnosis_table(diag))
+    if "generation" in args.sections:
+        sets = generation_sets(args.datasets, args.quick, args.tep)
+        gen = run_generation(sets, args)
+        everything["generation"] = gen
+        notes = (f"SDV PARSynthesizer: {gen['sdv']} ({args.sdv_epochs} epochs, at most {args.budget:.0f} s)."
+                 if not gen["sdv"].startswith(("pip", "sdv does", "OSError", "Called", "not tried", "Timeout"))
+                 else f"SDV PARSynthesizer: {gen['sdv']}.")
+        text = [f"### Generation scores\n\nPost-hoc GRUs of {args.posthoc_steps} steps; classifiers (evaluator, "
+                f"TSTR) {args.classifier_steps} steps. {notes} genforge's recipes trained for {args.budget:.0f} s each "
+                "(`max_seconds`; the issue asks 600), their samples scored like every other row."]
+        for name, r in gen["results"].items():
+            text.append(f"**{name}** ({r['n_train']} train windows of {r['shape'][0]} x {r['shape'][1]}, evaluator "
+                        f"{r['evaluator']} with test accuracy {r['evaluator_accuracy']:.3f})\n\n"
+                        + generation_table(name, r))
+        parts.append("\n\n".join(text))
+    total = time.perf_counter() - t_start
+    log(f"total {total:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(everything, indent=1, default=str))
+    if args.quick or args.no_write:
+        return
+    command = "nice python3 benchmarks/timeseries.py " + " ".join(sys.argv[1:])
+    section = (f"{MARK_START}\n## Sensor series: detection, diagnosis, generation\n\n`{command}` "
+               f"({time.strftime('%Y-%m-%d')}, {total / 60:.0f} min; budget {args.budget:.0f} s per generator, "
+               f"the issue asks 600). Machine: {describe(facts)}.\n\n" + "\n\n".join(parts) + f"\n{MARK_END}")
+    write_section(ROOT / "benchmarks" / "RESULTS.md", section)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
