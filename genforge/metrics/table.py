@@ -158,10 +158,11 @@ class Features:
                 self.stats[c.name] = list(c.categories) + [None]
             else:
                 p = v[~np.isnan(v)]
+                indicator = bool(np.isnan(v).any() or c.missing)  # decided once, so every table gets the same width
                 if scale == "standard":
-                    self.stats[c.name] = (float(p.mean()), float(p.std()) or 1.0)
+                    self.stats[c.name] = (float(p.mean()), float(p.std()) or 1.0, indicator)
                 else:  # min-max to [0, 1]: every number column weighs at most 1 in a distance, as a category does
-                    self.stats[c.name] = (float(p.min()), float(p.max() - p.min()) or 1.0)
+                    self.stats[c.name] = (float(p.min()), float(p.max() - p.min()) or 1.0, indicator)
 
     def __call__(self, table: Table) -> np.ndarray:
         parts = []
@@ -174,10 +175,10 @@ class Features:
                 onehot[np.arange(len(v)), [index.get(x, len(cats) - 1) for x in v]] = 1.0
                 parts.append(onehot)
             else:
-                lo, scale = self.stats[c.name]
+                lo, scale, indicator = self.stats[c.name]
                 miss = np.isnan(v)
                 parts.append(np.where(miss, 0.0, (v - lo) / scale)[:, None])
-                if miss.any() or c.missing:
+                if indicator:
                     parts.append(miss[:, None].astype(float))
         return np.concatenate(parts, axis=1)
 

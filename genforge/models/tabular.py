@@ -26,8 +26,8 @@ Layout = list[tuple[str, int]]
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, noise: torch.Generator | None) -> torch.Tensor:
     """Gumbel-softmax (Jang et al. 2017) with the caller's random stream: a differentiable, nearly one-hot draw."""
-    u = torch.rand(logits.shape, generator=noise, device=logits.device, dtype=logits.dtype)
-    g = -torch.log(-torch.log(u.clamp(1e-10, 1.0)).clamp(min=1e-10))
+    u = torch.rand(logits.shape, generator=noise, device=logits.device, dtype=logits.dtype).clamp(1e-10, 1.0)
+    g = -torch.log((-torch.log(u)).clamp(min=1e-10))  # Gumbel(0, 1) noise
     return torch.softmax((logits + g) / tau, dim=1)
 
 
@@ -118,11 +118,20 @@ class _Residual(nn.Module):
 
 
 class TableGenerator(nn.Module):
-    """(noise (b, z_dim), conditional vector (b, cond_dim)) -> raw outputs (b, D); :func:`activate` finishes them."""
+    """(noise (b, z_dim), conditional vector (b, cond_dim)) -> raw outputs (b, D); :func:`activate` finishes them.
 
-    def __init__(self, layout: Layout, z_dim: int = 128, width: int = 256, cond_dim: int = 0):
+    ``cond_spans``: [(start, width)] of the one-hot groups the conditional vector covers (the category columns;
+    empty: no conditional vector). ``cond_freq`` (a buffer saved with the weights) holds their categories'
+    frequencies in the training rows, from which sampling draws the cond vector.
+    """
+
+    def __init__(self, layout: Layout, z_dim: int = 128, width: int = 256,
+                 cond_spans: list[tuple[int, int]] = ()):
         super().__init__()
+        cond_dim = sum(w for _, w in cond_spans)
         self.layout, self.z_dim, self.cond_dim = [tuple(s) for s in layout], z_dim, cond_dim
+        self.register_buffer("cond_spans", torch.tensor([list(s) for s in cond_spans], dtype=torch.long).reshape(-1, 2))
+        self.register_buffer("cond_freq", torch.full((cond_dim,), 1.0))
         dim, i = sum(w for _, w in layout), z_dim + cond_dim
         self.blocks = nn.Sequential(_Residual(i, width), _Residual(i + width, width))
         self.out = nn.Linear(i + 2 * width, dim)

@@ -1,0 +1,186 @@
+"""TabDDPM (Kotelnikov et al. 2023, "TabDDPM: Modelling Tabular Data with Diffusion Models").
+
+Its own method module, not a recipe of ``diffusion.py``, because half of its mathematics is another process:
+the numbers diffuse as in DDPM (Gaussian noise, the network predicts it: L_simple), but each category diffuses
+by **multinomial diffusion** (Hoogeboom et al. 2021): at each step a category is kept with probability
+1 - beta_t and otherwise redrawn uniformly among its K values, so
+
+    q(x_t | x_0) = Cat(x_t; abar_t x_0 + (1 - abar_t) / K)
+    q(x_{t-1} | x_t, x_0) ∝ [alpha_t x_t + (1 - alpha_t) / K] * [abar_{t-1} x_0 + (1 - abar_{t-1}) / K]
+
+and the network predicts x_0's probabilities; the loss is KL(q(x_{t-1} | x_t, x_0) || q(x_{t-1} | x_t, x0_hat))
+(at t = 0, -log of x_0's probability). TabDDPM's loss is L_simple + the multinomial loss averaged over the
+category groups. Both processes share one schedule (cosine, T = 1000) and one MLP denoiser
+(``tabular.TableDenoiser``), which reads the noisy numbers and the noisy one-hot groups together.
+
+A table's ``tanh`` and ``gaussian`` spans are the numbers, its ``softmax`` spans the categories (with the
+quantile transform, as the paper, numbers are Gaussian already; with the mode-specific transform the mode
+indicators diffuse as categories).
+
+Sampling runs the full reverse chain (T steps, ancestral: categories must be drawn at every step). Its
+randomness is a pure function of the latent (the starting noise of the numbers, and the seed of the rest
+taken from its bytes), so the same latent gives the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import nn
+
+from genforge.config import Config
+from genforge.models.diffusion import make_schedule
+
+VALUE_RANGE = "table"
+NETWORKS = ("denoiser", "schedule")
+EMA_NETWORKS = ("denoiser",)
+LATENT = "denoiser"
+CONTROLS = ()
+T = 1000
+
+
+def latent_dim(z_dim: int, layout) -> int:
+    """The starting noise of the number outputs (the category groups start uniform)."""
+    return max(1, sum(w for kind, w in layout if kind != "softmax"))
+
+
+class TableSchedule(nn.Module):
+    """The betas' cumulative products abar_t (T,), a buffer saved with the model (as diffusion.NoiseSchedule)."""
+
+    def __init__(self, layout=None, kind: str = "cosine", steps: int = T):
+        super().__init__()
+        self.register_buffer("alphas_cumprod", make_schedule(kind, steps))
+
+
+def _split(layout) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """(indices of number outputs (n_num,), [(start, width)] of one-hot groups)."""
+    num, cats, i = [], [], 0
+    for kind, width in layout:
+        if kind == "softmax":
+            cats.append((i, width))
+        else:
+            num.extend(range(i, i + width))
+        i += width
+    return torch.tensor(num, dtype=torch.long), cats
+
+
+def _log_mix(p: torch.Tensor, a: torch.Tensor, k: int) -> torch.Tensor:
+    """log(a p + (1 - a) / K), p probabilities (b, K), a (b, 1)."""
+    return torch.log((a * p + (1 - a) / k).clamp(min=1e-30))
+
+
+def _posterior_log(x_t: torch.Tensor, p0: torch.Tensor, alpha_t: torch.Tensor, abar_prev: torch.Tensor) -> torch.Tensor:
+    """log q(x_{t-1} | x_t, x_0) for one group (b, K), x_0 given as probabilities p0 (one-hot for the data)."""
+    k = x_t.shape[1]
+    logits = _log_mix(x_t, alpha_t, k) + _log_mix(p0, abar_prev, k)
+    return logits - torch.logsumexp(logits, dim=1, keepdim=True)
+
+
+def _draw(log_p: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+    """One-hot draws (b, K) from log-probabilities, by the Gumbel-max trick."""
+    u = torch.rand(log_p.shape, generator=noise, device=log_p.device).clamp(1e-10, 1 - 1e-10)
+    k = (log_p - torch.log(-torch.log(u))).argmax(1)
+    return torch.nn.functional.one_hot(k, log_p.shape[1]).to(log_p.dtype)
+
+
+def _coefficients(abar: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(abar_t, alpha_t = abar_t / abar_{t-1}, abar_{t-1} with abar_{-1} = 1), each (b, 1)."""
+    a_t = abar[t]
+    a_prev = torch.where(t > 0, abar[(t - 1).clamp(min=0)], torch.ones_like(a_t))
+    return a_t[:, None], (a_t / a_prev)[:, None], a_prev[:, None]
+
+
+def losses(denoiser: nn.Module, abar: torch.Tensor, x0: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Gaussian L_simple, multinomial loss averaged over groups), each a scalar, for clean rows x0 (b, D)."""
+    b = x0.shape[0]
+    num, cats = _split(denoiser.layout)
+    t = torch.randint(0, len(abar), (b,), generator=noise, device=x0.device)                # (b,)
+    a_t, alpha_t, a_prev = _coefficients(abar, t)
+    x_t = x0.clone()
+    eps = torch.randn((b, len(num)), generator=noise, device=x0.device, dtype=x0.dtype)
+    if len(num):
+        x_t[:, num] = a_t.sqrt() * x0[:, num] + (1 - a_t).sqrt() * eps                       # q(x_t | x_0)
+    for start, width in cats:
+        x_t[:, start:start + width] = _draw(_log_mix(x0[:, start:start + width], a_t, width), noise)
+    out = denoiser(x_t, t)                                                                    # (b, D)
+    loss_num = ((out[:, num] - eps) ** 2).mean() if len(num) else torch.zeros((), device=x0.device)
+    loss_cat = torch.zeros((), device=x0.device)
+    for start, width in cats:
+        x0_g, xt_g = x0[:, start:start + width], x_t[:, start:start + width]
+        p0_hat = torch.softmax(out[:, start:start + width], dim=1)
+        log_true = _posterior_log(xt_g, x0_g, alpha_t, a_prev)
+        log_model = _posterior_log(xt_g, p0_hat, alpha_t, a_prev)
+        kl = (log_true.exp() * (log_true - log_model)).sum(1)                                  # (b,)
+        nll0 = -(x0_g * log_model).sum(1)                                                      # t = 0: -log p(x_0|x_1)
+        loss_cat = loss_cat + torch.where(t == 0, nll0, kl).mean()
+    return loss_num, loss_cat / max(1, len(cats))
+
+
+def _seeded(z: torch.Tensor) -> torch.Generator:
+    digest = hashlib.sha256(z.detach().cpu().contiguous().numpy().tobytes()).digest()
+    return torch.Generator(device=z.device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+@torch.no_grad()
+def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents (b, n_num) -> rows (b, D): numbers as DDPM's ancestral chain leaves them, categories one-hot."""
+    denoiser, abar = nets["denoiser"], nets["schedule"].alphas_cumprod
+    num, cats = _split(denoiser.layout)
+    b, d = z.shape[0], sum(w for _, w in denoiser.layout)
+    noise = _seeded(z)
+    x = torch.zeros(b, d, device=z.device)
+    if len(num):
+        x[:, num] = z[:, :len(num)]
+    for start, width in cats:  # x_T: uniform over each group's categories
+        x[:, start:start + width] = _draw(torch.full((b, width), -math.log(width), device=z.device), noise)
+    for step in range(len(abar) - 1, -1, -1):
+        t = torch.full((b,), step, device=z.device, dtype=torch.long)
+        a_t, alpha_t, a_prev = _coefficients(abar, t)
+        out = denoiser(x, t)
+        nxt = x.clone()
+        if len(num):
+            # DDPM ancestral step (Ho et al. 2020, eq. 11) with sigma_t^2 = beta_t
+            eps = out[:, num]
+            beta = 1 - alpha_t
+            mean = (x[:, num] - beta / (1 - a_t).sqrt() * eps) / alpha_t.sqrt()
+            if step > 0:
+                mean = mean + beta.sqrt() * torch.randn(mean.shape, generator=noise, device=z.device)
+            nxt[:, num] = mean
+        for start, width in cats:
+            p0_hat = torch.softmax(out[:, start:start + width], dim=1)
+            log_p = _posterior_log(x[:, start:start + width], p0_hat, alpha_t, a_prev)
+            nxt[:, start:start + width] = _draw(log_p, noise)
+        x = nxt
+    return x
+
+
+class Trainer:
+    """One AdamW on the denoiser (TabDDPM: lr 2e-3 with weight decay); one step of both losses."""
+
+    def __init__(self, cfg: Config, nets: dict[str, nn.Module], private=None):
+        self.denoiser, self.schedule = nets["denoiser"], nets["schedule"]
+        self.schedule.alphas_cumprod.copy_(make_schedule(cfg.noise_schedule, len(self.schedule.alphas_cumprod)))
+        self.optimizers = {"denoiser": torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.g_lr,
+                                                         betas=tuple(cfg.g_betas), weight_decay=1e-4)}
+
+    @staticmethod
+    def batches_per_step(cfg: Config) -> int:
+        return 1
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor | None, noise: torch.Generator,
+                   step: int = 0) -> dict[str, torch.Tensor]:
+        loss_num, loss_cat = losses(self.denoiser, self.schedule.alphas_cumprod, x, noise)
+        loss = loss_num + loss_cat
+        opt = self.optimizers["denoiser"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach(), "loss_gauss": loss_num.detach(), "loss_multinomial": loss_cat.detach()}
