@@ -164,7 +164,9 @@ class TableTransformer:
     def constrain(col, v: np.ndarray) -> np.ndarray:
         """The schema's constraints on a number column: within [min, max], whole, or rounded to its decimals."""
         v = np.clip(v, col.min, col.max)
-        if col.kind in ("integer", "datetime"):
+        if col.kind == "datetime" and not any(f in col.format for f in ("%H", "%I", "%M", "%S", "%p")):
+            v = np.round(v / 86400) * 86400  # a date without a time: whole days (UTC midnight), not 23:59:59.9
+        elif col.kind in ("integer", "datetime"):
             v = np.round(v)
         elif col.decimals is not None:
             v = np.round(v, col.decimals)
