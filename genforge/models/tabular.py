@@ -185,3 +185,29 @@ class TableDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = self.proj(x) + self.t_mlp(timestep_embedding(t, self.time_dim))  # (b, width)
         return self.out(self.body(h))
+
+
+# ----------------------------------------------------------------------------------- building a table model
+
+def build(model: str, layout: Layout, cond_spans: list[tuple[int, int]] = (), z_dim: int = 128, width: int = 256,
+          pac: int = 1, cond_vector: bool = True) -> dict[str, nn.Module]:
+    """The networks of a table model by name: ``tvae``, ``ctgan``, ``tabddpm`` or ``copula``.
+
+    ``cond_spans``: the category columns' one-hot groups [(start, width)] (CTGAN's conditional vector covers
+    them; none when ``cond_vector`` is False). ``width``: the hidden width (TVAE's MLPs use half of it, 128 at
+    the default, as the paper).
+    """
+    from genforge.models.copula import GaussianCopula
+    from genforge.models.tabddpm import TableSchedule
+
+    if model == "tvae":
+        return {"encoder": TableEncoder(layout, z_dim, width // 2), "decoder": TableDecoder(layout, z_dim, width // 2)}
+    if model == "ctgan":
+        spans = list(cond_spans) if cond_vector else []
+        return {"generator": TableGenerator(layout, z_dim, width, spans),
+                "discriminator": TableDiscriminator(layout, width, sum(w for _, w in spans), pac)}
+    if model == "tabddpm":
+        return {"denoiser": TableDenoiser(layout, width), "schedule": TableSchedule()}
+    if model == "copula":
+        return {"copula": GaussianCopula(layout)}
+    raise ValueError(f"unknown table model {model!r}")

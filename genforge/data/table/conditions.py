@@ -6,7 +6,8 @@
 Two ways to meet a condition, and the result says which was used (``how``):
 
 - **conditional vector**: a model with one (CTGAN) is asked directly for rows of a category (``column=label``
-  on a category column): every row it draws is of that category (the generator was trained to honour it);
+  on a category column); the generator was trained to honour it, so nearly every row it draws has it (the
+  few that do not are discarded like rejected ones, so the condition always holds);
 - **rejection**: draw rows, keep the ones that satisfy every condition, draw again until ``n`` are kept. A
   condition the model's rows rarely satisfy is refused after ``max_draws`` rows with the share that passed,
   rather than looping for ever.
@@ -138,17 +139,15 @@ def sample_conditioned(draw: Callable[[int, int, Condition | None], Table], sche
         size = min(max(batch, 2 * (n - have)), max_draws - drawn)
         t = draw(size, seed + 7919 * k, vec)
         ok = np.ones(len(t), bool)
-        for c in rest:
+        for c in conds:  # the conditional vector's condition too: the result never has a row that misses it
             ok &= c.mask(t)
         kept.append(t.take(np.flatnonzero(ok)))
         have += int(ok.sum())
         drawn += size
         k += 1
     values = {name: np.concatenate([t.values[name] for t in kept])[:n] for name in kept[0].values}
-    how = []
-    if vec is not None:
-        how.append(f"{vec.text} by the conditional vector")
+    how = [f"{vec.text} by the conditional vector"] if vec is not None else []
     if rest:
-        how.append(f"{', '.join(c.text for c in rest)} by rejection ({n} of {drawn} drawn rows kept)")
-    return Table(kept[0].schema, values), "; ".join(how)
+        how.append(f"{', '.join(c.text for c in rest)} by rejection")
+    return Table(kept[0].schema, values), f"{'; '.join(how)} ({n} of {drawn} drawn rows kept)"
 
