@@ -14,7 +14,10 @@ be checked against SDMetrics' own on the same CSVs (benchmarks/tabular.py does, 
   are present; a pair where either side is constant has no score); for any other pair 1 - TVD of the two-way
   contingency tables (missing a value of its own), a number column cut into 10 equal-width bins. As in
   SDMetrics' quality report (``ColumnPairTrends._discretize_column``), each table's column is cut by the bins of
-  its own range, and a value at the top edge falls in a bin of its own;
+  its own range, and a value at the top edge falls in a bin of its own. As SDMetrics' QualityReport (0.2x and
+  later) does, only pairs with a trend to keep count: real |r| above 0.5 for two numbers, real Cramer's V
+  above 0.3 for the rest (``pair_trends``); ``pair_trends_all`` is the mean over every pair (the older
+  report's figure);
 - quality: the mean of the two.
 
 Beyond the quality report (as synthcity and the TabDDPM paper score tables):
@@ -44,6 +47,9 @@ from genforge.data.table.schema import DISCRETE, Schema, Table
 from genforge.postprocess.memorization import nearest
 
 BINS = 10  # equal-width bins of a number column in a mixed pair (SDMetrics' discretize_column)
+# a pair counts towards pair_trends when the real table has a trend there (SDMetrics' QualityReport defaults)
+REAL_CORRELATION_THRESHOLD = 0.5
+REAL_ASSOCIATION_THRESHOLD = 0.3
 
 
 # ----------------------------------------------------------------------------------- column shapes
@@ -106,6 +112,22 @@ def _discretize(col, real: np.ndarray, synth: np.ndarray) -> tuple[np.ndarray, n
     return cut(real), cut(synth)
 
 
+def cramers_v(a: np.ndarray, b: np.ndarray) -> float:
+    """Cramer's V of two label arrays (missing a label of its own), chi-squared without continuity correction."""
+    ka = ["\0missing" if x is None else str(x) for x in a]
+    kb = ["\0missing" if x is None else str(x) for x in b]
+    ra, ia = np.unique(np.array(ka, dtype=object), return_inverse=True)
+    rb, ib = np.unique(np.array(kb, dtype=object), return_inverse=True)
+    if len(ra) < 2 or len(rb) < 2:
+        return float("nan")
+    observed = np.zeros((len(ra), len(rb)))
+    np.add.at(observed, (ia, ib), 1)
+    n = observed.sum()
+    expected = observed.sum(1, keepdims=True) * observed.sum(0, keepdims=True) / n
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    return float(np.sqrt(chi2 / (n * (min(observed.shape) - 1))))
+
+
 def _contingency(a: np.ndarray, b: np.ndarray) -> dict:
     keys = ["\0missing" if x is None else str(x) for x in a]
     keys2 = ["\0missing" if x is None else str(x) for x in b]
@@ -113,16 +135,24 @@ def _contingency(a: np.ndarray, b: np.ndarray) -> dict:
     return dict(zip(pairs, counts / counts.sum()))
 
 
-def pair_trend(c1, c2, real: Table, synth: Table) -> tuple[float, str]:
-    """(score, metric name) for one pair of columns."""
+def pair_trend(c1, c2, real: Table, synth: Table, thresholds: bool = False) -> tuple[float, str]:
+    """(score, metric name) for one pair of columns; with ``thresholds`` NaN where the real pair has no trend
+    (|r| <= 0.5, Cramer's V <= 0.3)."""
     r1, r2, s1, s2 = (real.values[c1.name], real.values[c2.name], synth.values[c1.name], synth.values[c2.name])
     if c1.kind not in DISCRETE and c2.kind not in DISCRETE:
-        rr, rs = _pearson(r1, r2), _pearson(s1, s2)
-        if math.isnan(rr) or math.isnan(rs):  # a constant side has no correlation (SDMetrics: no score)
+        rr = _pearson(r1, r2)
+        if math.isnan(rr) or (thresholds and abs(rr) <= REAL_CORRELATION_THRESHOLD):
+            return float("nan"), "correlation"
+        rs = _pearson(s1, s2)
+        if math.isnan(rs):  # a constant side has no correlation (SDMetrics: no score)
             return float("nan"), "correlation"
         return 1.0 - abs(rr - rs) / 2, "correlation"
     a1, b1 = _discretize(c1, r1, s1)
     a2, b2 = _discretize(c2, r2, s2)
+    if thresholds:
+        v = cramers_v(a1, a2)
+        if math.isnan(v) or v <= REAL_ASSOCIATION_THRESHOLD:
+            return float("nan"), "contingency"
     fr, fs = _contingency(a1, a2), _contingency(b1, b2)
     return 1.0 - 0.5 * sum(abs(fr.get(k, 0.0) - fs.get(k, 0.0)) for k in set(fr) | set(fs)), "contingency"
 
@@ -131,16 +161,19 @@ def quality(real: Table, synth: Table) -> dict:
     """Column shapes, column-pair trends and their mean, with the per-column and per-pair figures."""
     cols = real.schema.modelled
     shapes = {c.name: column_shape(c, real.values[c.name], synth.values[c.name]) for c in cols}
-    pairs = {}
+    pairs, counted = {}, {}
     for c1, c2 in itertools.combinations(cols, 2):
         score, metric = pair_trend(c1, c2, real, synth)
         if not math.isnan(score):
-            pairs[(c1.name, c2.name)] = (score, metric)
+            pairs[(c1.name, c2.name)] = score
+            if not math.isnan(pair_trend(c1, c2, real, synth, thresholds=True)[0]):
+                counted[(c1.name, c2.name)] = score
     shape = float(np.mean(list(shapes.values())))
-    trend = float(np.mean([s for s, _ in pairs.values()])) if pairs else float("nan")
+    trend = float(np.mean(list(counted.values()))) if counted else float("nan")
     return {"column_shapes": shape, "pair_trends": trend,
-            "quality": shape if math.isnan(trend) else (shape + trend) / 2,
-            "per_column": shapes, "per_pair": {f"{a} | {b}": s for (a, b), (s, _) in pairs.items()}}
+            "pair_trends_all": float(np.mean(list(pairs.values()))) if pairs else float("nan"),
+            "pairs_counted": len(counted), "quality": shape if math.isnan(trend) else (shape + trend) / 2,
+            "per_column": shapes, "per_pair": {f"{a} | {b}": s for (a, b), s in pairs.items()}}
 
 
 # ----------------------------------------------------------------------------------- features for the classifiers
@@ -286,7 +319,8 @@ def evaluate_table(synth: Table, train: Table, holdout: Table, seed: int = 0) ->
     """Every score of this module for one synthetic table (see the module docstring)."""
     q = quality(train, synth)
     out = {"rows": len(synth), "quality": q["quality"], "column_shapes": q["column_shapes"],
-           "pair_trends": q["pair_trends"], "detection_auroc": detection_auroc(train, synth, seed)}
+           "pair_trends": q["pair_trends"], "pair_trends_all": q["pair_trends_all"], "pairs_counted": q["pairs_counted"],
+           "detection_auroc": detection_auroc(train, synth, seed)}
     schema = train.schema
     if schema.target:
         out["task"] = schema.task
@@ -299,7 +333,8 @@ def evaluate_table(synth: Table, train: Table, holdout: Table, seed: int = 0) ->
 
 
 def format_scores(s: dict) -> str:
-    lines = [f"quality {s['quality']:.3f} (column shapes {s['column_shapes']:.3f}, pair trends {s['pair_trends']:.3f}) "
+    lines = [f"quality {s['quality']:.3f} (column shapes {s['column_shapes']:.3f}, pair trends {s['pair_trends']:.3f} "
+             f"over the {s['pairs_counted']} pairs with a real trend; {s['pair_trends_all']:.3f} over every pair) "
              f"on {s['rows']} synthetic rows",
              f"detection AUROC {s['detection_auroc']:.3f} (0.5: a classifier cannot tell them from real rows)"]
     if "tstr" in s:
