@@ -79,8 +79,11 @@ class TableDecoder(nn.Module):
         self.layout = [tuple(s) for s in layout]
         dim = sum(w for _, w in layout)
         self.body = nn.Sequential(_mlp([z_dim, width, width]), nn.Linear(width, dim))
-        # one learned standard deviation per output, used by the number spans (TVAE: sigma per column, init 0.1)
-        self.log_sigma = nn.Parameter(torch.full((dim,), math.log(0.1)))
+        # one learned standard deviation per output, used by the number spans (TVAE: sigma per column, init 0.1).
+        # An embedding of one row rather than a bare parameter: Opacus computes per-example gradients of layers,
+        # so a DP-trained TVAE learns sigma under DP-SGD as well
+        self.log_sigma = nn.Embedding(1, dim)
+        nn.init.constant_(self.log_sigma.weight, math.log(0.1))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.body(z)
@@ -89,13 +92,14 @@ class TableDecoder(nn.Module):
         """-log p(x | z) per row (b,): Gaussian for numbers, N(x; tanh(out) or out, sigma^2) up to a constant,
         categorical (cross-entropy) for each one-hot group (TVAE, Xu et al. 2019, section 4.3)."""
         total, i = torch.zeros(x.shape[0], device=x.device, dtype=out.dtype), 0
+        log_sigmas = self.log_sigma(torch.zeros(x.shape[0], dtype=torch.long, device=x.device))  # (b, D), one row
         for kind, width in self.layout:
             h, t = out[:, i:i + width], x[:, i:i + width]
             if kind == "softmax":
                 total = total + F.cross_entropy(h, t.argmax(1), reduction="none")
             else:
                 mean = torch.tanh(h) if kind == "tanh" else h
-                log_sigma = self.log_sigma[i:i + width].clamp(math.log(1e-3), math.log(1.0))
+                log_sigma = log_sigmas[:, i:i + width].clamp(math.log(1e-3), math.log(1.0))
                 total = total + ((t - mean) ** 2 / (2 * torch.exp(2 * log_sigma)) + log_sigma).sum(1)
             i += width
         return total
