@@ -95,14 +95,17 @@ def test_ctgan_training_by_sampling_shows_rare_categories_by_log_frequency():
 
 def test_multinomial_diffusion_forgets_towards_uniform_and_its_posterior_is_a_distribution():
     abar = tabddpm.make_schedule("cosine", 1000)
-    x0 = torch.nn.functional.one_hot(torch.tensor([0, 1, 2]), 3).float()
+    grp = tabddpm.Groups([("softmax", 3), ("tanh", 1), ("softmax", 2)])
+    x0 = torch.tensor([[1, 0, 0, 0.5, 0, 1], [0, 1, 0, 0.1, 1, 0], [0, 0, 1, -0.3, 0, 1]])
     t = torch.tensor([0, 500, 999])
     a_t, alpha_t, a_prev = tabddpm._coefficients(abar, t)
-    q = torch.exp(tabddpm._log_mix(x0, a_t, 3))
-    assert q[0].argmax() == 0 and q[0, 0] > 0.99                           # t = 0: almost the data
-    assert torch.allclose(q[2], torch.full((3,), 1 / 3), atol=1e-3)       # t = T: uniform
-    post = tabddpm._posterior_log(x0, torch.full((3, 3), 1 / 3), alpha_t, a_prev).exp()
-    assert torch.allclose(post.sum(1), torch.ones(3))
+    q = torch.exp(grp.log_mix(grp.gather(x0), a_t[:, :, None]))           # (3 rows, 2 groups, 3)
+    assert q[0, 0, 0] > 0.99 and q[0, 1, 1] > 0.99                         # t = 0: almost the data
+    assert torch.allclose(q[2, 0], torch.full((3,), 1 / 3), atol=1e-3)    # t = T: uniform over 3
+    assert torch.allclose(q[2, 1], torch.tensor([0.5, 0.5, 0.0]), atol=1e-3)  # ... and over 2 (padding 0)
+    post = grp.posterior_log(grp.gather(x0), torch.full((3, 2, 3), 1 / 3), alpha_t[:, :, None], a_prev[:, :, None]).exp()
+    assert torch.allclose(post.sum(2), torch.ones(3, 2))
+    assert torch.equal(grp.scatter(torch.zeros(3, 6), grp.gather(x0))[:, [0, 1, 2, 4, 5]], x0[:, [0, 1, 2, 4, 5]])
 
 
 def test_tabddpm_multinomial_loss_is_zero_only_for_a_perfect_prediction():

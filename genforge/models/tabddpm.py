@@ -54,35 +54,59 @@ class TableSchedule(nn.Module):
         self.register_buffer("alphas_cumprod", make_schedule(kind, steps))
 
 
-def _split(layout) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """(indices of number outputs (n_num,), [(start, width)] of one-hot groups)."""
-    num, cats, i = [], [], 0
-    for kind, width in layout:
-        if kind == "softmax":
-            cats.append((i, width))
-        else:
-            num.extend(range(i, i + width))
-        i += width
-    return torch.tensor(num, dtype=torch.long), cats
+class Groups:
+    """The one-hot groups of a layout as one padded tensor, so every group diffuses in the same few operations:
+    ``index`` (G, Kmax) the output position of each category (padding points at position 0 and is masked),
+    ``valid`` (G, Kmax) bool, ``k`` (G,) each group's number of categories; ``num`` (n_num,) the number outputs."""
 
+    def __init__(self, layout, device=None):
+        num, cats, i = [], [], 0
+        for kind, width in layout:
+            if kind == "softmax":
+                cats.append((i, width))
+            else:
+                num.extend(range(i, i + width))
+            i += width
+        self.num = torch.tensor(num, dtype=torch.long, device=device)
+        kmax = max((w for _, w in cats), default=1)
+        self.index = torch.zeros(len(cats), kmax, dtype=torch.long, device=device)
+        self.valid = torch.zeros(len(cats), kmax, dtype=torch.bool, device=device)
+        for g, (start, width) in enumerate(cats):
+            self.index[g, :width] = torch.arange(start, start + width)
+            self.valid[g, :width] = True
+        self.k = self.valid.sum(1).float()                                         # (G,)
+        self.count = len(cats)
 
-def _log_mix(p: torch.Tensor, a: torch.Tensor, k: int) -> torch.Tensor:
-    """log(a p + (1 - a) / K), p probabilities (b, K), a (b, 1)."""
-    return torch.log((a * p + (1 - a) / k).clamp(min=1e-30))
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, D) -> (b, G, Kmax), padding 0."""
+        return x[:, self.index] * self.valid
 
+    def scatter(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Write (b, G, Kmax) back into a copy of (b, D)."""
+        out = x.clone()
+        out[:, self.index[self.valid]] = groups[:, self.valid]
+        return out
 
-def _posterior_log(x_t: torch.Tensor, p0: torch.Tensor, alpha_t: torch.Tensor, abar_prev: torch.Tensor) -> torch.Tensor:
-    """log q(x_{t-1} | x_t, x_0) for one group (b, K), x_0 given as probabilities p0 (one-hot for the data)."""
-    k = x_t.shape[1]
-    logits = _log_mix(x_t, alpha_t, k) + _log_mix(p0, abar_prev, k)
-    return logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    def log_mix(self, p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """log(a p + (1 - a) / K) per group (b, G, Kmax), a (b, 1, 1); padding -inf."""
+        out = torch.log((a * p + (1 - a) / self.k[None, :, None]).clamp(min=1e-30))
+        return out.masked_fill(~self.valid, float("-inf"))
 
+    def posterior_log(self, x_t: torch.Tensor, p0: torch.Tensor, alpha_t: torch.Tensor,
+                      abar_prev: torch.Tensor) -> torch.Tensor:
+        """log q(x_{t-1} | x_t, x_0) (b, G, Kmax), x_0 given as probabilities p0 (one-hot for the data)."""
+        logits = self.log_mix(x_t, alpha_t) + self.log_mix(p0, abar_prev)
+        return logits - torch.logsumexp(logits, dim=2, keepdim=True)
 
-def _draw(log_p: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
-    """One-hot draws (b, K) from log-probabilities, by the Gumbel-max trick."""
-    u = torch.rand(log_p.shape, generator=noise, device=log_p.device).clamp(1e-10, 1 - 1e-10)
-    k = (log_p - torch.log(-torch.log(u))).argmax(1)
-    return torch.nn.functional.one_hot(k, log_p.shape[1]).to(log_p.dtype)
+    def softmax(self, out: torch.Tensor) -> torch.Tensor:
+        """The network's x_0 logits (b, D) -> probabilities per group (b, G, Kmax)."""
+        return torch.softmax(out[:, self.index].masked_fill(~self.valid, float("-inf")), dim=2)
+
+    def draw(self, log_p: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+        """One-hot draws (b, G, Kmax) from log-probabilities, by the Gumbel-max trick."""
+        u = torch.rand(log_p.shape, generator=noise, device=log_p.device).clamp(1e-10, 1 - 1e-10)
+        k = (log_p - torch.log(-torch.log(u))).argmax(2)
+        return torch.nn.functional.one_hot(k, log_p.shape[2]).to(log_p.dtype) * self.valid
 
 
 def _coefficients(abar: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,27 +119,31 @@ def _coefficients(abar: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, to
 def losses(denoiser: nn.Module, abar: torch.Tensor, x0: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(Gaussian L_simple, multinomial loss averaged over groups), each a scalar, for clean rows x0 (b, D)."""
     b = x0.shape[0]
-    num, cats = _split(denoiser.layout)
+    grp = Groups(denoiser.layout, x0.device)
+    num = grp.num
     t = torch.randint(0, len(abar), (b,), generator=noise, device=x0.device)                # (b,)
     a_t, alpha_t, a_prev = _coefficients(abar, t)
-    x_t = x0.clone()
     eps = torch.randn((b, len(num)), generator=noise, device=x0.device, dtype=x0.dtype)
+    x_t = x0.clone()
     if len(num):
         x_t[:, num] = a_t.sqrt() * x0[:, num] + (1 - a_t).sqrt() * eps                       # q(x_t | x_0)
-    for start, width in cats:
-        x_t[:, start:start + width] = _draw(_log_mix(x0[:, start:start + width], a_t, width), noise)
+    zero = torch.zeros((), device=x0.device)
+    if not grp.count:
+        out = denoiser(x_t, t)
+        return ((out[:, num] - eps) ** 2).mean(), zero
+    x0_g = grp.gather(x0)                                                                     # (b, G, K)
+    xt_g = grp.draw(grp.log_mix(x0_g, a_t[:, :, None]), noise)                               # q(x_t | x_0)
+    x_t = grp.scatter(x_t, xt_g)
     out = denoiser(x_t, t)                                                                    # (b, D)
-    loss_num = ((out[:, num] - eps) ** 2).mean() if len(num) else torch.zeros((), device=x0.device)
-    loss_cat = torch.zeros((), device=x0.device)
-    for start, width in cats:
-        x0_g, xt_g = x0[:, start:start + width], x_t[:, start:start + width]
-        p0_hat = torch.softmax(out[:, start:start + width], dim=1)
-        log_true = _posterior_log(xt_g, x0_g, alpha_t, a_prev)
-        log_model = _posterior_log(xt_g, p0_hat, alpha_t, a_prev)
-        kl = (log_true.exp() * (log_true - log_model)).sum(1)                                  # (b,)
-        nll0 = -(x0_g * log_model).sum(1)                                                      # t = 0: -log p(x_0|x_1)
-        loss_cat = loss_cat + torch.where(t == 0, nll0, kl).mean()
-    return loss_num, loss_cat / max(1, len(cats))
+    loss_num = ((out[:, num] - eps) ** 2).mean() if len(num) else zero
+    log_true = grp.posterior_log(xt_g, x0_g, alpha_t[:, :, None], a_prev[:, :, None])
+    log_model = grp.posterior_log(xt_g, grp.softmax(out), alpha_t[:, :, None], a_prev[:, :, None])
+    finite = grp.valid[None]
+    diff = torch.where(finite, log_true - log_model, torch.zeros_like(log_true))
+    kl = (log_true.exp() * diff).sum(2)                                                       # (b, G)
+    nll0 = -(x0_g * torch.where(finite, log_model, torch.zeros_like(log_model))).sum(2)       # t = 0: -log p(x_0|x_1)
+    loss_cat = torch.where((t == 0)[:, None], nll0, kl).mean()
+    return loss_num, loss_cat
 
 
 def _seeded(z: torch.Tensor) -> torch.Generator:
@@ -124,34 +152,45 @@ def _seeded(z: torch.Tensor) -> torch.Generator:
 
 
 @torch.no_grad()
-def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Latents (b, n_num) -> rows (b, D): numbers as DDPM's ancestral chain leaves them, categories one-hot."""
+def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None,
+             steps: int | None = None) -> torch.Tensor:
+    """Latents (b, n_num) -> rows (b, D): numbers as DDPM's ancestral chain leaves them, categories one-hot.
+
+    ``steps`` (default: all T): a chain over that many evenly spaced timesteps. Both processes are defined by
+    abar alone (q(x_t | x_0) for any t), so a step from t to an earlier s uses alpha = abar_t / abar_s, as
+    DDPM respacing does (Nichol and Dhariwal 2021, section 4); fewer steps sample faster and a little worse."""
     denoiser, abar = nets["denoiser"], nets["schedule"].alphas_cumprod
-    num, cats = _split(denoiser.layout)
+    grp = Groups(denoiser.layout, z.device)
+    num = grp.num
     b, d = z.shape[0], sum(w for _, w in denoiser.layout)
     noise = _seeded(z)
     x = torch.zeros(b, d, device=z.device)
     if len(num):
         x[:, num] = z[:, :len(num)]
-    for start, width in cats:  # x_T: uniform over each group's categories
-        x[:, start:start + width] = _draw(torch.full((b, width), -math.log(width), device=z.device), noise)
-    for step in range(len(abar) - 1, -1, -1):
+    if grp.count:  # x_T: uniform over each group's categories
+        xg = grp.draw(torch.zeros(b, grp.count, grp.valid.shape[1], device=z.device).masked_fill(~grp.valid, float("-inf")),
+                      noise)
+        x = grp.scatter(x, xg)
+    count = len(abar)
+    times = sorted({int(round(v)) for v in torch.linspace(0, count - 1, min(steps or count, count)).tolist()})
+    for i in range(len(times) - 1, -1, -1):
+        step = times[i]
         t = torch.full((b,), step, device=z.device, dtype=torch.long)
-        a_t, alpha_t, a_prev = _coefficients(abar, t)
+        a_t = abar[t][:, None]
+        a_prev = abar[times[i - 1]].expand(b)[:, None] if i > 0 else torch.ones_like(a_t)
+        alpha_t = a_t / a_prev
         out = denoiser(x, t)
         nxt = x.clone()
         if len(num):
             # DDPM ancestral step (Ho et al. 2020, eq. 11) with sigma_t^2 = beta_t
-            eps = out[:, num]
             beta = 1 - alpha_t
-            mean = (x[:, num] - beta / (1 - a_t).sqrt() * eps) / alpha_t.sqrt()
-            if step > 0:
+            mean = (x[:, num] - beta / (1 - a_t).sqrt() * out[:, num]) / alpha_t.sqrt()
+            if i > 0:
                 mean = mean + beta.sqrt() * torch.randn(mean.shape, generator=noise, device=z.device)
             nxt[:, num] = mean
-        for start, width in cats:
-            p0_hat = torch.softmax(out[:, start:start + width], dim=1)
-            log_p = _posterior_log(x[:, start:start + width], p0_hat, alpha_t, a_prev)
-            nxt[:, start:start + width] = _draw(log_p, noise)
+        if grp.count:
+            log_p = grp.posterior_log(grp.gather(x), grp.softmax(out), alpha_t[:, :, None], a_prev[:, :, None])
+            nxt = grp.scatter(nxt, grp.draw(log_p, noise))
         x = nxt
     return x
 
