@@ -10,7 +10,7 @@ import torch
 from genforge.config import Config
 from genforge.data.table import TableTransformer, load_table
 from genforge.data.table.conditions import parse_conditions, sample_conditioned
-from genforge.models import copula, ctgan, tabddpm, tabular, vae
+from genforge.models import build_networks, copula, ctgan, tabddpm, vae
 
 METHODS = {"tvae": vae, "ctgan": ctgan, "tabddpm": tabddpm, "copula": copula}
 
@@ -22,9 +22,12 @@ def gbsg2():
 
 
 def make(model: str, tf: TableTransformer, width: int = 32, pac: int = 1):
+    """A table model's networks through the registry (as training builds them), and its trainer."""
     torch.manual_seed(0)
-    spans = [(s.start, s.width) for s in tf.discrete_spans()]
-    nets = tabular.build(model, tf.activation_layout(), spans, z_dim=16, width=width, pac=pac)
+    config = {"z_dim": 16, "table_pac": pac, "table_cond_vector": True}
+    transform = {"kind": "table", **tf.to_json()}
+    latent = METHODS[model].latent_dim(16, (tf.dim,))
+    nets = build_networks(model, (tf.dim,), latent, width, 0, None, transform, config)
     cfg = Config()
     cfg.gan_loss = "wgan-gp" if model == "ctgan" else cfg.gan_loss
     cfg.g_lr = cfg.d_lr = 1e-3
@@ -35,7 +38,7 @@ def make(model: str, tf: TableTransformer, width: int = 32, pac: int = 1):
 def rows(model, nets, tf, n=200, seed=0, y=None):
     for net in nets.values():
         net.eval()
-    z = torch.randn(n, METHODS[model].latent_dim(16, tf.activation_layout()), generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(n, METHODS[model].latent_dim(16, (tf.dim,)), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         return METHODS[model].generate(nets, z, y)
 
@@ -134,7 +137,7 @@ def test_copula_recovers_a_known_correlation_and_category_shares():
     x = torch.zeros(n, 4)
     x[:, 0], x[:, 1] = torch.from_numpy(z[:, 0]).float(), torch.from_numpy(z[:, 1]).float()
     x[torch.arange(n), 2 + torch.from_numpy(cat)] = 1.0
-    model = copula.GaussianCopula([("gaussian", 1), ("gaussian", 1), ("softmax", 2)])
+    model = copula.GaussianCopula((4,), layout=[("gaussian", 1), ("gaussian", 1), ("softmax", 2)])
     model.fit(x, torch.Generator().manual_seed(0))
     out = model(torch.randn(n, 3, generator=torch.Generator().manual_seed(1)))
     assert np.corrcoef(out[:, 0].numpy(), out[:, 1].numpy())[0, 1] == pytest.approx(0.8, abs=0.03)

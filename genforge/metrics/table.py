@@ -42,8 +42,11 @@ import itertools
 import math
 
 import numpy as np
+import torch
 
 from genforge.data.table.schema import DISCRETE, Schema, Table
+from genforge.io import atomic_write_text
+from genforge.postprocess.filtering import pairwise_sq_distances
 from genforge.postprocess.memorization import nearest
 
 BINS = 10  # equal-width bins of a number column in a mixed pair (SDMetrics' discretize_column)
@@ -220,6 +223,7 @@ class Features:
 
 def detection_auroc(real: Table, synth: Table, seed: int = 0, folds: int = 3) -> float:
     """Cross-validated AUROC of a logistic regression telling real rows (label 0) from synthetic ones (1)."""
+    # late: scikit-learn's import takes seconds; only the classifier scores need it
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
@@ -239,6 +243,7 @@ def detection_auroc(real: Table, synth: Table, seed: int = 0, folds: int = 3) ->
 def task_score(train: Table, test: Table, schema: Schema, fit_features_on: Table) -> float:
     """The risk task's score on ``test`` of a linear model fitted on ``train``: AUROC (one-vs-rest macro for
     several classes) for a category target, R^2 for a number target. 0.5 / 0 when ``train`` has one class."""
+    # late: scikit-learn's import takes seconds; only the classifier scores need it
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.metrics import r2_score, roc_auc_score
 
@@ -277,9 +282,6 @@ def distances(queries: Table, refs: Table, feats: Features) -> tuple[np.ndarray,
     q, r = feats(queries), feats(refs)
     d1, i1 = nearest(q, r)
     # second nearest: the nearest among the references without each query's first
-    from genforge.postprocess.filtering import pairwise_sq_distances
-    import torch
-
     qt, rt = torch.from_numpy(q.astype(np.float32)), torch.from_numpy(r.astype(np.float32))
     d2 = []
     for i in range(0, len(qt), 2048):
@@ -359,10 +361,11 @@ def _png(fig) -> str:
 
 def column_figures(real: Table, synth: Table, max_columns: int = 40) -> list[tuple[str, str]]:
     """[(column, base64 PNG)]: each column's distribution, real beside synthetic."""
+    # late: matplotlib's import takes seconds, and only the report's pictures need it
     import matplotlib
+    import matplotlib.pyplot as plt
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out = []
     for c in real.schema.modelled[:max_columns]:
@@ -391,10 +394,11 @@ def column_figures(real: Table, synth: Table, max_columns: int = 40) -> list[tup
 def pair_heatmaps(real: Table, synth: Table, max_columns: int = 30) -> str:
     """One base64 PNG: the pair-trend score of every column pair, and the real and synthetic correlations of
     the number columns."""
+    # late: matplotlib's import takes seconds, and only the report's pictures need it
     import matplotlib
+    import matplotlib.pyplot as plt
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     cols = real.schema.modelled[:max_columns]
     k = len(cols)
@@ -444,6 +448,4 @@ def report_html(real: Table, synth: Table, scores: dict, title: str) -> str:
 
 
 def write_table_report(path, real: Table, synth: Table, scores: dict, title: str = "synthetic table report"):
-    from genforge.io import atomic_write_text
-
     return atomic_write_text(path, report_html(real, synth, scores, title))

@@ -27,7 +27,7 @@ from torch import nn
 
 from genforge.config import Config
 
-VALUE_RANGE = "table"
+VALUE_RANGE = "-1,1"  # nominal: a table's encoding is its transform's (genforge.data.table)
 NETWORKS = ("copula",)
 EMA_NETWORKS = ()
 LATENT = "copula"
@@ -46,15 +46,17 @@ def variables(layout) -> list[tuple[str, int, int]]:
     return out
 
 
-def latent_dim(z_dim: int, layout) -> int:
-    return len(variables(layout))
+def latent_dim(z_dim: int, example_shape: tuple[int, ...]) -> int:
+    """One standard-normal number per output (d,); the first V (one per copula variable) are used."""
+    return int(example_shape[0])
 
 
 class GaussianCopula(nn.Module):
     """The fitted copula: ``chol`` (V, V), the Cholesky factor of the scores' correlation; ``cdf`` (D,), each
     one-hot group's cumulative frequencies at its own positions; ``fitted`` (1,) whether :meth:`fit` ran."""
 
-    def __init__(self, layout, **unused):
+    def __init__(self, example_shape=None, z_dim: int = 0, base_channels: int = 0, num_classes: int = 0,
+                 layout=(), **unused):
         super().__init__()
         self.layout = [tuple(s) for s in layout]
         self.vars = variables(self.layout)
@@ -89,7 +91,7 @@ class GaussianCopula(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Standard-normal latents (b, V) -> encoded rows (b, D)."""
-        s = z @ self.chol.T                                                     # (b, V): correlated scores
+        s = z[:, :len(self.vars)] @ self.chol.T                                 # (b, V): correlated scores
         out = torch.zeros(z.shape[0], sum(w for _, w in self.layout), device=z.device)
         for j, (kind, start, width) in enumerate(self.vars):
             if kind != "softmax":

@@ -35,7 +35,7 @@ from genforge.config import Config
 from genforge.models.gan import d_loss, g_loss
 from genforge.models.tabular import activate, gumbel_softmax
 
-VALUE_RANGE = "table"
+VALUE_RANGE = "-1,1"  # nominal: a table's encoding is its transform's (genforge.data.table)
 NETWORKS = ("generator", "discriminator")
 EMA_NETWORKS = ("generator",)
 LATENT = "generator"
@@ -43,8 +43,9 @@ CONTROLS = ()
 TAU = 0.2  # Gumbel-softmax temperature of the one-hot outputs (CTGAN)
 
 
-def latent_dim(z_dim: int, layout) -> int:
-    return z_dim + 2 + sum(w for _, w in layout)
+def latent_dim(z_dim: int, example_shape: tuple[int, ...]) -> int:
+    """[noise (z_dim) | 2 numbers for the cond | one number per output (d) for the Gumbel draws]."""
+    return z_dim + 2 + int(example_shape[0])
 
 
 class CondSampler:
@@ -109,24 +110,12 @@ def _uniform(z: torch.Tensor) -> torch.Tensor:
 
 def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Latents (b, latent_dim) and an optional cond vector (b, cond_dim) -> rows (b, D): tanh numbers, one-hot
-    groups as (nearly one-hot) Gumbel-softmax draws."""
+    groups as (nearly one-hot) Gumbel-softmax draws with the latent's own Gumbel numbers."""
     G = nets["generator"]
     d = sum(w for _, w in G.layout)
-    noise, u_cond, u_gumbel = z[:, :G.z_dim], _uniform(z[:, G.z_dim:G.z_dim + 2]), _uniform(z[:, G.z_dim + 2:])
-    cond = y
-    if G.cond_dim and cond is None:  # draw the cond from the categories' real frequencies (G.cond_freq)
-        spans = G.cond_spans.tolist()
-        col = (u_cond[:, 0] * len(spans)).long().clamp(max=len(spans) - 1)
-        cond = torch.zeros(len(z), G.cond_dim, device=z.device)
-        offset = 0
-        for j, (_, width) in enumerate(spans):
-            m = col == j
-            cdf = torch.cumsum(G.cond_freq[offset:offset + width], 0)
-            cat = torch.searchsorted(cdf, u_cond[m, 1].contiguous() * cdf[-1]).clamp(max=width - 1)
-            cond[m.nonzero().squeeze(1), offset + cat] = 1.0
-            offset += width
-    out = G(noise, cond)
-    gumbel = -torch.log(-torch.log(u_gumbel[:, :d]))
+    u_gumbel = _uniform(z[:, G.z_dim + 2:G.z_dim + 2 + d])
+    out = G(z, None if y is None else y.to(z.dtype))
+    gumbel = -torch.log(-torch.log(u_gumbel))
     parts, i = [], 0
     for kind, width in G.layout:
         h = out[:, i:i + width]

@@ -31,25 +31,28 @@ import torch
 from torch import nn
 
 from genforge.config import Config
+from genforge.controls import STEPS
 from genforge.models.diffusion import make_schedule
 
-VALUE_RANGE = "table"
+VALUE_RANGE = "-1,1"  # nominal: a table's encoding is its transform's (genforge.data.table)
 NETWORKS = ("denoiser", "schedule")
 EMA_NETWORKS = ("denoiser",)
 LATENT = "denoiser"
-CONTROLS = ()
+CONTROLS = (STEPS,)  # sampler steps over respaced timesteps (recipe field sample_steps)
 T = 1000
 
 
-def latent_dim(z_dim: int, layout) -> int:
-    """The starting noise of the number outputs (the category groups start uniform)."""
-    return max(1, sum(w for kind, w in layout if kind != "softmax"))
+def latent_dim(z_dim: int, example_shape: tuple[int, ...]) -> int:
+    """The starting noise of a row (d,): its number outputs start there (the category groups start uniform,
+    drawn from the seed the latent gives)."""
+    return int(example_shape[0])
 
 
 class TableSchedule(nn.Module):
     """The betas' cumulative products abar_t (T,), a buffer saved with the model (as diffusion.NoiseSchedule)."""
 
-    def __init__(self, layout=None, kind: str = "cosine", steps: int = T):
+    def __init__(self, example_shape=None, z_dim: int = 0, base_channels: int = 0, num_classes: int = 0,
+                 kind: str = "cosine", steps: int = T, **unused):
         super().__init__()
         self.register_buffer("alphas_cumprod", make_schedule(kind, steps))
 
@@ -166,7 +169,7 @@ def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None
     noise = _seeded(z)
     x = torch.zeros(b, d, device=z.device)
     if len(num):
-        x[:, num] = z[:, :len(num)]
+        x[:, num] = z[:, num]
     if grp.count:  # x_T: uniform over each group's categories
         xg = grp.draw(torch.zeros(b, grp.count, grp.valid.shape[1], device=z.device).masked_fill(~grp.valid, float("-inf")),
                       noise)

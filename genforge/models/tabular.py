@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.data.table.transforms import TableTransformer
+from genforge.errors import ConfigError
+
 Layout = list[tuple[str, int]]
 
 
@@ -59,8 +62,10 @@ def _mlp(sizes: list[int], act=nn.ReLU) -> nn.Sequential:
 class TableEncoder(nn.Module):
     """Rows (b, D) -> (mu, logvar), each (b, z_dim). The class argument of the image encoders is unused."""
 
-    def __init__(self, layout: Layout, z_dim: int = 128, width: int = 128):
+    def __init__(self, example_shape=None, z_dim: int = 128, base_channels: int = 128, num_classes: int = 0,
+                 layout: Layout = (), **unused):
         super().__init__()
+        width = base_channels
         dim = sum(w for _, w in layout)
         self.body = _mlp([dim, width, width])
         self.mu, self.logvar = nn.Linear(width, z_dim), nn.Linear(width, z_dim)
@@ -74,8 +79,10 @@ class TableDecoder(nn.Module):
     """Latents (b, z_dim) -> raw outputs (b, D), with TVAE's mixed-type likelihood (:meth:`nll`) and mean
     (:meth:`mean`): the VAE method calls these instead of its pixel likelihood when the decoder has them."""
 
-    def __init__(self, layout: Layout, z_dim: int = 128, width: int = 128):
+    def __init__(self, example_shape=None, z_dim: int = 128, base_channels: int = 128, num_classes: int = 0,
+                 layout: Layout = (), **unused):
         super().__init__()
+        width = base_channels
         self.layout = [tuple(s) for s in layout]
         dim = sum(w for _, w in layout)
         self.body = nn.Sequential(_mlp([z_dim, width, width]), nn.Linear(width, dim))
@@ -129,9 +136,10 @@ class TableGenerator(nn.Module):
     frequencies in the training rows, from which sampling draws the cond vector.
     """
 
-    def __init__(self, layout: Layout, z_dim: int = 128, width: int = 256,
-                 cond_spans: list[tuple[int, int]] = ()):
+    def __init__(self, example_shape=None, z_dim: int = 128, base_channels: int = 256, num_classes: int = 0,
+                 layout: Layout = (), cond_spans: list[tuple[int, int]] = (), noise_dim: int | None = None, **unused):
         super().__init__()
+        width, z_dim = base_channels, noise_dim or z_dim  # z_dim: the whole latent; noise_dim: its noise part
         cond_dim = sum(w for _, w in cond_spans)
         self.layout, self.z_dim, self.cond_dim = [tuple(s) for s in layout], z_dim, cond_dim
         self.register_buffer("cond_spans", torch.tensor([list(s) for s in cond_spans], dtype=torch.long).reshape(-1, 2))
@@ -141,8 +149,30 @@ class TableGenerator(nn.Module):
         self.out = nn.Linear(i + 2 * width, dim)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        h = z if cond is None or self.cond_dim == 0 else torch.cat([z, cond], dim=1)
+        """Noise (b, >= z_dim; a whole latent is cut to its noise) and cond (b, cond_dim); a missing cond is drawn
+        from the training frequencies with the latent's two cond numbers (:meth:`draw_cond`)."""
+        if self.cond_dim and cond is None:
+            cond = self.draw_cond(z)
+        z = z[:, :self.z_dim]
+        h = z if self.cond_dim == 0 else torch.cat([z, cond], dim=1)
         return self.out(self.blocks(h))
+
+    def draw_cond(self, latent: torch.Tensor) -> torch.Tensor:
+        """A cond vector (b, cond_dim) per latent (b, z_dim + 2 + ...): a category column chosen uniformly and
+        its category by its frequency in the training rows, both read from the latent's numbers z_dim, z_dim + 1
+        (as uniforms, Phi(z)): sampling stays a pure function of the latent."""
+        u = torch.special.ndtr(latent[:, self.z_dim:self.z_dim + 2]).clamp(1e-6, 1 - 1e-6)
+        spans = self.cond_spans.tolist()
+        col = (u[:, 0] * len(spans)).long().clamp(max=len(spans) - 1)
+        cond = torch.zeros(len(latent), self.cond_dim, device=latent.device)
+        offset = 0
+        for j, (_, width) in enumerate(spans):
+            m = col == j
+            cdf = torch.cumsum(self.cond_freq[offset:offset + width], 0)
+            cat = torch.searchsorted(cdf, (u[m, 1] * cdf[-1]).contiguous()).clamp(max=width - 1)
+            cond[m.nonzero().squeeze(1), offset + cat] = 1.0
+            offset += width
+        return cond
 
 
 class TableDiscriminator(nn.Module):
@@ -151,8 +181,10 @@ class TableDiscriminator(nn.Module):
     PacGAN: the discriminator judges ``pac`` rows at once, so a generator that repeats one row is caught.
     """
 
-    def __init__(self, layout: Layout, width: int = 256, cond_dim: int = 0, pac: int = 1):
+    def __init__(self, example_shape=None, z_dim: int = 0, base_channels: int = 256, num_classes: int = 0,
+                 layout: Layout = (), cond_spans: list[tuple[int, int]] = (), pac: int = 1, **unused):
         super().__init__()
+        width, cond_dim = base_channels, sum(w for _, w in cond_spans)
         self.pac, self.cond_dim = pac, cond_dim
         dim = (sum(w for _, w in layout) + cond_dim) * pac
         self.body = nn.Sequential(nn.Linear(dim, width), nn.LeakyReLU(0.2), nn.Dropout(0.5),
@@ -177,8 +209,10 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class TableDenoiser(nn.Module):
     """(noisy rows (b, D), timesteps (b,)) -> (b, D): the noise of number outputs, x_0 logits of one-hot groups."""
 
-    def __init__(self, layout: Layout, width: int = 256, depth: int = 3, time_dim: int = 128):
+    def __init__(self, example_shape=None, z_dim: int = 0, base_channels: int = 256, num_classes: int = 0,
+                 layout: Layout = (), depth: int = 3, time_dim: int = 128, **unused):
         super().__init__()
+        width = base_channels
         self.layout, self.time_dim = [tuple(s) for s in layout], time_dim
         dim = sum(w for _, w in layout)
         self.t_mlp = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
@@ -193,25 +227,14 @@ class TableDenoiser(nn.Module):
 
 # ----------------------------------------------------------------------------------- building a table model
 
-def build(model: str, layout: Layout, cond_spans: list[tuple[int, int]] = (), z_dim: int = 128, width: int = 256,
-          pac: int = 1, cond_vector: bool = True) -> dict[str, nn.Module]:
-    """The networks of a table model by name: ``tvae``, ``ctgan``, ``tabddpm`` or ``copula``.
-
-    ``cond_spans``: the category columns' one-hot groups [(start, width)] (CTGAN's conditional vector covers
-    them; none when ``cond_vector`` is False). ``width``: the hidden width (TVAE's MLPs use half of it, 128 at
-    the default, as the paper).
-    """
-    from genforge.models.copula import GaussianCopula
-    from genforge.models.tabddpm import TableSchedule
-
-    if model == "tvae":
-        return {"encoder": TableEncoder(layout, z_dim, width // 2), "decoder": TableDecoder(layout, z_dim, width // 2)}
-    if model == "ctgan":
-        spans = list(cond_spans) if cond_vector else []
-        return {"generator": TableGenerator(layout, z_dim, width, spans),
-                "discriminator": TableDiscriminator(layout, width, sum(w for _, w in spans), pac)}
-    if model == "tabddpm":
-        return {"denoiser": TableDenoiser(layout, width), "schedule": TableSchedule()}
-    if model == "copula":
-        return {"copula": GaussianCopula(layout)}
-    raise ValueError(f"unknown table model {model!r}")
+def network_options(transform: dict | None, config: dict | None) -> dict:
+    """The options every table network takes beside its shape, from the model file's ``transform`` (the
+    column layout, the category groups) and training config (PacGAN's pac, the conditional vector, the
+    generator's noise size): ``genforge.models.build_networks`` passes them on (``ModelSpec.options``)."""
+    if not isinstance(transform, dict) or transform.get("kind") != "table":
+        raise ConfigError("a table model needs its data's transform (field 'transform' of kind 'table')")
+    tf = TableTransformer.from_json(transform)
+    config = config or {}
+    spans = [(s.start, s.width) for s in tf.discrete_spans()] if config.get("table_cond_vector", True) else []
+    return {"layout": tf.activation_layout(), "cond_spans": spans, "pac": int(config.get("table_pac", 1)),
+            "noise_dim": int(config.get("z_dim", 128))}

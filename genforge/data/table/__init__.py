@@ -25,7 +25,7 @@ from genforge.data.split import split_indices
 from genforge.data.table.bundled import NAMES as BUNDLED, TASKS, load_bundled
 from genforge.data.table.read import RawTable, read_csv, read_parquet
 from genforge.data.table.schema import (DISCRETE, KINDS, MODELLED, Column, Schema, Table, apply_schema, infer_schema,
-                                        read_schema, schema_yaml, write_schema)
+                                        read_schema, schema_yaml, set_target, write_schema)
 from genforge.data.table.transforms import METHODS, TableTransformer
 from genforge.errors import DataError
 
@@ -107,14 +107,10 @@ def load_table(spec: str, *, schema: str | Path | Schema | None = None, target: 
         sch, notes = infer_schema(raw)
     if kind == "table" and target is None and sch.target is None:
         target, exclude, note = TASKS[rest]
-        from genforge.data.table.schema import set_target
-
         set_target(sch, target, raw.origin)
         sch.exclude_from_task = list(exclude)
         notes.append(note)
     elif target is not None:
-        from genforge.data.table.schema import set_target
-
         set_target(sch, target, raw.origin)
     table = apply_schema(raw, sch)
     notes += raw.notes

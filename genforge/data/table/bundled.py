@@ -53,14 +53,14 @@ def load_bundled(name: str) -> RawTable:
     """The raw cells of a bundled table, named ``table:NAME``."""
     origin = f"table:{name}"
     if name == "breast_cancer":
-        from sklearn.datasets import load_breast_cancer
+        from sklearn.datasets import load_breast_cancer  # late: scikit-learn's import takes seconds; only here
 
         d = load_breast_cancer()
         cols = {str(f): d.data[:, j] for j, f in enumerate(d.feature_names)}
         cols["diagnosis"] = np.array([str(d.target_names[t]) for t in d.target], dtype=object)
         return from_arrays(origin, cols)
     if name == "diabetes":
-        from sklearn.datasets import load_diabetes
+        from sklearn.datasets import load_diabetes  # late: scikit-learn's import takes seconds; only here
 
         d = load_diabetes(scaled=False)
         cols = {str(f): d.data[:, j] for j, f in enumerate(d.feature_names)}

@@ -125,7 +125,7 @@ def read_parquet(path: str | Path, missing_values: tuple[str, ...] = MISSING_TOK
     path = Path(path)
     origin = str(path)
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # late: pyarrow is the optional extra 'tables'
     except ImportError:
         raise DataError(f"{origin}: reading Parquet needs pyarrow: pip install pyarrow (or convert it to CSV)") from None
     if not path.is_file():

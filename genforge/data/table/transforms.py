@@ -193,7 +193,7 @@ class TableTransformer:
 # ----------------------------------------------------------------------------------- per-column fits
 
 def _fit_vgm(values: np.ndarray, max_modes: int, seed: int) -> dict:
-    from sklearn.mixture import BayesianGaussianMixture
+    from sklearn.mixture import BayesianGaussianMixture  # late: scikit-learn's import takes seconds; vgm only
 
     distinct = np.unique(values)
     k = int(min(max_modes, len(distinct)))

@@ -1,9 +1,9 @@
 """Writing rows: CSV (the user's own spelling of every cell), Parquet (typed columns, needs pyarrow) and npz.
 
 Every writer is atomic (a temporary file, then rename): a failed or interrupted write leaves the file that was
-there before. The npz form holds one array per column (numbers float64 with NaN for missing, datetimes as ISO
-text, labels as fixed-width text with "" for missing) and ``columns``, the order; no pickled objects, so it
-loads with ``np.load(path)`` and ``allow_pickle`` left off.
+there before. The npz form holds ``x``, one structured array of the modelled columns (:func:`structured`: numbers float64
+with NaN for missing, datetimes in seconds, labels as fixed-width text with "" for missing); no pickled
+objects, so it loads with ``np.load(path)`` and ``allow_pickle`` left off.
 """
 
 from __future__ import annotations
@@ -20,6 +20,17 @@ from genforge.errors import DataError
 from genforge.io import atomic_write, atomic_write_bytes
 
 SUFFIXES = (".csv", ".parquet", ".npz")
+
+
+def structured(table: Table) -> np.ndarray:
+    """The modelled columns as one structured array (n,): numbers float64 (NaN missing; datetimes in seconds since
+    1970 UTC), labels fixed-width text ("" missing). What ``model.sample(...).x`` holds for a table model."""
+    cols = table.schema.modelled
+    out = np.empty(len(table), dtype=[(c.name, "U64" if c.kind in DISCRETE else "f8") for c in cols])
+    for c in cols:
+        v = table.values[c.name]
+        out[c.name] = ["" if a is None else a for a in v] if c.kind in DISCRETE else v
+    return out
 
 
 def rows_csv(table: Table) -> str:
@@ -40,23 +51,13 @@ def write_rows(path: str | Path, table: Table) -> Path:
     if suffix == ".parquet":
         return _write_parquet(path, table)
     if suffix == ".npz":
-        arrays = {}
-        for col in table.schema.columns:
-            if col.kind == "constant":
-                arrays[col.name] = np.array([col.value or ""] * len(table))
-            elif col.kind in DISCRETE or col.kind == "datetime":
-                arrays[col.name] = np.array([format_cell(col, v) for v in table.values[col.name]])
-            elif col.kind in ("continuous", "integer"):
-                arrays[col.name] = np.asarray(table.values[col.name], dtype=np.float64)
-        names = list(arrays)
-        if "columns" in arrays:
-            raise DataError(f"{path}: a column named 'columns' clashes with the npz index of column names; use .csv")
-        return atomic_write(path, lambda f: np.savez(f, columns=np.array(names), **arrays))
+        x = structured(table)
+        return atomic_write(path, lambda f: np.savez_compressed(f, x=x))
     raise DataError(f"{path}: rows are written as {', '.join(SUFFIXES)}; got {suffix or 'no suffix'!r}")
 
 
 def _write_parquet(path: Path, table: Table) -> Path:
-    try:
+    try:  # late: pyarrow is the optional extra 'tables'
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
