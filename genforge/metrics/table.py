@@ -44,8 +44,12 @@ import math
 import numpy as np
 import torch
 
+from genforge.data.table import load_table
 from genforge.data.table.schema import DISCRETE, Schema, Table
-from genforge.io import atomic_write_text
+from genforge.errors import GenforgeError
+from genforge.generation.model import load as load_model
+from genforge.io import atomic_write_text, read_json
+from genforge.models.files import resolve
 from genforge.postprocess.filtering import pairwise_sq_distances
 from genforge.postprocess.memorization import nearest
 
@@ -343,6 +347,10 @@ def format_scores(s: dict) -> str:
         lines.append(f"risk task ({s['task']}, {s['task_metric']} on the real holdout): trained on synthetic "
                      f"{s['tstr']:.3f}, trained on real {s['trtr']:.3f}")
     m = s["memorization"]
+    if s.get("privacy_training"):
+        p = s["privacy_training"]
+        lines.append(f"trained with {p.get('mechanism', 'DP')}: epsilon {p.get('epsilon')} at delta {p.get('delta')} "
+                     f"(target {p.get('target_epsilon')})")
     lines += [f"privacy: median DCR synthetic {s['dcr_synthetic_median']:.3f} vs holdout {s['dcr_holdout_median']:.3f} "
               f"(to the training rows); median NNDR {s['nndr_synthetic_median']:.3f} vs {s['nndr_holdout_median']:.3f}",
               f"memorization: {m['exact_copies']} exact copies of training rows; {100 * m['near_copy_share']:.2f}% near "
@@ -449,3 +457,36 @@ def report_html(real: Table, synth: Table, scores: dict, title: str) -> str:
 
 def write_table_report(path, real: Table, synth: Table, scores: dict, title: str = "synthetic table report"):
     return atomic_write_text(path, report_html(real, synth, scores, title))
+
+
+# ----------------------------------------------------------------------------------- genforge eval on a table model
+
+def is_table_model(source: str) -> bool:
+    """Whether ``source`` is a run or model directory of a table model (its config.json says modality table)."""
+    try:
+        directory = resolve(source)
+        meta = read_json(directory / "config.json", GenforgeError)
+    except (GenforgeError, OSError):
+        return False
+    return isinstance(meta, dict) and meta.get("modality") == "table"
+
+
+def evaluate_table_model(source: str, n: int | None = None, seed: int = 0, device: str = "auto",
+                         data: str | None = None) -> tuple[dict, Table, Table]:
+    """Draw ``n`` rows (default: as many as the training split) from a table model and score them against the
+    training split and the holdout (test split) of its data, split as in training. Returns (scores, synthetic,
+    training rows)."""
+    model = load_model(source, device=device)
+    cfg = model.meta.get("train_config") or {}
+    splits = load_table(data or model.meta["data"], schema=model.output.schema if not data else None,
+                        val_fraction=cfg.get("val_fraction", 0.1), test_fraction=cfg.get("test_fraction", 0.2),
+                        seed=cfg.get("split_seed", 0))
+    if len(splits.test) < 2:
+        raise GenforgeError(f"{source}: its data has no holdout (test_fraction 0): TSTR and DCR need one")
+    rows = model.sample(n or len(splits.train), seed=seed)
+    synth = model.output.table(rows.x)
+    scores = evaluate_table(synth, splits.train, splits.test, seed)
+    scores["model"], scores["data"], scores["seed"] = str(model.path), splits.name, seed
+    if model.meta.get("privacy"):
+        scores["privacy_training"] = model.meta["privacy"]
+    return scores, synth, splits.train
