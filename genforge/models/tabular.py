@@ -191,7 +191,8 @@ class TableDiscriminator(nn.Module):
                                   nn.Linear(width, width), nn.LeakyReLU(0.2), nn.Dropout(0.5), nn.Linear(width, 1))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if cond is not None and self.cond_dim:
+        if self.cond_dim:  # rows judged without a cond (e.g. a filter scoring rows) get the empty one
+            cond = cond if cond is not None else x.new_zeros(x.shape[0], self.cond_dim)
             x = torch.cat([x, cond], dim=1)
         return self.body(x.reshape(-1, x.shape[1] * self.pac)).squeeze(1)
 
