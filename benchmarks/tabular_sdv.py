@@ -32,7 +32,7 @@ def fit(job: dict) -> None:
     from sdv.single_table import CTGANSynthesizer, GaussianCopulaSynthesizer, TVAESynthesizer
 
     real = _read(job, job["train"])
-    metadata = Metadata.load_from_dict({"tables": {"table": job["metadata"]}})
+    metadata = Metadata.load_from_dict({"tables": {"table": job["metadata"]}, "METADATA_SPEC_VERSION": "V1"})
     out, results = Path(job["out"]), {}
     for name in job["synthesizers"]:
         kwargs = {}
@@ -41,10 +41,11 @@ def fit(job: dict) -> None:
         cls = {"GaussianCopula": GaussianCopulaSynthesizer, "CTGAN": CTGANSynthesizer, "TVAE": TVAESynthesizer}[name]
         synth = cls(metadata, **kwargs)
         t0 = time.perf_counter()
-        synth.fit(real)
+        synth.fit({"table": real})  # SDV 2.x: the data is a dict of table name -> DataFrame, single tables too
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         rows = synth.sample(num_rows=int(job["rows"]))
+        rows = rows["table"] if isinstance(rows, dict) else rows
         sample_s = time.perf_counter() - t0
         path = out / f"sdv-{name}.csv"
         rows.to_csv(path, index=False)

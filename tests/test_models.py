@@ -90,12 +90,18 @@ SERIES_TRANSFORM = {"kind": "series", "channel_names": ["a", "b"],
 def _saved(tmp_path, model="dcgan"):
     torch.manual_seed(0)
     k = 3 if MODELS[model].conditional else 0
+    config = None
     if MODELS[model].axes == ("c", "h", "w"):
         shape, extra = [1, 28, 28], {"modality": "image"}
+    elif MODELS[model].axes == ("d",):
+        transform = _table_transform("small")
+        shape, config = [TableTransformer.from_json(transform).dim], {"z_dim": 8}
+        extra = {"modality": "table", "transform": transform, "train_config": config}
     else:
         shape, extra = [2, 40], {"modality": "series", "transform": SERIES_TRANSFORM}
     z_dim = MODELS[model].method.latent_dim(8, shape)
-    nets = build_networks(model, tuple(shape), z_dim=z_dim, base_channels=4, num_classes=k)
+    nets = build_networks(model, tuple(shape), z_dim=z_dim, base_channels=4, num_classes=k,
+                          transform=extra.get("transform"), config=config)
     meta = {"model": model, "example_shape": shape, "z_dim": z_dim, "base_channels": 4, "num_classes": k, **extra}
     return save_model(tmp_path / "m", nets, meta), nets
 
