@@ -48,7 +48,7 @@ class Config:
     series_time_column: str = ""     # series-csv: the time column (checked for order and duplicates), if any
     series_label_column: str = ""    # series-csv / series-npz: the class column, if any
     # --- tables (csv:, parquet:, table:; genforge.data.table) -------------------------------------------
-    table_schema: str = ""           # a schema YAML (genforge data check SPEC --schema-out FILE writes one); "": infer
+    table_schema: str = ""           # a schema YAML (from genforge data check SPEC --schema-out FILE); "": infer
     table_target: str = ""           # the risk task's column (ML efficacy in genforge eval); "": a bundled table's own
     table_transform: str = "vgm"     # numbers: "vgm" (CTGAN's mode-specific normalization) or "quantile"
     table_max_modes: int = 10        # vgm: most mixture components per number column

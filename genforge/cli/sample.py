@@ -277,8 +277,8 @@ def data() -> None:
 @click.option("--length-policy", type=click.Choice(["equal", "pad", "resample", "crop"]), default="equal",
               show_default=True, help="series: how ragged UCR/UEA sets get one length")
 @click.option("--schema", metavar="FILE.yaml", help="tables: read this schema instead of inferring one")
-@click.option("--schema-out", metavar="FILE.yaml", help="tables: write the schema (inferred or read) to edit and "
-                                                         "pass back with --schema or --set table_schema=FILE")
+@click.option("--schema-out", metavar="FILE.yaml", help="tables: save the schema (inferred or read) as YAML, to edit "
+                                                         "and pass back with --schema or --set table_schema=FILE")
 @key_file_option
 def data_check(spec: str, image_size: int, channels: int, on_bad: str, no_dedup: bool, window: int | None,
                stride: int | None, length_policy: str, schema: str | None, schema_out: str | None) -> int:

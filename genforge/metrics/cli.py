@@ -30,7 +30,7 @@ from genforge.io import atomic_write_json
               "(pt_inception-2015-12-05-*.pth) for an Inception-v3 FID as well; slow on a CPU")
 @click.option("--no-cas", is_flag=True, help="skip CAS (it trains a classifier on the samples)")
 @click.option("--report", "report_path", metavar="FILE.html",
-              help="tables: also write an HTML page, each column real beside synthetic and the pair-trend heatmaps")
+              help="tables: also an HTML page, each column real beside synthetic and the pair-trend heatmaps")
 @device_option("where the model, the evaluator and the CAS classifier run")
 @progress_option
 def eval_command(source: str, data: str | None, n: int, seed: int, out: str | None, baseline: str | None,
