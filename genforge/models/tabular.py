@@ -222,7 +222,11 @@ class TableDenoiser(nn.Module):
         self.out = nn.Linear(width, dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        h = self.proj(x) + self.t_mlp(timestep_embedding(t, self.time_dim))  # (b, width)
+        if len(t) > 1 and bool((t == t[0]).all()):  # sampling: one timestep for every row, embedded once
+            temb = self.t_mlp(timestep_embedding(t[:1], self.time_dim)).expand(len(t), -1)
+        else:
+            temb = self.t_mlp(timestep_embedding(t, self.time_dim))
+        h = self.proj(x) + temb                                                      # (b, width)
         return self.out(self.body(h))
 
 
