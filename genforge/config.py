@@ -27,7 +27,8 @@ from genforge.errors import ConfigError, GenforgeError
 class Config:
     # --- what to train on -------------------------------------------------------
     data: str = "mnist5k"            # data spec: images mnist5k, fashion-mnist[:DIR], idx:DIR, npz:FILE, folder:DIR;
-                                     # series ucr:NAME, tep:[OPTIONS], series-csv:FILE, series-npz:FILE
+                                     # series ucr:NAME, tep:[OPTIONS], series-csv:FILE, series-npz:FILE;
+                                     # tables csv:FILE, parquet:FILE, table:NAME
     image_size: int = 28             # images are resized to image_size x image_size when the source differs
     channels: int = 0                # 0: take the source's channel count; 1 or 3 to insist
     on_bad: str = "drop"             # bad images (corrupt, blank, duplicate...): "drop" with a report, or "reject"
@@ -46,6 +47,13 @@ class Config:
     series_missing: str = "refuse"   # missing values: "refuse", or "fill" (linear interpolation)
     series_time_column: str = ""     # series-csv: the time column (checked for order and duplicates), if any
     series_label_column: str = ""    # series-csv / series-npz: the class column, if any
+    # --- tables (csv:, parquet:, table:; genforge.data.table) -------------------------------------------
+    table_schema: str = ""           # a schema YAML (from genforge data check SPEC --schema-out FILE); "": infer
+    table_target: str = ""           # the risk task's column (ML efficacy in genforge eval); "": a bundled table's own
+    table_transform: str = "vgm"     # numbers: "vgm" (CTGAN's mode-specific normalization) or "quantile"
+    table_max_modes: int = 10        # vgm: most mixture components per number column
+    table_pac: int = 1               # ctgan: rows the discriminator judges at once (PacGAN; CTGAN uses 10)
+    table_cond_vector: bool = True   # ctgan: the conditional vector and training by sampling (off under DP)
 
     # --- what to train ------------------------------------------------------------
     model: str = "dcgan"             # a key of genforge.models.MODELS
@@ -136,12 +144,13 @@ CHOICES = {
     "noise_schedule": ("linear", "cosine"),
     "series_length_policy": ("equal", "pad", "resample", "crop"),
     "series_missing": ("refuse", "fill"),
+    "table_transform": ("vgm", "quantile"),
 }
 # recipe fields that set a trained model's sampling defaults: their ranges are the controls' own
 RECIPE_CONTROLS = {c.recipe_field: c for c in controls.ALL if c.recipe_field}
 POSITIVE = ("eval_n", "image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
             "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
-            "keep_checkpoints", "dp_max_grad_norm")
+            "keep_checkpoints", "dp_max_grad_norm", "table_max_modes", "table_pac")
 NON_NEGATIVE = ("dp_epsilon", "eval_every", "gp_weight", "r1_weight", "instance_noise", "acgan_weight", "kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
                 "augment_rotate", "ema_start", "num_threads", "max_rollbacks", "series_window", "series_stride",
                 "series_length")

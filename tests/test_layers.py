@@ -23,6 +23,8 @@ from genforge.generation import writers
 from genforge.data.examples import LOADERS
 from genforge.data.series import KINDS as SERIES_KINDS
 from genforge.data.series import load_series
+from genforge.data.table import KIND_PREFIXES as TABLE_KINDS
+from genforge.data.table import TableTransformer, load_table
 from genforge.generation.sampling import OUTPUTS
 from genforge.models import build_networks
 from genforge.models.files import save_model
@@ -206,6 +208,8 @@ def _read(name: str, kind: str, missing: Path):
         spec = sources.parse_spec(kind if kind == "mnist5k" else f"{kind}:{missing}")
         assert spec.kind == kind
         return sources.read_source(spec, image_size=28, channels=0)
+    if name == "table":  # each form reaches its reader: a missing file, an unknown bundled table, both named
+        return load_table(f"{kind}:{missing}")
     # series: every form reaches its own reader (tep's reader names the unknown option it was given)
     return load_series(f"{kind}:{missing}", window=8)
 
@@ -227,7 +231,8 @@ def test_a_modalitys_sources_are_read_by_genforge_data(name, tmp_path):
 
 
 def test_every_source_genforge_data_reads_is_declared_by_a_modality():
-    readable = {form.split(":")[0].strip() for form in sources.SPEC_FORMS.split(",")} | set(SERIES_KINDS)
+    readable = ({form.split(":")[0].strip() for form in sources.SPEC_FORMS.split(",")} | set(SERIES_KINDS)
+                | set(TABLE_KINDS))
     declared = {kind for m in MODALITIES.values() for kind in m.sources}
     assert readable == declared
     assert len(declared) == sum(len(m.sources) for m in MODALITIES.values())  # no prefix in two modalities
@@ -239,6 +244,13 @@ def _model_of(name: str, tmp_path: Path):
     if name == "image":
         return genforge.load(FIXTURE_MODEL)
     torch.manual_seed(0)
+    if name == "table":  # a Gaussian copula (no training) of a bundled table
+        tf = TableTransformer.fit(load_table("table:gbsg2").train, "quantile")
+        transform = {"kind": "table", **tf.to_json()}
+        nets = build_networks("copula", (tf.dim,), tf.dim, 1, transform=transform, config={})
+        meta = {"model": "copula", "modality": "table", "example_shape": [tf.dim], "z_dim": tf.dim,
+                "base_channels": 1, "num_classes": 0, "transform": transform}
+        return genforge.load(save_model(tmp_path / "table-model", nets, meta))
     nets = build_networks("cvae-1d", (2, 40), z_dim=8, base_channels=4, num_classes=2)
     transform = {"kind": "series", "channel_names": ["a", "b"],
                  "normalization": {"method": "minmax", "shift": [0.0, 100.0], "scale": [1.0, 3.0]}}
@@ -253,7 +265,8 @@ def test_a_modalitys_writers_exist(name, tmp_path):
     model = _model_of(name, tmp_path)
     assert model.modality.name == name
     samples = model.sample(4, seed=0)
-    assert samples.x.dtype == np.dtype(MODALITIES[name].output_dtype)
+    output_dtype = MODALITIES[name].output_dtype
+    assert (samples.x.dtype.names is not None) if output_dtype == "rows" else samples.x.dtype == np.dtype(output_dtype)
     for suffix in MODALITIES[name].writers:
         out = writers.write_samples(samples, tmp_path / f"out{suffix}", model)
         assert out.exists()

@@ -3,10 +3,12 @@
 import json
 import struct
 
+import numpy as np
 import pytest
 import torch
 
 import genforge
+from genforge.data.table import Column, Schema, Table, TableTransformer
 from genforge.errors import ConfigError, ModelFileError
 from genforge.generation import GenerativeModel
 from genforge.models import MODELS, build_networks
@@ -18,7 +20,21 @@ from genforge.models.networks import DCGANGenerator
 @pytest.mark.parametrize("size", ["small", "large"])
 def test_network_shapes(model, size):
     """Every network builds and runs on examples of its axes: images (1, 28, 28), (3, 32, 32); series of
-    lengths that are and are not a power of two times 4..8 ((2, 8), (3, 150))."""
+    lengths that are and are not a power of two times 4..8 ((2, 8), (3, 150)); rows of a small and a larger
+    table (their width is the fitted transform's)."""
+    if MODELS[model].axes == ("d",):
+        transform = _table_transform(size)
+        shape = (TableTransformer.from_json(transform).dim,)
+        torch.manual_seed(0)
+        nets = build_networks(model, shape, MODELS[model].method.latent_dim(8, shape), 4, 0, None, transform,
+                              {"z_dim": 8})
+        x, z = torch.rand(2, *shape), torch.randn(2, MODELS[model].method.latent_dim(8, shape))
+        assert MODELS[model].method.generate(nets, z, None).shape == (2, *shape)
+        if "discriminator" in nets:
+            assert nets["discriminator"](x, None).shape == (2,)
+        if "encoder" in nets:
+            assert nets["encoder"](x, None)[0].shape == (2, 8)
+        return
     two_d = MODELS[model].axes == ("c", "h", "w")
     shape = {("small", True): (1, 28, 28), ("large", True): (3, 32, 32),
              ("small", False): (2, 8), ("large", False): (3, 150)}[size, two_d]
@@ -34,6 +50,17 @@ def test_network_shapes(model, size):
     if "encoder" in nets:
         mu, logvar = nets["encoder"](x, y)
         assert mu.shape == logvar.shape == (2, 8)
+
+
+def _table_transform(size: str) -> dict:
+    """The quantile transform of a table of 2 (small) or 6 (large) number columns and one category column."""
+    rng = np.random.default_rng(0)
+    k = 2 if size == "small" else 6
+    cols = [Column(f"x{i}", "continuous", min=-9.0, max=9.0, decimals=3) for i in range(k)]
+    cols.append(Column("c", "categorical", categories=["a", "b", "c"]))
+    values = {f"x{i}": np.round(rng.normal(0, 1, 60), 3) for i in range(k)}
+    values["c"] = np.array(["abc"[i % 3] for i in range(60)], dtype=object)
+    return {"kind": "table", **TableTransformer.fit(Table(Schema(cols), values), "quantile").to_json()}
 
 
 def test_conditional_needs_classes():
@@ -63,12 +90,18 @@ SERIES_TRANSFORM = {"kind": "series", "channel_names": ["a", "b"],
 def _saved(tmp_path, model="dcgan"):
     torch.manual_seed(0)
     k = 3 if MODELS[model].conditional else 0
+    config = None
     if MODELS[model].axes == ("c", "h", "w"):
         shape, extra = [1, 28, 28], {"modality": "image"}
+    elif MODELS[model].axes == ("d",):
+        transform = _table_transform("small")
+        shape, config = [TableTransformer.from_json(transform).dim], {"z_dim": 8}
+        extra = {"modality": "table", "transform": transform, "train_config": config}
     else:
         shape, extra = [2, 40], {"modality": "series", "transform": SERIES_TRANSFORM}
     z_dim = MODELS[model].method.latent_dim(8, shape)
-    nets = build_networks(model, tuple(shape), z_dim=z_dim, base_channels=4, num_classes=k)
+    nets = build_networks(model, tuple(shape), z_dim=z_dim, base_channels=4, num_classes=k,
+                          transform=extra.get("transform"), config=config)
     meta = {"model": model, "example_shape": shape, "z_dim": z_dim, "base_channels": 4, "num_classes": k, **extra}
     return save_model(tmp_path / "m", nets, meta), nets
 

@@ -38,6 +38,9 @@ def control_options(fn):
 @click.option("--class", "classes", metavar="CLASS[,CLASS...]",
               help="conditional models: class index or name, or a list cycled over the samples")
 @control_options
+@click.option("--where", metavar="COND[,COND...]",
+              help="tables: conditions on the rows, e.g. 'sex=F,age>60' (by the conditional vector where the model "
+                   "has one, else by rejection; the output says which)")
 @click.option("--from", "from_grid", metavar="GRID.png", help="feedback: a grid written by genforge sample")
 @click.option("--like", metavar="I,J,...", help="feedback: indices of the liked samples in that grid")
 @click.option("--radius", type=float, default=0.3, show_default=True,
@@ -47,15 +50,15 @@ def control_options(fn):
 @click.option("--keep-top", type=float, help="share of samples the filter keeps, in (0, 1] (default 0.8)")
 @click.option("--dedup", type=float, metavar="RMS",
               help="drop samples within this RMS pixel distance (0-255) of an earlier one")
-@out_option("a .png (grid), a .npz, or a directory name (one PNG per sample)")
+@out_option("a .png (grid), a .npz, or a directory name (one PNG per sample); tables: .csv, .parquet, .npz")
 @click.option("--scale", type=int, default=1, show_default=True,
               help="grid PNG pixel scale: each pixel becomes a SCALE x SCALE block")
 @device_option()
 @click.option("--encrypt", is_flag=True, help="write the .npz encrypted (key from --key-file or the environment)")
 @key_file_option
 @progress_option
-def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | None, like: str | None,
-           radius: float, filter_method: str | None, keep_top: float | None, dedup: float | None, out: str,
+def sample(model: str, n: int, seed: int, classes: str | None, where: str | None, from_grid: str | None,
+           like: str | None, radius: float, filter_method: str | None, keep_top: float | None, dedup: float | None, out: str,
            scale: int, device: str, encrypt: bool, progress: bool, **control_values) -> int:
     """Generate samples: genforge sample MODEL --n 64 --seed 0 --out grid.png.
 
@@ -76,6 +79,20 @@ def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | 
         keyring = load_keyring()
     net = load_model(model, device=device)
     extra = None
+    if where is not None:  # rows that meet conditions: a table model's own path (genforge.generation.tables)
+        from genforge.data.table.write import write_rows
+        from genforge.generation.tables import sample_rows
+
+        if net.modality.name != "table":
+            raise GenforgeError(f"--where conditions the rows of a table model; {net.name} makes {net.modality.name} "
+                                "samples (use --class)")
+        if encrypt:
+            raise GenforgeError("--encrypt writes image and series npz sets; rows are written in the clear")
+        table, how = sample_rows(net, n, seed=seed, where=where, progress=progress, **given)
+        path = write_rows(out, table)
+        print(f"genforge: conditions met: {how}")
+        print(f"genforge: wrote {len(table)} rows (seed {seed}) from {net.path} to {path}")
+        return 0
     if like or from_grid:
         if not (like and from_grid):
             raise GenforgeError("feedback needs both --from GRID.png and --like I,J,...")
@@ -270,18 +287,34 @@ def data() -> None:
 @click.option("--stride", type=int, help="series: samples between window starts (default: the window)")
 @click.option("--length-policy", type=click.Choice(["equal", "pad", "resample", "crop"]), default="equal",
               show_default=True, help="series: how ragged UCR/UEA sets get one length")
+@click.option("--schema", metavar="FILE.yaml", help="tables: read this schema instead of inferring one")
+@click.option("--schema-out", metavar="FILE.yaml", help="tables: save the schema (inferred or read) as YAML, to edit "
+                                                         "and pass back with --schema or --set table_schema=FILE")
 @key_file_option
 def data_check(spec: str, image_size: int, channels: int, on_bad: str, no_dedup: bool, window: int | None,
-               stride: int | None, length_policy: str) -> int:
+               stride: int | None, length_policy: str, schema: str | None, schema_out: str | None) -> int:
     """Load, clean and split a data source and print the cleaning report and class counts.
 
     SPEC: images: mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR; sensor series: ucr:NAME |
     tep:[OPTIONS] | series-csv:FILE | series-npz:FILE (the series extra: pip install 'genforge[series]';
-    tep: without --window says what was simulated). Exits non-zero when the source is malformed or nothing
-    usable remains.
+    tep: without --window says what was simulated); tables: csv:FILE | parquet:FILE | table:NAME (breast_cancer,
+    diabetes, actg175, gbsg2; the last two need the tables extra) with the inferred schema, --schema-out to
+    write it. Exits non-zero when the source is malformed or nothing usable remains.
     """
     from genforge.data import check_report
     from genforge.data.series import KINDS, check_series
+    from genforge.data.table import KIND_PREFIXES as TABLE_KINDS
+
+    if spec.split(":", 1)[0] in TABLE_KINDS:
+        from genforge.data.table import load_table, write_schema
+
+        splits = load_table(spec, schema=schema)
+        print(splits.describe())
+        if schema_out:
+            print(f"genforge: wrote the schema to {write_schema(splits.schema, schema_out)}")
+        return 0
+    if schema or schema_out:
+        raise GenforgeError("--schema and --schema-out are for tables (csv:, parquet:, table:)")
 
     if spec.split(":", 1)[0] in KINDS:
         print(check_series(spec, window=window, stride=stride, length_policy=length_policy))

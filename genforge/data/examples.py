@@ -21,6 +21,7 @@ import torch
 from genforge.data import load_splits
 from genforge.data.series import load_series
 from genforge.data.series.base import fit_normalization
+from genforge.data.table import TableTransformer, load_table
 from genforge.data.transforms import VALUE_RANGES, to_tensor
 from genforge.errors import ConfigError, DataError
 from genforge.modalities import of_spec
@@ -78,8 +79,24 @@ def _series(cfg, value_range: str) -> Examples:
                     notes)
 
 
+def _table(cfg, value_range: str) -> Examples:
+    """Rows encoded by a transform fitted on the training split (genforge.data.table): a table's encoding is
+    its own (numbers in their modes or as normal scores, one-hot categories), whatever ``value_range``."""
+    if cfg.augment_flip or cfg.augment_shift or cfg.augment_rotate:
+        raise ConfigError(f"{cfg.data}: augment_flip, augment_shift and augment_rotate are image augmentations; "
+                          "set them to false / 0 for tables")
+    splits = load_table(cfg.data, schema=cfg.table_schema or None, target=cfg.table_target or None,
+                        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+    tf = TableTransformer.fit(splits.train, cfg.table_transform, max_modes=cfg.table_max_modes, seed=cfg.seed)
+    x = torch.from_numpy(tf.encode(splits.train))                 # (N, d)
+    transform = {"kind": "table", **tf.to_json()}
+    notes = [*splits.notes, f"transform: {cfg.table_transform} for numbers, one-hot categories: {tf.dim} numbers "
+                            f"per row from {len(splits.schema.modelled)} columns"]
+    return Examples(cfg.data, "table", x, None, (tf.dim,), None, transform, splits, notes)
+
+
 # modality -> loader(cfg, value_range) -> Examples
-LOADERS: dict[str, Callable] = {"image": _images, "series": _series}
+LOADERS: dict[str, Callable] = {"image": _images, "series": _series, "table": _table}
 
 
 def load_examples(cfg, value_range: str) -> Examples:

@@ -93,7 +93,10 @@ class GenerativeModel:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.nets.values())).parameters().__next__().device
+        for net in self.nets.values():  # a network of buffers only (the Gaussian copula) has a device too
+            for t in (*net.parameters(), *net.buffers()):
+                return t.device
+        return torch.device("cpu")
 
     def to(self, device: str | torch.device) -> "GenerativeModel":
         for net in self.nets.values():

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from genforge import controls as declared
 from genforge.data.series.base import Normalization
 from genforge.errors import GenforgeError
+from genforge.generation.table_output import TableOutput
 from genforge.models import MODELS, family_of
 
 MAX_SAMPLES = 1_000_000
@@ -29,7 +30,10 @@ MAX_SIZE = declared.MAX_SIZE
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "lanczos": Image.Resampling.LANCZOS}
 # each control's family, read from the families' own declarations, to name it when another family gets it
-_FAMILY_OF_CONTROL = {c.name: family_of(name) for name, spec in MODELS.items() for c in spec.method.CONTROLS}
+_FAMILY_OF_CONTROL: dict[str, str] = {}
+for _name, _spec in MODELS.items():  # the first family to declare a control names it (steps: diffusion)
+    for _c in _spec.method.CONTROLS:
+        _FAMILY_OF_CONTROL.setdefault(_c.name, family_of(_name))
 
 
 @dataclass
@@ -133,7 +137,7 @@ class SeriesOutput:
 
 
 # modality -> the conversion of a family's [0, 1] outputs into what a sample is (built once per loaded model)
-OUTPUTS = {"image": ImageOutput, "series": SeriesOutput}
+OUTPUTS = {"image": ImageOutput, "series": SeriesOutput, "table": TableOutput}
 
 
 def prior_classes(prior, n: int, seed: int) -> np.ndarray:

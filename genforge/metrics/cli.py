@@ -29,10 +29,13 @@ from genforge.io import atomic_write_json
 @click.option("--inception-weights", metavar="FILE", help="pytorch-fid Inception weights "
               "(pt_inception-2015-12-05-*.pth) for an Inception-v3 FID as well; slow on a CPU")
 @click.option("--no-cas", is_flag=True, help="skip CAS (it trains a classifier on the samples)")
+@click.option("--report", "report_path", metavar="FILE.html",
+              help="tables: also an HTML page, each column real beside synthetic and the pair-trend heatmaps")
 @device_option("where the model, the evaluator and the CAS classifier run")
 @progress_option
 def eval_command(source: str, data: str | None, n: int, seed: int, out: str | None, baseline: str | None,
-                 inception_weights: str | None, no_cas: bool, device: str, progress: bool) -> int:
+                 inception_weights: str | None, no_cas: bool, report_path: str | None, device: str,
+                 progress: bool) -> int:
     """Score a model or an npz of samples: genforge eval MODEL_OR_NPZ [--data SPEC] [--n 10000] [--out FILE].
 
     MODEL_OR_NPZ is a run directory, a model directory, or an npz with x uint8 (N, H, W) or (N, H, W, C) and
@@ -43,6 +46,12 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
     """
     # late: the metrics load torch (seconds); `genforge --help` must not pay for them
     from genforge.metrics.evaluate import evaluate, format_table, load_result
+    from genforge.metrics.table import is_table_model
+
+    if is_table_model(source):  # a table: SDMetrics-style quality, detection, TSTR, DCR (genforge.metrics.table)
+        return _eval_table(source, data, n, seed, out, report_path, device)
+    if report_path:
+        raise GenforgeError("--report is for table models (genforge report RUN writes a run's training page)")
 
     previous = load_result(baseline) if baseline else None
     result = evaluate(source, data=data, n=n, seed=seed, inception_weights=inception_weights, with_cas=not no_cas,
@@ -51,6 +60,22 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
     if out:
         atomic_write_json(out, result)
         print(f"genforge: wrote {out}")
+    return 0
+
+
+def _eval_table(source: str, data: str | None, n: int, seed: int, out: str | None, report_path: str | None,
+                device: str) -> int:
+    """genforge eval on a table model: ``n`` rows (10000 unless --n) scored against its training rows and holdout."""
+    from genforge.metrics.table import evaluate_table_model, format_scores, write_table_report  # late: torch
+
+    scores, synth, train = evaluate_table_model(source, n=n, seed=seed, device=device, data=data)
+    print(format_scores(scores))
+    if out:
+        atomic_write_json(out, scores)
+        print(f"genforge: wrote {out}")
+    if report_path:
+        write_table_report(report_path, train, synth, scores, title=f"{scores['model']}: {n} rows, seed {seed}")
+        print(f"genforge: wrote {report_path}")
     return 0
 
 

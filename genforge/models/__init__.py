@@ -10,13 +10,13 @@ method with 1-D networks (``networks1d.py``; the UNet builds either rank).
 from __future__ import annotations
 
 from types import ModuleType
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from torch import nn
 
 from genforge.errors import ConfigError
 from genforge.modalities import of_spec
-from genforge.models import diffusion, gan, networks, networks1d, unet, vae
+from genforge.models import copula, ctgan, diffusion, gan, networks, networks1d, tabddpm, tabular, unet, vae
 
 
 class ModelSpec(NamedTuple):
@@ -25,6 +25,9 @@ class ModelSpec(NamedTuple):
     conditional: bool = False             # trained on (image, class) pairs; generates a requested class
     fixed: dict = {}                      # discriminator options the recipe fixes (acgan: conditioning="aux")
     axes: tuple[str, ...] = ("c", "h", "w")  # the examples its networks take: a modality's example_axes
+    # network options computed from the data's transform and the training config, given to every network
+    # (a table's column layout: options(transform, config) -> dict); None: the shape says everything
+    options: Callable[[dict | None, dict | None], dict] | None = None
 
 
 def d_options(cfg) -> dict:
@@ -34,6 +37,7 @@ def d_options(cfg) -> dict:
 
 
 _AXES_1D = ("c", "t")
+_AXES_ROW = ("d",)
 _GAN_1D = {"generator": networks1d.Conv1dGenerator, "discriminator": networks1d.Conv1dDiscriminator}
 _VAE_1D = {"encoder": networks1d.Conv1dEncoder, "decoder": networks1d.Conv1dDecoder}
 
@@ -60,6 +64,15 @@ MODELS: dict[str, ModelSpec] = {
     "ddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, axes=_AXES_1D),
     "cddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True,
                           axes=_AXES_1D),
+    # tables: encoded rows (d,). TVAE is the VAE method with a mixed-type likelihood (the decoder's own); CTGAN,
+    # TabDDPM and the Gaussian copula learn otherwise and are method modules of their own
+    "tvae": ModelSpec(vae, {"encoder": tabular.TableEncoder, "decoder": tabular.TableDecoder}, axes=_AXES_ROW,
+                      options=tabular.network_options),
+    "ctgan": ModelSpec(ctgan, {"generator": tabular.TableGenerator, "discriminator": tabular.TableDiscriminator},
+                       axes=_AXES_ROW, options=tabular.network_options),
+    "tabddpm": ModelSpec(tabddpm, {"denoiser": tabular.TableDenoiser, "schedule": tabddpm.TableSchedule},
+                         axes=_AXES_ROW, options=tabular.network_options),
+    "copula": ModelSpec(copula, {"copula": copula.GaussianCopula}, axes=_AXES_ROW, options=tabular.network_options),
 }
 
 
@@ -68,14 +81,17 @@ def family_of(model: str) -> str:
 
 
 def build_networks(model: str, example_shape: tuple[int, ...], z_dim: int, base_channels: int,
-                   num_classes: int = 0, d_opts: dict | None = None) -> dict[str, nn.Module]:
+                   num_classes: int = 0, d_opts: dict | None = None, transform: dict | None = None,
+                   config: dict | None = None) -> dict[str, nn.Module]:
     """Instantiate every network of a recipe for examples of ``example_shape`` ((c, h, w) or (c, t)). Seed the
     global RNG first for reproducible weights.
 
     ``d_opts`` (see :func:`d_options`) go to the discriminator; the MLP discriminator of the reference design
-    takes none of them.
+    takes none of them. ``transform`` and ``config`` (the data's transform and the training config, as the
+    model file records them) feed a recipe's ``options`` (tables: the column layout).
     """
     spec = MODELS[model]
+    shared = spec.options(transform, config) if spec.options is not None else {}
     if len(example_shape) != len(spec.axes):
         raise ConfigError(f"model {model!r} takes examples of axes ({', '.join(spec.axes)}), got shape "
                           f"{tuple(example_shape)}")
@@ -91,7 +107,8 @@ def build_networks(model: str, example_shape: tuple[int, ...], z_dim: int, base_
             if extra and cls is networks.MLPDiscriminator:
                 raise ConfigError(f"model {model!r} (the reference MLP discriminator) takes no discriminator "
                                   f"options, got {', '.join(extra)}")
-        nets[role] = cls(example_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes, **extra)
+        nets[role] = cls(example_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes, **extra,
+                         **shared)
     return nets
 
 

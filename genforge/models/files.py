@@ -200,7 +200,8 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[di
             or d_opts.get("norm", "batch") not in ("batch", "group", "none")
             or not all(isinstance(d_opts.get(k, False), bool) for k in ("spectral_norm", "mbstd"))):
         raise ModelFileError(f"{directory / CONFIG}: field 'd_options' is malformed")
-    shape = (meta["model"], tuple(meta["example_shape"]), meta["z_dim"], meta["base_channels"], num_classes, d_opts)
+    shape = (meta["model"], tuple(meta["example_shape"]), meta["z_dim"], meta["base_channels"], num_classes, d_opts,
+             meta.get("transform"), meta.get("train_config"))
     try:
         with torch.device("meta"):  # build the skeleton without allocating memory for its weights
             skeleton = build_networks(*shape)

@@ -3,6 +3,11 @@
 The encoder and decoder come from ``networks.py``. The decoder outputs pixel
 logits; ``sigmoid(logits)`` is the mean image, used both for the Bernoulli
 likelihood (BCE) and the Gaussian one (MSE).
+
+A decoder may bring its own likelihood instead: one with ``nll(x, out)`` (per-example negative
+log-likelihood, (b,)) and ``mean(out)`` is trained and sampled through those. TVAE is this method with the
+mixed-type likelihood of a table's decoder (``tabular.TableDecoder``: Gaussian numbers, categorical one-hot
+groups; Xu et al. 2019), so it is a VAE recipe, not a family of its own.
 """
 
 from __future__ import annotations
@@ -45,19 +50,28 @@ def elbo_terms(x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: 
         rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
     else:
         rec = (torch.sigmoid(logits) - x).square().flatten(1).sum(1)
-    kl = -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)
-    return rec, kl
+    return rec, kl_divergence(mu, logvar)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) per example (b,)."""
+    return -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)
 
 
 def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Latents (b, z_dim) and, for conditional models, classes (b,) -> mean images (b, c, h, w) in [0, 1]."""
-    return torch.sigmoid(nets["decoder"](z, y))
+    """Latents (b, z_dim) and, for conditional models, classes (b,) -> mean images (b, c, h, w) in [0, 1]
+    (a decoder with its own likelihood: its ``mean``, e.g. table rows)."""
+    return _mean(nets["decoder"], nets["decoder"](z, y))
+
+
+def _mean(decoder: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    return decoder.mean(out) if hasattr(decoder, "mean") else torch.sigmoid(out)
 
 
 def reconstruct(nets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Images in [0, 1] -> their reconstructions through the posterior mean (no sampling)."""
     mu, _ = nets["encoder"](x, y)
-    return torch.sigmoid(nets["decoder"](mu, y))
+    return _mean(nets["decoder"], nets["decoder"](mu, y))
 
 
 class Trainer:
@@ -90,7 +104,11 @@ class Trainer:
         opt = self.optimizers["vae"]
         mu, logvar = self.encoder(x, y)                 # (b, z_dim) each
         z = reparameterize(mu, logvar, noise)           # (b, z_dim)
-        rec, kl = elbo_terms(x, self.decoder(z, y), mu, logvar, self.recon)
+        out = self.decoder(z, y)
+        if hasattr(self.decoder, "nll"):  # the decoder's own likelihood (a table's mixed types: TVAE)
+            rec, kl = self.decoder.nll(x, out), kl_divergence(mu, logvar)
+        else:
+            rec, kl = elbo_terms(x, out, mu, logvar, self.recon)
         loss = (rec + self.kl_weight * kl).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

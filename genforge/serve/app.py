@@ -51,6 +51,9 @@ from genforge.generation.sampling import Samples, decode, plan, resolve_class
 from genforge.generation.steering import feedback_latents
 from genforge.generation.writers import preview
 from genforge.generation import provenance
+from genforge.data.table.schema import MODELLED
+from genforge.data.table.write import structured
+from genforge.generation.tables import preview_columns, rows_csv_text, rows_json, sample_rows
 from genforge.serve.audit import AuditLog, Tally
 from genforge.serve.batching import Batcher, QueueFull
 from genforge.serve.connections import ConnectionGuard
@@ -450,6 +453,36 @@ def _series_json(model, x: np.ndarray, y: np.ndarray | None, meta: dict, hashes:
 RENDERERS = {"image": _images_json, "series": _series_json}
 
 
+def table_columns(model) -> list[dict]:
+    """A table model's columns for /v1/models and the page: name, kind, categories or range."""
+    out = []
+    for c in model.output.schema.modelled:
+        d = {"name": c.name, "kind": c.kind}
+        if c.categories is not None:
+            d["categories"] = list(c.categories)
+        elif c.min is not None:
+            d["min"], d["max"] = c.min, c.max
+        out.append(d)
+    return out
+
+
+def table_response(served: Served, fmt: str, table, how: str, seed: int, plot: bool) -> Response:
+    """Rows as JSON objects (``RowsResponse``) or as CSV text, the user's own spelling of every cell."""
+    headers = {"X-Genforge-Seed": str(seed), "X-Genforge-Model": served.name, "X-Genforge-Conditions": how.encode("ascii", "backslashreplace").decode()}
+    if fmt == "csv":
+        disposition = f'attachment; filename="{served.name}-{seed}.csv"'
+        return Response(rows_csv_text(table), media_type="text/csv",
+                        headers={**headers, "Content-Disposition": disposition})
+    picture = None
+    if plot:
+        image = preview_columns(structured(table), served.model, title=f"{served.name}, seed {seed}")
+        picture = base64.b64encode(provenance.png_bytes(image, None)).decode()
+    body = {"model": served.name, "seed": seed, "n": len(table),
+            "columns": [c.name for c in table.schema.columns if c.kind in MODELLED or c.kind == "constant"],
+            "rows": rows_json(table), "conditions": how, "plot": picture}
+    return JSONResponse(body, headers=headers)
+
+
 def model_info(served: Served) -> ModelInfo:
     m = served.model
     defaults = m.sampling_defaults  # this model's own (its recipe's) where the declaration's would mislead
@@ -459,6 +492,7 @@ def model_info(served: Served) -> ModelInfo:
                      modality=m.modality.name, example_shape=list(m.example_shape),
                      image_shape=list(m.example_shape) if m.modality.name == "image" else None,
                      image_size=m.example_shape[1] if m.modality.name == "image" else None, z_dim=m.z_dim,
+                     columns=table_columns(m) if m.modality.name == "table" else None,
                      weights_sha256=m.meta.get("weights_sha256"), step=m.meta.get("step"),
                      controls=[c.name for c in m.controls],
                      control_specs=[{**served_range(c), "default": defaults.get(c.name, c.default)}
@@ -585,6 +619,11 @@ def add_generation_routes(app: FastAPI, svc: Service, bearer: list) -> None:
         request.state.audit["params"] = {**req.model_dump(by_alias=True, exclude_none=True), "seed": seed}
         served = svc.served(req.model)
         svc.check_size(served, req.n, req.size)
+        if served.model.modality.name == "table":
+            return await rows(req, request, served, seed)
+        if req.where is not None or req.format in ("json", "csv"):
+            raise ApiError(422, f"where and the json / csv formats are for table models; {served.name} makes "
+                                f"{served.model.modality.name} samples")
         check_classes(served, req.class_)
         try:  # the one generation plan: controls checked against the model's declarations, latents drawn
             p = plan(served.model, req.n, seed, req.class_, **{c.name: getattr(req, c.name) for c in CONTROLS})
@@ -627,6 +666,21 @@ def add_generation_routes(app: FastAPI, svc: Service, bearer: list) -> None:
                                 req.n, req.radius, seed)
         x = await svc.images(request, served, z, y, {})
         return await finish(request, served, req.format, x, y, z, seed, {"radius": req.radius}, req.latents)
+
+    async def rows(req, request, served: Served, seed: int) -> Response:
+        """A table model's rows, with the request's conditions (genforge.generation.tables.sample_rows, the path
+        of ``genforge sample --where``), off the event loop; tables are not batched across requests."""
+        if req.format in ("png", "npz"):
+            raise ApiError(422, f"model {served.name} makes rows: ask for format json or csv")
+        given = {c.name: getattr(req, c.name) for c in CONTROLS if getattr(req, c.name) is not None}
+        try:
+            table, how = await asyncio.to_thread(sample_rows, served.model, req.n, seed, req.where, **given)
+        except GenforgeError as e:
+            raise ApiError(422, str(e)) from None
+        response = await asyncio.to_thread(table_response, served, req.format, table, how, seed, req.plot)
+        request.state.audit["result"] = {"n": len(table), "conditions": how,
+                                         "body_sha256": hashlib.sha256(response.body).hexdigest()}
+        return response
 
     async def finish(request, served, fmt, x, y, z, seed, controls, with_latents) -> Response:
         args = (served, fmt, x, y, z, seed, controls, with_latents)

@@ -17,7 +17,7 @@ MAX_LATENT = 1000.0    # |z| bound for latents sent back in a feedback round (N(
 SERVER_BOUNDS = {"truncation": {"min": MIN_TRUNCATION, "min_exclusive": False}}
 
 ClassSpec = Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1, max_length=100)]
-Format = Literal["base64", "png", "npz"]
+Format = Literal["base64", "png", "npz", "json", "csv"]  # json, csv: table models (base64 means json there)
 
 
 class Strict(BaseModel):
@@ -74,7 +74,12 @@ GenerateRequest = create_model(
     **{c.name: control_field(c) for c in CONTROLS},
     format=(Format, Field("base64", description="base64: JSON with one PNG per image (series models: the "
                                                 "values); png: one grid PNG (series: a plot); npz: arrays x "
-                                                "(uint8 images, float32 series), y (classes), z (latents)")),
+                                                "(uint8 images, float32 series), y (classes), z (latents); table "
+                                                "models: json (rows as objects; also for base64) or csv")),
+    where=(Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=20)] | None, Field(
+        None, description="table models: conditions on the rows, e.g. [\"sex=F\", \"age>60\"] (by the conditional "
+                          "vector where the model has one, else by rejection; the response says which)")),
+    plot=(bool, Field(False, description="table models, json: add a PNG of each column's distribution (base64)")),
     latents=(bool, Field(True, description="base64 format: return each image's latent, for feedback rounds")),
 )
 
@@ -118,6 +123,18 @@ class GenerateResponse(BaseModel):
                                                               "as in the audit log")
 
 
+class RowsResponse(BaseModel):
+    """Table models, json format: the rows, and how the conditions were met."""
+
+    model: str
+    seed: int
+    n: int
+    columns: list[str]
+    rows: list[dict] = Field(description="one object per row: numbers as numbers (null missing), labels and dates as text")
+    conditions: str = Field(description="how the conditions were met, or 'no condition'")
+    plot: str | None = Field(None, description="with plot: a PNG of each column's distribution, base64")
+
+
 class ModelInfo(BaseModel):
     name: str
     recipe: str
@@ -125,11 +142,13 @@ class ModelInfo(BaseModel):
     backend: str
     num_classes: int
     classes: list[str] | None
-    modality: str = Field(description="image or series (genforge.modalities)")
+    modality: str = Field(description="image, series, table, ... (genforge.modalities)")
     example_shape: list[int] = Field(description="one example's shape: images [channels, height, width], series "
-                                                 "[channels, time]")
+                                                 "[channels, time]; tables [d]")
     image_shape: list[int] | None = Field(description="image models: [channels, height, width]")
     image_size: int | None
+    columns: list[dict] | None = Field(None, description="table models: each column's name, kind, and its "
+                                                         "categories or range")
     z_dim: int
     weights_sha256: str | None
     step: int | None

@@ -312,7 +312,7 @@ class _Run:
         torch.manual_seed(cfg.seed)
         self.z_dim = method.latent_dim(cfg.z_dim, self.data.example_shape)  # diffusion: the noise, prod(shape)
         self.nets = build_networks(cfg.model, self.data.example_shape, self.z_dim, cfg.base_channels,
-                                   self.data.num_classes, d_options(cfg))
+                                   self.data.num_classes, d_options(cfg), self.data.transform, cfg.to_dict())
         for net in self.nets.values():
             net.to(device).train()
             if cfg.channels_last:
@@ -332,6 +332,8 @@ class _Run:
         self.dp = PrivateTraining(cfg, self.nets, self.n_train, self.per_step, device) if cfg.dp_epsilon > 0 else None
         # under torchrun: DDP-wrapped networks, gradients averaged over processes
         self.trainer = method.Trainer(cfg, ctx.wrap(self.nets), private=self.dp)
+        if hasattr(self.trainer, "bind"):  # a method that reads the whole training split (CTGAN's training by
+            self.trainer.bind(self.data.x)  # sampling, the copula's one-pass fit), not only the loop's batches
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.trainer.optimizers.items()}
         # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.
         self.noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))
@@ -435,8 +437,11 @@ class _Run:
         samples = sample(self.sampler, self.cfg.grid_n, seed=self.cfg.seed + 3)
         cols = None if self.data.clusters else (self.sampler.num_classes or None)
         real = self.data.raw.train if self.data.modality != "image" else None  # series: real ones beside
-        picture = preview(samples, self.sampler, nrow=cols, real=None if real is None else real.x[:8],
-                          real_y=None if real is None or real.y is None else real.y[:8], title=f"step {step}")
+        if self.data.modality == "table":  # tables: every training row beside the generated ones
+            picture = preview(samples, self.sampler, real=real, title=f"step {step}")
+        else:
+            picture = preview(samples, self.sampler, nrow=cols, real=None if real is None else real.x[:8],
+                              real_y=None if real is None or real.y is None else real.y[:8], title=f"step {step}")
         path = save_png(picture, self.run / "samples" / f"step_{step:08d}.png",
                         metadata=stamp({"kind": "training-grid", "model": self.cfg.model, "run": str(self.run),
                                         "step": step}))

@@ -4,7 +4,8 @@ What is private, and why that is enough:
 
 - VAE family (``vae-mlp``, ``vae-conv``, ``cvae-conv``): encoder and decoder are one model trained on real
   images, so both are trained with DP-SGD, with one clipping norm over all their weights.
-- GAN family (``gan-mlp``, ``dcgan``): only the discriminator touches real images. It is trained with
+- GAN family (``gan-mlp``, ``dcgan``) and CTGAN (``ctgan``, without its conditional vector): only the
+  discriminator touches real images (rows). It is trained with
   DP-SGD; the generator learns from the discriminator's outputs on fakes alone, so it is a function of
   private outputs: DP by post-processing (Dwork and Roth 2014, prop. 2.1), the argument of DP-GAN (Xie et
   al. 2018) and GS-WGAN. The EMA copies and sample grids are post-processing too.
@@ -44,7 +45,8 @@ from genforge.errors import ConfigError, GenforgeError
 from genforge.models import MODELS, family_of, networks
 
 # family -> (the networks that see real data, the trainer optimizer that updates them)
-PRIVATE = {"vae": (("encoder", "decoder"), "vae"), "gan": (("discriminator",), "discriminator")}
+PRIVATE = {"vae": (("encoder", "decoder"), "vae"), "gan": (("discriminator",), "discriminator"),
+           "ctgan": (("discriminator",), "discriminator")}
 # Opacus warns when the best RDP order is its largest: the epsilon reported is then a slightly loose (safe)
 # upper bound. Kept at Opacus' default orders, so figures match its accountant; the warning is not repeated.
 _LARGEST_ALPHA = "Optimal order is the largest alpha"
@@ -103,6 +105,17 @@ def check_config(cfg, source: str = "config") -> None:
         if cfg.d_norm == "batch" and spec.networks["discriminator"] is networks.DCGANDiscriminator:
             refuse("the discriminator uses BatchNorm (d_norm: batch), which mixes the samples of a batch, so "
                    "Opacus has no per-sample gradient: set d_norm: group (GroupNorm) or none")
+    if family == "ctgan":  # a table GAN: only its discriminator reads rows, as for the image GANs
+        if cfg.table_cond_vector:
+            refuse("the conditional vector picks real rows by their categories outside the accounted Poisson batch "
+                   "and hands G their labels: set table_cond_vector: false")
+        if cfg.table_pac != 1:
+            refuse(f"table_pac is {cfg.table_pac}: DP-SGD clips one row's gradient, not a pack's: set table_pac: 1")
+        if cfg.gan_loss == "wgan-gp":
+            refuse("gan_loss wgan-gp adds a gradient penalty, a second (double-backward) pass per step whose "
+                   "per-sample gradients Opacus cannot compute: use gan_loss ns or hinge")
+        if cfg.d_steps != 1:
+            refuse(f"d_steps is {cfg.d_steps}: DP-SGD here draws one Poisson batch per step: set d_steps: 1")
     if cfg.nan_policy == "rollback":
         refuse("nan_policy rollback would re-run steps whose privacy is already spent: use nan_policy: stop")
     if cfg.eval_every:

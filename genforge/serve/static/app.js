@@ -142,9 +142,12 @@ function modelChanged() {
   }
   const same = state.current === m.name;  // the list was loaded again: keep the choices already made
   state.current = m.name;
-  const shape = m.modality === "series" ? `${m.example_shape[0]} channel(s) x ${m.example_shape[1]} samples`
+  const table = m.modality === "table";
+  const shape = table ? `${(m.columns || []).length} columns`
+    : m.modality === "series" ? `${m.example_shape[0]} channel(s) x ${m.example_shape[1]} samples`
     : `${m.example_shape[1]}x${m.example_shape[2]}`;
   $("model-info").textContent = `${m.family}, ${m.modality}, ${shape}, weights ${(m.weights_sha256 || "").slice(0, 12)}`;
+  $("where-row").hidden = !table;
   $("class-row").hidden = !m.num_classes;
   const chosen = $("class").value;
   const options = [new Option("all, in turn", "")];
@@ -188,7 +191,32 @@ function seriesCanvas(sample, names, label) {
   return canvas;
 }
 
+// a table model's rows: the column plot and the first rows as an HTML table
+function showRows(result, caption) {
+  state.shown = null;
+  $("grid").replaceChildren();
+  $("rows").hidden = false;
+  $("rows-plot").hidden = !result.plot;
+  if (result.plot) $("rows-plot").src = "data:image/png;base64," + result.plot;
+  const tableEl = document.createElement("table");
+  const head = tableEl.createTHead().insertRow();
+  result.columns.forEach((name) => { const th = document.createElement("th"); th.textContent = name; head.append(th); });
+  const body = tableEl.createTBody();
+  result.rows.slice(0, 50).forEach((row) => {
+    const tr = body.insertRow();
+    result.columns.forEach((name) => { tr.insertCell().textContent = row[name] === null ? "" : String(row[name]); });
+  });
+  $("rows-table").replaceChildren(tableEl);
+  $("caption").textContent = caption + ` (conditions: ${result.conditions}; the first ${Math.min(50, result.n)} shown)`;
+  $("download").disabled = false;
+  $("download").textContent = "Download rows (CSV)";
+  $("feedback").hidden = true;
+}
+
 function show(result, caption) {
+  if (result.rows) return showRows(result, caption);
+  $("rows").hidden = true;
+  $("download").textContent = "Download grid (PNG)";
   state.shown = result;
   state.liked.clear();
   const grid = $("grid");
@@ -258,10 +286,16 @@ async function generate(event) {
   await loadModels();  // read again on every submit: a key pasted just now, or a model reloaded on the server
   const m = state.models[$("model").value];
   if (!m) return fail(Object.keys(state.models).length ? "no model selected" : "no models to generate from");
-  const body = { model: m.name, n: Number($("n").value), format: "base64", ...controlValues(m) };
+  const table = m.modality === "table";
+  const body = { model: m.name, n: Number($("n").value), format: table ? "json" : "base64", ...controlValues(m) };
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   if (m.num_classes && $("class").value !== "") body.class = Number($("class").value);
-  run("/v1/generate", body, (r) => `${r.n} images from ${r.model}, seed ${r.seed}`);
+  if (table) {
+    body.plot = true;
+    const where = $("where").value.split(",").map((w) => w.trim()).filter((w) => w);
+    if (where.length) body.where = where;
+  }
+  run("/v1/generate", body, (r) => `${r.n} ${table ? "rows" : "images"} from ${r.model}, seed ${r.seed}`);
 }
 
 function more() {
@@ -275,11 +309,13 @@ function more() {
 async function download() {
   if (!state.last) return;
   try {
-    const response = await call("POST", state.last.path, { ...state.last.body, format: "png" });
+    const rows = state.last.body.format === "json";
+    const response = await call("POST", state.last.path, { ...state.last.body, format: rows ? "csv" : "png",
+                                                           ...(rows ? { plot: false } : {}) });
     const url = URL.createObjectURL(await response.blob());
     const a = document.createElement("a");
     a.href = url;
-    a.download = `genforge-${state.last.body.model}-seed${state.last.body.seed}.png`;
+    a.download = `genforge-${state.last.body.model}-seed${state.last.body.seed}.${rows ? "csv" : "png"}`;
     document.body.append(a);
     a.click();
     a.remove();
