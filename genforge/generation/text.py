@@ -1,0 +1,188 @@
+"""The text generation plan: (model, n, seed, controls) -> texts, the one path from a seed to text.
+
+``text_plan`` checks the controls against the model's declarations (:mod:`genforge.controls`), encodes the
+prompt, applies the long-prompt policy and gives every sample its own random stream; ``run`` decodes any
+number of rows together (one request's samples, or the server's batch of several requests) with the family's
+``Decoder``, ending each row at its token budget, a stop string or ``<eos>``, and streaming each row's text
+as it grows. ``generate_text`` is the two in a row. The CLI, the Python API, the evaluator and the HTTP
+service all come through here, so a seed gives the same text everywhere.
+
+Streams: sample ``i`` of a request with seed ``s`` draws from ``torch.Generator`` seeded with the i-th child of
+``numpy.random.SeedSequence(s)``: independent of the other samples and of the batch the row runs in.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from genforge.controls import MAX_NEW_TOKENS_LIMIT
+from genforge.errors import GenforgeError
+
+MAX_TEXT_SAMPLES = 1000
+
+
+@dataclass
+class TextSample:
+    text: str                    # the generated text (the prompt not included; a stop string cut off)
+    prompt: str
+    tokens: list[int]            # the generated token ids
+    finish_reason: str           # "length", "stop" (a stop string), "end" (<eos>) or "cancelled"
+    prompt_tokens: int           # tokens of the prompt the model saw (after any truncation)
+
+
+@dataclass
+class TextSamples:
+    samples: list[TextSample]
+    seed: int
+    controls: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. the prompt was truncated
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+@dataclass
+class Row:
+    """One sample to decode: its prompt ids, random stream, controls, and what ends it."""
+    prompt_ids: list[int]
+    generator: torch.Generator
+    controls: dict               # temperature, top_k, top_p, repetition_penalty (sampling, row-wise)
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    on_text: Callable[[str], None] | None = None  # called with each new piece of text (streaming)
+    cancelled: threading.Event | None = None      # set by the caller (a client hung up): the row ends
+    prompt: str = ""
+    prompt_tokens: int = 0
+
+
+@dataclass
+class TextPlan:
+    rows: list[Row]
+    seed: int
+    controls: dict               # as given (the record written beside outputs)
+    notes: list[str]
+
+
+def row_generators(seed: int, n: int) -> list[torch.Generator]:
+    """Sample i's random stream: the i-th child of SeedSequence(seed), so no two samples share a stream."""
+    children = np.random.SeedSequence(seed).spawn(n)
+    return [torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0] >> np.uint64(1))) for c in children]
+
+
+def text_plan(model, n: int = 1, seed: int = 0, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
+              **controls) -> TextPlan:
+    """Check a text request and fix everything random about it (one stream per sample)."""
+    from genforge.generation.sampling import resolve_controls
+
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TEXT_SAMPLES:
+        raise GenforgeError(f"n must be an integer from 1 to {MAX_TEXT_SAMPLES}, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise GenforgeError(f"seed must be a non-negative integer, got {seed!r}")
+    checked = resolve_controls(model, controls)
+    takes = {c.name: c for c in model.controls}
+    full = {name: checked.get(name, c.default) for name, c in takes.items()}
+    if full["max_new_tokens"] > max_new_tokens_limit:
+        raise GenforgeError(f"max_new_tokens {full['max_new_tokens']} is above the limit of {max_new_tokens_limit}")
+    notes = []
+    prompt = full.get("prompt", "")
+    tok = model.tokenizer
+    prompt_ids = tok.encode(prompt, strict=True) if prompt else []
+    context = model.context
+    if len(prompt_ids) > context:
+        if full.get("long_prompt", "truncate") == "refuse":
+            raise GenforgeError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of "
+                                f"{context}; shorten it, or set long_prompt=truncate to keep its last {context}")
+        notes.append(f"the prompt was {len(prompt_ids)} tokens, longer than the context of {context}: only its "
+                     f"last {context} tokens were used")
+        prompt_ids = prompt_ids[-context:]
+    if "prompt" in takes and not prompt_ids:
+        prompt_ids = model.start_ids  # no prompt: start where a document starts
+    sampling = {k: full[k] for k in ("temperature", "top_k", "top_p")}
+    sampling["repetition_penalty"] = full.get("repetition_penalty", 1.0)
+    rows = [Row(list(prompt_ids), g, sampling, full["max_new_tokens"], tuple(full.get("stop", ())), prompt=prompt,
+                prompt_tokens=len(prompt_ids) if prompt else 0) for g in row_generators(seed, n)]
+    return TextPlan(rows, seed, checked, notes)
+
+
+class _Tracker:
+    """One row's generated ids and text: stop strings, and the text streamed so far (held back while it might
+    still become a stop string, or while its last bytes are not yet a whole character)."""
+
+    def __init__(self, row: Row, tokenizer):
+        self.row, self.tok = row, tokenizer
+        self.ids: list[int] = []
+        self.text, self.sent, self.reason = "", 0, None
+        self.hold = max((len(s) for s in row.stop), default=1) - 1
+
+    def add(self, token: int, is_end) -> bool:
+        """Append a token; returns True when the row is done."""
+        if is_end(token):
+            self.reason = "end"
+            return True
+        self.ids.append(token)
+        self.text = self.tok.decode(self.ids)
+        for s in self.row.stop:
+            at = self.text.find(s)
+            if at >= 0:
+                self.text, self.reason = self.text[:at], "stop"
+                return True
+        if len(self.ids) >= self.row.max_new_tokens:
+            self.reason = "length"
+            return True
+        return False
+
+    def stream(self, final: bool = False) -> None:
+        if self.row.on_text is None:
+            return
+        end = len(self.text) if final else len(self.text) - self.hold
+        if not final and self.text.endswith("\ufffd"):  # a multi-byte character split across tokens
+            end = min(end, len(self.text.rstrip("\ufffd")))
+        if end > self.sent:
+            self.row.on_text(self.text[self.sent:end])
+            self.sent = end
+
+
+def run(model, rows: list[Row], use_cache: bool = True) -> list[TextSample]:
+    """Decode ``rows`` together with the model's family decoder; returns one TextSample per row, in order."""
+    trackers = [_Tracker(r, model.tokenizer) for r in rows]
+    decoder = model.method.Decoder(model.nets, [r.prompt_ids for r in rows], [r.generator for r in rows],
+                                   [r.controls for r in rows], use_cache=use_cache)
+    is_end = getattr(model.method, "is_end", lambda token: False)
+    while decoder.active:
+        for i in list(decoder.rows):  # a hung-up client's row ends before its next token is computed
+            if rows[i].cancelled is not None and rows[i].cancelled.is_set():
+                trackers[i].reason = "cancelled"
+                decoder.finish(i)
+        if not decoder.active:
+            break
+        tokens = decoder.step()
+        for i, token in zip(list(decoder.rows), tokens):
+            done = trackers[i].add(token, is_end)
+            trackers[i].stream(final=done)
+            if done:
+                decoder.finish(i)
+    return [TextSample(t.text, r.prompt, t.ids, t.reason, r.prompt_tokens) for t, r in zip(trackers, rows)]
+
+
+def generate_text(model, n: int = 1, seed: int = 0, use_cache: bool = True, on_text=None,
+                  **controls) -> TextSamples:
+    """Generate ``n`` texts from a loaded text model, reproducibly from ``seed``.
+
+    controls: those the model declares (``model.controls``): prompt, max_new_tokens, temperature, top_k,
+    top_p, repetition_penalty, stop (a string or a list), long_prompt ("truncate" or "refuse").
+    on_text: called as ``on_text(i, piece)`` with each new piece of sample i's text (streaming).
+    """
+    p = text_plan(model, n, seed, **controls)
+    if on_text is not None:
+        for i, row in enumerate(p.rows):
+            row.on_text = (lambda i: lambda piece: on_text(i, piece))(i)
+    return TextSamples(run(model, p.rows, use_cache), seed, p.controls, p.notes)

@@ -1,0 +1,187 @@
+"""Scoring text models: held-out cross-entropy, sample diversity, copying of training text, and an n-gram
+reference.
+
+- ``heldout_nll``: the model's cross-entropy on held-out text in nats per token and per character, and bits
+  per character (the per-character figures compare models with different tokenizers);
+- ``distinct_n``: distinct-1 and distinct-2 of samples (Li et al. 2016): unique word n-grams over all word
+  n-grams; low values mean repetitive, generic text;
+- ``ShingleIndex.longest_shared``: the longest substring a sample shares with the training text, the text
+  form of the memorization check; ``COPY_FLAG`` characters or more is flagged as copied;
+- ``KneserNey``: an interpolated Kneser-Ney character n-gram model (5-gram by default; Chen and Goodman
+  1999), the in-house reference row: what counting alone gets on the same split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import torch
+
+COPY_FLAG = 50  # characters: a sample sharing this long a substring with the training text is flagged
+
+
+# ------------------------------------------------------------------------------------------ held-out NLL
+@torch.inference_mode()
+def heldout_nll(net, tokenizer, text: str, batch_size: int = 16, max_tokens: int = 0) -> dict:
+    """Cross-entropy of a GPT on ``text``, cut into windows of the context: every token but the first is
+    predicted once, from the tokens before it in its window. ``max_tokens`` (0: all) evaluates a prefix."""
+    ids = tokenizer.encode(text, strict=False)
+    if max_tokens:
+        ids = ids[:max_tokens + 1]
+        text = tokenizer.decode(ids) if tokenizer.kind == "bpe" else text[:len(ids)]
+    if len(ids) < 2:
+        raise ValueError("held-out text of fewer than 2 tokens")
+    unknown = sum(1 for i in ids if i == 3)
+    ctx = net.context
+    device = next(net.parameters()).device
+    starts = list(range(0, len(ids) - 1, ctx))
+    total, count = 0.0, 0
+    for b in range(0, len(starts), batch_size):
+        chunk = [ids[s:s + ctx + 1] for s in starts[b:b + batch_size]]
+        width = max(len(c) for c in chunk)
+        x = torch.zeros(len(chunk), width, dtype=torch.int64)
+        mask = torch.zeros(len(chunk), width - 1, dtype=torch.bool)
+        for r, c in enumerate(chunk):
+            x[r, :len(c)] = torch.tensor(c)
+            mask[r, :len(c) - 1] = True
+        x, mask = x.to(device), mask.to(device)
+        logits = net(x[:, :-1]).float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+        total += float(nll[mask].sum())
+        count += int(mask.sum())
+    chars = len(text) - len(tokenizer.decode(ids[:1]))
+    return {"nats_per_token": total / count, "nats_per_char": total / chars,
+            "bits_per_char": total / chars / math.log(2), "tokens": count, "chars": chars,
+            "unknown_tokens": unknown}
+
+
+# ------------------------------------------------------------------------------------------ diversity
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique word n-grams over all word n-grams of ``texts`` (0 when there are none)."""
+    grams = Counter()
+    for t in texts:
+        words = t.split()
+        grams.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    total = sum(grams.values())
+    return len(grams) / total if total else 0.0
+
+
+# ------------------------------------------------------------------------------------------ copying
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+_BASE = np.uint64(1000003)  # odd, so it has an inverse modulo 2**64
+
+
+def _codes(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+
+
+def _shingle_hashes(codes: np.ndarray, k: int) -> np.ndarray:
+    """Polynomial hashes (mod 2**64) of every k-character window of ``codes``: (len - k + 1,) uint64."""
+    n = len(codes)
+    if n < k:
+        return np.zeros(0, dtype=np.uint64)
+    inv = np.uint64(pow(int(_BASE), -1, 2**64))
+    with np.errstate(over="ignore"):
+        inv_pow = np.cumprod(np.full(n, inv, dtype=np.uint64)) * np.uint64(pow(int(_BASE), 1, 2**64))  # B^-j
+        base_pow = np.cumprod(np.full(n, _BASE, dtype=np.uint64)) * inv                               # B^j
+        q = np.concatenate([[np.uint64(0)], np.cumsum(codes * inv_pow, dtype=np.uint64)])
+        # sum_{j=i}^{i+k-1} c_j B^-j, times B^i: the same number for the same k characters wherever they are
+        return (q[k:] - q[:-k]) * base_pow[:n - k + 1]
+
+
+class ShingleIndex:
+    """The training text with a sorted index of its k-character shingles, for :meth:`longest_shared`.
+
+    The longest common substring of a sample and 4 million characters of training text, found exactly: a
+    run of shared k-shingles starting at position i bounds the match from i from above, and only positions
+    whose bound beats the best match so far are checked with a substring search of the training text.
+    """
+
+    def __init__(self, train_text: str, k: int = 8):
+        self.text, self.k = train_text, k
+        self.hashes = np.sort(_shingle_hashes(_codes(train_text), k))
+
+    def longest_shared(self, sample: str) -> tuple[int, str]:
+        """The length of the longest substring of ``sample`` found in the training text, and the substring."""
+        k, text = self.k, self.text
+        best, where = 0, 0
+        h = _shingle_hashes(_codes(sample), k)
+        found = np.zeros(len(h), dtype=bool)
+        if len(h) and len(self.hashes):
+            pos = np.searchsorted(self.hashes, h).clip(max=len(self.hashes) - 1)
+            found = self.hashes[pos] == h
+        run = np.zeros(len(h) + 1, dtype=np.int64)  # consecutive shared shingles starting at i
+        for i in range(len(h) - 1, -1, -1):
+            run[i] = run[i + 1] + 1 if found[i] else 0
+        for i in range(len(sample)):
+            bound = run[i] + k - 1 if i < len(h) and run[i] else min(k - 1, len(sample) - i)
+            if bound <= best:
+                continue
+            while i + best < len(sample) and best < bound and sample[i:i + best + 1] in text:
+                best, where = best + 1, i
+        return best, sample[where:where + best]
+
+
+# ------------------------------------------------------------------------------------------ n-gram reference
+class KneserNey:
+    """Interpolated Kneser-Ney character n-gram model (Chen and Goodman 1999, eq. 17 with one discount per
+    order, D = n1 / (n1 + 2 n2)). The highest order uses counts; lower orders use continuation counts (how
+    many different characters precede an n-gram), and the unigram level interpolates with a uniform
+    distribution over the training characters plus one unknown symbol, so no held-out character gets
+    probability 0."""
+
+    def __init__(self, text: str, order: int = 5):
+        if order < 1 or len(text) < order:
+            raise ValueError(f"a {order}-gram model needs at least {order} characters of text")
+        self.order = order
+        self.vocab = sorted(set(text))
+        self.counts: list[dict[str, int]] = [dict() for _ in range(order + 1)]  # counts[n]: n-gram -> count
+        top = Counter(text[i:i + order] for i in range(len(text) - order + 1))
+        self.counts[order] = dict(top)
+        grams = top
+        for n in range(order - 1, 0, -1):  # continuation counts from the distinct (n+1)-grams
+            cont = Counter()
+            for g in grams:
+                cont[g[1:]] += 1
+            # the text's first n-gram has no left context: count it once so it is not lost
+            cont[text[:n]] += 0 if text[:n] in cont else 1
+            self.counts[n] = dict(cont)
+            grams = cont
+        # per order: each context's total count, number of distinct followers, and the discount
+        self.totals: list[dict[str, int]] = [dict() for _ in range(order + 1)]
+        self.followers: list[dict[str, int]] = [dict() for _ in range(order + 1)]
+        self.discount = [0.0] * (order + 1)
+        for n in range(1, order + 1):
+            tot, fol = defaultdict(int), defaultdict(int)
+            n1 = n2 = 0
+            for g, c in self.counts[n].items():
+                tot[g[:-1]] += c
+                fol[g[:-1]] += 1
+                n1 += c == 1
+                n2 += c == 2
+            self.totals[n], self.followers[n] = dict(tot), dict(fol)
+            self.discount[n] = n1 / (n1 + 2 * n2) if n1 + n2 else 0.75
+
+    def prob(self, history: str, ch: str) -> float:
+        """P(ch | the last order - 1 characters of history)."""
+        p = 1.0 / (len(self.vocab) + 1)  # uniform, with one slot for a character never seen in training
+        for n in range(1, self.order + 1):
+            h = history[len(history) - (n - 1):] if n > 1 else ""
+            if n > 1 and len(history) < n - 1:
+                break
+            total = self.totals[n].get(h)
+            if not total:
+                break  # unseen context: the lower order's estimate stands
+            d = self.discount[n]
+            c = self.counts[n].get(h + ch, 0)
+            p = max(c - d, 0.0) / total + d * self.followers[n][h] / total * p
+        return p
+
+    def nats_per_char(self, text: str) -> float:
+        """Cross-entropy on ``text`` in nats per character (each character predicted from the ones before it)."""
+        total = 0.0
+        for i, ch in enumerate(text):
+            total -= math.log(self.prob(text[max(0, i - self.order + 1):i], ch))
+        return total / len(text)
