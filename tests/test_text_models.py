@@ -176,3 +176,21 @@ def test_sentence_vae_samples_are_seeded_and_homotopies_run_between_sentences():
     z = sentence_vae.encode_mean(nets, sentences(tok, ["to be", "not to be"], 12))
     path = sentence_vae.homotopy(z[0], z[1], 5)
     assert path.shape == (5, 4) and torch.allclose(path[0], z[0]) and torch.allclose(path[-1], z[1])
+
+
+def test_rows_joining_a_running_batch_draw_the_same_tokens_as_alone():
+    """Continuous batching: requests that arrive while others decode join the batch at the next step."""
+    model = tiny_gpt_model()
+    asks = [dict(seed=1, prompt="hi", max_new_tokens=60), dict(seed=2, prompt="later", max_new_tokens=30),
+            dict(seed=3, max_new_tokens=50, top_k=3)]
+    alone = [run(model, text_plan(model, 1, **a).rows)[0].tokens for a in asks]
+    arrivals = {5: text_plan(model, 1, **asks[1]).rows, 12: text_plan(model, 1, **asks[2]).rows}
+    calls = []
+
+    def more(active):
+        calls.append(active)
+        return arrivals.pop(len(calls), [])
+
+    together = run(model, text_plan(model, 1, **asks[0]).rows, more=more)
+    assert [t.tokens for t in together] == alone
+    assert max(calls) == 3                                               # all three decoded at once

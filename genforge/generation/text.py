@@ -62,6 +62,7 @@ class Row:
     cancelled: threading.Event | None = None      # set by the caller (a client hung up): the row ends
     prompt: str = ""
     prompt_tokens: int = 0
+    on_done: Callable[["TextSample"], None] | None = None  # called with the finished sample (the server)
 
 
 @dataclass
@@ -140,6 +141,9 @@ class _Tracker:
             return True
         return False
 
+    def sample(self) -> TextSample:
+        return TextSample(self.text, self.row.prompt, self.ids, self.reason, self.row.prompt_tokens)
+
     def stream(self, final: bool = False) -> None:
         if self.row.on_text is None:
             return
@@ -151,26 +155,47 @@ class _Tracker:
             self.sent = end
 
 
-def run(model, rows: list[Row], use_cache: bool = True) -> list[TextSample]:
-    """Decode ``rows`` together with the model's family decoder; returns one TextSample per row, in order."""
-    trackers = [_Tracker(r, model.tokenizer) for r in rows]
-    decoder = model.method.Decoder(model.nets, [r.prompt_ids for r in rows], [r.generator for r in rows],
-                                   [r.controls for r in rows], use_cache=use_cache)
+def run(model, rows: list[Row], use_cache: bool = True,
+        more: Callable[[int], list[Row]] | None = None) -> list[TextSample]:
+    """Decode ``rows`` together with the model's family decoder; returns one TextSample per row, in order.
+
+    ``more(active)``: asked before every step with the number of rows decoding; the rows it returns join the
+    batch (the server's continuous batching) and are returned after the others. The run ends when no row is
+    left and ``more`` returns none. Each row's ``on_done`` is
+    called with its sample as soon as it ends."""
+    rows = list(rows)
+    trackers: list[_Tracker] = []
+    decoder = model.method.Decoder(model.nets, use_cache=use_cache)
     is_end = getattr(model.method, "is_end", lambda token: False)
-    while decoder.active:
+
+    def join(new: list[Row]) -> None:
+        decoder.add([r.prompt_ids for r in new], [r.generator for r in new], [r.controls for r in new])
+        trackers.extend(_Tracker(r, model.tokenizer) for r in new)
+
+    def end(i: int) -> None:
+        decoder.finish(i)
+        if rows[i].on_done is not None:
+            rows[i].on_done(trackers[i].sample())
+
+    join(rows)
+    while True:
+        if more is not None:
+            new = more(decoder.active)
+            rows += new
+            join(new)
         for i in list(decoder.rows):  # a hung-up client's row ends before its next token is computed
             if rows[i].cancelled is not None and rows[i].cancelled.is_set():
                 trackers[i].reason = "cancelled"
-                decoder.finish(i)
+                end(i)
         if not decoder.active:
-            break
+            break  # (a server's more() blocks while nothing decodes, until a request arrives)
         tokens = decoder.step()
         for i, token in zip(list(decoder.rows), tokens):
             done = trackers[i].add(token, is_end)
             trackers[i].stream(final=done)
             if done:
-                decoder.finish(i)
-    return [TextSample(t.text, r.prompt, t.ids, t.reason, r.prompt_tokens) for t, r in zip(trackers, rows)]
+                end(i)
+    return [t.sample() for t in trackers]
 
 
 def generate_text(model, n: int = 1, seed: int = 0, use_cache: bool = True, on_text=None,

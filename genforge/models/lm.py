@@ -126,29 +126,47 @@ class Decoder:
     """Token-by-token sampling of a batch of rows, each with its own prompt, random stream and controls.
 
     ``step()`` returns each active row's next token; the caller decides when a row is done (its length, a stop
-    string) and calls ``finish(row)``, after which the row is dropped from the batch.
+    string) and calls ``finish(row)``, after which the row is dropped from the batch. ``add`` lets rows join a
+    running batch (the server's continuous batching): the cache is filled again from every row's window, which
+    computes what each row alone would (the same window, the same positions).
     """
 
-    def __init__(self, nets: dict[str, nn.Module], prompts: list[list[int]], generators: list[torch.Generator],
-                 controls: list[dict], use_cache: bool = True):
-        net = self.net = nets["gpt"]
+    def __init__(self, nets: dict[str, nn.Module], prompts=(), generators=(), controls=(), use_cache: bool = True):
+        self.net = nets["gpt"]
         self.use_cache = use_cache
-        self.device = next(net.parameters()).device
-        self.context = net.context
-        self.rows = list(range(len(prompts)))            # the original index of each active row
-        self.seqs = [list(p) for p in prompts]           # every row's prompt + generated ids
-        self.starts = [max(0, len(p) - self.context) for p in prompts]  # each row's window start
-        self.gens = list(generators)
-        vocab = net.vocab_size
-        self.temperature = torch.tensor([c["temperature"] for c in controls], dtype=torch.float32)
-        self.top_k = torch.tensor([c["top_k"] for c in controls], dtype=torch.int64)
-        self.top_p = torch.tensor([c["top_p"] for c in controls], dtype=torch.float32)
-        self.penalty = torch.tensor([c["repetition_penalty"] for c in controls], dtype=torch.float32)
-        self.seen = torch.zeros(len(prompts), vocab, dtype=torch.bool)
-        for r, p in enumerate(prompts):
-            self.seen[r, torch.tensor(p, dtype=torch.int64)] = True
+        self.device = next(self.net.parameters()).device
+        self.context = self.net.context
+        self.rows, self.seqs, self.starts, self.gens = [], [], [], []
+        self.temperature = torch.zeros(0)
+        self.top_k = torch.zeros(0, dtype=torch.int64)
+        self.top_p = torch.zeros(0)
+        self.penalty = torch.zeros(0)
+        self.seen = torch.zeros(0, self.net.vocab_size, dtype=torch.bool)
         self.cache = None
         self.pending = None  # the tokens the next forward pass appends (b,), when the cache is current
+        self.next_row = 0
+        self.add(prompts, generators, controls)
+
+    def add(self, prompts, generators, controls) -> list[int]:
+        """Rows joining the batch; returns their indices (numbered on from the rows already added)."""
+        new = list(range(self.next_row, self.next_row + len(prompts)))
+        self.next_row += len(prompts)
+        self.rows += new
+        self.seqs += [list(p) for p in prompts]
+        self.starts += [max(0, len(p) - self.context) for p in prompts]
+        self.gens += list(generators)
+        f32 = torch.float32
+        self.temperature = torch.cat([self.temperature, torch.tensor([c["temperature"] for c in controls], dtype=f32)])
+        self.top_k = torch.cat([self.top_k, torch.tensor([c["top_k"] for c in controls], dtype=torch.int64)])
+        self.top_p = torch.cat([self.top_p, torch.tensor([c["top_p"] for c in controls], dtype=f32)])
+        self.penalty = torch.cat([self.penalty, torch.tensor([c["repetition_penalty"] for c in controls], dtype=f32)])
+        seen = torch.zeros(len(prompts), self.net.vocab_size, dtype=torch.bool)
+        for r, p in enumerate(prompts):
+            seen[r, torch.tensor(p, dtype=torch.int64)] = True
+        self.seen = torch.cat([self.seen, seen])
+        if prompts:
+            self.cache = None  # filled again at the next step, from every row's window
+        return new
 
     def finish(self, row: int) -> None:
         """Drop row ``row`` (an original index) from the batch."""

@@ -107,21 +107,38 @@ class Decoder:
     """Sentences from latents: each row's z drawn from its own stream (or given), then tokens sampled with
     the row's controls until <eos>. The same interface as ``lm.Decoder`` (``step``, ``finish``, ``rows``)."""
 
-    def __init__(self, nets, prompts, generators: list[torch.Generator], controls: list[dict], use_cache=True,
-                 z: torch.Tensor | None = None):
+    def __init__(self, nets, prompts=(), generators=(), controls=(), use_cache=True):
         self.decoder = nets["decoder"]
         p = next(self.decoder.parameters())
-        self.device = p.device
-        z_dim = self.decoder.init_h.in_features
-        if z is None:  # one latent per row, from the row's own stream (on the CPU: the same on every device)
-            z = torch.stack([torch.randn(z_dim, generator=g) for g in generators])
-        self.z = z.to(self.device, p.dtype)
-        self.rows, self.gens = list(range(len(generators))), list(generators)
-        self.temperature = torch.tensor([c["temperature"] for c in controls], dtype=torch.float32)
-        self.top_k = torch.tensor([c["top_k"] for c in controls], dtype=torch.int64)
-        self.top_p = torch.tensor([c["top_p"] for c in controls], dtype=torch.float32)
-        self.h = None
-        self.pending = torch.full((len(generators),), BOS, dtype=torch.int64, device=self.device)
+        self.device, self.dtype = p.device, p.dtype
+        self.z_dim, hidden = self.decoder.init_h.in_features, self.decoder.init_h.out_features
+        self.rows, self.gens, self.next_row = [], [], 0
+        self.temperature, self.top_k, self.top_p = torch.zeros(0), torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+        self.z = torch.zeros(0, self.z_dim, device=self.device, dtype=self.dtype)
+        self.h = torch.zeros(1, 0, hidden, device=self.device, dtype=self.dtype)
+        self.pending = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self.add(prompts, generators, controls)
+
+    @torch.inference_mode()
+    def add(self, prompts, generators, controls, z: torch.Tensor | None = None) -> list[int]:
+        """Rows joining the batch. Each row's z is drawn from its own stream (on the CPU: the same on every
+        device) unless given; its decoder starts from z's initial state and <bos>."""
+        new = list(range(self.next_row, self.next_row + len(generators)))
+        self.next_row += len(generators)
+        if not new:
+            return new
+        if z is None:
+            z = torch.stack([torch.randn(self.z_dim, generator=g) for g in generators])
+        z = z.to(self.device, self.dtype)
+        self.rows += new
+        self.gens += list(generators)
+        self.temperature = torch.cat([self.temperature, torch.tensor([c["temperature"] for c in controls])])
+        self.top_k = torch.cat([self.top_k, torch.tensor([c["top_k"] for c in controls], dtype=torch.int64)])
+        self.top_p = torch.cat([self.top_p, torch.tensor([c["top_p"] for c in controls])])
+        self.z = torch.cat([self.z, z])
+        self.h = torch.cat([self.h, self.decoder.initial_state(z)], dim=1)
+        self.pending = torch.cat([self.pending, torch.full((len(new),), BOS, dtype=torch.int64, device=self.device)])
+        return new
 
     @property
     def active(self) -> int:
@@ -134,9 +151,7 @@ class Decoder:
         idx = torch.tensor(keep, dtype=torch.int64)
         self.temperature, self.top_k, self.top_p = self.temperature[idx], self.top_k[idx], self.top_p[idx]
         dev = idx.to(self.device)
-        self.z, self.pending = self.z[dev], self.pending[dev]
-        if self.h is not None:
-            self.h = self.h[:, dev]
+        self.z, self.pending, self.h = self.z[dev], self.pending[dev], self.h[:, dev]
 
     @torch.inference_mode()
     def step(self) -> list[int]:
