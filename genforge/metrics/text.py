@@ -185,3 +185,55 @@ class KneserNey:
         for i, ch in enumerate(text):
             total -= math.log(self.prob(text[max(0, i - self.order + 1):i], ch))
         return total / len(text)
+
+
+# ------------------------------------------------------------------------------------------ genforge eval
+@torch.inference_mode()
+def sentence_vae_heldout(nets, tokenizer, text: str, max_len: int, batch_size: int = 256,
+                         seed: int = 0) -> dict:
+    """The sentence VAE on held-out lines: the negative ELBO (one posterior sample per sentence) in nats per
+    sentence and per character (an upper bound on the true NLL), the KL term, and whether it collapsed."""
+    from genforge.data.text.examples import sentences
+    from genforge.models.sentence_vae import COLLAPSED_KL, elbo_terms
+
+    x = sentences(text, tokenizer, max_len, "the held-out split")
+    device = next(nets["decoder"].parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rec = kl = chars = 0.0
+    for b in range(0, len(x), batch_size):
+        part = x[b:b + batch_size].to(device)
+        terms = elbo_terms(nets, part, gen)
+        rec += float(terms["rec"].sum())
+        kl += float(terms["kl_dims"].sum())
+        chars += sum(len(tokenizer.decode(row.tolist())) + 1 for row in part.cpu())  # + the line's end (<eos>)
+    n = len(x)
+    return {"neg_elbo_per_sentence": (rec + kl) / n, "kl_per_sentence": kl / n,
+            "nats_per_char": (rec + kl) / chars, "bits_per_char": (rec + kl) / chars / math.log(2),
+            "sentences": n, "collapsed": kl / n < COLLAPSED_KL}
+
+
+def sample_scores(texts: list[str], index: ShingleIndex) -> dict:
+    """distinct-1/2 and the copying check of samples against the training text."""
+    shared = [index.longest_shared(t) for t in texts]
+    lengths = [n for n, _ in shared]
+    worst = max(range(len(texts)), key=lambda i: lengths[i]) if texts else None
+    return {"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
+            "longest_shared_max": max(lengths, default=0),
+            "longest_shared_median": float(np.median(lengths)) if lengths else 0.0,
+            "copied": sum(n >= COPY_FLAG for n in lengths),
+            "worst_copy": shared[worst][1] if worst is not None else ""}
+
+
+def format_text_table(rows: list[dict]) -> str:
+    """The eval table: one row per model (and the n-gram reference), the columns each row has."""
+    cols = [("nats_per_token", "nats/token", "{:.3f}"), ("nats_per_char", "nats/char", "{:.3f}"),
+            ("bits_per_char", "bits/char", "{:.3f}"), ("kl_per_sentence", "KL/sent", "{:.2f}"),
+            ("distinct_1", "distinct-1", "{:.3f}"), ("distinct_2", "distinct-2", "{:.3f}"),
+            ("longest_shared_max", "longest shared", "{:d}"), ("copied", f"copied >={COPY_FLAG}", "{:d}")]
+    cols = [c for c in cols if any(c[0] in r for r in rows)]
+    head = "| row | " + " | ".join(h for _, h, _ in cols) + " |"
+    lines = [head, "|---|" + "---:|" * len(cols)]
+    for r in rows:
+        cells = [fmt.format(r[k]) if k in r else "" for k, _, fmt in cols]
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
