@@ -54,6 +54,10 @@ def control_field(c: Control) -> tuple:
                                              else "")
     if c.choices:
         return Literal[c.choices] | None, Field(None, description=text)
+    if c.type is str:  # free text (the prompt) or a list of strings (stop strings); the plan checks the lengths
+        one = Annotated[str, Field(max_length=c.max_chars or None)]
+        kind = (one | Annotated[list[one], Field(max_length=16)]) if c.multiple else one
+        return kind | None, Field(None, description=text)
     low = {"gt": d["min"]} if d["min_exclusive"] else {"ge": d["min"]}
     return c.type | None, Field(None, **low, le=d["max"], description=text)
 
@@ -75,6 +79,7 @@ GenerateRequest = create_model(
     format=(Format, Field("base64", description="base64: JSON with one PNG per image; png: one grid PNG; "
                                                 "npz: arrays x (uint8), y (classes), z (latents)")),
     latents=(bool, Field(True, description="base64 format: return each image's latent, for feedback rounds")),
+    stream=(bool, Field(False, description="text models: send the text as it is made, as server-sent events")),
 )
 
 
@@ -114,12 +119,15 @@ class ModelInfo(BaseModel):
     name: str
     recipe: str
     family: str
+    modality: str = Field("image", description="image or text")
     backend: str
     num_classes: int
     classes: list[str] | None
-    image_shape: list[int] = Field(description="[channels, height, width]")
-    image_size: int
-    z_dim: int
+    image_shape: list[int] | None = Field(description="[channels, height, width] (image models)")
+    image_size: int | None
+    z_dim: int | None
+    context: int | None = Field(None, description="text models: tokens the model sees at once")
+    tokenizer: str | None = Field(None, description="text models: char or bpe")
     weights_sha256: str | None
     step: int | None
     controls: list[str] = Field(description="the names of the controls this model takes")
