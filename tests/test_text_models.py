@@ -110,7 +110,7 @@ def test_prompt_policies_and_bad_controls():
 
 def text_cfg(**kw):
     return Config(**{"g_lr": 1e-2, "g_betas": [0.9, 0.99], "warmup_steps": 0, "grad_clip": 1.0,
-                     "kl_anneal_steps": 10, "word_dropout": 0.3, "free_bits": 0.05, **kw})
+                     "kl_anneal_steps": 10, "text_word_dropout": 0.3, "free_bits": 0.05, **kw})
 
 
 def test_one_gpt_training_step_lowers_the_loss_on_its_batch():

@@ -24,9 +24,9 @@ def control_options(fn):
     for c in reversed(controls.ALL):
         kind = click.Choice(c.choices) if c.choices else c.type
         only = " (conditional models only)" if c.conditional_only else ""
-        shown = f"; default {c.default}" if c.default is not None else ""
-        metavar = "|".join(c.choices) if c.choices else {int: "N", float: "X"}[c.type]
-        fn = click.option(f"--{c.name}", c.name, type=kind, default=None, metavar=metavar,
+        shown = f"; default {c.default!r}" if c.default not in (None, ()) else ""
+        metavar = "|".join(c.choices) if c.choices else {int: "N", float: "X", str: "TEXT"}[c.type]
+        fn = click.option(f"--{c.name.replace('_', '-')}", c.name, type=kind, default=None, metavar=metavar, multiple=c.multiple,
                           help=f"{c.help}: {c.range_text()}{only}{shown}")(fn)
     return fn
 
@@ -68,7 +68,7 @@ def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | 
     from genforge.generation.model import load as load_model
     from genforge.generation.steering import parse_ints
 
-    given = {name: value for name, value in control_values.items() if value is not None}
+    given = {name: value for name, value in control_values.items() if value not in (None, ())}
     keyring = None
     if encrypt:  # the key is found before any sampling work
         from genforge.crypto import load_keyring
@@ -79,7 +79,7 @@ def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | 
     if like or from_grid:
         if not (like and from_grid):
             raise GenforgeError("feedback needs both --from GRID.png and --like I,J,...")
-        shaping = [f"--{c.name}" for c in controls.ALL if c.stage != "output" and c.name in given]
+        shaping = [f"--{c.name.replace('_', '-')}" for c in controls.ALL if c.stage != "output" and c.name in given]
         if classes or shaping:
             raise GenforgeError("a feedback round takes its classes and latents from the grid: drop "
                                 + ", ".join((["--class"] if classes else []) + shaping))

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from genforge.controls import MAX_NEW_TOKENS_LIMIT
-from genforge.errors import GenforgeError
+from genforge.data.text.tokenizer import BOS, from_json
+from genforge.errors import GenforgeError, ModelFileError
+from genforge.models import MODELS, family_of
 
 MAX_TEXT_SAMPLES = 1000
 
@@ -37,14 +39,27 @@ class TextSample:
 
 @dataclass
 class TextSamples:
+    """A text model's samples: ``texts`` (``x`` as a numpy array of str objects, as the writers read samples),
+    and each sample's prompt, tokens and why it ended."""
     samples: list[TextSample]
     seed: int
     controls: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. the prompt was truncated
+    y = None                                         # text models are unconditional
 
     @property
     def texts(self) -> list[str]:
         return [s.text for s in self.samples]
+
+    @property
+    def x(self) -> np.ndarray:
+        out = np.empty(len(self.samples), dtype=object)
+        out[:] = self.texts
+        return out
+
+    @property
+    def z(self) -> np.ndarray:  # no latents: a text's randomness is its token draws, fixed by the seed
+        return np.zeros((len(self.samples), 0), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -79,25 +94,40 @@ def row_generators(seed: int, n: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0] >> np.uint64(1))) for c in children]
 
 
+def check_controls(model, given: dict) -> dict:
+    """The controls of a call checked against ``model.controls`` (None values dropped); a control the model does
+    not take is an error naming the family it belongs to."""
+    takes = {c.name: c for c in model.controls}
+    out = {}
+    for name, value in given.items():
+        if value is None or (isinstance(value, (tuple, list)) and not value and name in takes
+                             and takes[name].multiple):
+            continue
+        if name not in takes:
+            owners = sorted({family_of(m) for m, spec in MODELS.items() for c in spec.method.CONTROLS
+                             if c.name == name})
+            whose = f"{name} is a control of {' and '.join(owners)} models; " if owners else f"unknown control {name!r}; "
+            raise GenforgeError(f"{whose}model {model.name} is a {model.family} (its controls: {', '.join(takes)})")
+        out[name] = takes[name].check(value)
+    return out
+
+
 def text_plan(model, n: int = 1, seed: int = 0, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
               **controls) -> TextPlan:
     """Check a text request and fix everything random about it (one stream per sample)."""
-    from genforge.generation.sampling import resolve_controls
-
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TEXT_SAMPLES:
         raise GenforgeError(f"n must be an integer from 1 to {MAX_TEXT_SAMPLES}, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise GenforgeError(f"seed must be a non-negative integer, got {seed!r}")
-    checked = resolve_controls(model, controls)
+    checked = check_controls(model, controls)
     takes = {c.name: c for c in model.controls}
     full = {name: checked.get(name, c.default) for name, c in takes.items()}
     if full["max_new_tokens"] > max_new_tokens_limit:
         raise GenforgeError(f"max_new_tokens {full['max_new_tokens']} is above the limit of {max_new_tokens_limit}")
     notes = []
     prompt = full.get("prompt", "")
-    tok = model.tokenizer
+    tok, context = model.output.tokenizer, model.output.context
     prompt_ids = tok.encode(prompt, strict=True) if prompt else []
-    context = model.context
     if len(prompt_ids) > context:
         if full.get("long_prompt", "truncate") == "refuse":
             raise GenforgeError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of "
@@ -106,7 +136,7 @@ def text_plan(model, n: int = 1, seed: int = 0, max_new_tokens_limit: int = MAX_
                      f"last {context} tokens were used")
         prompt_ids = prompt_ids[-context:]
     if "prompt" in takes and not prompt_ids:
-        prompt_ids = model.start_ids  # no prompt: start where a document starts
+        prompt_ids = model.output.start_ids  # no prompt: start where a document starts
     sampling = {k: full[k] for k in ("temperature", "top_k", "top_p")}
     sampling["repetition_penalty"] = full.get("repetition_penalty", 1.0)
     rows = [Row(list(prompt_ids), g, sampling, full["max_new_tokens"], tuple(full.get("stop", ())), prompt=prompt,
@@ -170,7 +200,7 @@ def run(model, rows: list[Row], use_cache: bool = True,
 
     def join(new: list[Row]) -> None:
         decoder.add([r.prompt_ids for r in new], [r.generator for r in new], [r.controls for r in new])
-        trackers.extend(_Tracker(r, model.tokenizer) for r in new)
+        trackers.extend(_Tracker(r, model.output.tokenizer) for r in new)
 
     def end(i: int) -> None:
         decoder.finish(i)
@@ -211,3 +241,47 @@ def generate_text(model, n: int = 1, seed: int = 0, use_cache: bool = True, on_t
         for i, row in enumerate(p.rows):
             row.on_text = (lambda i: lambda piece: on_text(i, piece))(i)
     return TextSamples(run(model, p.rows, use_cache), seed, p.controls, p.notes)
+
+
+# ------------------------------------------------------------------------------------------ the modality hooks
+class TextOutput:
+    """A text model's tokenizer and context (``OUTPUTS["text"]``, built once per loaded model): the tokenizer
+    comes from config.json's transform (read from tokenizer.json, its SHA-256 checked), and is refused unless
+    its vocabulary is the network's. Called on token ids (b, t), it gives their text."""
+
+    def __init__(self, meta: dict, origin: str = "config.json"):
+        transform = meta.get("transform")
+        if not isinstance(transform, dict) or not isinstance(transform.get("tokenizer_json"), str):
+            raise ModelFileError(f"{origin}: a text model needs field 'transform' with its tokenizer (tokenizer.json)")
+        self.tokenizer = from_json(transform["tokenizer_json"], f"{origin}: tokenizer.json")
+        vocab = (meta.get("net_options") or {}).get("vocab_size")
+        if self.tokenizer.vocab_size != vocab:
+            raise ModelFileError(f"{origin}: tokenizer.json has {self.tokenizer.vocab_size} tokens but the model's "
+                                 f"vocabulary is {vocab}: this tokenizer belongs to another model")
+        context = transform.get("context")
+        if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+            raise ModelFileError(f"{origin}: field 'transform.context' must be a positive integer")
+        self.context = context
+        # no prompt: start where a document starts (documents are separated by blank lines)
+        newline = self.tokenizer.encode("\n", strict=False)
+        self.start_ids = newline if newline and BOS not in newline and 3 not in newline else [BOS]
+
+    def __call__(self, ids) -> np.ndarray:
+        out = np.empty(len(ids), dtype=object)
+        out[:] = [self.tokenizer.decode(list(map(int, row))) for row in ids]
+        return out
+
+
+def sample_text(model, n: int, seed: int = 0, classes=None, batch_size: int = 500, progress: bool = False,
+                **controls) -> TextSamples:
+    """``genforge.generation.sample`` for text models (``SAMPLERS["text"]``): ``generate_text``. A text model
+    takes no classes; ``batch_size``: the most samples decoded together."""
+    if classes is not None:
+        raise GenforgeError(f"model {model.name} is unconditional: it cannot generate a requested class")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TEXT_SAMPLES:
+        raise GenforgeError(f"n must be an integer from 1 to {MAX_TEXT_SAMPLES}, got {n!r}")
+    p = text_plan(model, n, seed, **controls)
+    out = []
+    for start in range(0, n, batch_size):
+        out += run(model, p.rows[start:start + batch_size])
+    return TextSamples(out, seed, p.controls, p.notes)

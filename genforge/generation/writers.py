@@ -19,6 +19,7 @@ from genforge.crypto import EncryptingWriter
 from genforge.data.examples import load_examples
 from genforge.errors import GenforgeError
 from genforge.generation import plots, provenance
+from genforge.generation.text_files import text_card, write_jsonl, write_txt
 from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
 
 
@@ -171,6 +172,8 @@ def preview(samples, model, nrow: int | None = None, real=None, real_y=None, tit
     series small multiples (one panel per channel; real series beside them when given)."""
     if model.modality.name == "image":
         return make_grid(samples.x, nrow)
+    if model.modality.name == "text":
+        return text_card(list(samples.x), title=title)
     return plots.series_panels(samples.x, samples.y, class_names=model.class_names,
                                channel_names=model.output.channel_names, real=real, real_y=real_y, title=title)
 
@@ -178,7 +181,8 @@ def preview(samples, model, nrow: int | None = None, real=None, real_y=None, tit
 MAX_SCALE = 16
 # modality -> output suffix -> writer ("" is a directory); genforge.modalities declares the suffixes
 WRITERS = {"image": {".png": _write_grid, ".npz": _write_npz, "": _write_png_dir},
-           "series": {".npz": _write_npz, ".csv": _write_series_csv, ".png": _write_series_plot}}
+           "series": {".npz": _write_npz, ".csv": _write_series_csv, ".png": _write_series_plot},
+           "text": {".txt": write_txt, ".jsonl": write_jsonl}}
 
 
 def read_sidecar(grid: str | Path) -> dict:

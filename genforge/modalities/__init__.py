@@ -17,9 +17,10 @@ from genforge.errors import DataError
 from genforge.modalities.image import IMAGE
 from genforge.modalities.modality import Modality
 from genforge.modalities.series import SERIES
+from genforge.modalities.text import TEXT
 
-MODALITIES: dict[str, Modality] = {"image": IMAGE, "series": SERIES}
-__all__ = ["DEFAULT", "IMAGE", "MODALITIES", "SERIES", "Modality", "of_meta", "of_spec"]
+MODALITIES: dict[str, Modality] = {"image": IMAGE, "series": SERIES, "text": TEXT}
+__all__ = ["DEFAULT", "IMAGE", "MODALITIES", "SERIES", "TEXT", "Modality", "of_meta", "of_spec"]
 DEFAULT = "image"  # model files written before modalities were recorded
 
 

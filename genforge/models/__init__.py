@@ -16,7 +16,7 @@ from torch import nn
 
 from genforge.errors import ConfigError
 from genforge.modalities import of_spec
-from genforge.models import diffusion, gan, networks, networks1d, unet, vae
+from genforge.models import diffusion, gan, lm, networks, networks1d, recurrent, sentence_vae, transformer, unet, vae
 
 
 class ModelSpec(NamedTuple):
@@ -60,6 +60,10 @@ MODELS: dict[str, ModelSpec] = {
     "ddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, axes=_AXES_1D),
     "cddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True,
                           axes=_AXES_1D),
+    # text: token sequences (t,). A decoder-only transformer (GPT) and a sentence VAE with GRUs.
+    "gpt": ModelSpec(lm, {"gpt": transformer.GPT}, axes=("t",)),
+    "sentence-vae": ModelSpec(sentence_vae, {"encoder": recurrent.SentenceEncoder,
+                                             "decoder": recurrent.SentenceDecoder}, axes=("t",)),
 }
 
 
@@ -67,8 +71,17 @@ def family_of(model: str) -> str:
     return MODELS[model].method.__name__.rsplit(".", 1)[-1]
 
 
+def network_options(model: str, cfg, transform: dict) -> dict:
+    """The options beyond shape, z_dim and width that a family's networks take (text: vocabulary size, layers,
+    heads, width), from the config and the data's transform; saved in the model's config.json as
+    ``net_options``. Families without any return {}."""
+    options = getattr(MODELS[model].method, "network_options", None)
+    return options(cfg, transform) if options is not None else {}
+
+
 def build_networks(model: str, example_shape: tuple[int, ...], z_dim: int, base_channels: int,
-                   num_classes: int = 0, d_opts: dict | None = None) -> dict[str, nn.Module]:
+                   num_classes: int = 0, d_opts: dict | None = None,
+                   net_options: dict | None = None) -> dict[str, nn.Module]:
     """Instantiate every network of a recipe for examples of ``example_shape`` ((c, h, w) or (c, t)). Seed the
     global RNG first for reproducible weights.
 
@@ -91,7 +104,8 @@ def build_networks(model: str, example_shape: tuple[int, ...], z_dim: int, base_
             if extra and cls is networks.MLPDiscriminator:
                 raise ConfigError(f"model {model!r} (the reference MLP discriminator) takes no discriminator "
                                   f"options, got {', '.join(extra)}")
-        nets[role] = cls(example_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes, **extra)
+        nets[role] = cls(example_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes, **extra,
+                         **(net_options or {}))
     return nets
 
 
@@ -110,6 +124,9 @@ def check_config(cfg, source: str = "config") -> None:
         raise ConfigError(f"{source}: model {cfg.model!r} makes examples of axes ({', '.join(spec.axes)}), but data "
                           f"{cfg.data!r} is {modality.name} data ({', '.join(modality.example_axes)}); models for it: "
                           f"{', '.join(fits)}")
+    unit = getattr(spec.method, "TEXT_UNIT", None)  # the examples a text family trains on
+    if unit is not None and cfg.text_unit != unit:
+        raise ConfigError(f"{source}: model {cfg.model!r} trains on text_unit {unit!r}, got {cfg.text_unit!r}")
     if cfg.clusters and not (spec.conditional and spec.method is diffusion):  # guidance is diffusion's control
         raise ConfigError(f"{source}: 'clusters' (cluster guidance) needs the class-conditional diffusion model "
                           f"cddpm, got model {cfg.model!r}")

@@ -27,10 +27,23 @@ from torch import nn
 
 from genforge.controls import LONG_PROMPT, MAX_NEW_TOKENS, PROMPT, REPETITION_PENALTY, STOP, TEMPERATURE, TOP_K, TOP_P
 
+VALUE_RANGE = "0,1"  # the loader's argument; token ids are integers and are not scaled
+TEXT_UNIT = "window"  # trains on windows of running text (config text_unit)
 NETWORKS = ("gpt",)
 EMA_NETWORKS = ("gpt",)
 LATENT = "gpt"
 CONTROLS = (PROMPT, MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P, REPETITION_PENALTY, STOP, LONG_PROMPT)
+
+
+def latent_dim(z_dim: int, example_shape: tuple[int, ...]) -> int:
+    """A GPT has no latent: its randomness is the token draws. z_dim is recorded as configured and unused."""
+    return z_dim
+
+
+def network_options(cfg, transform: dict) -> dict:
+    """The GPT's size: vocabulary from the data's tokenizer, depth, heads and width from the config."""
+    return {"vocab_size": transform["vocab_size"], "n_layer": cfg.text_n_layer, "n_head": cfg.text_n_head,
+            "n_embd": cfg.text_n_embd, "dropout": cfg.text_dropout}
 
 
 def lm_loss(net: nn.Module, x: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

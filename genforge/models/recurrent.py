@@ -17,9 +17,11 @@ from genforge.data.text.tokenizer import PAD
 
 
 class SentenceEncoder(nn.Module):
-    """Token ids (b, t) with padding -> mu, logvar (b, z_dim) each, from a bidirectional GRU's final states."""
+    """Token ids (b, t) with padding -> mu, logvar (b, z_dim) each, from a bidirectional GRU's final states.
+    ``example_shape``: a padded line's, (max_len + 2,); any length up to it is read."""
 
-    def __init__(self, vocab_size: int, z_dim: int = 32, n_embd: int = 128, hidden: int = 256):
+    def __init__(self, example_shape: tuple[int], vocab_size: int, z_dim: int = 32, n_embd: int = 128,
+                 hidden: int = 256, **unused):
         super().__init__()
         self.emb = nn.Embedding(vocab_size, n_embd, padding_idx=PAD)
         self.gru = nn.GRU(n_embd, hidden, batch_first=True, bidirectional=True)
@@ -36,7 +38,8 @@ class SentenceEncoder(nn.Module):
 class SentenceDecoder(nn.Module):
     """z (b, z_dim) and input ids (b, t) -> next-token logits (b, t, vocab_size); ``step`` runs one token."""
 
-    def __init__(self, vocab_size: int, z_dim: int = 32, n_embd: int = 128, hidden: int = 256):
+    def __init__(self, example_shape: tuple[int], vocab_size: int, z_dim: int = 32, n_embd: int = 128,
+                 hidden: int = 256, **unused):
         super().__init__()
         self.emb = nn.Embedding(vocab_size, n_embd, padding_idx=PAD)
         self.init_h = nn.Linear(z_dim, hidden)

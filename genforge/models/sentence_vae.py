@@ -26,11 +26,21 @@ from genforge.controls import MAX_NEW_TOKENS, STOP, TEMPERATURE, TOP_K, TOP_P
 from genforge.data.text.tokenizer import BOS, EOS, PAD, UNK
 from genforge.models.lm import process_logits
 
+VALUE_RANGE = "0,1"  # the loader's argument; token ids are integers and are not scaled
+TEXT_UNIT = "line"  # trains on lines of the text (config text_unit)
 NETWORKS = ("encoder", "decoder")
 EMA_NETWORKS = ("encoder", "decoder")
 LATENT = "decoder"
 CONTROLS = (MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P, STOP)
 COLLAPSED_KL = 0.5  # nats per sentence: below it z carries next to nothing about the sentence
+
+
+def latent_dim(z_dim: int, example_shape: tuple[int, ...]) -> int:
+    return z_dim
+
+
+def network_options(cfg, transform: dict) -> dict:
+    return {"vocab_size": transform["vocab_size"], "n_embd": cfg.text_n_embd, "hidden": cfg.text_rnn_hidden}
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -86,7 +96,7 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y, noise: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
         """minimize rec + beta(step) * sum_d max(free_bits, mean_batch KL_d)."""
-        terms = elbo_terms(self.nets, x, noise, self.cfg.word_dropout)
+        terms = elbo_terms(self.nets, x, noise, self.cfg.text_word_dropout)
         kl_dims = terms["kl_dims"]                                         # (b, z_dim)
         kl_free = kl_dims.mean(0).clamp(min=self.cfg.free_bits).sum()      # free bits, per dimension
         beta = self.kl_weight(step)

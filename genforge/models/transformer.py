@@ -85,11 +85,15 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token ids (b, t) -> next-token logits (b, t, vocab_size)."""
+    """Token ids (b, t) -> next-token logits (b, t, vocab_size).
 
-    def __init__(self, vocab_size: int, context: int = 256, n_layer: int = 6, n_head: int = 6, n_embd: int = 384,
-                 dropout: float = 0.0):
+    ``example_shape`` is a training window's, (context + 1,); the other keywords of
+    ``genforge.models.build_networks`` (z_dim, base_channels, num_classes) do not apply to a GPT."""
+
+    def __init__(self, example_shape: tuple[int], vocab_size: int, n_layer: int = 6, n_head: int = 6,
+                 n_embd: int = 384, dropout: float = 0.0, **unused):
         super().__init__()
+        context = example_shape[0] - 1
         self.vocab_size, self.context, self.n_layer, self.n_head, self.n_embd = (vocab_size, context, n_layer,
                                                                                   n_head, n_embd)
         self.wte = nn.Embedding(vocab_size, n_embd)

@@ -114,8 +114,9 @@ class Served:
 
 
 def is_text(model) -> bool:
-    """Whether a served model makes text (it has a tokenizer): it is served by a TextWorker, not a Batcher."""
-    return getattr(model, "tokenizer", None) is not None
+    """Whether a served model makes text (its output conversion holds a tokenizer): it is served by a
+    TextWorker, not a Batcher."""
+    return getattr(getattr(model, "output", None), "tokenizer", None) is not None
 
 
 class ApiError(Exception):
@@ -577,7 +578,7 @@ def model_info(served: Served) -> ModelInfo:
         return ModelInfo(name=served.name, recipe=m.name, family=m.family, modality=m.modality.name,
                          example_shape=list(m.example_shape), backend=served.backend,
                          num_classes=0, classes=None, image_shape=None, image_size=None, z_dim=None,
-                         context=m.context, tokenizer=m.tokenizer.kind, weights_sha256=m.meta.get("weights_sha256"),
+                         context=m.output.context, tokenizer=m.output.tokenizer.kind, weights_sha256=m.meta.get("weights_sha256"),
                          step=m.meta.get("step"), controls=[c.name for c in m.controls],
                          control_specs=[{**served_range(c), "default": defaults.get(c.name, c.default)}
                                         for c in m.controls])

@@ -54,3 +54,28 @@ def sentences(text: str, tokenizer, max_len: int, where: str = "the training spl
     for i, r in enumerate(rows):
         x[i, :len(r)] = torch.tensor(r, dtype=torch.int64)
     return x
+
+
+def text_examples(cfg) -> tuple[torch.Tensor, dict, object, list[str]]:
+    """The training examples of a text config (``genforge.data.examples.LOADERS["text"]``): the data read and
+    split by document, a tokenizer trained on the training split, and its windows (``text_unit: window``) or
+    lines (``line``). Returns (x int64, transform, splits, notes); the transform carries the tokenizer, which
+    the model file keeps beside the weights as tokenizer.json."""
+    from genforge.data.text import load_text
+    from genforge.data.text.tokenizer import train_tokenizer
+
+    splits = load_text(cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                       seed=cfg.split_seed, on_bad_utf8=cfg.text_on_bad_utf8)
+    train = splits.text("train")
+    where = f"{cfg.data}: the training split"
+    tok = train_tokenizer(cfg.text_tokenizer, train, cfg.text_vocab_size)
+    context = cfg.text_context
+    if cfg.text_unit == "window":
+        x = windows(tok.encode(train, strict=False), context, cfg.text_stride or max(1, context // 2), where)
+    else:
+        x = sentences(train, tok, context, where)
+    transform = {"kind": "text", "unit": cfg.text_unit, "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
+                 "context": context, "tokenizer_json": tok.to_json()}
+    notes = [*splits.notes, f"{tok.kind} tokenizer of {tok.vocab_size} tokens trained on the training split; "
+             f"{len(x)} training {'windows' if cfg.text_unit == 'window' else 'lines'} of shape {tuple(x.shape[1:])}"]
+    return x, transform, splits, notes
