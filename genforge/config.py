@@ -248,9 +248,6 @@ def validate(cfg: Config, source: str = "config") -> Config:
                           "set d_norm: none")
     if not 0.0 <= cfg.text_dropout < 1.0 or not 0.0 <= cfg.text_word_dropout < 1.0:
         raise ConfigError(f"{source}: 'text_dropout' and 'text_word_dropout' must be in [0, 1)")
-    if cfg.text_n_embd % cfg.text_n_head:
-        raise ConfigError(f"{source}: 'text_n_embd' ({cfg.text_n_embd}) must be a multiple of 'text_n_head' "
-                          f"({cfg.text_n_head})")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"{source}: 'ema_decay' must be in [0, 1), got {cfg.ema_decay!r}")
     for name in ("val_fraction", "test_fraction"):

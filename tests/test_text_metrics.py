@@ -60,7 +60,7 @@ def test_kneser_ney_is_a_distribution_and_beats_a_unigram_model():
 def test_heldout_nll_matches_the_training_loss_and_converts_to_characters():
     torch.manual_seed(0)
     tok = CharTokenizer.train(TRAIN)
-    net = GPT(tok.vocab_size, context=16, n_layer=1, n_head=2, n_embd=16).eval()
+    net = GPT((17,), vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16).eval()
     text = TRAIN[:16 * 5 + 1]                                            # exactly five windows of 16
     out = heldout_nll(net, tok, text, batch_size=2)
     ids = torch.tensor(tok.encode(text))

@@ -22,10 +22,10 @@ CHARS = "abcdefghijklmnopqrstuvwxyz \n.,:"
 def tiny_gpt_model(context=32, seed=0):
     torch.manual_seed(seed)
     tok = CharTokenizer.train(CHARS)
-    net = GPT(tok.vocab_size, context=context, n_layer=2, n_head=2, n_embd=32).eval()
-    return SimpleNamespace(nets={"gpt": net}, tokenizer=tok, method=lm, controls=lm.CONTROLS, context=context, name="tiny",
-                           family="lm",
-                           start_ids=tok.encode("\n"))
+    net = GPT((context + 1,), vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32).eval()
+    output = SimpleNamespace(tokenizer=tok, context=context, start_ids=tok.encode("\n"))
+    return SimpleNamespace(nets={"gpt": net}, output=output, method=lm, controls=lm.CONTROLS, name="tiny",
+                           family="lm")
 
 
 def test_kv_cache_logits_equal_recomputation():
@@ -143,8 +143,8 @@ def sentences(tok, texts, width):
 def test_one_sentence_vae_step_reports_elbo_and_kl_with_annealing():
     torch.manual_seed(0)
     tok = CharTokenizer.train(CHARS)
-    nets = {"encoder": SentenceEncoder(tok.vocab_size, z_dim=4, n_embd=16, hidden=32),
-            "decoder": SentenceDecoder(tok.vocab_size, z_dim=4, n_embd=16, hidden=32)}
+    nets = {"encoder": SentenceEncoder((26,), vocab_size=tok.vocab_size, z_dim=4, n_embd=16, hidden=32),
+            "decoder": SentenceDecoder((26,), vocab_size=tok.vocab_size, z_dim=4, n_embd=16, hidden=32)}
     trainer = sentence_vae.Trainer(text_cfg(), nets)
     x = sentences(tok, ["to be or not to be", "that is the question", "whether tis nobler"], 24)
     noise = torch.Generator().manual_seed(0)
@@ -161,11 +161,11 @@ def test_one_sentence_vae_step_reports_elbo_and_kl_with_annealing():
 def test_sentence_vae_samples_are_seeded_and_homotopies_run_between_sentences():
     torch.manual_seed(0)
     tok = CharTokenizer.train(CHARS)
-    nets = {"encoder": SentenceEncoder(tok.vocab_size, z_dim=4, n_embd=16, hidden=32).eval(),
-            "decoder": SentenceDecoder(tok.vocab_size, z_dim=4, n_embd=16, hidden=32).eval()}
-    model = SimpleNamespace(nets=nets, tokenizer=tok, method=sentence_vae, controls=sentence_vae.CONTROLS, name="tiny",
-                            family="sentence_vae",
-                            context=24, start_ids=[BOS])
+    nets = {"encoder": SentenceEncoder((26,), vocab_size=tok.vocab_size, z_dim=4, n_embd=16, hidden=32).eval(),
+            "decoder": SentenceDecoder((26,), vocab_size=tok.vocab_size, z_dim=4, n_embd=16, hidden=32).eval()}
+    output = SimpleNamespace(tokenizer=tok, context=24, start_ids=[BOS])
+    model = SimpleNamespace(nets=nets, output=output, method=sentence_vae, controls=sentence_vae.CONTROLS,
+                            name="tiny", family="sentence_vae")
     a = generate_text(model, 3, seed=1, max_new_tokens=20)
     assert a.texts == generate_text(model, 3, seed=1, max_new_tokens=20).texts
     assert a.texts != generate_text(model, 3, seed=2, max_new_tokens=20).texts

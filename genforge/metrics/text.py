@@ -19,6 +19,9 @@ from collections import Counter, defaultdict
 import numpy as np
 import torch
 
+from genforge.data.text.examples import sentences
+from genforge.models.sentence_vae import COLLAPSED_KL, elbo_terms
+
 COPY_FLAG = 50  # characters: a sample sharing this long a substring with the training text is flagged
 
 
@@ -193,9 +196,6 @@ def sentence_vae_heldout(nets, tokenizer, text: str, max_len: int, batch_size: i
                          seed: int = 0) -> dict:
     """The sentence VAE on held-out lines: the negative ELBO (one posterior sample per sentence) in nats per
     sentence and per character (an upper bound on the true NLL), the KL term, and whether it collapsed."""
-    from genforge.data.text.examples import sentences
-    from genforge.models.sentence_vae import COLLAPSED_KL, elbo_terms
-
     x = sentences(text, tokenizer, max_len, "the held-out split")
     device = next(nets["decoder"].parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)

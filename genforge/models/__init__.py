@@ -127,6 +127,9 @@ def check_config(cfg, source: str = "config") -> None:
     unit = getattr(spec.method, "TEXT_UNIT", None)  # the examples a text family trains on
     if unit is not None and cfg.text_unit != unit:
         raise ConfigError(f"{source}: model {cfg.model!r} trains on text_unit {unit!r}, got {cfg.text_unit!r}")
+    if spec.method is lm and cfg.text_n_embd % cfg.text_n_head:
+        raise ConfigError(f"{source}: 'text_n_embd' ({cfg.text_n_embd}) must be a multiple of 'text_n_head' "
+                          f"({cfg.text_n_head}): each attention head takes an equal share of the width")
     if cfg.clusters and not (spec.conditional and spec.method is diffusion):  # guidance is diffusion's control
         raise ConfigError(f"{source}: 'clusters' (cluster guidance) needs the class-conditional diffusion model "
                           f"cddpm, got model {cfg.model!r}")

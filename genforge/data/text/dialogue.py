@@ -29,7 +29,7 @@ def play_pairs(play: Play) -> list[tuple[str, str]]:
 
 
 def chatterbot_files() -> list[Path]:
-    try:
+    try:  # the text extra: optional, so imported only when text:dialogue is read
         import chatterbot_corpus
     except ImportError:
         raise DataError(f"text:dialogue: {INSTALL}") from None

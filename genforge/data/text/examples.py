@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genforge.data.text.tokenizer import BOS, EOS, PAD
+from genforge.data.text import load_text
+from genforge.data.text.tokenizer import BOS, EOS, PAD, train_tokenizer
 from genforge.errors import DataError
 
 
@@ -61,9 +62,6 @@ def text_examples(cfg) -> tuple[torch.Tensor, dict, object, list[str]]:
     split by document, a tokenizer trained on the training split, and its windows (``text_unit: window``) or
     lines (``line``). Returns (x int64, transform, splits, notes); the transform carries the tokenizer, which
     the model file keeps beside the weights as tokenizer.json."""
-    from genforge.data.text import load_text
-    from genforge.data.text.tokenizer import train_tokenizer
-
     splits = load_text(cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                        seed=cfg.split_seed, on_bad_utf8=cfg.text_on_bad_utf8)
     train = splits.text("train")

