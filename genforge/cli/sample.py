@@ -168,26 +168,47 @@ def memorization(model: str, data: str | None, n: int, seed: int, quantile: floa
 
 @click.command(context_settings=CONTEXT)
 @model_argument
-@click.option("--seeds", required=True, metavar="S,S,...", help="comma-separated seeds, e.g. 1,2,3")
+@click.option("--seeds", metavar="S,S,...", help="comma-separated seeds, e.g. 1,2,3")
+@click.option("--text", "texts", multiple=True, metavar="SENTENCE",
+              help="sentence VAE: a sentence to walk from or to (give two or more, in order)")
 @click.option("--frames", type=int, default=16, show_default=True, help="frames per leg between two seeds")
 @renamed("--steps", "--frames", "frames per leg; --steps is the diffusion sampler's")
 @click.option("--class", "classes", metavar="CLASS", help="conditional models: the class to walk in (default 0)")
 @click.option("--class-sweep", is_flag=True, help="a grid of each seed as every class (a .png)")
 @click.option("--scale", type=int, default=2, show_default=True, help="GIF pixel scale")
-@out_option("walk.gif, or sweep.png with --class-sweep")
+@out_option("walk.gif, or sweep.png with --class-sweep (text models: a .txt, else printed)", required=False)
 @device_option()
-def interpolate(model: str, seeds: str, frames: int, classes: str | None, class_sweep: bool, scale: int, out: str,
-                device: str) -> int:
+def interpolate(model: str, seeds: str | None, texts: tuple[str, ...], frames: int, classes: str | None,
+                class_sweep: bool, scale: int, out: str | None, device: str) -> int:
     """Walk the latent space: genforge interpolate MODEL --seeds 1,2,3 --frames 16 --out walk.gif.
 
     Spherical (slerp) paths between the latents of the seeds, written as a GIF. --class-sweep instead draws
     each seed's latent as every class of a conditional model, as a grid PNG (rows: seeds, columns: classes).
+    A sentence VAE prints a homotopy instead: the sentences decoded (greedily) along straight lines between
+    the latents of --text "..." --text "..." (or of --seeds), one line per point: leg, position, sentence.
     """
     from genforge.generation import class_sweep as sweep, interpolate as walk, provenance, save_gif, save_grid
     from genforge.generation.model import load as load_model
     from genforge.generation.steering import parse_ints
 
     net = load_model(model, device=device)
+    if net.modality.name == "text":  # a homotopy between sentences (sentence VAE), printed line by line
+        from genforge.generation.text import interpolate_text  # late: torch, as every command here
+
+        walk = interpolate_text(net, frames, parse_ints(seeds, "--seeds") if seeds else [], list(texts))
+        lines = [f"{leg} {t:.2f}  {sentence}" for leg, t, sentence in walk]
+        if out:
+            from genforge.io import atomic_write_text  # late, as above
+
+            atomic_write_text(out, "\n".join(lines) + "\n")
+            print(f"genforge: wrote {len(lines)} sentences from {net.path} to {out}")
+        else:
+            print("\n".join(lines))
+        return 0
+    if texts:
+        raise GenforgeError("--text is for sentence VAEs; this model makes images or series: give --seeds")
+    if not seeds or not out:
+        raise GenforgeError("give --seeds S,S,... and --out walk.gif (or sweep.png with --class-sweep)")
     seed_list = parse_ints(seeds, "--seeds")
     if class_sweep:
         samples = sweep(net, seed_list)
@@ -265,13 +286,18 @@ def data_check(spec: str, image_size: int, channels: int, on_bad: str, no_dedup:
     """Load, clean and split a data source and print the cleaning report and class counts.
 
     SPEC: images: mnist5k | fashion-mnist[:DIR] | idx:DIR | npz:FILE | folder:DIR; sensor series: ucr:NAME |
-    tep:[OPTIONS] | series-csv:FILE | series-npz:FILE (the series extra: pip install 'genforge[series]';
+    tep:[OPTIONS] | series-csv:FILE | series-npz:FILE; text: text:shakespeare | text:dialogue | text:FILE |
+    text:DIR (the text extra: pip install 'genforge[text]') (the series extra: pip install 'genforge[series]';
     tep: without --window says what was simulated). Exits non-zero when the source is malformed or nothing
     usable remains.
     """
     from genforge.data import check_report
     from genforge.data.series import KINDS, check_series
+    from genforge.data.text import KINDS as TEXT_KINDS, check_text
 
+    if spec.split(":", 1)[0] in TEXT_KINDS:  # text: its documents per split (the plays held out, by name)
+        print(check_text(spec))
+        return 0
     if spec.split(":", 1)[0] in KINDS:
         print(check_series(spec, window=window, stride=stride, length_policy=length_policy))
         return 0

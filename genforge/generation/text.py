@@ -78,6 +78,7 @@ class Row:
     prompt: str = ""
     prompt_tokens: int = 0
     on_done: Callable[["TextSample"], None] | None = None  # called with the finished sample (the server)
+    latent: torch.Tensor | None = None  # sentence VAE: decode from this z instead of one drawn from the stream
 
 
 @dataclass
@@ -199,7 +200,8 @@ def run(model, rows: list[Row], use_cache: bool = True,
     is_end = getattr(model.method, "is_end", lambda token: False)
 
     def join(new: list[Row]) -> None:
-        decoder.add([r.prompt_ids for r in new], [r.generator for r in new], [r.controls for r in new])
+        given = {"z": torch.stack([r.latent for r in new])} if new and new[0].latent is not None else {}
+        decoder.add([r.prompt_ids for r in new], [r.generator for r in new], [r.controls for r in new], **given)
         trackers.extend(_Tracker(r, model.output.tokenizer) for r in new)
 
     def end(i: int) -> None:
@@ -285,3 +287,44 @@ def sample_text(model, n: int, seed: int = 0, classes=None, batch_size: int = 50
     for start in range(0, n, batch_size):
         out += run(model, p.rows[start:start + batch_size])
     return TextSamples(out, seed, p.controls, p.notes)
+
+
+def interpolate_text(model, frames: int = 8, seeds: list[int] = (), texts: list[str] = ()) -> list[tuple[int, float, str]]:
+    """A homotopy (Bowman et al. 2016, section 5.2): sentences decoded greedily from evenly spaced points on the
+    straight lines between the latents of ``texts`` (their posterior means) or of ``seeds`` (drawn from the
+    prior), ``frames`` points per leg. Returns (leg, t, sentence) triples; a model without a latent space (a
+    GPT) is refused."""
+    method = model.method
+    if not hasattr(method, "homotopy"):
+        raise GenforgeError(f"model {model.name} is a {model.family}: it has no latent space to interpolate in "
+                            "(train a sentence-vae)")
+    points = list(texts) if texts else list(seeds)
+    if len(points) < 2:
+        raise GenforgeError("interpolation needs at least two sentences (--text) or two seeds (--seeds)")
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 2 <= frames <= 100:
+        raise GenforgeError(f"--frames must be an integer from 2 to 100, got {frames!r}")
+    tok, context = model.output.tokenizer, model.output.context
+    device = next(model.nets["decoder"].parameters()).device
+    if texts:
+        ids = [tok.encode(t, strict=True) for t in texts]
+        too_long = [i for i, x in enumerate(ids) if not 1 <= len(x) <= context]
+        if too_long:
+            raise GenforgeError(f"sentence {too_long[0] + 1} is {len(ids[too_long[0]])} tokens; this model reads "
+                                f"1 to {context}")
+        x = torch.zeros(len(ids), context + 2, dtype=torch.int64)
+        for i, row in enumerate(ids):
+            x[i, :len(row) + 2] = torch.tensor([BOS, *row, 2])
+        z = method.encode_mean(model.nets, x.to(device)).cpu()
+    else:
+        z_dim = model.nets["decoder"].init_h.in_features
+        z = torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    legs = [method.homotopy(z[i], z[i + 1], frames) for i in range(len(z) - 1)]
+    greedy = {"temperature": 1.0, "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0}
+    rows, where = [], []
+    for leg, path in enumerate(legs):
+        for k, point in enumerate(path):
+            if leg and k == 0:
+                continue  # the previous leg ended here
+            rows.append(Row([], torch.Generator().manual_seed(0), greedy, context, latent=point))
+            where.append((leg, k / (frames - 1)))
+    return [(leg, t, s.text) for (leg, t), s in zip(where, run(model, rows))]

@@ -237,3 +237,62 @@ def format_text_table(rows: list[dict]) -> str:
         cells = [fmt.format(r[k]) if k in r else "" for k, _, fmt in cols]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def is_text_model(source: str) -> bool:
+    """Whether ``source`` is a model or run directory of a text model (its config.json says so)."""
+    from genforge.models.files import _read_meta, resolve  # late: only genforge eval on a directory asks
+
+    try:
+        return _read_meta(resolve(source)).get("modality") == "text"
+    except Exception:  # not a model directory (an npz of samples...): the image path reports what it is
+        return False
+
+
+def evaluate_text(source: str, data: str | None = None, n: int = 32, seed: int = 0, device: str = "auto",
+                  max_new_tokens: int = 512, max_eval_tokens: int = 0) -> dict:
+    """``genforge eval`` for a text model: held-out cross-entropy on the test split (GPT: nats per token and
+    per character; sentence VAE: the negative ELBO per character and its KL, a collapsed KL named as such),
+    ``n`` samples of ``max_new_tokens`` at the model's defaults scored for diversity and copying, and the
+    Kneser-Ney character 5-gram trained on the same training split as the reference row."""
+    # late: generation imports the model registry and torch's networks; the metric functions above need neither
+    from genforge.data.text import load_text
+    from genforge.generation.model import load
+    from genforge.generation.text import generate_text
+
+    model = load(source, device=device)
+    cfg = model.meta.get("train_config") or {}
+    spec = data or model.meta["data"]
+    splits = load_text(spec, val_fraction=cfg.get("val_fraction", 0.05), test_fraction=cfg.get("test_fraction", 0.05),
+                       seed=cfg.get("split_seed", 0), on_bad_utf8=cfg.get("text_on_bad_utf8", "refuse"))
+    part = "test" if splits.test else "val"
+    held = splits.text(part)
+    if not held:
+        raise ValueError(f"{spec}: no held-out documents (val_fraction and test_fraction are 0)")
+    train = splits.text("train")
+    tok = model.output.tokenizer
+    row = {"row": f"{model.name} ({model.family}, {tok.kind} tokenizer, step {model.meta.get('step')})"}
+    if model.family == "lm":
+        row.update(heldout_nll(model.nets["gpt"], tok, held, max_tokens=max_eval_tokens))
+        sampled = generate_text(model, n, seed=seed, max_new_tokens=max_new_tokens)
+    else:
+        row.update(sentence_vae_heldout(model.nets, tok, held, model.output.context, seed=seed))
+        sampled = generate_text(model, n, seed=seed, max_new_tokens=model.output.context)
+    row.update(sample_scores(sampled.texts, ShingleIndex(train)))
+    kn = KneserNey(train, order=5)
+    reference = {"row": "Kneser-Ney character 5-gram (reference)", "nats_per_char": kn.nats_per_char(held)}
+    reference["bits_per_char"] = reference["nats_per_char"] / math.log(2)
+    notes = [f"held-out: the {part} split of {spec} ({', '.join(d.name for d in getattr(splits, part)[:6])}"
+             f"{', ...' if len(getattr(splits, part)) > 6 else ''}; {len(held):,} characters)",
+             f"{n} samples, seed {seed}; copied: sharing >= {COPY_FLAG} characters with the training text"]
+    if row.get("collapsed"):
+        notes.append(f"the posterior has collapsed: KL {row['kl_per_sentence']:.3f} nats per sentence, under "
+                     "0.5: the decoder ignores z (raise kl_anneal_steps, text_word_dropout or free_bits)")
+    if row.get("copied"):
+        notes.append(f"{row['copied']} sample(s) copy training text; the longest: {row['worst_copy'][:120]!r}")
+    return {"format": "genforge-eval-text", "format_version": 1, "model": str(model.path), "data": spec,
+            "held_out": part, "n": n, "seed": seed, "rows": [row, reference], "notes": notes}
+
+
+def format_text_result(result: dict) -> str:
+    return format_text_table(result["rows"]) + "\n" + "".join(f"note: {n}\n" for n in result["notes"])
