@@ -41,6 +41,8 @@ class TextWorker:
         self.thread = threading.Thread(target=self._work, name="genforge-text", daemon=True)
         self.model = None
         self.inflight: list[Row] = []  # the rows of the current run (failed with it if it fails)
+        self.active = 0                # rows decoding now
+        self.finished: dict[str, int] = {}  # rows ended, by finish reason ("length", "stop", "cancelled", ...)
 
     def start(self) -> None:
         self.thread.start()
@@ -65,6 +67,7 @@ class TextWorker:
         decoding, wait for a request; an empty list ends the run (stopping, or the next rows are for a
         reloaded model, which starts a run of its own)."""
         with self.cond:
+            self.active = active
             while not active and not self.queue and not self.stopping:
                 self.cond.wait()
             if self.stopping:
@@ -75,9 +78,21 @@ class TextWorker:
             while self.queue and active + len(taken) < self.max_rows and self.queue[0][0] is self.model:
                 taken.append(self.queue.popleft()[1])
             self.inflight += taken
+            self.active = active + len(taken)
+        for row in taken:
+            row.on_done = self._counted(row.on_done)
         if self.on_step is not None:
             self.on_step(active + len(taken))
         return taken
+
+    def _counted(self, on_done):
+        """``on_done`` that first counts the row's finish reason (what the tests and metrics read)."""
+        def done(sample):
+            reason = getattr(sample, "finish_reason", "error")
+            self.finished[reason] = self.finished.get(reason, 0) + 1
+            if on_done is not None:
+                on_done(sample)
+        return done
 
     def _work(self) -> None:
         while True:
@@ -92,6 +107,7 @@ class TextWorker:
                 run(self.model, [], more=self._more)
             except Exception as e:  # a failed run fails the rows it held (their on_done), not the server
                 self._fail(e)
+            self.active = 0
 
     def _fail(self, error: Exception) -> None:
         with self.cond:
