@@ -45,12 +45,13 @@ def flops_per_token(meta: dict) -> float:
     """Training FLOPs per token of a GPT: 6 N (forward and backward through the weights; Kaplan et al. 2020)
     plus the attention scores, 6 L T d (forward 2 L T d for QK^T and for AV, backward twice that)."""
     cfg = meta["train_config"]
-    d, layers, t, vocab = cfg["n_embd"], cfg["n_layer"], cfg["context"], meta["vocab_size"]
+    d, layers, t = cfg["text_n_embd"], cfg["text_n_layer"], cfg["text_context"]
+    vocab = meta["net_options"]["vocab_size"]
     weights = layers * 12 * d * d + vocab * d  # blocks (qkv, proj, 4x MLP) and the tied embedding as output layer
     return 6 * weights + 6 * layers * t * d
 
 
-def train_rows(recipes: list[str], budget: float, runs: Path, skip: bool) -> list[dict]:
+def train_rows(recipes: list[str], budget: float, runs: Path, skip: bool, threads: int) -> list[dict]:
     from genforge.config import load_config
     from genforge.training import train
 
@@ -58,7 +59,8 @@ def train_rows(recipes: list[str], budget: float, runs: Path, skip: bool) -> lis
     for recipe in recipes:
         run = runs / recipe
         if not (skip and (run / "checkpoints" / "last.json").is_file()):
-            overrides = [f"max_seconds={budget}", "sample_every=0", "tensorboard=false", "checkpoint_every=100000"]
+            overrides = [f"max_seconds={budget}", "sample_every=0", "tensorboard=false", "checkpoint_every=100000",
+                         f"num_threads={threads}"]
             if recipe != NANOGPT:  # nanoGPT's configuration keeps its 2000 iterations (and its schedule)
                 overrides.append("max_steps=10000000")
             cfg = load_config(recipe, overrides)
@@ -70,7 +72,7 @@ def train_rows(recipes: list[str], budget: float, runs: Path, skip: bool) -> lis
     return rows
 
 
-def score(row: dict, splits, index, peak: float) -> None:
+def score(row: dict, splits, index, peak: float, max_eval_tokens: int) -> None:
     """Held-out nats per character (test plays), tokens/s, share of peak, samples' diversity and copying."""
     import genforge
     from genforge.generation.text import generate_text
@@ -80,22 +82,23 @@ def score(row: dict, splits, index, peak: float) -> None:
     meta, logs = model.meta, row["logs"]
     cfg = meta["train_config"]
     row.update(model=meta["model"], steps=logs[-1]["step"] if logs else 0,
-               seconds=logs[-1].get("time", 0.0) if logs else 0.0, tokenizer=cfg["tokenizer"])
+               seconds=logs[-1].get("time", 0.0) if logs else 0.0, tokenizer=cfg["text_tokenizer"])
     test = splits.text("test")
     if model.family == "lm":
-        row.update(heldout_nll(model.nets["gpt"], model.tokenizer, test, batch_size=32))
+        row.update(heldout_nll(model.nets["gpt"], model.output.tokenizer, test, batch_size=32,
+                               max_tokens=max_eval_tokens))
         # the loop logs examples (windows) per second; a window trains on `context` tokens. The first log
         # window holds the warm-up, so the median of the others is the rate
         rates = [r["images_per_sec"] for r in logs[1:] if "images_per_sec" in r] or \
                 [r["images_per_sec"] for r in logs if "images_per_sec" in r]
-        row["tokens_per_s"] = statistics.median(rates) * cfg["context"] if rates else float("nan")
+        row["tokens_per_s"] = statistics.median(rates) * cfg["text_context"] if rates else float("nan")
         row["peak_share"] = row["tokens_per_s"] * flops_per_token(meta) / 1e9 / peak
     else:
-        row.update(sentence_vae_heldout(model.nets, model.tokenizer, test, cfg["context"]))
+        row.update(sentence_vae_heldout(model.nets, model.output.tokenizer, test, cfg["text_context"]))
         rates = [r["images_per_sec"] for r in logs if "images_per_sec" in r]
         row["tokens_per_s"] = float("nan")
         row["sentences_per_s"] = statistics.median(rates) if rates else float("nan")
-    out = generate_text(model, 8, seed=0, max_new_tokens=512 if model.family == "lm" else cfg["context"],
+    out = generate_text(model, 8, seed=0, max_new_tokens=512 if model.family == "lm" else cfg["text_context"],
                         temperature=1.0)
     row.update(sample_scores(out.texts, index))
     row["sample"] = out.texts[0][:300]
@@ -121,12 +124,12 @@ def cache_speed(run: Path, tokens: int = 512) -> dict:
 
 
 class Server:
-    def __init__(self, run: Path, batching: bool, work: Path, key: str):
+    def __init__(self, run: Path, batching: bool, work: Path, key: str, threads: int):
         self.port = free_port()
         cmd = [sys.executable, "-m", "genforge", "serve", f"bench={run}", "--host", "127.0.0.1", "--port",
                str(self.port), "--keys-file", str(work / "keys.json"), "--audit-log",
                str(work / f"audit-{batching}.jsonl"), "--rate", "0", "--token-rate", "0", "--max-queue", "1024",
-               "--device", "cpu", "--timeout", "600"]
+               "--device", "cpu", "--timeout", "600", *(["--threads", str(threads)] if threads else [])]
         if not batching:
             cmd.append("--no-batching")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "GENFORGE_AUDIT_KEY": secrets.token_hex(32)}
@@ -195,7 +198,7 @@ async def load(port: int, key: str, concurrency: int, requests: int, new_tokens:
             "ttft_p50_ms": pick(0.5), "ttft_p99_ms": pick(0.99), "errors": errors}
 
 
-def serve_rows(run: Path, new_tokens: int, per_client: int) -> list[dict]:
+def serve_rows(run: Path, new_tokens: int, per_client: int, threads: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="text-bench-") as tmp:
         work = Path(tmp)
@@ -203,7 +206,7 @@ def serve_rows(run: Path, new_tokens: int, per_client: int) -> list[dict]:
                               str(work / "keys.json")], check=True, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.strip()
         for batching in (True, False):
-            server = Server(run, batching, work, key)
+            server = Server(run, batching, work, key, threads)
             try:
                 asyncio.run(load(server.port, key, 2, 2, 8))  # warm-up
                 for c in (1, 16):
@@ -226,8 +229,15 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true", help="reuse finished runs in --runs")
     parser.add_argument("--serve-tokens", type=int, default=128, help="new tokens per server request")
     parser.add_argument("--serve-requests", type=int, default=2, help="requests per client at each concurrency")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for training, sampling and the server "
+                        "(0: one per core; on a loaded machine 1 avoids threads waiting on each other)")
+    parser.add_argument("--eval-tokens", type=int, default=100_000, help="held-out tokens scored (0: all)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     facts = print_machine()
     peak = facts["fp32_matmul_gflops"]
     load_before = os.getloadavg()
@@ -245,9 +255,9 @@ def main() -> None:
     print(f"n-gram: {kn_row['nats_per_char']:.3f} nats/char on the test plays ({time.perf_counter() - t0:.0f} s)",
           flush=True)
 
-    rows = train_rows(args.recipes, args.budget, Path(args.runs), args.skip_train)
+    rows = train_rows(args.recipes, args.budget, Path(args.runs), args.skip_train, args.threads)
     for row in rows:
-        score(row, splits, index, peak)
+        score(row, splits, index, peak, args.eval_tokens)
         print(f"{row['recipe']}: {row.get('nats_per_char', float('nan')):.3f} nats/char, "
               f"{row.get('tokens_per_s', float('nan')):.0f} tokens/s, {row['steps']} steps", flush=True)
     gpt = next((r for r in rows if r["model"] == "gpt"), None)
@@ -255,7 +265,7 @@ def main() -> None:
     if cache:
         print(f"KV cache: {cache['tokens']} tokens in {cache['cache']:.2f} s with the cache, "
               f"{cache['recompute']:.2f} s recomputing ({cache['recompute'] / cache['cache']:.1f}x)", flush=True)
-    served = serve_rows(gpt["run"], args.serve_tokens, args.serve_requests) if gpt else []
+    served = serve_rows(gpt["run"], args.serve_tokens, args.serve_requests, args.threads) if gpt else []
     load_after = os.getloadavg()
 
     # ------------------------------------------------------------------------------------------ the section
@@ -315,8 +325,9 @@ def main() -> None:
         f"- command: `nice python benchmarks/text.py{arguments}`",
         f"- data: text:shakespeare, split by play; held out for test: "
         f"{', '.join(d.name for d in splits.test)} ({len(test_text):,} characters)",
-        f"- each recipe trained {args.budget:g} s of wall clock (`max_seconds`); samples: 8 per recipe, seed 0, "
-        "temperature 1, 512 new tokens (the VAE: one line each)",
+        f"- each recipe trained {args.budget:g} s of wall clock (`max_seconds`), {args.threads or 'all'} torch "
+        f"thread(s); held-out: the first {args.eval_tokens or 'all'} tokens of the test plays; samples: 8 per "
+        "recipe, seed 0, temperature 1, 512 new tokens (the VAE: one line each)",
         "", *[f"- {f}" for f in findings], "", *lines, "", "Server (`genforge serve`, streamed requests of "
         f"{args.serve_tokens} new tokens, closed-loop clients):", "", *serve_lines, "",
         "A sample of the best recipe (seed 0):", "", "```", (best or {}).get("sample", ""), "```", "", MARK_END])

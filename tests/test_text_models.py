@@ -194,3 +194,20 @@ def test_rows_joining_a_running_batch_draw_the_same_tokens_as_alone():
     together = run(model, text_plan(model, 1, **asks[0]).rows, more=more)
     assert [t.tokens for t in together] == alone
     assert max(calls) == 3                                               # all three decoded at once
+
+
+def test_a_row_cancelled_as_it_joins_leaves_the_others_unchanged():
+    import threading
+
+    model = tiny_gpt_model()
+    asks = [dict(seed=1, prompt="hi", max_new_tokens=50), dict(seed=2, max_new_tokens=40)]
+    alone = [run(model, text_plan(model, 1, **a).rows)[0].tokens for a in asks]
+    gone = text_plan(model, 1, seed=3, max_new_tokens=40).rows
+    gone[0].cancelled = threading.Event()
+    gone[0].cancelled.set()
+    arrivals = {4: gone + text_plan(model, 1, **asks[1]).rows}
+    calls = []
+    together = run(model, text_plan(model, 1, **asks[0]).rows,
+                   more=lambda active: calls.append(active) or arrivals.pop(len(calls), []))
+    assert [t.tokens for t in together] == [alone[0], [], alone[1]]
+    assert together[1].finish_reason == "cancelled"

@@ -30,7 +30,10 @@ MAX_SIZE = declared.MAX_SIZE
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "lanczos": Image.Resampling.LANCZOS}
 # each control's family, read from the families' own declarations, to name it when another family gets it
-_FAMILY_OF_CONTROL = {c.name: family_of(name) for name, spec in MODELS.items() for c in spec.method.CONTROLS}
+_FAMILY_OF_CONTROL: dict[str, str] = {}
+for _name, _spec in MODELS.items():  # the first family to declare a control names it (temperature: the VAE's)
+    for _c in _spec.method.CONTROLS:
+        _FAMILY_OF_CONTROL.setdefault(_c.name, family_of(_name))
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.models.transformer import KVCache
 from genforge.controls import LONG_PROMPT, MAX_NEW_TOKENS, PROMPT, REPETITION_PENALTY, STOP, TEMPERATURE, TOP_K, TOP_P
 
 VALUE_RANGE = "0,1"  # the loader's argument; token ids are integers and are not scaled
@@ -135,6 +136,28 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.
     return torch.full_like(logits, -math.inf).scatter(1, order, sorted_logits)
 
 
+def merge_caches(a: KVCache, b: KVCache) -> KVCache:
+    """Two batches' caches as one, rows of ``a`` then of ``b``: the shorter is left-padded (its slots shifted
+    right, the new ones marked not valid). A key's slot carries no position (the positions are in the keys
+    themselves), so shifting changes nothing a row attends to."""
+    length = max(a.length, b.length)
+
+    def padded(c: KVCache):
+        if c.length == length:
+            return c.k, c.v, c.valid
+        d = length - c.length
+        k, v, valid = torch.zeros_like(c.k), torch.zeros_like(c.v), torch.zeros_like(c.valid)
+        k[:, :, :, d:length], v[:, :, :, d:length] = c.k[:, :, :, :c.length], c.v[:, :, :, :c.length]
+        valid[:, d:length] = c.valid[:, :c.length]
+        return k, v, valid
+
+    (ka, va, oka), (kb, vb, okb) = padded(a), padded(b)
+    a.k, a.v, a.valid = torch.cat([ka, kb], dim=1), torch.cat([va, vb], dim=1), torch.cat([oka, okb])
+    a.length = length
+    a.padded = a.padded or b.padded or not bool(a.valid[:, :length].all())
+    return a
+
+
 class Decoder:
     """Token-by-token sampling of a batch of rows, each with its own prompt, random stream and controls.
 
@@ -157,6 +180,7 @@ class Decoder:
         self.seen = torch.zeros(0, self.net.vocab_size, dtype=torch.bool)
         self.cache = None
         self.pending = None  # the tokens the next forward pass appends (b,), when the cache is current
+        self.fresh = 0       # rows at the end of the batch that joined since the last step
         self.next_row = 0
         self.add(prompts, generators, controls)
 
@@ -177,8 +201,7 @@ class Decoder:
         for r, p in enumerate(prompts):
             seen[r, torch.tensor(p, dtype=torch.int64)] = True
         self.seen = torch.cat([self.seen, seen])
-        if prompts:
-            self.cache = None  # filled again at the next step, from every row's window
+        self.fresh += len(prompts)  # prefilled on their own at the next step, then merged into the cache
         return new
 
     def finish(self, row: int) -> None:
@@ -190,8 +213,11 @@ class Decoder:
         idx = torch.tensor(keep, dtype=torch.int64)
         for name in ("temperature", "top_k", "top_p", "penalty", "seen"):
             setattr(self, name, getattr(self, name)[idx])
-        if self.cache is not None:
-            dev = idx.to(self.device)
+        old = len(keep) + 1 - self.fresh  # rows held in the cache before this one left
+        if i >= old:  # it joined since the last step: not in the cache yet
+            self.fresh -= 1
+        elif self.cache is not None:
+            dev = torch.tensor([j for j in keep if j < old], dtype=torch.int64, device=self.device)
             self.cache.k, self.cache.v = self.cache.k[:, dev], self.cache.v[:, dev]
             self.cache.valid = self.cache.valid[dev]
             self.pending, self.positions = self.pending[dev], self.positions[dev]
@@ -200,9 +226,10 @@ class Decoder:
     def active(self) -> int:
         return len(self.rows)
 
-    def _windows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Every row's window, left-padded to the longest: ids, positions, valid (None when none is padded)."""
-        windows = [s[st:] for s, st in zip(self.seqs, self.starts)]
+    def _windows(self, first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The windows of rows ``first`` onwards, left-padded to the longest: ids, positions, valid (None when
+        none is padded)."""
+        windows = [s[st:] for s, st in zip(self.seqs[first:], self.starts[first:])]
         t = max(len(w) for w in windows)
         ids = torch.zeros(len(windows), t, dtype=torch.int64)
         pos = torch.zeros(len(windows), t, dtype=torch.int64)
@@ -224,13 +251,23 @@ class Decoder:
         if not self.use_cache:
             ids, pos, valid = self._windows()
             return self.net(ids, pos, valid=valid)[:, -1].float()
-        if self.cache is None or any(grown) or self.cache.length >= self.context:
+        old = len(self.rows) - self.fresh  # rows whose keys and values are cached
+        if self.cache is None or any(grown) or self.cache.length >= self.context or old == 0:
             ids, pos, valid = self._windows()  # (re)fill the cache from every row's window
             self.cache = self.net.new_cache(len(self.rows))
-            self.positions = pos[:, -1]
+            self.positions, self.fresh = pos[:, -1], 0
             return self.net(ids, pos, cache=self.cache, valid=valid)[:, -1].float()
         self.positions = self.positions + 1
-        return self.net(self.pending[:, None], self.positions[:, None], cache=self.cache)[:, -1].float()
+        logits = self.net(self.pending[:, None], self.positions[:, None], cache=self.cache)[:, -1].float()
+        if not self.fresh:
+            return logits
+        # rows that joined: their windows prefilled on their own, their cache merged with the running one
+        ids, pos, valid = self._windows(old)
+        cache = self.net.new_cache(self.fresh)
+        joined = self.net(ids, pos, cache=cache, valid=valid)[:, -1].float()
+        self.cache = merge_caches(self.cache, cache)
+        self.positions, self.fresh = torch.cat([self.positions, pos[:, -1]]), 0
+        return torch.cat([logits, joined])
 
     def step(self) -> list[int]:
         """Draw each active row's next token (in ``self.rows`` order) and append it."""

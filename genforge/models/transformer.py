@@ -35,6 +35,7 @@ class KVCache:
         self.v = torch.zeros_like(self.k)
         self.valid = torch.zeros(b, context, dtype=torch.bool, device=device)
         self.length = 0  # positions filled (the same for every row: padding fills the short rows)
+        self.padded = False  # whether any filled position is padding (then every step needs a mask)
 
     @property
     def context(self) -> int:
@@ -61,8 +62,9 @@ class CausalSelfAttention(nn.Module):
             cache.v[layer, :, :, start:start + t] = v
             k, v = cache.k[layer, :, :, :start + t], cache.v[layer, :, :, :start + t]  # (b, h, start + t, d)
         drop = self.dropout if self.training else 0.0
-        if mask is None:  # training and unpadded prompts: the causal kernel, no mask tensor
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        if mask is None:  # training and unpadded prompts: the causal kernel, no mask tensor; one new token
+            # after an unpadded cache attends to every key, so it needs no mask at all
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, dropout_p=drop)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (b, h, t, d)
         return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
@@ -126,10 +128,12 @@ class GPT(nn.Module):
             positions = torch.arange(start, start + t, device=idx.device).expand(b, t)
         x = self.drop(self.wte(idx) + self.wpe(positions))                 # (b, t, n_embd)
         mask = None
-        if cache is not None or valid is not None:
+        one_step = cache is not None and valid is None and t == 1 and not cache.padded
+        if (cache is not None or valid is not None) and not one_step:
             keys_valid = valid if valid is not None else torch.ones(b, t, dtype=torch.bool, device=idx.device)
             if cache is not None:
                 cache.valid[:, start:start + t] = keys_valid
+                cache.padded = cache.padded or valid is not None and not bool(valid.all())
                 keys_valid = cache.valid[:, :start + t]                    # (b, start + t)
             j = torch.arange(start + t, device=idx.device)
             i = torch.arange(start, start + t, device=idx.device)
@@ -138,6 +142,8 @@ class GPT(nn.Module):
             # (unused) outputs stay finite, so the padding keys in the cache hold no NaN either
             mask = (causal[None] & keys_valid[:, None, :]) | (j[None, :] == i[:, None])[None]  # (b, t, start + t)
             mask = mask[:, None]                                           # (b, 1, t, start + t)
+        elif one_step:
+            cache.valid[:, start] = True
         for layer, block in enumerate(self.blocks):
             x = block(x, layer, cache, mask)
         if cache is not None:
