@@ -195,8 +195,8 @@ def interpolate(model: str, seeds: str | None, texts: tuple[str, ...], frames: i
     if net.modality.name == "text":  # a homotopy between sentences (sentence VAE), printed line by line
         from genforge.generation.text import interpolate_text  # late: torch, as every command here
 
-        walk = interpolate_text(net, frames, parse_ints(seeds, "--seeds") if seeds else [], list(texts))
-        lines = [f"{leg} {t:.2f}  {sentence}" for leg, t, sentence in walk]
+        homotopy = interpolate_text(net, frames, parse_ints(seeds, "--seeds") if seeds else [], list(texts))
+        lines = [f"{leg} {t:.2f}  {sentence}" for leg, t, sentence in homotopy]
         if out:
             from genforge.io import atomic_write_text  # late, as above
 
@@ -252,6 +252,8 @@ def info(model: str) -> int:
     net = load_model(model)
     meta = dict(net.meta)
     meta.pop("train_config", None)
+    if isinstance(meta.get("transform"), dict):  # a text model's tokenizer is a file of its own (tokenizer.json)
+        meta["transform"] = {k: v for k, v in meta["transform"].items() if not k.endswith("_json")}
     print(f"model directory: {net.path}")
     privacy = meta.get("privacy")  # written by genforge/training/privacy.py; all its fields follow below
     print("  differential privacy: " + (f"epsilon {privacy['epsilon']:g} at delta {privacy['delta']:g} for the "

@@ -107,7 +107,8 @@ def check_controls(model, given: dict) -> dict:
         if name not in takes:
             owners = sorted({family_of(m) for m, spec in MODELS.items() for c in spec.method.CONTROLS
                              if c.name == name})
-            whose = f"{name} is a control of {' and '.join(owners)} models; " if owners else f"unknown control {name!r}; "
+            whose = (f"{name} is a control of {' and '.join(owners)} models; " if owners
+                     else f"unknown control {name!r}; ")
             raise GenforgeError(f"{whose}model {model.name} is a {model.family} (its controls: {', '.join(takes)})")
         out[name] = takes[name].check(value)
     return out
@@ -289,7 +290,8 @@ def sample_text(model, n: int, seed: int = 0, classes=None, batch_size: int = 50
     return TextSamples(out, seed, p.controls, p.notes)
 
 
-def interpolate_text(model, frames: int = 8, seeds: list[int] = (), texts: list[str] = ()) -> list[tuple[int, float, str]]:
+def interpolate_text(model, frames: int = 8, seeds: list[int] = (),
+                     texts: list[str] = ()) -> list[tuple[int, float, str]]:
     """A homotopy (Bowman et al. 2016, section 5.2): sentences decoded greedily from evenly spaced points on the
     straight lines between the latents of ``texts`` (their posterior means) or of ``seeds`` (drawn from the
     prior), ``frames`` points per leg. Returns (leg, t, sentence) triples; a model without a latent space (a

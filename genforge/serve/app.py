@@ -751,6 +751,9 @@ def add_generation_routes(app: FastAPI, svc: Service, bearer: list) -> None:
             "liked": len(req.liked), "liked_sha256": hashlib.sha256(repr(z_liked).encode()).hexdigest()}
         served = svc.served(req.model)
         model = served.model
+        if is_text(model):
+            raise ApiError(422, f"model {served.name} makes text: it has no latents to draw more like (feedback is "
+                                "for image and series models)")
         svc.check_size(served, req.n, None)
         if any(len(v) != model.z_dim for v in z_liked):
             raise ApiError(422, f"liked: each latent must have {model.z_dim} values for model {served.name}")

