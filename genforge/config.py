@@ -88,6 +88,29 @@ class Config:
     sample_steps: int = 50           # sampler steps, 1 to 1000 (1000: the full chain)
     guidance: float = 1.0            # conditional models: classifier-free guidance scale (1: plain conditional)
 
+    # --- text (data text:...; genforge/models/lm.py, sentence_vae.py) -------------------------------------
+    text_unit: str = "window"        # what one example is: "window" (GPT: context + 1 tokens of running text) or
+                                     # "line" (sentence VAE: one line of the text, <bos> ... <eos>)
+    text_tokenizer: str = "char"     # "char" (one id per character of the training split) or "bpe" (byte-level)
+    text_vocab_size: int = 2048      # byte-level BPE: tokens, the 256 bytes and 4 specials included
+    text_context: int = 256          # GPT: tokens it sees at once (its learned positions); VAE: longest line
+    text_stride: int = 0             # GPT: tokens between the starts of training windows (0: context // 2)
+    text_on_bad_utf8: str = "refuse" # text:FILE/DIR bytes that are not UTF-8: "refuse" (the byte offset named) or
+                                     # "replace" (U+FFFD, counted in the notes)
+    text_n_layer: int = 6            # GPT: transformer blocks
+    text_n_head: int = 6             # GPT: attention heads (text_n_embd must be a multiple)
+    text_n_embd: int = 384           # GPT: width; sentence VAE: token embedding width
+    text_dropout: float = 0.0        # GPT: dropout on embeddings, attention and MLP outputs
+    text_rnn_hidden: int = 256       # sentence VAE: GRU width
+    text_word_dropout: float = 0.25  # sentence VAE: share of decoder inputs replaced by <unk> (Bowman et al. 2016)
+    weight_decay: float = 0.1        # AdamW weight decay on matrices (GPT)
+    warmup_steps: int = 100          # GPT: learning rate warm-up, linear from 0
+    lr_decay_steps: int = 0          # GPT: cosine decay of the learning rate to min_lr at this step (0: constant)
+    min_lr: float = 1e-4
+    grad_clip: float = 1.0           # gradient norm clipping, text families (0: off)
+    kl_anneal_steps: int = 2000      # sentence VAE: KL weight rises linearly from 0 to kl_weight over these steps
+    free_bits: float = 0.1           # sentence VAE: nats per latent dimension the KL term never goes below
+
     # --- differential privacy (DP-SGD with Opacus; genforge/training/privacy.py) ----------
     dp_epsilon: float = 0.0          # target epsilon of the networks that see real data; 0: no differential privacy
     dp_delta: float = 1e-5           # target delta; must be below 1 / (training images)
@@ -142,6 +165,9 @@ CHOICES = {
     "gan_loss": ("ns", "hinge", "wgan-gp"),
     "d_norm": ("batch", "group", "none"),
     "noise_schedule": ("linear", "cosine"),
+    "text_unit": ("window", "line"),
+    "text_tokenizer": ("char", "bpe"),
+    "text_on_bad_utf8": ("refuse", "replace"),
     "series_length_policy": ("equal", "pad", "resample", "crop"),
     "series_missing": ("refuse", "fill"),
     "table_transform": ("vgm", "quantile"),
@@ -150,10 +176,12 @@ CHOICES = {
 RECIPE_CONTROLS = {c.recipe_field: c for c in controls.ALL if c.recipe_field}
 POSITIVE = ("eval_n", "image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
             "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
-            "keep_checkpoints", "dp_max_grad_norm", "table_max_modes", "table_pac")
+            "keep_checkpoints", "dp_max_grad_norm", "table_max_modes", "table_pac", "text_vocab_size",
+            "text_context", "text_n_layer", "text_n_head", "text_n_embd", "text_rnn_hidden")
 NON_NEGATIVE = ("dp_epsilon", "eval_every", "gp_weight", "r1_weight", "instance_noise", "acgan_weight", "kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
                 "augment_rotate", "ema_start", "num_threads", "max_rollbacks", "series_window", "series_stride",
-                "series_length")
+                "series_length", "text_stride", "weight_decay", "warmup_steps", "lr_decay_steps", "min_lr",
+                "grad_clip", "kl_anneal_steps", "free_bits")
 
 
 def _coerce(name: str, value, source: str):
@@ -227,6 +255,8 @@ def validate(cfg: Config, source: str = "config") -> Config:
     if cfg.gan_loss == "wgan-gp" and cfg.d_norm == "batch":
         raise ConfigError(f"{source}: gan_loss wgan-gp penalizes per-sample gradients, which BatchNorm couples: "
                           "set d_norm: none")
+    if not 0.0 <= cfg.text_dropout < 1.0 or not 0.0 <= cfg.text_word_dropout < 1.0:
+        raise ConfigError(f"{source}: 'text_dropout' and 'text_word_dropout' must be in [0, 1)")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"{source}: 'ema_decay' must be in [0, 1), got {cfg.ema_decay!r}")
     for name in ("val_fraction", "test_fraction"):

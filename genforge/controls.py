@@ -12,7 +12,7 @@ This module imports nothing from genforge but the error type, so the config laye
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from genforge.errors import GenforgeError
 
@@ -31,10 +31,17 @@ class Control:
     conditional_only: bool = False  # only class-conditional models take it (guidance)
     stage: str = "decode"           # "noise": shapes the latents before decoding; "decode": goes to the
                                     # family's generate(); "output": applied to the finished samples
+    multiple: bool = False          # strings: a list of values is taken (stop strings); one value is a list of one
+    min_chars: int = 0              # strings without choices: their length bounds
+    max_chars: int = 0              # (0: no upper bound)
 
     def range_text(self) -> str:
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.type is str:
+            if self.min_chars and self.max_chars:
+                return f"text of {self.min_chars} to {self.max_chars} characters"
+            return f"text of at most {self.max_chars} characters" if self.max_chars else "text"
         if self.type is int:
             return f"an integer from {self.low:g} to {self.high:g}"
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
@@ -42,9 +49,23 @@ class Control:
     def check(self, value, where: str = ""):
         """``value`` coerced to the control's type, or a GenforgeError naming the control and the value."""
         label = f"{where}{self.name}"
+        if self.multiple:  # a list of strings (one string is a list of one); each checked as below
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, (list, tuple)):
+                raise GenforgeError(f"{label} must be a list of {self.range_text()}, got {value!r}")
+            one = replace(self, multiple=False)
+            checked = []
+            for v in values:
+                if not isinstance(v, str):
+                    raise GenforgeError(f"{label} must be a list of {self.range_text()}, got an item {v!r}"[:300])
+                checked.append(one.check(v, where))
+            return tuple(checked)
         if self.type is str:
             if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}")
+                raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}"[:300])
+            if len(value) < self.min_chars or (self.max_chars and len(value) > self.max_chars):
+                shown = repr(value) if len(value) <= 40 else f"{len(value)} characters"
+                raise GenforgeError(f"{label} must be {self.range_text()}, got {shown}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise GenforgeError(f"{label} must be {self.range_text()}, got {value!r}")
@@ -66,6 +87,10 @@ class Control:
         out = {"name": self.name, "type": self.type.__name__, "help": self.help, "default": self.default}
         if self.choices:
             out["choices"] = list(self.choices)
+        elif self.type is str:
+            out.update({"min_chars": self.min_chars, "max_chars": self.max_chars or None, "multiple": self.multiple})
+            if self.multiple:
+                out["default"] = list(self.default or ())
         else:
             out.update({"min": self.low, "max": self.high, "min_exclusive": self.low_open})
         return out
@@ -76,7 +101,8 @@ SAMPLERS = ("ddim", "dpm++2m")  # implemented in genforge/models/diffusion.py
 # --- family controls ----------------------------------------------------------------------------------------
 TRUNCATION = Control("truncation", float, "keep this central share of each latent coordinate (1: all)",
                      low=0.0, high=1.0, low_open=True, default=1.0, stage="noise")
-TEMPERATURE = Control("temperature", float, "scale of the prior's spread (below 1: cleaner, less varied)",
+TEMPERATURE = Control("temperature", float, "below 1: cleaner, less varied (VAEs: the spread of the prior; text: the "
+                      "logits are divided by it)",
                       low=0.0, high=10.0, low_open=True, default=1.0, stage="noise")
 STEPS = Control("steps", int, "sampler steps (1000: the full chain)", low=1, high=1000, default=50,
                 recipe_field="sample_steps")
@@ -92,6 +118,25 @@ SIZE = Control("size", int, "resize the output images to SIZE x SIZE", low=1, hi
 RESAMPLE = Control("resample", str, "filter for --size: nearest, bilinear or lanczos", choices=RESAMPLE_FILTERS,
                    default="lanczos", stage="output")
 
+# --- text families (models/lm.py, models/sentence_vae.py); temperature above is theirs too -----------------
+MAX_NEW_TOKENS_LIMIT = 2048     # the most tokens one request may ask for (the server may lower it)
+MAX_PROMPT_CHARS = 100_000
+LONG_PROMPT_POLICIES = ("truncate", "refuse")
+PROMPT = Control("prompt", str, "the text the model continues", default="", max_chars=MAX_PROMPT_CHARS)
+MAX_NEW_TOKENS = Control("max_new_tokens", int, "tokens to generate after the prompt", low=1,
+                         high=MAX_NEW_TOKENS_LIMIT, default=256)
+TOP_K = Control("top_k", int, "sample among the K most likely tokens (0: all)", low=0, high=1_000_000, default=0)
+TOP_P = Control("top_p", float, "nucleus sampling: the fewest tokens that hold this share of the probability "
+                "(1: all)", low=0.0, high=1.0, low_open=True, default=1.0)
+REPETITION_PENALTY = Control("repetition_penalty", float, "divide the positive logits of tokens already in the "
+                             "text by this, multiply the negative ones (Keskar et al. 2019; 1: off)", low=1.0,
+                             high=10.0, default=1.0)
+STOP = Control("stop", str, "stop when the generated text contains this string (give it again for several)",
+               default=(), multiple=True, min_chars=1, max_chars=1000)
+LONG_PROMPT = Control("long_prompt", str, "a prompt longer than the context: keep its last tokens (truncate, "
+                      "noted in the result) or refuse", choices=LONG_PROMPT_POLICIES, default="truncate")
+
 # every control declared above, in the order ``genforge sample --help`` lists them (the family controls, then the
 # output controls); torch-free, so the CLI builds its flags from it without importing a family module
-ALL = (TRUNCATION, TEMPERATURE, STEPS, SAMPLER, GUIDANCE, SIZE, RESAMPLE)
+ALL = (TRUNCATION, TEMPERATURE, STEPS, SAMPLER, GUIDANCE, PROMPT, MAX_NEW_TOKENS, TOP_K, TOP_P, REPETITION_PENALTY,
+       STOP, LONG_PROMPT, SIZE, RESAMPLE)

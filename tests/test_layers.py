@@ -25,8 +25,10 @@ from genforge.data.series import KINDS as SERIES_KINDS
 from genforge.data.series import load_series
 from genforge.data.table import KIND_PREFIXES as TABLE_KINDS
 from genforge.data.table import TableTransformer, load_table
+from genforge.data.text import KINDS as TEXT_KINDS
+from genforge.data.text import load_text
 from genforge.generation.sampling import OUTPUTS
-from genforge.models import build_networks
+from genforge.models import build_networks, network_options
 from genforge.models.files import save_model
 from genforge.modalities import MODALITIES, of_spec
 
@@ -210,6 +212,8 @@ def _read(name: str, kind: str, missing: Path):
         return sources.read_source(spec, image_size=28, channels=0)
     if name == "table":  # each form reaches its reader: a missing file, an unknown bundled table, both named
         return load_table(f"{kind}:{missing}")
+    if name == "text":  # text:PATH reaches the corpus reader
+        return load_text(f"{kind}:{missing}")
     # series: every form reaches its own reader (tep's reader names the unknown option it was given)
     return load_series(f"{kind}:{missing}", window=8)
 
@@ -232,7 +236,7 @@ def test_a_modalitys_sources_are_read_by_genforge_data(name, tmp_path):
 
 def test_every_source_genforge_data_reads_is_declared_by_a_modality():
     readable = ({form.split(":")[0].strip() for form in sources.SPEC_FORMS.split(",")} | set(SERIES_KINDS)
-                | set(TABLE_KINDS))
+                | set(TABLE_KINDS) | set(TEXT_KINDS))
     declared = {kind for m in MODALITIES.values() for kind in m.sources}
     assert readable == declared
     assert len(declared) == sum(len(m.sources) for m in MODALITIES.values())  # no prefix in two modalities
@@ -247,10 +251,22 @@ def _model_of(name: str, tmp_path: Path):
     if name == "table":  # a Gaussian copula (no training) of a bundled table
         tf = TableTransformer.fit(load_table("table:gbsg2").train, "quantile")
         transform = {"kind": "table", **tf.to_json()}
-        nets = build_networks("copula", (tf.dim,), tf.dim, 1, transform=transform, config={})
+        nets = build_networks("copula", (tf.dim,), tf.dim, 1, net_options=network_options("copula", {}, transform))
         meta = {"model": "copula", "modality": "table", "example_shape": [tf.dim], "z_dim": tf.dim,
-                "base_channels": 1, "num_classes": 0, "transform": transform}
+                "base_channels": 1, "num_classes": 0, "transform": transform,
+                "net_options": network_options("copula", {}, transform)}
         return genforge.load(save_model(tmp_path / "table-model", nets, meta))
+    if name == "text":  # a tiny GPT with a character tokenizer
+        from genforge.data.text.tokenizer import CharTokenizer
+
+        tok = CharTokenizer.train("abc \n")
+        options = {"vocab_size": tok.vocab_size, "n_layer": 1, "n_head": 1, "n_embd": 8}
+        nets = build_networks("gpt", (17,), z_dim=1, base_channels=1, net_options=options)
+        transform = {"kind": "text", "unit": "window", "tokenizer": "char", "vocab_size": tok.vocab_size,
+                     "context": 16, "tokenizer_json": tok.to_json()}
+        meta = {"model": "gpt", "modality": "text", "example_shape": [17], "z_dim": 1, "base_channels": 1,
+                "transform": transform, "net_options": options}
+        return genforge.load(save_model(tmp_path / "text-model", nets, meta))
     nets = build_networks("cvae-1d", (2, 40), z_dim=8, base_channels=4, num_classes=2)
     transform = {"kind": "series", "channel_names": ["a", "b"],
                  "normalization": {"method": "minmax", "shift": [0.0, 100.0], "scale": [1.0, 3.0]}}

@@ -10,7 +10,7 @@ import torch
 from genforge.config import Config
 from genforge.data.table import TableTransformer, load_table
 from genforge.data.table.conditions import parse_conditions, sample_conditioned
-from genforge.models import build_networks, copula, ctgan, tabddpm, vae
+from genforge.models import build_networks, copula, ctgan, network_options, tabddpm, vae
 
 METHODS = {"tvae": vae, "ctgan": ctgan, "tabddpm": tabddpm, "copula": copula}
 
@@ -27,7 +27,7 @@ def make(model: str, tf: TableTransformer, width: int = 32, pac: int = 1):
     config = {"z_dim": 16, "table_pac": pac, "table_cond_vector": True}
     transform = {"kind": "table", **tf.to_json()}
     latent = METHODS[model].latent_dim(16, (tf.dim,))
-    nets = build_networks(model, (tf.dim,), latent, width, 0, None, transform, config)
+    nets = build_networks(model, (tf.dim,), latent, width, 0, None, network_options(model, config, transform))
     cfg = Config()
     cfg.gan_loss = "wgan-gp" if model == "ctgan" else cfg.gan_loss
     cfg.g_lr = cfg.d_lr = 1e-3

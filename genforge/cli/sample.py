@@ -24,9 +24,9 @@ def control_options(fn):
     for c in reversed(controls.ALL):
         kind = click.Choice(c.choices) if c.choices else c.type
         only = " (conditional models only)" if c.conditional_only else ""
-        shown = f"; default {c.default}" if c.default is not None else ""
-        metavar = "|".join(c.choices) if c.choices else {int: "N", float: "X"}[c.type]
-        fn = click.option(f"--{c.name}", c.name, type=kind, default=None, metavar=metavar,
+        shown = f"; default {c.default!r}" if c.default not in (None, ()) else ""
+        metavar = "|".join(c.choices) if c.choices else {int: "N", float: "X", str: "TEXT"}[c.type]
+        fn = click.option(f"--{c.name.replace('_', '-')}", c.name, type=kind, default=None, metavar=metavar, multiple=c.multiple,
                           help=f"{c.help}: {c.range_text()}{only}{shown}")(fn)
     return fn
 
@@ -71,7 +71,7 @@ def sample(model: str, n: int, seed: int, classes: str | None, where: str | None
     from genforge.generation.model import load as load_model
     from genforge.generation.steering import parse_ints
 
-    given = {name: value for name, value in control_values.items() if value is not None}
+    given = {name: value for name, value in control_values.items() if value not in (None, ())}
     keyring = None
     if encrypt:  # the key is found before any sampling work
         from genforge.crypto import load_keyring
@@ -96,7 +96,7 @@ def sample(model: str, n: int, seed: int, classes: str | None, where: str | None
     if like or from_grid:
         if not (like and from_grid):
             raise GenforgeError("feedback needs both --from GRID.png and --like I,J,...")
-        shaping = [f"--{c.name}" for c in controls.ALL if c.stage != "output" and c.name in given]
+        shaping = [f"--{c.name.replace('_', '-')}" for c in controls.ALL if c.stage != "output" and c.name in given]
         if classes or shaping:
             raise GenforgeError("a feedback round takes its classes and latents from the grid: drop "
                                 + ", ".join((["--class"] if classes else []) + shaping))
@@ -187,26 +187,47 @@ def memorization(model: str, data: str | None, n: int, seed: int, quantile: floa
 
 @click.command(context_settings=CONTEXT)
 @model_argument
-@click.option("--seeds", required=True, metavar="S,S,...", help="comma-separated seeds, e.g. 1,2,3")
+@click.option("--seeds", metavar="S,S,...", help="comma-separated seeds, e.g. 1,2,3")
+@click.option("--text", "texts", multiple=True, metavar="SENTENCE",
+              help="sentence VAE: a sentence to walk from or to (give two or more, in order)")
 @click.option("--frames", type=int, default=16, show_default=True, help="frames per leg between two seeds")
 @renamed("--steps", "--frames", "frames per leg; --steps is the diffusion sampler's")
 @click.option("--class", "classes", metavar="CLASS", help="conditional models: the class to walk in (default 0)")
 @click.option("--class-sweep", is_flag=True, help="a grid of each seed as every class (a .png)")
 @click.option("--scale", type=int, default=2, show_default=True, help="GIF pixel scale")
-@out_option("walk.gif, or sweep.png with --class-sweep")
+@out_option("walk.gif, or sweep.png with --class-sweep (text models: a .txt, else printed)", required=False)
 @device_option()
-def interpolate(model: str, seeds: str, frames: int, classes: str | None, class_sweep: bool, scale: int, out: str,
-                device: str) -> int:
+def interpolate(model: str, seeds: str | None, texts: tuple[str, ...], frames: int, classes: str | None,
+                class_sweep: bool, scale: int, out: str | None, device: str) -> int:
     """Walk the latent space: genforge interpolate MODEL --seeds 1,2,3 --frames 16 --out walk.gif.
 
     Spherical (slerp) paths between the latents of the seeds, written as a GIF. --class-sweep instead draws
     each seed's latent as every class of a conditional model, as a grid PNG (rows: seeds, columns: classes).
+    A sentence VAE prints a homotopy instead: the sentences decoded (greedily) along straight lines between
+    the latents of --text "..." --text "..." (or of --seeds), one line per point: leg, position, sentence.
     """
     from genforge.generation import class_sweep as sweep, interpolate as walk, provenance, save_gif, save_grid
     from genforge.generation.model import load as load_model
     from genforge.generation.steering import parse_ints
 
     net = load_model(model, device=device)
+    if net.modality.name == "text":  # a homotopy between sentences (sentence VAE), printed line by line
+        from genforge.generation.text import interpolate_text  # late: torch, as every command here
+
+        homotopy = interpolate_text(net, frames, parse_ints(seeds, "--seeds") if seeds else [], list(texts))
+        lines = [f"{leg} {t:.2f}  {sentence}" for leg, t, sentence in homotopy]
+        if out:
+            from genforge.io import atomic_write_text  # late, as above
+
+            atomic_write_text(out, "\n".join(lines) + "\n")
+            print(f"genforge: wrote {len(lines)} sentences from {net.path} to {out}")
+        else:
+            print("\n".join(lines))
+        return 0
+    if texts:
+        raise GenforgeError("--text is for sentence VAEs; this model makes images or series: give --seeds")
+    if not seeds or not out:
+        raise GenforgeError("give --seeds S,S,... and --out walk.gif (or sweep.png with --class-sweep)")
     require_modality(net, "genforge interpolate")
     seed_list = parse_ints(seeds, "--seeds")
     if class_sweep:
@@ -252,6 +273,8 @@ def info(model: str) -> int:
     net = load_model(model)
     meta = dict(net.meta)
     meta.pop("train_config", None)
+    if isinstance(meta.get("transform"), dict):  # a text model's tokenizer is a file of its own (tokenizer.json)
+        meta["transform"] = {k: v for k, v in meta["transform"].items() if not k.endswith("_json")}
     print(f"model directory: {net.path}")
     privacy = meta.get("privacy")  # written by genforge/training/privacy.py; all its fields follow below
     print("  differential privacy: " + (f"epsilon {privacy['epsilon']:g} at delta {privacy['delta']:g} for the "
@@ -299,11 +322,13 @@ def data_check(spec: str, image_size: int, channels: int, on_bad: str, no_dedup:
     tep:[OPTIONS] | series-csv:FILE | series-npz:FILE (the series extra: pip install 'genforge[series]';
     tep: without --window says what was simulated); tables: csv:FILE | parquet:FILE | table:NAME (breast_cancer,
     diabetes, actg175, gbsg2; the last two need the tables extra) with the inferred schema, --schema-out to
-    write it. Exits non-zero when the source is malformed or nothing usable remains.
+    write it; text: text:shakespeare | text:dialogue | text:FILE | text:DIR (the text extra: pip install
+    'genforge[text]'). Exits non-zero when the source is malformed or nothing usable remains.
     """
     from genforge.data import check_report
     from genforge.data.series import KINDS, check_series
     from genforge.data.table import KIND_PREFIXES as TABLE_KINDS
+    from genforge.data.text import KINDS as TEXT_KINDS, check_text
 
     if spec.split(":", 1)[0] in TABLE_KINDS:
         from genforge.data.table import load_table, write_schema
@@ -316,6 +341,9 @@ def data_check(spec: str, image_size: int, channels: int, on_bad: str, no_dedup:
     if schema or schema_out:
         raise GenforgeError("--schema and --schema-out are for tables (csv:, parquet:, table:)")
 
+    if spec.split(":", 1)[0] in TEXT_KINDS:  # text: its documents per split (the plays held out, by name)
+        print(check_text(spec))
+        return 0
     if spec.split(":", 1)[0] in KINDS:
         print(check_series(spec, window=window, stride=stride, length_policy=length_policy))
         return 0

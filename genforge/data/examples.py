@@ -22,6 +22,7 @@ from genforge.data import load_splits
 from genforge.data.series import load_series
 from genforge.data.series.base import fit_normalization
 from genforge.data.table import TableTransformer, load_table
+from genforge.data.text.examples import text_examples
 from genforge.data.transforms import VALUE_RANGES, to_tensor
 from genforge.errors import ConfigError, DataError
 from genforge.modalities import of_spec
@@ -33,7 +34,7 @@ class Examples:
 
     spec: str
     modality: str                    # a key of genforge.modalities.MODALITIES
-    train_x: torch.Tensor            # float32 (N, *example_shape) in the method's value range
+    train_x: torch.Tensor            # float32 (N, *example_shape) in the method's value range (text: int64 ids)
     train_y: np.ndarray | None       # int64 (N,) class indices, or None when unlabeled
     example_shape: tuple[int, ...]   # images (c, h, w); series (c, t)
     class_names: list[str] | None
@@ -95,8 +96,14 @@ def _table(cfg, value_range: str) -> Examples:
     return Examples(cfg.data, "table", x, None, (tf.dim,), None, transform, splits, notes)
 
 
+def _text(cfg, value_range: str) -> Examples:
+    """Token ids (int64), not scaled: ``value_range`` does not apply to them (genforge/data/text/examples.py)."""
+    x, transform, splits, notes = text_examples(cfg)
+    return Examples(cfg.data, "text", x, None, tuple(x.shape[1:]), None, transform, splits, notes)
+
+
 # modality -> loader(cfg, value_range) -> Examples
-LOADERS: dict[str, Callable] = {"image": _images, "series": _series, "table": _table}
+LOADERS: dict[str, Callable] = {"image": _images, "series": _series, "table": _table, "text": _text}
 
 
 def load_examples(cfg, value_range: str) -> Examples:

@@ -23,6 +23,7 @@ from genforge import controls as declared
 from genforge.data.series.base import Normalization
 from genforge.errors import GenforgeError
 from genforge.generation.table_output import TableOutput
+from genforge.generation.text import TextOutput, sample_text
 from genforge.models import MODELS, family_of
 
 MAX_SAMPLES = 1_000_000
@@ -137,7 +138,9 @@ class SeriesOutput:
 
 
 # modality -> the conversion of a family's [0, 1] outputs into what a sample is (built once per loaded model)
-OUTPUTS = {"image": ImageOutput, "series": SeriesOutput, "table": TableOutput}
+OUTPUTS = {"image": ImageOutput, "series": SeriesOutput, "table": TableOutput, "text": TextOutput}
+# modality -> its own sampler, where sampling is not (latents -> the family's generate): text draws tokens
+SAMPLERS = {"text": sample_text}
 
 
 def prior_classes(prior, n: int, seed: int) -> np.ndarray:
@@ -320,5 +323,10 @@ def sample(model, n: int, seed: int = 0, classes=None, batch_size: int = 500, pr
     the prior's spread), steps / sampler / guidance (diffusion: sampler steps, "ddim" or "dpm++2m",
     classifier-free guidance for conditional models), size / resample (images: resize the output).
     progress: a bar over the samples on stderr (off by default; the samples are the same either way).
+    Text models (:mod:`genforge.generation.text`): prompt, max_new_tokens, temperature, top_k, top_p,
+    repetition_penalty, stop, long_prompt; they return TextSamples (``.texts``).
     """
+    own = SAMPLERS.get(model.modality.name)
+    if own is not None:
+        return own(model, n, seed, classes, batch_size, progress, **controls)
     return render(model, plan(model, n, seed, classes, **controls), batch_size, progress)

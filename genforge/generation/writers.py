@@ -19,6 +19,7 @@ from genforge.crypto import EncryptingWriter
 from genforge.data.examples import load_examples
 from genforge.errors import GenforgeError
 from genforge.generation import plots, provenance, tables
+from genforge.generation.text_files import text_card, write_jsonl, write_txt
 from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
 
 
@@ -145,7 +146,9 @@ def _write_series_csv(samples, path: Path, model, meta: dict, extra: dict, keyri
 
 def _write_series_plot(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
     real, real_y, note = real_series(model, len(samples.x), samples.y)
-    image = preview(samples, model, real=real, real_y=real_y, title=f"{model.name} seed {samples.seed}")
+    image = plots.series_panels(samples.x, samples.y, class_names=model.class_names,
+                                channel_names=model.output.channel_names, real=real, real_y=real_y,
+                                title=f"{model.name} seed {samples.seed}")
     return save_png(image, path, {**meta, "kind": "series-plot", **({"note": note} if note else {})}, ledger=True)
 
 
@@ -166,22 +169,42 @@ def real_series(model, n: int, y: np.ndarray | None = None):
     return train.x[idx], None if train.y is None else train.y[idx], None
 
 
-def preview(samples, model, nrow: int | None = None, real=None, real_y=None, title: str = "") -> np.ndarray:
-    """One uint8 picture of samples, for PNG outputs and TensorBoard: images a grid (rows ``nrow`` wide),
-    series small multiples (one panel per channel; real series beside them when given)."""
-    if model.modality.name == "image":
-        return make_grid(samples.x, nrow)
-    if model.modality.name == "table":  # a histogram per column, real rows beside where given
-        return tables.preview_columns(samples.x, model, real=real, title=title)
+def _image_preview(samples, model, nrow, real, title) -> np.ndarray:
+    return make_grid(samples.x, nrow)
+
+
+def _series_preview(samples, model, nrow, real, title) -> np.ndarray:
+    rx = None if real is None else real.x[:8]
+    ry = None if real is None or real.y is None else real.y[:8]
     return plots.series_panels(samples.x, samples.y, class_names=model.class_names,
-                               channel_names=model.output.channel_names, real=real, real_y=real_y, title=title)
+                               channel_names=model.output.channel_names, real=rx, real_y=ry, title=title)
+
+
+def _table_preview(samples, model, nrow, real, title) -> np.ndarray:  # a histogram per column, real beside
+    return tables.preview_columns(samples.x, model, real=real, title=title)
+
+
+def _text_preview(samples, model, nrow, real, title) -> np.ndarray:
+    return text_card(list(samples.x), title=title)
+
+
+# modality -> (samples, model, nrow, the real training split or None, title) -> one uint8 picture
+PREVIEWS = {"image": _image_preview, "series": _series_preview, "table": _table_preview, "text": _text_preview}
+
+
+def preview(samples, model, nrow: int | None = None, real=None, title: str = "") -> np.ndarray:
+    """One uint8 picture of samples, for PNG outputs, the server's png format and TensorBoard: images a grid
+    (rows ``nrow`` wide), series small multiples, tables a histogram per column, text a card. ``real``: the
+    modality's own training split (``Examples.raw.train``), drawn beside the samples where the modality does."""
+    return PREVIEWS[model.modality.name](samples, model, nrow, real, title)
 
 
 MAX_SCALE = 16
 # modality -> output suffix -> writer ("" is a directory); genforge.modalities declares the suffixes
 WRITERS = {"image": {".png": _write_grid, ".npz": _write_npz, "": _write_png_dir},
            "series": {".npz": _write_npz, ".csv": _write_series_csv, ".png": _write_series_plot},
-           "table": {".csv": tables.write_table, ".parquet": tables.write_table, ".npz": _write_npz}}
+           "table": {".csv": tables.write_table, ".parquet": tables.write_table, ".npz": _write_npz},
+           "text": {".txt": write_txt, ".jsonl": write_jsonl}}
 
 
 def read_sidecar(grid: str | Path) -> dict:

@@ -43,6 +43,9 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
     recall, density, coverage, classifier IS and class entropy in the features of genforge's frozen evaluator
     for the data, beside the same metrics for real data (a train subset against the test split). Samples
     with labels also get the class match and CAS. --baseline refuses results from another evaluator.
+    A text model gets its held-out nats per token and per character (bits per character), distinct-1/2 and
+    the longest substring shared with the training text of --n samples (default 32), and the Kneser-Ney
+    character 5-gram of the same training split as the reference row.
     """
     # late: the metrics load torch (seconds); `genforge --help` must not pay for them
     from genforge.metrics.evaluate import evaluate, format_table, load_result
@@ -53,6 +56,17 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
     if report_path:
         raise GenforgeError("--report is for table models (genforge report RUN writes a run's training page)")
 
+    from genforge.metrics.text import evaluate_text, format_text_result, is_text_model
+
+    if is_text_model(source):  # text: held-out nats per character, samples, the n-gram reference row
+        ctx = click.get_current_context()
+        count = 32 if ctx.get_parameter_source("n") == click.core.ParameterSource.DEFAULT else n
+        result = evaluate_text(source, data=data, n=count, seed=seed, device=device)
+        print(format_text_result(result), end="")
+        if out:
+            atomic_write_json(out, result)
+            print(f"genforge: wrote {out}")
+        return 0
     previous = load_result(baseline) if baseline else None
     result = evaluate(source, data=data, n=n, seed=seed, inception_weights=inception_weights, with_cas=not no_cas,
                       baseline=previous, bars=progress, device=device)

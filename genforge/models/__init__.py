@@ -16,7 +16,8 @@ from torch import nn
 
 from genforge.errors import ConfigError
 from genforge.modalities import of_spec
-from genforge.models import copula, ctgan, diffusion, gan, networks, networks1d, tabddpm, tabular, unet, vae
+from genforge.models import (copula, ctgan, diffusion, gan, lm, networks, networks1d, recurrent, sentence_vae, tabddpm,
+                             tabular, transformer, unet, vae)
 
 
 class ModelSpec(NamedTuple):
@@ -25,9 +26,10 @@ class ModelSpec(NamedTuple):
     conditional: bool = False             # trained on (image, class) pairs; generates a requested class
     fixed: dict = {}                      # discriminator options the recipe fixes (acgan: conditioning="aux")
     axes: tuple[str, ...] = ("c", "h", "w")  # the examples its networks take: a modality's example_axes
-    # network options computed from the data's transform and the training config, given to every network
-    # (a table's column layout: options(transform, config) -> dict); None: the shape says everything
-    options: Callable[[dict | None, dict | None], dict] | None = None
+    # network options beyond shape, z_dim and width, from the training config and the data's transform:
+    # options(cfg, transform) -> dict (text: vocabulary, layers, heads; tables: the column layout). Computed
+    # once when training starts, saved in config.json as net_options, given to every network; None: none.
+    options: Callable[[object, dict], dict] | None = None
 
 
 def d_options(cfg) -> dict:
@@ -73,6 +75,11 @@ MODELS: dict[str, ModelSpec] = {
     "tabddpm": ModelSpec(tabddpm, {"denoiser": tabular.TableDenoiser, "schedule": tabddpm.TableSchedule},
                          axes=_AXES_ROW, options=tabular.network_options),
     "copula": ModelSpec(copula, {"copula": copula.GaussianCopula}, axes=_AXES_ROW, options=tabular.network_options),
+    # text: token sequences (t,). A decoder-only transformer (GPT) and a sentence VAE with GRUs.
+    "gpt": ModelSpec(lm, {"gpt": transformer.GPT}, axes=("t",), options=lm.network_options),
+    "sentence-vae": ModelSpec(sentence_vae, {"encoder": recurrent.SentenceEncoder,
+                                             "decoder": recurrent.SentenceDecoder}, axes=("t",),
+                             options=sentence_vae.network_options),
 }
 
 
@@ -80,18 +87,24 @@ def family_of(model: str) -> str:
     return MODELS[model].method.__name__.rsplit(".", 1)[-1]
 
 
+def network_options(model: str, cfg, transform: dict) -> dict:
+    """The options beyond shape, z_dim and width that a recipe's networks take (text: vocabulary size, layers,
+    heads, width; tables: the column layout), from the config and the data's transform (``ModelSpec.options``);
+    saved in the model's config.json as ``net_options``. Recipes without any return {}."""
+    options = MODELS[model].options
+    return options(cfg, transform) if options is not None else {}
+
+
 def build_networks(model: str, example_shape: tuple[int, ...], z_dim: int, base_channels: int,
-                   num_classes: int = 0, d_opts: dict | None = None, transform: dict | None = None,
-                   config: dict | None = None) -> dict[str, nn.Module]:
+                   num_classes: int = 0, d_opts: dict | None = None,
+                   net_options: dict | None = None) -> dict[str, nn.Module]:
     """Instantiate every network of a recipe for examples of ``example_shape`` ((c, h, w) or (c, t)). Seed the
     global RNG first for reproducible weights.
 
     ``d_opts`` (see :func:`d_options`) go to the discriminator; the MLP discriminator of the reference design
-    takes none of them. ``transform`` and ``config`` (the data's transform and the training config, as the
-    model file records them) feed a recipe's ``options`` (tables: the column layout).
+    takes none of them. ``net_options`` (see :func:`network_options`) go to every network.
     """
     spec = MODELS[model]
-    shared = spec.options(transform, config) if spec.options is not None else {}
     if len(example_shape) != len(spec.axes):
         raise ConfigError(f"model {model!r} takes examples of axes ({', '.join(spec.axes)}), got shape "
                           f"{tuple(example_shape)}")
@@ -108,7 +121,7 @@ def build_networks(model: str, example_shape: tuple[int, ...], z_dim: int, base_
                 raise ConfigError(f"model {model!r} (the reference MLP discriminator) takes no discriminator "
                                   f"options, got {', '.join(extra)}")
         nets[role] = cls(example_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes, **extra,
-                         **shared)
+                         **(net_options or {}))
     return nets
 
 
@@ -127,6 +140,12 @@ def check_config(cfg, source: str = "config") -> None:
         raise ConfigError(f"{source}: model {cfg.model!r} makes examples of axes ({', '.join(spec.axes)}), but data "
                           f"{cfg.data!r} is {modality.name} data ({', '.join(modality.example_axes)}); models for it: "
                           f"{', '.join(fits)}")
+    unit = getattr(spec.method, "TEXT_UNIT", None)  # the examples a text family trains on
+    if unit is not None and cfg.text_unit != unit:
+        raise ConfigError(f"{source}: model {cfg.model!r} trains on text_unit {unit!r}, got {cfg.text_unit!r}")
+    if spec.method is lm and cfg.text_n_embd % cfg.text_n_head:
+        raise ConfigError(f"{source}: 'text_n_embd' ({cfg.text_n_embd}) must be a multiple of 'text_n_head' "
+                          f"({cfg.text_n_head}): each attention head takes an equal share of the width")
     if cfg.clusters and not (spec.conditional and spec.method is diffusion):  # guidance is diffusion's control
         raise ConfigError(f"{source}: 'clusters' (cluster guidance) needs the class-conditional diffusion model "
                           f"cddpm, got model {cfg.model!r}")

@@ -33,6 +33,9 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MAX_HEADER_BYTES = 16 * 2**20
 MAX_SIDE = 2**20  # the largest extent of one example's axis (a series of a million samples)
+# texts a model's transform carries that are kept beside the weights as files of their own, config.json
+# recording each one's SHA-256 in its place (text models: the tokenizer, as tokenizer.json)
+SIDE_FILES = {"tokenizer_json": "tokenizer.json"}
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1}
 _TORCH_DTYPE = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -54,6 +57,14 @@ def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict, ke
     """
     directory = Path(directory)
     data = st_save(state_tensors(nets), metadata={"format": FORMAT})
+    transform, side = meta.get("transform"), {}
+    if isinstance(transform, dict) and any(key in transform for key in SIDE_FILES):
+        transform = dict(transform)
+        for key, name in SIDE_FILES.items():
+            if key in transform:
+                side[name] = transform.pop(key).encode("utf-8")
+                transform[key.removesuffix("_json") + "_sha256"] = hashlib.sha256(side[name]).hexdigest()
+        meta = {**meta, "transform": transform}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta,
             "family": family_of(meta["model"]),
             "networks": sorted(nets), "weights_sha256": hashlib.sha256(data).hexdigest(),
@@ -62,8 +73,49 @@ def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict, ke
         write_encrypted(directory / WEIGHTS, data, keyring)
     else:
         atomic_write_bytes(directory / WEIGHTS, data)
+    for name, text in side.items():
+        atomic_write_bytes(directory / name, text)
     atomic_write_json(directory / CONFIG, meta)
     return directory
+
+
+def _read_side_files(meta: dict, directory: Path) -> None:
+    """Read the side files config.json names by SHA-256 back into its transform, checking each hash."""
+    transform = meta.get("transform")
+    if not isinstance(transform, dict):
+        return
+    for key, name in SIDE_FILES.items():
+        digest = transform.get(key.removesuffix("_json") + "_sha256")
+        if digest is None:
+            continue
+        try:
+            data = (directory / name).read_bytes()
+        except FileNotFoundError:
+            raise ModelFileError(f"{directory / name}: missing (config.json records its SHA-256)") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ModelFileError(f"{directory / name}: SHA-256 does not match config.json: the file was altered or "
+                                 "belongs to another model")
+        try:
+            transform[key] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelFileError(f"{directory / name}: not UTF-8") from None
+
+
+def _net_options(meta: dict, where: Path) -> dict:
+    """``net_options`` (text: vocabulary, layers, heads, width; tables: the column layout): names mapped to
+    plain numbers, short strings, or lists of them (nested); each network checks its own (a wrong one is a
+    ModelFileError)."""
+    options = meta.get("net_options") or {}
+
+    def plain(v, depth=0) -> bool:
+        if isinstance(v, (list, tuple)):
+            return depth < 4 and len(v) <= 100_000 and all(plain(x, depth + 1) for x in v)
+        return ((isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                 and abs(v) <= 10_000_000) or isinstance(v, bool) or (isinstance(v, str) and len(v) <= 64))
+
+    if not isinstance(options, dict) or not all(isinstance(k, str) and plain(v) for k, v in options.items()):
+        raise ModelFileError(f"{where}: field 'net_options' must map names to numbers, short strings or lists of them")
+    return options
 
 
 def resolve(path: str | Path) -> Path:
@@ -200,13 +252,14 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[di
             or d_opts.get("norm", "batch") not in ("batch", "group", "none")
             or not all(isinstance(d_opts.get(k, False), bool) for k in ("spectral_norm", "mbstd"))):
         raise ModelFileError(f"{directory / CONFIG}: field 'd_options' is malformed")
+    _read_side_files(meta, directory)
     shape = (meta["model"], tuple(meta["example_shape"]), meta["z_dim"], meta["base_channels"], num_classes, d_opts,
-             meta.get("transform"), meta.get("train_config"))
+             _net_options(meta, directory / CONFIG))
     try:
         with torch.device("meta"):  # build the skeleton without allocating memory for its weights
             skeleton = build_networks(*shape)
-    except GenforgeError as e:
-        raise ModelFileError(f"{directory / CONFIG}: {e}") from None
+    except (GenforgeError, TypeError, ValueError) as e:  # TypeError: net_options a network does not take
+        raise ModelFileError(f"{directory / CONFIG}: {str(e).splitlines()[0]}") from None
     weights = directory / WEIGHTS
     if is_encrypted(weights):  # decrypted in memory: the plain weights never touch the disk
         data = read_plain(weights)

@@ -232,14 +232,14 @@ class TableDenoiser(nn.Module):
 
 # ----------------------------------------------------------------------------------- building a table model
 
-def network_options(transform: dict | None, config: dict | None) -> dict:
-    """The options every table network takes beside its shape, from the model file's ``transform`` (the
-    column layout, the category groups) and training config (PacGAN's pac, the conditional vector, the
-    generator's noise size): ``genforge.models.build_networks`` passes them on (``ModelSpec.options``)."""
+def network_options(cfg, transform: dict | None) -> dict:
+    """The options every table network takes beside its shape, from the training config (a Config or its dict:
+    PacGAN's pac, the conditional vector, the generator's noise size) and the data's ``transform`` (the column
+    layout, the category groups): ``ModelSpec.options``, saved with the model as ``net_options``."""
     if not isinstance(transform, dict) or transform.get("kind") != "table":
         raise ConfigError("a table model needs its data's transform (field 'transform' of kind 'table')")
     tf = TableTransformer.from_json(transform)
-    config = config or {}
-    spans = [(s.start, s.width) for s in tf.discrete_spans()] if config.get("table_cond_vector", True) else []
-    return {"layout": tf.activation_layout(), "cond_spans": spans, "pac": int(config.get("table_pac", 1)),
-            "noise_dim": int(config.get("z_dim", 128))}
+    config = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    spans = [[s.start, s.width] for s in tf.discrete_spans()] if config.get("table_cond_vector", True) else []
+    return {"layout": [list(x) for x in tf.activation_layout()], "cond_spans": spans,
+            "pac": int(config.get("table_pac", 1)), "noise_dim": int(config.get("z_dim", 128))}

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -49,6 +49,7 @@ from genforge.errors import GenforgeError
 from genforge.generation.sampling import finish as finish_samples
 from genforge.generation.sampling import Samples, decode, plan, resolve_class
 from genforge.generation.steering import feedback_latents
+from genforge.generation.text import text_plan
 from genforge.generation.writers import preview
 from genforge.generation import provenance
 from genforge.data.table.schema import MODELLED
@@ -60,6 +61,8 @@ from genforge.serve.connections import ConnectionGuard
 from genforge.serve.keys import KeyStore, Principal, role_allows
 from genforge.serve.limits import BodyTimeout, BodyTooLarge, RateLimiter, read_body, retry_after
 from genforge.serve.monitoring import Metrics
+from genforge.serve.text import Exchange, TextWorker, sse, text_body, text_hashes, usage
+from genforge.serve.text import QueueFull as TextQueueFull
 from genforge.serve.schemas import (CONTROLS, ErrorBody, FeedbackRequest, GenerateRequest, GenerateResponse,
                                     KeyCreate, ModelInfo, ModelsResponse, served_range)
 
@@ -96,6 +99,10 @@ class ServeConfig:
     max_connections_per_client: int = 128  # open connections from one address (503 above; clients behind
                                            # one proxy share its address)
     header_timeout: float = 10.0    # seconds to receive a request's headers (408, connection closed)
+    max_new_tokens: int = 512       # text: tokens one sample may ask for (422 above)
+    max_rows: int = 16              # text: samples decoding together (continuous batching); 1 turns batching off
+    token_rate: float = 2000.0      # text: generated tokens/s per key (0: no limit); a request reserves
+    token_burst: int = 16384        # n * max_new_tokens of them up front (429 when the bucket lacks them)
 
 
 @dataclass
@@ -106,6 +113,13 @@ class Served:
     load: Callable[[], object]              # reads the model files again (admin reload)
     backend: str = "torch"
     batcher: Batcher | None = field(default=None, repr=False)
+    worker: TextWorker | None = field(default=None, repr=False)  # text models: the decoding thread
+
+
+def is_text(model) -> bool:
+    """Whether a served model makes text (its output conversion holds a tokenizer): it is served by a
+    TextWorker, not a Batcher."""
+    return getattr(getattr(model, "output", None), "tokenizer", None) is not None
 
 
 class ApiError(Exception):
@@ -207,6 +221,7 @@ class Service:
         self.metrics = Metrics()
         self.limiter = RateLimiter(config.rate, config.burst)
         self.anon_limiter = RateLimiter(config.anon_rate, config.anon_burst)  # per address, requests with no valid key
+        self.token_limiter = RateLimiter(config.token_rate, config.token_burst)  # per key, text tokens
         self.tally = Tally(audit, config.audit_summary_interval)
         self.guard = ConnectionGuard(config.max_connections, config.max_connections_per_client,
                                      config.header_timeout, on_refused=self.refused)
@@ -372,6 +387,112 @@ class Service:
                        {"Retry-After": "1"}, reason="timeout")
 
 
+    # ------------------------------------------------------------- text
+
+    async def text(self, request: Request, served: Served, req, seed: int) -> Response:
+        """A text request: the text plan (the same rows as generate_text), the token budget, the worker; then
+        the JSON body, or the server-sent events of a stream."""
+        cfg = self.config
+        if req.n > cfg.max_n:
+            raise ApiError(413, f"n={req.n} is over this server's limit of {cfg.max_n} samples per request",
+                           reason="too_many_images")
+        if req.format != "base64":
+            raise ApiError(422, f"format {req.format!r} is for images; a text model answers in JSON, or in "
+                                "server-sent events with stream: true")
+        try:
+            p = text_plan(served.model, req.n, seed, max_new_tokens_limit=cfg.max_new_tokens,
+                          **{c.name: getattr(req, c.name) for c in CONTROLS})
+        except GenforgeError as e:
+            raise ApiError(422, str(e)) from None
+        cost = req.n * p.rows[0].max_new_tokens
+        principal = getattr(request.state, "principal", None)
+        bucket = principal.key_id if cfg.auth and principal is not None else "client:" + client_address(request.scope)
+        wait = self.token_limiter.take(bucket, cost=cost)
+        if wait > 0:
+            if math.isinf(wait):
+                raise ApiError(429, f"{cost} tokens (n x max_new_tokens) is more than this server's token burst of "
+                                    f"{cfg.token_burst} per key: ask for fewer", reason="rate_limited_tokens")
+            raise ApiError(429, f"token rate of {cfg.token_rate:g} tokens/s for this key exceeded by this request's "
+                                f"{cost} tokens (n x max_new_tokens): retry in {wait:.2f} s",
+                           {"Retry-After": retry_after(wait)}, reason="rate_limited_tokens")
+        exchange = Exchange(p.rows)
+        try:
+            served.worker.submit(served.model, p.rows)
+        except TextQueueFull:
+            raise ApiError(503, f"model {served.name} has {cfg.max_queue} samples waiting: retry shortly",
+                           {"Retry-After": "1"}, reason="queue_full") from None
+        headers = {"X-Genforge-Seed": str(seed), "X-Genforge-Model": served.name}
+        if req.stream:
+            return StreamingResponse(self.stream_text(request, served, exchange, p, seed), headers={
+                **headers, "Cache-Control": "no-store", "X-Accel-Buffering": "no"}, media_type="text/event-stream")
+        work = asyncio.ensure_future(exchange.wait_all())
+        gone = asyncio.ensure_future(client_gone(request))
+        try:
+            done, _ = await asyncio.wait({work, gone}, timeout=cfg.request_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()
+                exchange.cancel.set()  # the rows end before their next token: nothing decodes for nobody
+        if gone in done and work not in done:
+            raise ApiError(CLIENT_GONE, "client went away", reason="client_gone")
+        if work not in done:
+            raise ApiError(503, f"no result within the {cfg.request_timeout:g} s request timeout",
+                           {"Retry-After": "1"}, reason="timeout")
+        samples = work.result()
+        request.state.audit["result"] = {"n": len(samples), "texts_sha256": text_hashes(samples),
+                                         "usage": usage(samples, p.rows)}
+        return JSONResponse(text_body(served.name, seed, p.controls, p.notes, samples, p.rows), headers=headers)
+
+    async def stream_text(self, request: Request, served: Served, exchange: Exchange, p, seed: int):
+        """The server-sent events of a streamed text request. Its end is a line of its own in the audit log
+        (the request's line was written when the stream began): status 200 when every sample finished, 499
+        when the client hung up (its rows stopped before their next token), 503 on a timeout."""
+        status, sent_chars = CLIENT_GONE, 0
+        gone = asyncio.ensure_future(client_gone(request))
+        try:
+            while not exchange.finished():
+                event = asyncio.ensure_future(exchange.next_event())
+                done, _ = await asyncio.wait({event, gone}, timeout=self.config.request_timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if event not in done:
+                    event.cancel()
+                    if gone not in done:
+                        status = 503
+                        yield sse({"error": f"no text within the {self.config.request_timeout:g} s request timeout"})
+                    return
+                kind, i, value = event.result()
+                if kind == "text":
+                    sent_chars += len(value)
+                    yield sse({"index": i, "text": value})
+                else:
+                    yield sse({"index": i, "finish_reason": value.finish_reason, "tokens": len(value.tokens)})
+            samples = exchange.samples
+            yield sse({"done": True, "model": served.name, "seed": seed, "notes": p.notes,
+                       "usage": usage(samples, p.rows), "texts_sha256": text_hashes(samples)})
+            yield sse("[DONE]")
+            status = 200
+        finally:
+            gone.cancel()
+            if status != 200:
+                exchange.cancel.set()  # the rows end before their next token
+            self.audit_stream_end(request, status, exchange, sent_chars)
+
+    def audit_stream_end(self, request: Request, status: int, exchange: Exchange, sent_chars: int) -> None:
+        principal = getattr(request.state, "principal", None)
+        if status == CLIENT_GONE:
+            self.metrics.rejections.labels("client_gone").inc()
+        if self.audit is None or principal is None:
+            return
+        try:
+            self.audit.write({"key_id": principal.key_id, "method": "POST", "endpoint": "/v1/generate",
+                              "client": client_address(request.scope), "event": "stream_end", "status": status,
+                              "sent_chars": sent_chars, "finished": sum(s is not None for s in exchange.samples),
+                              "n": len(exchange.samples), "body_sha256": request.state.audit.get("body_sha256")})
+        except OSError as e:  # the stream is over: nothing to refuse any more, so say it in the server's log
+            log.error("could not write the end of a stream to the audit log %s: %s", self.audit.path, e)
+
+
 def client_address(scope) -> str:
     return str((scope.get("client") or ["?"])[0])
 
@@ -486,6 +607,14 @@ def table_response(served: Served, fmt: str, table, how: str, seed: int, plot: b
 def model_info(served: Served) -> ModelInfo:
     m = served.model
     defaults = m.sampling_defaults  # this model's own (its recipe's) where the declaration's would mislead
+    if is_text(m):
+        return ModelInfo(name=served.name, recipe=m.name, family=m.family, modality=m.modality.name,
+                         example_shape=list(m.example_shape), backend=served.backend,
+                         num_classes=0, classes=None, image_shape=None, image_size=None, z_dim=None,
+                         context=m.output.context, tokenizer=m.output.tokenizer.kind, weights_sha256=m.meta.get("weights_sha256"),
+                         step=m.meta.get("step"), controls=[c.name for c in m.controls],
+                         control_specs=[{**served_range(c), "default": defaults.get(c.name, c.default)}
+                                        for c in m.controls])
     return ModelInfo(name=served.name, recipe=m.name, family=m.family, backend=served.backend,
                      num_classes=m.num_classes,
                      classes=(m.class_names or [str(i) for i in range(m.num_classes)]) if m.num_classes else None,
@@ -517,6 +646,13 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
     @asynccontextmanager
     async def lifespan(app):
         for name, served in models.items():
+            if is_text(served.model):  # text: a decoding thread with continuous batching (serve/text.py)
+                served.worker = TextWorker(config.max_rows, config.max_queue,
+                                           on_step=lambda rows, name=name: svc.metrics.batch_requests.labels(
+                                               name).observe(rows))
+                served.worker.start()
+                svc.metrics.queue_depth.labels(name).set_function(served.worker.depth)
+                continue
             served.batcher = Batcher(decode_for_batcher, config.max_batch, config.max_wait, config.max_queue,
                                      on_batch=on_batch(name))
             served.batcher.start()
@@ -525,6 +661,9 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, key
         yield
         summaries.cancel()
         for served in models.values():
+            if served.worker is not None:
+                served.worker.stop()
+                continue
             await served.batcher.stop()
             served.batcher.executor.shutdown(wait=False)
         flush_tally(svc)
@@ -618,6 +757,10 @@ def add_generation_routes(app: FastAPI, svc: Service, bearer: list) -> None:
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         request.state.audit["params"] = {**req.model_dump(by_alias=True, exclude_none=True), "seed": seed}
         served = svc.served(req.model)
+        if is_text(served.model):
+            return await svc.text(request, served, req, seed)
+        if req.stream:
+            raise ApiError(422, f"stream is for text models; {served.name} makes images")
         svc.check_size(served, req.n, req.size)
         if served.model.modality.name == "table":
             return await rows(req, request, served, seed)
@@ -647,6 +790,9 @@ def add_generation_routes(app: FastAPI, svc: Service, bearer: list) -> None:
             "liked": len(req.liked), "liked_sha256": hashlib.sha256(repr(z_liked).encode()).hexdigest()}
         served = svc.served(req.model)
         model = served.model
+        if is_text(model):
+            raise ApiError(422, f"model {served.name} makes text: it has no latents to draw more like (feedback is "
+                                "for image and series models)")
         svc.check_size(served, req.n, None)
         if any(len(v) != model.z_dim for v in z_liked):
             raise ApiError(422, f"liked: each latent must have {model.z_dim} values for model {served.name}")

@@ -85,7 +85,16 @@ def model_loader(path: str, backend: str, device: str = "auto", threads: int | N
 @click.option("--burst", type=int, default=40, show_default=True, help="requests a key may send at once")
 @click.option("--max-batch", type=int, default=64, show_default=True, help="images per forward pass")
 @click.option("--max-wait-ms", type=float, default=2.0, show_default=True, help="how long a request waits for company")
-@click.option("--no-batching", is_flag=True, help="one request per forward pass (same as --max-batch 1)")
+@click.option("--no-batching", is_flag=True, help="one request per forward pass (same as --max-batch 1); text: one "
+              "sample decoding at a time (same as --max-rows 1)")
+@click.option("--max-rows", type=int, default=16, show_default=True,
+              help="text: samples decoding together (continuous batching)")
+@click.option("--max-new-tokens", type=int, default=512, show_default=True,
+              help="text: tokens one sample may ask for (422 above)")
+@click.option("--token-rate", type=float, default=2000.0, show_default=True,
+              help="text: generated tokens/s per key (0: none; a request reserves n x max_new_tokens; 429)")
+@click.option("--token-burst", type=int, default=16384, show_default=True,
+              help="text: tokens a key may reserve at once")
 @click.option("--max-queue", type=int, default=256, show_default=True, help="requests waiting per model (503 above)")
 @click.option("--max-connections", type=int, default=1024, show_default=True, help="open connections (503 above)")
 @click.option("--max-connections-per-client", type=int, default=128, show_default=True,
@@ -104,7 +113,8 @@ def model_loader(path: str, backend: str, device: str = "auto", threads: int | N
 def serve(specs: tuple[str, ...], host: str, port: int, backend: str, device: str, threads: int | None,
           keys_file: str | None, insecure_no_auth: bool, audit_log: str | None, audit_fsync: bool, max_n: int,
           max_body_bytes: int, body_timeout: float, timeout: float, rate: float, burst: int, max_batch: int,
-          max_wait_ms: float, no_batching: bool, max_queue: int, max_connections: int,
+          max_wait_ms: float, no_batching: bool, max_rows: int, max_new_tokens: int, token_rate: float,
+          token_burst: int, max_queue: int, max_connections: int,
           max_connections_per_client: int, header_timeout: float, audit_best_effort: bool,
           audit_summary_interval: float, anon_rate: float, anon_burst: int, log_level: str) -> int:
     """Serve models over HTTP: genforge serve MODEL [NAME=MODEL ...] --host 127.0.0.1 --port 8000.
@@ -137,7 +147,9 @@ def serve(specs: tuple[str, ...], host: str, port: int, backend: str, device: st
                              ("--max-connections-per-client", max_connections_per_client, 1),
                              ("--header-timeout", header_timeout, 1e-3),
                              ("--audit-summary-interval", audit_summary_interval, 1e-3),
-                             ("--anon-rate", anon_rate, 0), ("--anon-burst", anon_burst, 1)):
+                             ("--anon-rate", anon_rate, 0), ("--anon-burst", anon_burst, 1),
+                             ("--max-rows", max_rows, 1), ("--max-new-tokens", max_new_tokens, 1),
+                             ("--token-rate", token_rate, 0), ("--token-burst", token_burst, 1)):
         if value < low:
             raise GenforgeError(f"{flag} must be at least {low:g}, got {value:g}")
     if threads:
@@ -162,7 +174,8 @@ def serve(specs: tuple[str, ...], host: str, port: int, backend: str, device: st
                          burst=burst, auth=not insecure_no_auth, max_connections=max_connections,
                          max_connections_per_client=max_connections_per_client, header_timeout=header_timeout,
                          audit_best_effort=audit_best_effort, audit_summary_interval=audit_summary_interval,
-                         anon_rate=anon_rate, anon_burst=anon_burst)
+                         anon_rate=anon_rate, anon_burst=anon_burst, max_rows=1 if no_batching else max_rows,
+                         max_new_tokens=max_new_tokens, token_rate=token_rate, token_burst=token_burst)
     log = AuditLog(audit_log or default_audit_log(), load_key(create=True), fsync=audit_fsync)
     app = create_app(served, config, store, log)
     print(f"genforge: audit log {log.path}; page at http://{host}:{port}/", file=sys.stderr)

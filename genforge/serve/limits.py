@@ -24,18 +24,21 @@ class RateLimiter:
         self.rate, self.burst, self.max_keys = rate, burst, max_keys
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, last refill)
 
-    def take(self, key: str, now: float | None = None) -> float:
-        """Take one token for ``key``: 0 when allowed, else the seconds to wait for the next token."""
+    def take(self, key: str, now: float | None = None, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens for ``key`` (one request; or, for text, the tokens it may generate): 0 when
+        allowed, else the seconds to wait until that many are back (inf: more than the bucket ever holds)."""
         if self.rate <= 0:  # rate 0: no limit
             return 0.0
+        if cost > self.burst:
+            return math.inf
         now = time.monotonic() if now is None else now
         tokens, last = self.buckets.pop(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         wait = 0.0
-        if tokens >= 1:
-            tokens -= 1
+        if tokens >= cost:
+            tokens -= cost
         else:
-            wait = (1 - tokens) / self.rate
+            wait = (cost - tokens) / self.rate
         self.buckets[key] = (tokens, now)
         if len(self.buckets) > self.max_keys:
             self.buckets.popitem(last=False)

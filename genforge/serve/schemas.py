@@ -54,6 +54,10 @@ def control_field(c: Control) -> tuple:
                                              else "")
     if c.choices:
         return Literal[c.choices] | None, Field(None, description=text)
+    if c.type is str:  # free text (the prompt) or a list of strings (stop strings); the plan checks the lengths
+        one = Annotated[str, Field(max_length=c.max_chars or None)]
+        kind = (one | Annotated[list[one], Field(max_length=16)]) if c.multiple else one
+        return kind | None, Field(None, description=text)
     low = {"gt": d["min"]} if d["min_exclusive"] else {"ge": d["min"]}
     return c.type | None, Field(None, **low, le=d["max"], description=text)
 
@@ -81,6 +85,7 @@ GenerateRequest = create_model(
                           "vector where the model has one, else by rejection; the response says which)")),
     plot=(bool, Field(False, description="table models, json: add a PNG of each column's distribution (base64)")),
     latents=(bool, Field(True, description="base64 format: return each image's latent, for feedback rounds")),
+    stream=(bool, Field(False, description="text models: send the text as it is made, as server-sent events")),
 )
 
 
@@ -142,14 +147,16 @@ class ModelInfo(BaseModel):
     backend: str
     num_classes: int
     classes: list[str] | None
-    modality: str = Field(description="image, series, table, ... (genforge.modalities)")
+    modality: str = Field(description="image, series, table or text (genforge.modalities)")
     example_shape: list[int] = Field(description="one example's shape: images [channels, height, width], series "
-                                                 "[channels, time]; tables [d]")
+                                                 "[channels, time], tables [d], text [context + 1] (a token window)")
     image_shape: list[int] | None = Field(description="image models: [channels, height, width]")
     image_size: int | None
     columns: list[dict] | None = Field(None, description="table models: each column's name, kind, and its "
                                                          "categories or range")
-    z_dim: int
+    z_dim: int | None
+    context: int | None = Field(None, description="text models: tokens the model sees at once")
+    tokenizer: str | None = Field(None, description="text models: char or bpe")
     weights_sha256: str | None
     step: int | None
     controls: list[str] = Field(description="the names of the controls this model takes")

@@ -41,7 +41,7 @@ from genforge.generation.provenance import stamp
 from genforge.metrics.validation import validator_for_run
 from genforge.io import atomic_write_json, atomic_write_text, read_json
 from genforge.memory import tune_allocator
-from genforge.models import MODELS, build_networks, d_options
+from genforge.models import MODELS, build_networks, d_options, network_options
 from genforge.training import distributed, privacy
 from genforge.training.checkpoint import (ResumeState, check_state, is_encrypted_run, last_checkpoint, read_state,
                                           save_checkpoint, sweep_temporary)
@@ -311,8 +311,9 @@ class _Run:
         cfg, ctx, method, device = self.cfg, self.ctx, self.method, self.device
         torch.manual_seed(cfg.seed)
         self.z_dim = method.latent_dim(cfg.z_dim, self.data.example_shape)  # diffusion: the noise, prod(shape)
+        self.net_options = network_options(cfg.model, cfg, self.data.transform)  # text: vocabulary, layers, width
         self.nets = build_networks(cfg.model, self.data.example_shape, self.z_dim, cfg.base_channels,
-                                   self.data.num_classes, d_options(cfg), self.data.transform, cfg.to_dict())
+                                   self.data.num_classes, d_options(cfg), self.net_options)
         for net in self.nets.values():
             net.to(device).train()
             if cfg.channels_last:
@@ -351,6 +352,7 @@ class _Run:
                 "base_channels": cfg.base_channels, "num_classes": data.num_classes, "d_options": d_options(cfg),
                 "class_names": data.class_names, "value_range": self.method.VALUE_RANGE, "data": cfg.data,
                 "genforge_version": __version__, "train_config": cfg.to_dict(),
+                **({"net_options": self.net_options} if self.net_options else {}),
                 **({"clusters": data.clusters} if data.clusters else {})}
 
     def announce(self, swept: list[str]) -> None:
@@ -436,12 +438,9 @@ class _Run:
         self.release_nets()  # the sampler shares the EMA copies; their BatchNorm statistics are refreshed here
         samples = sample(self.sampler, self.cfg.grid_n, seed=self.cfg.seed + 3)
         cols = None if self.data.clusters else (self.sampler.num_classes or None)
-        real = self.data.raw.train if self.data.modality != "image" else None  # series: real ones beside
-        if self.data.modality == "table":  # tables: every training row beside the generated ones
-            picture = preview(samples, self.sampler, real=real, title=f"step {step}")
-        else:
-            picture = preview(samples, self.sampler, nrow=cols, real=None if real is None else real.x[:8],
-                              real_y=None if real is None or real.y is None else real.y[:8], title=f"step {step}")
+        # the modality's preview picks what it draws of the real training split beside the samples
+        picture = preview(samples, self.sampler, nrow=cols, real=getattr(self.data.raw, "train", None),
+                          title=f"step {step}")
         path = save_png(picture, self.run / "samples" / f"step_{step:08d}.png",
                         metadata=stamp({"kind": "training-grid", "model": self.cfg.model, "run": str(self.run),
                                         "step": step}))

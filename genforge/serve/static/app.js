@@ -88,7 +88,15 @@ function controlInput(c) {
   name.textContent = c.name[0].toUpperCase() + c.name.slice(1) + " ";
   label.append(name);
   let input;
-  if (c.choices) {
+  if (c.type === "str" && !c.choices) {
+    // text controls: the prompt in a box; stop strings in one line (a JSON list for several; \n is a newline)
+    input = document.createElement(c.multiple ? "input" : "textarea");
+    if (c.multiple) input.placeholder = 'e.g. \\n\\n or ["\\n\\n", "ROMEO:"]';
+    else Object.assign(input, { rows: 4, placeholder: "Text to continue (empty: the model starts a new document)" });
+    if (c.max_chars) input.maxLength = c.max_chars;
+    input.value = c.multiple ? "" : (c.default || "");
+    label.append(input);
+  } else if (c.choices) {
     input = document.createElement("select");
     input.replaceChildren(...c.choices.map((v) => new Option(v, v)));
     if (c.default !== null) input.value = c.default;
@@ -125,9 +133,18 @@ function controlValues(m) {
   for (const c of m.control_specs) {
     const input = $("control-" + c.name).querySelector("[name]");
     if (input.value === "" || input.value === input.dataset.start) continue;
-    out[c.name] = c.choices ? input.value : Number(input.value);
+    if (c.type === "str" && !c.choices) out[c.name] = c.multiple ? stopStrings(input.value) : input.value;
+    else out[c.name] = c.choices ? input.value : Number(input.value);
   }
   return out;
+}
+
+// A stop control's text: a JSON list of strings, or one string in which \n stands for a newline.
+function stopStrings(text) {
+  if (text.trim().startsWith("[")) {
+    try { return JSON.parse(text); } catch (e) { /* not JSON: taken as one string */ }
+  }
+  return [text.replace(/\\n/g, "\n")];
 }
 
 function modelChanged() {
@@ -145,7 +162,7 @@ function modelChanged() {
   const table = m.modality === "table";
   const shape = table ? `${(m.columns || []).length} columns`
     : m.modality === "series" ? `${m.example_shape[0]} channel(s) x ${m.example_shape[1]} samples`
-    : `${m.example_shape[1]}x${m.example_shape[2]}`;
+    : m.modality === "text" ? `context ${m.context} tokens (${m.tokenizer})` : `${m.example_shape[1]}x${m.example_shape[2]}`;
   $("model-info").textContent = `${m.family}, ${m.modality}, ${shape}, weights ${(m.weights_sha256 || "").slice(0, 12)}`;
   $("where-row").hidden = !table;
   $("class-row").hidden = !m.num_classes;
@@ -219,6 +236,7 @@ function show(result, caption) {
   $("download").textContent = "Download grid (PNG)";
   state.shown = result;
   state.liked.clear();
+  $("texts").replaceChildren();
   const grid = $("grid");
   const m = state.models[result.model];
   const like = (el, i) => {
@@ -286,6 +304,7 @@ async function generate(event) {
   await loadModels();  // read again on every submit: a key pasted just now, or a model reloaded on the server
   const m = state.models[$("model").value];
   if (!m) return fail(Object.keys(state.models).length ? "no model selected" : "no models to generate from");
+  if (m.modality === "text") return streamText(m);
   const table = m.modality === "table";
   const body = { model: m.name, n: Number($("n").value), format: table ? "json" : "base64", ...controlValues(m) };
   if ($("seed").value !== "") body.seed = Number($("seed").value);
@@ -296,6 +315,50 @@ async function generate(event) {
     if (where.length) body.where = where;
   }
   run("/v1/generate", body, (r) => `${r.n} ${table ? "rows" : "images"} from ${r.model}, seed ${r.seed}`);
+}
+
+// Text models: POST /v1/generate with stream: true and show each sample's text as its server-sent events arrive.
+async function streamText(m) {
+  const body = { model: m.name, n: Number($("n").value), stream: true, ...controlValues(m) };
+  if ($("seed").value !== "") body.seed = Number($("seed").value);
+  $("error").textContent = "";
+  $("grid").replaceChildren();
+  $("feedback").hidden = true;
+  $("download").disabled = true;
+  const outs = Array.from({ length: body.n }, (_, i) => {
+    const pre = document.createElement("pre");
+    pre.className = "sample-text";
+    pre.dataset.index = i;
+    pre.textContent = body.prompt || "";
+    return pre;
+  });
+  $("texts").replaceChildren(...outs);
+  say("generating...");
+  try {
+    const response = await call("POST", "/v1/generate", body);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {  // one server-sent event per blank-line-ended block
+        const line = buffer.slice(0, cut).replace(/^data: /, "");
+        buffer = buffer.slice(cut + 2);
+        if (line === "[DONE]") continue;
+        const event = JSON.parse(line);
+        if (event.text !== undefined) outs[event.index].textContent += event.text;
+        if (event.error) throw new Error(event.error);
+        if (event.done) $("caption").textContent = `${body.n} text${body.n === 1 ? "" : "s"} from ${m.name}, seed ${event.seed}`
+          + (event.notes && event.notes.length ? " (" + event.notes.join("; ") + ")" : "");
+      }
+    }
+    say("");
+  } catch (e) {
+    fail(e.message);
+  }
 }
 
 function more() {
