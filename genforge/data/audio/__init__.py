@@ -122,7 +122,8 @@ def load_audio(spec: str, *, rate: int = 16000, length: int = 16000, on_bad: str
         if kind == "spoken-digits" and manifest is None:
             raise DataError(f"audio:spoken-digits: {root} holds no spoken-digits set yet; make it once with: "
                             "genforge data make spoken-digits")
-        clips = read_audio_folder(root, rate, length, on_bad, on_rate, on_stereo)
+        order = manifest.get("words") if manifest is not None else None
+        clips = read_audio_folder(root, rate, length, on_bad, on_rate, on_stereo, class_order=order)
         if manifest is not None:
             split_of = {v["id"]: v["split"] for v in manifest["voice_table"]}
             clips.split = np.array([split_of.get(Path(f).stem, "train") for f in clips.files], dtype=object)

@@ -58,7 +58,7 @@ def drum_label(name: str) -> str:
         return "snare"
     if "hat" in s or any(w in ("hh", "ho", "chh", "ohh") or w.startswith("hh") for w in words):
         return "hihat"
-    if any(w.startswith("tom") or w.endswith("tom") or w in ("tm", "ft", "t") for w in words):
+    if re.search(r"(?<!s)tom", s) or any(w in ("tm", "ft", "t") for w in words):  # not "stomachache"
         return "tom"
     if any(k in s for k in ("crash", "ride", "cymbal", "china", "splash")) or any(
             w in ("rd", "cc", "rc", "cra", "cym") for w in words):
@@ -136,8 +136,11 @@ def read_asterisk_prompts(rate: int, root: Path = ASTERISK_DIR) -> tuple[list[np
 
 
 def read_audio_folder(root: Path, rate: int, length: int, on_bad: str = "drop", on_rate: str = "resample",
-                      on_stereo: str = "refuse", fit: str = "centre") -> Clips:
-    """A folder of audio files: flat (unlabelled) or one subfolder per class (its name is the class)."""
+                      on_stereo: str = "refuse", fit: str = "centre", class_order: list[str] | None = None) -> Clips:
+    """A folder of audio files: flat (unlabelled) or one subfolder per class (its name is the class).
+
+    class_order: the class names in label order when the folder's maker fixed one (the spoken digits: "zero"
+    is 0); otherwise the subfolders' sorted names."""
     if not root.is_dir():
         raise DataError(f"audio folder {root} does not exist")
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
@@ -146,6 +149,12 @@ def read_audio_folder(root: Path, rate: int, length: int, on_bad: str = "drop", 
     if subdirs and top:
         raise DataError(f"{root}: holds both audio files ({top[0].name}, ...) and subfolders ({subdirs[0].name}, "
                         "...); use a flat folder (unlabelled) or one subfolder per class")
+    if subdirs and class_order is not None:
+        by_name = {d.name: d for d in subdirs}
+        if sorted(by_name) != sorted(class_order):
+            raise DataError(f"{root}: subfolders {sorted(by_name)} are not the classes {class_order} its maker "
+                            "wrote")
+        subdirs = [by_name[n] for n in class_order]
     if subdirs:
         files, labels = [], []
         for k, d in enumerate(subdirs):
