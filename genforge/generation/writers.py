@@ -14,7 +14,7 @@ import numpy as np
 
 from genforge.crypto import EncryptingWriter
 from genforge.errors import GenforgeError
-from genforge.generation import provenance
+from genforge.generation import audio, provenance
 from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
 
 
@@ -118,9 +118,59 @@ def _write_png_dir(samples, path: Path, model, meta: dict, extra: dict, keyring,
     return path
 
 
+# ------------------------------------------------------------------------------------------------ audio
+
+
+def _rate(model) -> int:
+    return int(model.meta["rate"])
+
+
+def _class_name(model, samples, i: int) -> str | None:
+    if samples.y is None:
+        return None
+    k = int(samples.y[i])
+    names = model.class_names
+    return names[k] if names and k < len(names) else str(k)
+
+
+def _write_wav_one(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    rate = _rate(model)
+    gap = np.zeros(int(audio.GAP_SECONDS * rate), np.float32)
+    parts = []
+    for i, x in enumerate(samples.x):
+        parts += [x, gap] if i < len(samples.x) - 1 else [x]
+    classes = None if samples.y is None else [_class_name(model, samples, i) for i in range(len(samples.x))]
+    return audio.save_wav(np.concatenate(parts), path, rate, {**meta, "kind": "sequence", "gap_seconds": audio.GAP_SECONDS,
+                                                          "classes": classes}, ledger=True)
+
+
+def _write_wav_dir(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(samples.x):
+        cls = _class_name(model, samples, i)
+        audio.save_wav(x, path / f"{i:05d}.wav", _rate(model),
+                 {**meta, "kind": "single", "index": i, "class": cls, "latent": samples.z[i].tolist()},
+                 title=f"sample {i}" + (f" ({cls})" if cls else ""), ledger=True)
+    return path
+
+
+def _write_audio_npz(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    return save_npz(path, np.asarray(samples.x, dtype=np.float32), samples.y, keyring)
+
+
+def _write_spectrogram_grid(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    pictures = np.stack([audio.spectrogram_image(x, _rate(model)) for x in samples.x])
+    grid = make_grid(pictures)
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    return save_png(grid, path, {**meta, "kind": "spectrogram-grid", "scale": scale}, ledger=True)
+
+
 MAX_SCALE = 16
 # modality -> output suffix -> writer ("" is a directory); genforge.modalities declares the suffixes
-WRITERS = {"image": {".png": _write_grid, ".npz": _write_npz, "": _write_png_dir}}
+WRITERS = {"image": {".png": _write_grid, ".npz": _write_npz, "": _write_png_dir},
+           "audio": {".wav": _write_wav_one, "": _write_wav_dir, ".npz": _write_audio_npz,
+                     ".png": _write_spectrogram_grid}}
 
 
 def read_sidecar(grid: str | Path) -> dict:

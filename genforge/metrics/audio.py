@@ -220,6 +220,7 @@ def train_audio_evaluator(spec: str, recipe: AudioRecipe = AudioRecipe(), splits
             "class_names": splits.class_names, "widths": list(WIDTHS), "train_size": len(splits.train),
             "train_sha256": hashlib.sha256(splits.train.x.tobytes()).hexdigest(), "train_recipe": recipe.__dict__,
             "threads": torch.get_num_threads(), "train_seconds": 0.0}
+    meta["weights_sha256"] = hashlib.sha256(_weights_bytes(net)).hexdigest()  # what save_audio_evaluator writes
     ev = AudioEvaluator(net, ear, meta)
     meta["train_seconds"] = round(time.perf_counter() - t0, 1)
     meta["test_accuracy"] = round(_accuracy(ev, splits.test.x, splits.test.y), 6)
@@ -247,10 +248,13 @@ def audio_evaluator_key(spec: str) -> str:
     return slug if named else f"{slug}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
 
 
+def _weights_bytes(net: EvaluatorNet) -> bytes:
+    return st_save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, metadata={"format": FORMAT})
+
+
 def save_audio_evaluator(ev: AudioEvaluator, directory: str | Path) -> Path:
     directory = Path(directory)
-    data = st_save({k: v.detach().cpu().contiguous() for k, v in ev.net.state_dict().items()},
-                   metadata={"format": FORMAT})
+    data = _weights_bytes(ev.net)
     meta = {**ev.meta, "weights_sha256": hashlib.sha256(data).hexdigest(),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_bytes(directory / f"{meta['name']}.safetensors", data)
