@@ -95,3 +95,27 @@ def test_the_denoiser_trains_saves_and_loads(tmp_path):
     weights.write_bytes(bytes(raw))
     with pytest.raises(ModelFileError, match="SHA-256 does not match"):
         enhance.load_denoiser(tmp_path / "den")
+
+
+def test_genforge_repair_denoises_a_wav_and_refuses_bad_input_by_name(tmp_path, capsys, monkeypatch):
+    from genforge.cli import main
+    from genforge.data.audio.wav import read_audio, read_info, write_wav
+
+    monkeypatch.setenv("GENFORGE_LEDGER", str(tmp_path / "ledger.jsonl"))
+    clean = speechlike(2.0, 6)
+    noisy = enhance.mix(clean, np.random.default_rng(7).standard_normal(len(clean)).astype(np.float32), 0)
+    write_wav(tmp_path / "noisy.wav", noisy, RATE)
+    out = tmp_path / "clean.wav"
+    assert main(["repair", "spectral-subtraction", str(tmp_path / "noisy.wav"), "--task", "denoise",
+                 "--out", str(out)]) == 0
+    fixed, _ = read_audio(out, RATE)
+    assert enhance.si_sdr(fixed, clean) > enhance.si_sdr(noisy, clean) + 2
+    assert '"task": "denoise"' in read_info(out)["ICMT"]
+    assert str(out) in (tmp_path / "ledger.jsonl").read_text()
+    before = out.read_bytes()
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVE")
+    assert main(["repair", "wiener", str(tmp_path / "broken.wav"), "--task", "denoise", "--out", str(out)]) == 2
+    assert "broken.wav" in capsys.readouterr().err
+    assert out.read_bytes() == before                                  # nothing already written is lost
+    assert main(["repair", "wiener", str(tmp_path / "noisy.wav"), "--task", "inpaint", "--out", str(out)]) == 2
+    assert "--task denoise only" in capsys.readouterr().err

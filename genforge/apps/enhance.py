@@ -40,8 +40,11 @@ from torch.nn import functional as F
 
 from genforge.data.audio import load_audio
 from genforge.data.audio.sources import read_asterisk_prompts
+from genforge.data.audio.wav import list_audio_files, read_audio
 from genforge.data.split import split_indices
 from genforge.errors import GenforgeError, ModelFileError
+from genforge.generation import provenance
+from genforge.generation.audio import save_wav
 from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 from genforge.models.files import check_header
 
@@ -387,3 +390,47 @@ def format_enhancement(rows: list[dict]) -> str:
 
 def describe(den: Denoiser) -> str:
     return json.dumps({k: den.meta.get(k) for k in ("steps", "train_seconds", "weights_sha256")})
+
+
+# ------------------------------------------------------------------------------------------------ files in, files out
+
+CLASSICAL = {"spectral-subtraction": spectral_subtraction, "wiener": wiener}
+
+
+def denoise_files(model: str, inputs: str | Path, out: str | Path) -> tuple[Path, list[str]]:
+    """``genforge repair MODEL noisy.wav --task denoise --out clean.wav``: MODEL is a denoiser directory (from
+    :func:`train_denoiser`) or a classical baseline by name (spectral-subtraction, wiener). INPUTS: a WAV/FLAC
+    file or a folder of them; OUT: a .wav (one input) or a folder. Inputs are resampled to 8 kHz and mono is
+    required; each output carries provenance in its INFO chunk and the ledger."""
+    if model in CLASSICAL:
+        fn, meta = CLASSICAL[model], {"model": model}
+    else:
+        den = load_denoiser(model)
+        fn, meta = den.enhance, {"model": str(model), "weights_sha256": den.meta.get("weights_sha256")}
+    src, out = Path(inputs), Path(out)
+    files = list_audio_files(src) if src.is_dir() else [src]
+    if not files:
+        raise GenforgeError(f"{src}: a folder of zero audio files (.wav, .flac, .ogg, .aiff)")
+    if len(files) > 1 and out.suffix:
+        raise GenforgeError(f"--out {out}: {len(files)} inputs need a folder name (no suffix)")
+    if len(files) == 1 and out.suffix and out.suffix.lower() != ".wav":
+        raise GenforgeError(f"--out {out}: write a .wav, or a folder name for several inputs")
+    notes, written = [], []
+    for f in files:
+        x, n = read_audio(f, RATE)  # every bad input is a one-line error naming the file, before anything is written
+        notes += n
+        written.append((f, x))
+    for f, x in written:
+        target = out if out.suffix else out / (f.stem + ".wav")
+        stamp = provenance.stamp({**meta, "kind": "repair", "task": "denoise", "source": str(f)})
+        save_wav(fn(x), target, RATE, stamp, title=f"denoised {f.name}", ledger=True)
+    return out, notes
+
+
+def is_audio_input(path: str | Path) -> bool:
+    """A WAV/FLAC file, or a folder holding audio files and no images: what repair hands to denoise_files."""
+    p = Path(path)
+    audio_suffixes = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+    if p.suffix.lower() in audio_suffixes:
+        return True
+    return p.is_dir() and any(f.suffix.lower() in audio_suffixes for f in p.iterdir())
