@@ -42,6 +42,8 @@ def control_options(fn):
 @click.option("--like", metavar="I,J,...", help="feedback: indices of the liked samples in that grid")
 @click.option("--radius", type=float, default=0.3, show_default=True,
               help="feedback: 0 repeats the liked samples, 1 ignores them")
+@click.option("--from-image", metavar="DIGIT.png",
+              help="image-to-speech models: say the digit of this 28x28 image (--out a .wav)")
 @click.option("--filter", "filter_method", type=click.Choice(["drs", "confidence"]),
               help="quality filter: discriminator rejection sampling (GANs) or evaluator confidence")
 @click.option("--keep-top", type=float, help="share of samples the filter keeps, in (0, 1] (default 0.8)")
@@ -55,7 +57,7 @@ def control_options(fn):
 @key_file_option
 @progress_option
 def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | None, like: str | None,
-           radius: float, filter_method: str | None, keep_top: float | None, dedup: float | None, out: str,
+           radius: float, from_image: str | None, filter_method: str | None, keep_top: float | None, dedup: float | None, out: str,
            scale: int, device: str, encrypt: bool, progress: bool, **control_values) -> int:
     """Generate samples: genforge sample MODEL --n 64 --seed 0 --out grid.png.
 
@@ -63,8 +65,18 @@ def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | 
     a .png.json sidecar with its latents; a .npz gets x as uint8 (N, H, W) or (N, H, W, C), and y for
     conditional models (--class picks them); a name without suffix gets a directory of PNGs. Feedback: pick
     the samples you like from a saved grid, --from grid.png --like 3,7,12, and get new ones near them.
+    Image to speech: genforge sample RUN --from-image digit.png --out say.wav says the digit the image shows.
     """
+    from genforge.apps.image_to_speech import is_image_to_speech, say_file
     from genforge.generation import feedback, sample as draw, write_samples
+
+    if from_image or is_image_to_speech(model):
+        if not (from_image and is_image_to_speech(model)):
+            raise GenforgeError(f"--from-image goes with an image-to-speech model: {model} "
+                                + ("is not one" if from_image else "is one; give --from-image DIGIT.png"))
+        path = say_file(model, from_image, out, seed)
+        print(f"genforge: said the digit of {from_image} (seed {seed}) with {model}; wrote {path}")
+        return 0
     from genforge.generation.model import load as load_model
     from genforge.generation.steering import parse_ints
 

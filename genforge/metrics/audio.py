@@ -51,6 +51,7 @@ WIDTHS = (8, 16, 32, 64)  # 0.24 GMAC per batch of 64 forward: a step in ~0.1 s 
 # drums keep the whole band (a hi-hat lives above 5 kHz).
 EAR = {"spoken-digits": MelSpec(rate=16000, n_fft=400, hop=160, n_mels=40, fmax=4000.0),
        "drums": MelSpec(rate=16000, n_fft=400, hop=160, n_mels=40)}
+WARP = (0.9, 1.1)  # the mel-axis warp of augment_mel
 REAL_CHECK = {"spoken-digits": "audio:asterisk-digits"}
 
 
@@ -88,7 +89,7 @@ def augment_mel(m: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     # in [-1, 1] coordinates. grid_sample pads with 0, so it runs on m + 1 (silence is then 0).
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = 1 / u(0.85, 1.15), u(-0.3, 0.3)
-    theta[:, 1, 1] = 1 / u(0.9, 1.1)
+    theta[:, 1, 1] = 1 / u(*WARP)
     theta[:, 1, 2] = theta[:, 1, 1] - 1  # keep the lowest band in place: the warp is about 0 Hz
     grid = F.affine_grid(theta, [b, 1, f, t], align_corners=False)
     s = F.grid_sample(m + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
