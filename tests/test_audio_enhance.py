@@ -112,6 +112,13 @@ def test_genforge_repair_denoises_a_wav_and_refuses_bad_input_by_name(tmp_path, 
     assert enhance.si_sdr(fixed, clean) > enhance.si_sdr(noisy, clean) + 2
     assert '"task": "denoise"' in read_info(out)["ICMT"]
     assert str(out) in (tmp_path / "ledger.jsonl").read_text()
+    from genforge.generation.provenance import verify
+
+    assert verify(out).verified and verify(out).metadata["task"] == "denoise"
+    altered = bytearray(out.read_bytes())
+    altered[100] ^= 1                                                  # one sample changed
+    (tmp_path / "altered.wav").write_bytes(bytes(altered))
+    assert not verify(tmp_path / "altered.wav").verified
     before = out.read_bytes()
     (tmp_path / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVE")
     assert main(["repair", "wiener", str(tmp_path / "broken.wav"), "--task", "denoise", "--out", str(out)]) == 2
