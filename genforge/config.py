@@ -26,7 +26,8 @@ from genforge.errors import ConfigError, GenforgeError
 @dataclass
 class Config:
     # --- what to train on -------------------------------------------------------
-    data: str = "mnist5k"            # data spec: mnist5k, fashion-mnist[:DIR], idx:DIR, npz:FILE, folder:DIR
+    data: str = "mnist5k"            # data spec: images mnist5k, fashion-mnist[:DIR], idx:DIR, npz:FILE, folder:DIR;
+                                     # series ucr:NAME, tep:[OPTIONS], series-csv:FILE, series-npz:FILE
     image_size: int = 28             # images are resized to image_size x image_size when the source differs
     channels: int = 0                # 0: take the source's channel count; 1 or 3 to insist
     on_bad: str = "drop"             # bad images (corrupt, blank, duplicate...): "drop" with a report, or "reject"
@@ -37,6 +38,14 @@ class Config:
     augment_flip: bool = False       # augmentation is off by default: digits are not mirror-symmetric
     augment_shift: int = 0           # max shift in pixels
     augment_rotate: float = 0.0      # max rotation in degrees
+    # --- sensor series sources (ucr:, tep:, series-csv:, series-npz:; genforge.data.series) ---------------
+    series_window: int = 0           # tep and logs: window length in samples (required for them)
+    series_stride: int = 0           # samples between window starts; 0: the window length (no overlap)
+    series_length_policy: str = "equal"  # ragged UCR sets: "equal" (refuse), "pad", "resample" or "crop"
+    series_length: int = 0           # the target length of pad / resample / crop; 0: the policy's own choice
+    series_missing: str = "refuse"   # missing values: "refuse", or "fill" (linear interpolation)
+    series_time_column: str = ""     # series-csv: the time column (checked for order and duplicates), if any
+    series_label_column: str = ""    # series-csv / series-npz: the class column, if any
 
     # --- what to train ------------------------------------------------------------
     model: str = "dcgan"             # a key of genforge.models.MODELS
@@ -125,6 +134,8 @@ CHOICES = {
     "gan_loss": ("ns", "hinge", "wgan-gp"),
     "d_norm": ("batch", "group", "none"),
     "noise_schedule": ("linear", "cosine"),
+    "series_length_policy": ("equal", "pad", "resample", "crop"),
+    "series_missing": ("refuse", "fill"),
 }
 # recipe fields that set a trained model's sampling defaults: their ranges are the controls' own
 RECIPE_CONTROLS = {c.recipe_field: c for c in controls.ALL if c.recipe_field}
@@ -132,7 +143,8 @@ POSITIVE = ("eval_n", "image_size", "z_dim", "base_channels", "batch_size", "g_l
             "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
             "keep_checkpoints", "dp_max_grad_norm")
 NON_NEGATIVE = ("dp_epsilon", "eval_every", "gp_weight", "r1_weight", "instance_noise", "acgan_weight", "kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
-                "augment_rotate", "ema_start", "num_threads", "max_rollbacks")
+                "augment_rotate", "ema_start", "num_threads", "max_rollbacks", "series_window", "series_stride",
+                "series_length")
 
 
 def _coerce(name: str, value, source: str):

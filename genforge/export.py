@@ -30,6 +30,7 @@ from torch import nn
 from genforge.crypto import is_encrypted
 from genforge.errors import GenforgeError, ModelFileError
 from genforge.generation.model import GenerativeModel
+from genforge.generation.sampling import OUTPUTS
 from genforge.io import atomic_write_bytes, atomic_write_json
 from genforge.models import MODELS
 from genforge.models.files import WEIGHTS, _read_meta
@@ -141,6 +142,7 @@ class OnnxModel(GenerativeModel):
         self.meta = meta
         self.path = path
         self.method = _OnnxMethod(MODELS[meta["model"]].method)
+        self.output = OUTPUTS[self.modality.name](meta, f"{path or 'model'}: config.json")
 
     @property
     def device(self) -> torch.device:
@@ -152,7 +154,8 @@ class OnnxModel(GenerativeModel):
         return self
 
     def __repr__(self) -> str:
-        return f"OnnxModel({self.name}, family={self.family}, image_shape={self.image_shape}, z_dim={self.z_dim})"
+        return (f"OnnxModel({self.name}, family={self.family}, modality={self.modality.name}, "
+                f"example_shape={self.example_shape}, z_dim={self.z_dim})")
 
 
 def is_onnx_dir(path: str | Path) -> bool:

@@ -34,6 +34,21 @@ def digits_npz(tmp_path_factory) -> str:
     return f"npz:{path}"
 
 
+@pytest.fixture(scope="session")
+def series_csv(tmp_path_factory) -> str:
+    """A two-channel sensor log of 1,200 rows with a time column and two alternating states, as a series spec
+    (windows of 32 rows every 16: tiny_config sets series_window / series_stride for 1-D models)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(1200)
+    a = np.sin(t / 6) + 0.1 * rng.normal(size=t.size)
+    b = 100 + 3 * np.cos(t / 11) + 0.1 * rng.normal(size=t.size)
+    state = np.where((t // 150) % 2 == 0, "ok", "fault")
+    path = tmp_path_factory.mktemp("series") / "log.csv"
+    path.write_text("t,a,b,state\n" + "".join(f"{i},{a[i]:.5f},{b[i]:.5f},{state[i]}\n" for i in t))
+    return f"series-csv:{path}"
+
+
+SERIES_TINY = {"series_window": 32, "series_stride": 16, "series_time_column": "t", "series_label_column": "state"}
 TINY = {
     "gan-mlp": {},
     "dcgan": {"base_channels": 4},
@@ -44,15 +59,31 @@ TINY = {
     "cvae-conv": {"z_dim": 8, "base_channels": 4},
     "ddpm": {"base_channels": 4},
     "cddpm": {"base_channels": 4},
+    "gan-1d": {"z_dim": 8, "base_channels": 4},
+    "cgan-1d": {"z_dim": 8, "base_channels": 4},
+    "vae-1d": {"z_dim": 8, "base_channels": 4},
+    "cvae-1d": {"z_dim": 8, "base_channels": 4},
+    "ddpm-1d": {"base_channels": 4},
+    "cddpm-1d": {"base_channels": 4},
 }
 
 
+def example_shape_of(model: str) -> tuple[int, ...]:
+    """The shape of one tiny example for a model: the digits (1, 28, 28), or the sensor log's windows (2, 32)."""
+    from genforge.models import MODELS
+
+    return (1, 28, 28) if MODELS[model].axes == ("c", "h", "w") else (2, 32)
+
+
 @pytest.fixture
-def tiny_config(digits_npz):
-    """A factory: tiny_config("dcgan", max_steps=4) -> a validated Config on the tiny digits."""
+def tiny_config(digits_npz, series_csv):
+    """A factory: tiny_config("dcgan", max_steps=4) -> a validated Config on the tiny digits (image models) or
+    the tiny sensor log (1-D models)."""
+    from genforge.models import MODELS
 
     def make(model: str, **overrides):
-        values = {"data": digits_npz, "model": model, "batch_size": 16, "max_steps": 4, "log_every": 2,
+        data = {"data": digits_npz} if MODELS[model].axes == ("c", "h", "w") else {"data": series_csv, **SERIES_TINY}
+        values = {**data, "model": model, "batch_size": 16, "max_steps": 4, "log_every": 2,
                   "sample_every": 0, "checkpoint_every": 2, "grid_n": 4, "tensorboard": False,
                   "num_threads": 1, **TINY[model], **overrides}
         return check_config(from_dict(values, "test"), "test")

@@ -337,7 +337,7 @@ def model_dir() -> Path:
     if not path.exists():
         torch.manual_seed(0)
         nets = build_networks("dcgan", (1, 28, 28), 8, 4)
-        save_model(path, nets, {"model": "dcgan", "image_shape": [1, 28, 28], "z_dim": 8, "base_channels": 4,
+        save_model(path, nets, {"model": "dcgan", "example_shape": [1, 28, 28], "z_dim": 8, "base_channels": 4,
                                 "num_classes": 0, "d_options": {"norm": "batch", "spectral_norm": False,
                                                                 "mbstd": False},
                                 "class_names": None, "value_range": "-1,1", "data": "mnist5k"})

@@ -14,12 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import genforge
 from genforge.data import sources
 from genforge.errors import DataError, GenforgeError
 from genforge.generation import writers
-from genforge.modalities import MODALITIES
+from genforge.data.examples import LOADERS
+from genforge.data.series import KINDS as SERIES_KINDS
+from genforge.data.series import load_series
+from genforge.generation.sampling import OUTPUTS
+from genforge.models import build_networks
+from genforge.models.files import save_model
+from genforge.modalities import MODALITIES, of_spec
 
 PACKAGE = Path(genforge.__file__).parent
 FIXTURE_MODEL = Path(__file__).parent / "fixtures" / "legacy" / "models" / "dcgan"
@@ -193,35 +200,60 @@ def test_the_contract_catches_what_it_forbids():
 # ------------------------------------------------------------------------------------------- modalities
 
 
+def _read(name: str, kind: str, missing: Path):
+    """Read a spec of ``kind`` naming ``missing`` through modality ``name``'s data layer."""
+    if name == "image":
+        spec = sources.parse_spec(kind if kind == "mnist5k" else f"{kind}:{missing}")
+        assert spec.kind == kind
+        return sources.read_source(spec, image_size=28, channels=0)
+    # series: every form reaches its own reader (tep's reader names the unknown option it was given)
+    return load_series(f"{kind}:{missing}", window=8)
+
+
 @pytest.mark.parametrize("name", sorted(MODALITIES))
 def test_a_modalitys_sources_are_read_by_genforge_data(name, tmp_path):
     """Each declared source parses as a spec of that kind and reaches its own reader (a missing path is that
     reader's clear DataError naming the path; a kind without a reader falls through to an assertion)."""
     for kind in MODALITIES[name].sources:
+        assert of_spec(f"{kind}:x").name == name  # the prefix alone says which modality a spec is
         missing = tmp_path / f"no-{kind}"
-        spec = sources.parse_spec(kind if kind == "mnist5k" else f"{kind}:{missing}")
-        assert spec.kind == kind
         if kind == "mnist5k":
-            assert len(sources.read_source(spec, image_size=28, channels=0).train.x) == 5000
+            assert len(_read(name, kind, missing).train.x) == 5000
         else:
-            with pytest.raises(DataError, match=re.escape(str(missing))):
-                sources.read_source(spec, image_size=28, channels=0)
+            with pytest.raises(DataError, match=re.escape(str(missing.name))):
+                _read(name, kind, missing)
     with pytest.raises(AssertionError):  # what an undeclared kind meets: no reader
         sources.read_source(sources.Spec("bogus", tmp_path), image_size=28, channels=0)
 
 
 def test_every_source_genforge_data_reads_is_declared_by_a_modality():
-    readable = {form.split(":")[0].strip() for form in sources.SPEC_FORMS.split(",")}
+    readable = {form.split(":")[0].strip() for form in sources.SPEC_FORMS.split(",")} | set(SERIES_KINDS)
     declared = {kind for m in MODALITIES.values() for kind in m.sources}
     assert readable == declared
+    assert len(declared) == sum(len(m.sources) for m in MODALITIES.values())  # no prefix in two modalities
+    assert set(LOADERS) == set(MODALITIES) == set(OUTPUTS) == set(writers.WRITERS)
+
+
+def _model_of(name: str, tmp_path: Path):
+    """A loadable model of modality ``name``: the legacy image fixture, or a fresh 1-D VAE with a transform."""
+    if name == "image":
+        return genforge.load(FIXTURE_MODEL)
+    torch.manual_seed(0)
+    nets = build_networks("cvae-1d", (2, 40), z_dim=8, base_channels=4, num_classes=2)
+    transform = {"kind": "series", "channel_names": ["a", "b"],
+                 "normalization": {"method": "minmax", "shift": [0.0, 100.0], "scale": [1.0, 3.0]}}
+    meta = {"model": "cvae-1d", "modality": "series", "example_shape": [2, 40], "z_dim": 8, "base_channels": 4,
+            "num_classes": 2, "class_names": ["ok", "fault"], "transform": transform}
+    return genforge.load(save_model(tmp_path / "series-model", nets, meta))
 
 
 @pytest.mark.parametrize("name", sorted(MODALITIES))
 def test_a_modalitys_writers_exist(name, tmp_path):
     """Each declared --out suffix is written by genforge.generation.writers; an undeclared one is refused."""
-    model = genforge.load(FIXTURE_MODEL)
-    assert model.modality.name == name if hasattr(model, "modality") else name == "image"
+    model = _model_of(name, tmp_path)
+    assert model.modality.name == name
     samples = model.sample(4, seed=0)
+    assert samples.x.dtype == np.dtype(MODALITIES[name].output_dtype)
     for suffix in MODALITIES[name].writers:
         out = writers.write_samples(samples, tmp_path / f"out{suffix}", model)
         assert out.exists()

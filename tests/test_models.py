@@ -15,8 +15,13 @@ from genforge.models.networks import DCGANGenerator
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-def test_network_shapes(model, shape):
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_network_shapes(model, size):
+    """Every network builds and runs on examples of its axes: images (1, 28, 28), (3, 32, 32); series of
+    lengths that are and are not a power of two times 4..8 ((2, 8), (3, 150))."""
+    two_d = MODELS[model].axes == ("c", "h", "w")
+    shape = {("small", True): (1, 28, 28), ("large", True): (3, 32, 32),
+             ("small", False): (2, 8), ("large", False): (3, 150)}[size, two_d]
     torch.manual_seed(0)
     k = 3 if MODELS[model].conditional else 0
     nets = build_networks(model, shape, z_dim=8, base_channels=4, num_classes=k)
@@ -51,11 +56,20 @@ def test_unsuitable_image_size_is_clear():
         DCGANGenerator((1, 30, 30), 8, 4)
 
 
+SERIES_TRANSFORM = {"kind": "series", "channel_names": ["a", "b"],
+                    "normalization": {"method": "minmax", "shift": [0.0, 100.0], "scale": [1.0, 3.0]}}
+
+
 def _saved(tmp_path, model="dcgan"):
     torch.manual_seed(0)
     k = 3 if MODELS[model].conditional else 0
-    nets = build_networks(model, (1, 28, 28), z_dim=8, base_channels=4, num_classes=k)
-    meta = {"model": model, "image_shape": [1, 28, 28], "z_dim": 8, "base_channels": 4, "num_classes": k}
+    if MODELS[model].axes == ("c", "h", "w"):
+        shape, extra = [1, 28, 28], {"modality": "image"}
+    else:
+        shape, extra = [2, 40], {"modality": "series", "transform": SERIES_TRANSFORM}
+    z_dim = MODELS[model].method.latent_dim(8, shape)
+    nets = build_networks(model, tuple(shape), z_dim=z_dim, base_channels=4, num_classes=k)
+    meta = {"model": model, "example_shape": shape, "z_dim": z_dim, "base_channels": 4, "num_classes": k, **extra}
     return save_model(tmp_path / "m", nets, meta), nets
 
 

@@ -37,7 +37,8 @@ def test_train_each_family_writes_a_complete_run(tmp_path, tiny_config, model):
     # keep_checkpoints=2: steps 2 and 4 remain; the release weights load without the trainer
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
     model_ = genforge.load(run)
-    assert model_.meta["step"] == 4 and model_.sample(3, seed=1).x.shape == (3, 28, 28)
+    expected = (3, 28, 28) if MODELS[model].axes == ("c", "h", "w") else (3, 2, 32)  # series: (n, c, t)
+    assert model_.meta["step"] == 4 and model_.sample(3, seed=1).x.shape == expected
 
 
 def test_vae_learns(tmp_path, tiny_config):
@@ -61,7 +62,7 @@ def test_gan_updates_both_networks(tmp_path, tiny_config):
         assert state["optimizers"][role]["state"], role  # Adam moments exist: the optimizer stepped
 
 
-@pytest.mark.parametrize("model", ["dcgan", "vae-conv"])
+@pytest.mark.parametrize("model", ["dcgan", "vae-conv", "cddpm-1d"])
 def test_resume_continues_exactly(tmp_path, tiny_config, model):
     """N steps, then a resume to 2N, gives the same weights as 2N steps in one go."""
     once = train(tiny_config(model, max_steps=8, checkpoint_every=4), tmp_path / "once", quiet=True)

@@ -16,7 +16,7 @@ from torch import nn
 
 from genforge import devices, modalities
 from genforge.controls import Control
-from genforge.generation.sampling import Samples, sample
+from genforge.generation.sampling import OUTPUTS, Samples, sample
 from genforge.memory import tune_allocator
 from genforge.models import MODELS, family_of, sampling_defaults
 from genforge.models.files import read_model
@@ -30,6 +30,8 @@ class GenerativeModel:
         self.meta = meta
         self.path = path
         self.method = MODELS[meta["model"]].method
+        # the modality's conversion of the family's [0, 1] outputs (series: back to the data's units)
+        self.output = OUTPUTS[self.modality.name](meta, f"{path or 'model'}: config.json")
         for net in nets.values():
             net.eval().requires_grad_(False)
 
@@ -68,8 +70,14 @@ class GenerativeModel:
         return sampling_defaults(self.method, self.meta.get("train_config") or {}, bool(self.num_classes))
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.meta["image_shape"])
+    def example_shape(self) -> tuple[int, ...]:
+        """One example's shape as the networks see it: images (c, h, w), series (c, t)."""
+        return tuple(self.meta["example_shape"])
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """An image model's (c, h, w): its example_shape, by the name image code reads."""
+        return self.example_shape
 
     @property
     def z_dim(self) -> int:
@@ -103,7 +111,8 @@ class GenerativeModel:
         return sample(self, n, seed=seed, classes=classes, batch_size=batch_size, **controls)
 
     def __repr__(self) -> str:
-        return (f"GenerativeModel({self.name}, family={self.family}, image_shape={self.image_shape}, "
+        return (f"GenerativeModel({self.name}, family={self.family}, modality={self.modality.name}, "
+                f"example_shape={self.example_shape}, "
                 f"z_dim={self.z_dim}, step={self.meta.get('step')})")
 
 

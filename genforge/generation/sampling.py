@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from genforge import controls as declared
+from genforge.data.series.base import Normalization
 from genforge.errors import GenforgeError
 from genforge.models import MODELS, family_of
 
@@ -33,7 +34,8 @@ _FAMILY_OF_CONTROL = {c.name: family_of(name) for name, spec in MODELS.items() f
 
 @dataclass
 class Samples:
-    x: np.ndarray            # uint8, (n, h, w) grayscale or (n, h, w, c) colour
+    x: np.ndarray            # the modality's output: images uint8 (n, h, w) or (n, h, w, c); series float32
+                             # (n, c, t) in the data's own units
     y: np.ndarray | None     # int64 (n,) class of each sample for conditional models, else None
     z: np.ndarray            # float32 (n, z_dim): the latents, so any sample can be regenerated
     seed: int
@@ -41,7 +43,9 @@ class Samples:
 
     @property
     def images(self) -> list[Image.Image]:
-        """The samples as PIL images (grayscale "L" or "RGB")."""
+        """The samples as PIL images (grayscale "L" or "RGB"); image models only."""
+        if self.x.dtype != np.uint8:
+            raise GenforgeError("these samples are not images (a series model's samples are float arrays: use .x)")
         return [Image.fromarray(img) for img in self.x]
 
     def __len__(self) -> int:
@@ -94,6 +98,42 @@ def truncated_latents(n: int, z_dim: int, seed: int, truncation: float) -> torch
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """(b, c, h, w) floats in [0, 1] -> (b, h, w, c) uint8, rounding to nearest."""
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class ImageOutput:
+    """A family's outputs in [0, 1] -> uint8 images (b, h, w) grayscale or (b, h, w, c) colour."""
+
+    def __init__(self, meta: dict, origin: str = "config.json"):
+        pass
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        out = to_uint8(x).cpu().numpy()
+        return out[..., 0] if out.shape[-1] == 1 else out
+
+
+class SeriesOutput:
+    """A family's outputs in [0, 1] -> float32 series (b, c, t) in the data's units: the training data's
+    per-channel map to [-1, 1] (``transform.normalization``, saved with the model) undone."""
+
+    def __init__(self, meta: dict, origin: str = "config.json"):
+        transform = meta.get("transform")
+        if not isinstance(transform, dict) or not isinstance(transform.get("normalization"), dict):
+            raise GenforgeError(f"{origin}: a series model needs field 'transform' with its 'normalization'")
+        self.normalization = Normalization.from_json(transform["normalization"], f"{origin}: transform")
+        self.channel_names = transform.get("channel_names")
+        c = meta["example_shape"][0]
+        if len(self.normalization.shift) != c or not (
+                isinstance(self.channel_names, list) and len(self.channel_names) == c
+                and all(isinstance(n, str) for n in self.channel_names)):
+            raise GenforgeError(f"{origin}: field 'transform' must describe {c} channel(s) (normalization and "
+                                "channel_names)")
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return self.normalization.invert((x.float() * 2 - 1).cpu().numpy())
+
+
+# modality -> the conversion of a family's [0, 1] outputs into what a sample is (built once per loaded model)
+OUTPUTS = {"image": ImageOutput, "series": SeriesOutput}
 
 
 def prior_classes(prior, n: int, seed: int) -> np.ndarray:
@@ -198,7 +238,8 @@ def resize(x: np.ndarray, size: int, resample: str = "lanczos") -> np.ndarray:
 
 def decode(model, z: torch.Tensor, y: np.ndarray | None = None, batch_size: int = 500, progress: bool = False,
            **family_controls) -> np.ndarray:
-    """Latents (n, z_dim) and classes (n,) or None -> uint8 images (n, h, w) or (n, h, w, c).
+    """Latents (n, z_dim) and classes (n,) or None -> the model's outputs: images uint8 (n, h, w) or
+    (n, h, w, c); series float32 (n, c, t) in the data's units (``model.output``, by modality).
 
     ``family_controls`` (diffusion: steps, guidance, sampler) go to the family's ``generate``; None values are
     dropped, and the model's recipe fills in the ones not given (``model.sampling_defaults``). Callers that
@@ -215,10 +256,9 @@ def decode(model, z: torch.Tensor, y: np.ndarray | None = None, batch_size: int 
             part_y = y_t[start:start + batch_size].to(device) if y_t is not None else None
             images = model.method.generate(model.nets, z[start:start + batch_size].to(device), part_y,
                                            **family_controls)
-            chunks.append(to_uint8(images).cpu())
+            chunks.append(model.output(images))
             bar.update(len(chunks[-1]))
-    x = torch.cat(chunks).numpy()  # (n, h, w, c)
-    return x[..., 0] if x.shape[-1] == 1 else x
+    return np.concatenate(chunks)
 
 
 def draw_latents(model, n: int, seed: int, noise: dict) -> torch.Tensor:

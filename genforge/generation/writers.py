@@ -7,14 +7,18 @@ outputs of ``write_samples`` are also recorded in the provenance ledger
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
+from genforge.config import from_dict
 from genforge.crypto import EncryptingWriter
+from genforge.data.examples import load_examples
 from genforge.errors import GenforgeError
-from genforge.generation import audio, provenance
+from genforge.generation import audio, plots, provenance
 from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
 
 
@@ -70,7 +74,9 @@ def write_samples(samples, path: str | Path, model, extra: dict | None = None, k
     """Write by the path's form, with the writers of the model's modality (``WRITERS``). Images: ``.png`` a
     grid (plus ``.png.json`` with the latents, for feedback rounds; ``scale`` enlarges each pixel), ``.npz``
     arrays ``x`` (uint8) and ``y`` (conditional models), a path with no suffix a directory of individual
-    PNGs ``00000.png`` ... Every PNG carries provenance metadata and is recorded in the ledger. With a
+    PNGs ``00000.png`` ... Series: ``.npz`` arrays ``x`` float32 (n, c, t) in the data's units and ``y``,
+    ``.csv`` one row per sample and time step, ``.png`` small multiples with real series beside the
+    generated. Every PNG carries provenance metadata and is recorded in the ledger. With a
     ``keyring`` the npz is written encrypted (:mod:`genforge.crypto`); PNGs cannot be.
     """
     path = Path(path)
@@ -118,11 +124,65 @@ def _write_png_dir(samples, path: Path, model, meta: dict, extra: dict, keyring,
     return path
 
 
+def _write_series_csv(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    """Long CSV: one row per (sample, time step), a column per channel, the class name when conditional."""
+    names = model.output.channel_names
+    classes = model.class_names or []
+
+    def write(f):
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        out = csv.writer(text)
+        out.writerow(["sample", *(["class"] if samples.y is not None else []), "t", *names])
+        for i, series in enumerate(samples.x):  # (c, t)
+            label = [classes[int(samples.y[i])] if classes else int(samples.y[i])] if samples.y is not None else []
+            for t in range(series.shape[1]):
+                out.writerow([i, *label, t, *(f"{v:.7g}" for v in series[:, t])])
+        text.flush()
+        text.detach()
+
+    return atomic_write(path, write)
+
+
+def _write_series_plot(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    real, real_y, note = real_series(model, len(samples.x), samples.y)
+    image = preview(samples, model, real=real, real_y=real_y, title=f"{model.name} seed {samples.seed}")
+    return save_png(image, path, {**meta, "kind": "series-plot", **({"note": note} if note else {})}, ledger=True)
+
+
+def real_series(model, n: int, y: np.ndarray | None = None):
+    """Up to ``min(n, 8)`` real training series of a series model's data, in the data's units, of the classes
+    in ``y`` where given, for plots beside samples: (x, y, None), or (None, None, why) when the data cannot be
+    read here (another machine, a moved file)."""
+    try:
+        cfg = from_dict(model.meta.get("train_config") or {}, "the model's train_config")
+        train = load_examples(cfg, "-1,1").raw.train  # the splits are in the data's units
+    except (GenforgeError, OSError) as e:
+        return None, None, f"real series not drawn: {str(e).splitlines()[0][:200]}"
+    k = min(n, 8, len(train.x))
+    if y is not None and train.y is not None:  # the same classes as the samples drawn, in order
+        idx = [int(np.flatnonzero(train.y == c)[0]) for c in y[:k] if (train.y == c).any()]
+    else:
+        idx = np.random.default_rng(0).choice(len(train.x), size=k, replace=False).tolist()
+    return train.x[idx], None if train.y is None else train.y[idx], None
+
+
+def preview(samples, model, nrow: int | None = None, real=None, real_y=None, title: str = "") -> np.ndarray:
+    """One uint8 picture of samples, for PNG outputs and TensorBoard: images a grid (rows ``nrow`` wide),
+    series small multiples (one panel per channel; real series beside them when given), audio a grid of the
+    samples' log-mel spectrograms."""
+    if model.modality.name == "image":
+        return make_grid(samples.x, nrow)
+    if model.modality.name in ("audio", "audio-wave"):
+        return make_grid(np.stack([audio.spectrogram_image(x, _rate(model)) for x in samples.x]), nrow)
+    return plots.series_panels(samples.x, samples.y, class_names=model.class_names,
+                               channel_names=model.output.channel_names, real=real, real_y=real_y, title=title)
+
+
 # ------------------------------------------------------------------------------------------------ audio
 
 
 def _rate(model) -> int:
-    return int(model.meta["rate"])
+    return int(model.output.rate)  # the audio output conversion knows the model's sample rate
 
 
 def _class_name(model, samples, i: int) -> str | None:
@@ -140,8 +200,9 @@ def _write_wav_one(samples, path: Path, model, meta: dict, extra: dict, keyring,
     for i, x in enumerate(samples.x):
         parts += [x, gap] if i < len(samples.x) - 1 else [x]
     classes = None if samples.y is None else [_class_name(model, samples, i) for i in range(len(samples.x))]
-    return audio.save_wav(np.concatenate(parts), path, rate, {**meta, "kind": "sequence", "gap_seconds": audio.GAP_SECONDS,
-                                                          "classes": classes}, ledger=True)
+    return audio.save_wav(np.concatenate(parts), path, rate,
+                          {**meta, "kind": "sequence", "gap_seconds": audio.GAP_SECONDS, "classes": classes},
+                          ledger=True)
 
 
 def _write_wav_dir(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
@@ -149,8 +210,8 @@ def _write_wav_dir(samples, path: Path, model, meta: dict, extra: dict, keyring,
     for i, x in enumerate(samples.x):
         cls = _class_name(model, samples, i)
         audio.save_wav(x, path / f"{i:05d}.wav", _rate(model),
-                 {**meta, "kind": "single", "index": i, "class": cls, "latent": samples.z[i].tolist()},
-                 title=f"sample {i}" + (f" ({cls})" if cls else ""), ledger=True)
+                       {**meta, "kind": "single", "index": i, "class": cls, "latent": samples.z[i].tolist()},
+                       title=f"sample {i}" + (f" ({cls})" if cls else ""), ledger=True)
     return path
 
 
@@ -159,18 +220,19 @@ def _write_audio_npz(samples, path: Path, model, meta: dict, extra: dict, keyrin
 
 
 def _write_spectrogram_grid(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
-    pictures = np.stack([audio.spectrogram_image(x, _rate(model)) for x in samples.x])
-    grid = make_grid(pictures)
+    grid = preview(samples, model)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     return save_png(grid, path, {**meta, "kind": "spectrogram-grid", "scale": scale}, ledger=True)
 
 
+# spectrogram models and waveform models write the same thing: sound
+_AUDIO_WRITERS = {".wav": _write_wav_one, "": _write_wav_dir, ".npz": _write_audio_npz, ".png": _write_spectrogram_grid}
 MAX_SCALE = 16
 # modality -> output suffix -> writer ("" is a directory); genforge.modalities declares the suffixes
 WRITERS = {"image": {".png": _write_grid, ".npz": _write_npz, "": _write_png_dir},
-           "audio": {".wav": _write_wav_one, "": _write_wav_dir, ".npz": _write_audio_npz,
-                     ".png": _write_spectrogram_grid}}
+           "series": {".npz": _write_npz, ".csv": _write_series_csv, ".png": _write_series_plot},
+           "audio": _AUDIO_WRITERS, "audio-wave": _AUDIO_WRITERS}
 
 
 def read_sidecar(grid: str | Path) -> dict:

@@ -114,3 +114,22 @@ class TrainingEvaluator:
         except EvaluatorUnavailable as e:
             log(f"validation skipped: {e}")
             return None
+
+
+def _image_validator(data_spec: str, splits, **kwargs) -> TrainingEvaluator | None:
+    return TrainingEvaluator.for_run(data_spec, splits.val.x, splits.image_shape, **kwargs)
+
+
+# modality -> (data spec, the modality's own splits, n=, seed=, max_steps=, max_seconds=, log=) -> scorer or None
+VALIDATORS: dict[str, Callable] = {"image": _image_validator}
+
+
+def validator_for_run(data_spec: str, modality: str, splits, *, n: int, seed: int, max_steps: int,
+                      max_seconds: float, log: Callable[[str], None]):
+    """The training loop's validation scorer for data of any modality, or None with a note through ``log``."""
+    make = VALIDATORS.get(modality)
+    if make is None:
+        log(f"validation skipped: genforge has no training-time validator for {modality} data yet (eval_every is "
+            "ignored); score the finished model with genforge eval")
+        return None
+    return make(data_spec, splits, n=n, seed=seed, max_steps=max_steps, max_seconds=max_seconds, log=log)

@@ -13,14 +13,27 @@ images).
 
 from __future__ import annotations
 
+from genforge.errors import DataError
 from genforge.modalities.image import IMAGE
 from genforge.modalities.modality import Modality
+from genforge.modalities.series import SERIES
 
-MODALITIES: dict[str, Modality] = {"image": IMAGE}
-__all__ = ["DEFAULT", "IMAGE", "MODALITIES", "Modality", "of_meta"]
+MODALITIES: dict[str, Modality] = {"image": IMAGE, "series": SERIES}
+__all__ = ["DEFAULT", "IMAGE", "MODALITIES", "SERIES", "Modality", "of_meta", "of_spec"]
 DEFAULT = "image"  # model files written before modalities were recorded
 
 
 def of_meta(meta: dict) -> Modality:
     """The modality a model file's ``config.json`` records (image for older files)."""
     return MODALITIES[meta.get("modality", DEFAULT)]
+
+
+def of_spec(spec: str) -> Modality:
+    """The modality a data spec belongs to, by its prefix ("ucr:GunPoint" -> series, "mnist5k" -> image). A
+    prefix belongs to one modality (tests/test_layers.py checks that no two declare the same one)."""
+    kind = spec.strip().partition(":")[0] if isinstance(spec, str) else ""
+    for modality in MODALITIES.values():
+        if kind in modality.sources:
+            return modality
+    forms = "; ".join(f"{m.name}: {', '.join(m.sources)}" for m in MODALITIES.values())
+    raise DataError(f"unknown data source spec {spec!r}; its prefix names no modality ({forms})")

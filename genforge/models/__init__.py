@@ -1,8 +1,10 @@
 """Model families and the registry of recipes.
 
 ``MODELS`` maps a recipe name to its method (the module that says how it
-learns: ``gan`` or ``vae``) and the networks it composes. Adding a recipe is
-one line here.
+learns: ``gan``, ``vae`` or ``diffusion``), the networks it composes and the
+axes of the examples those networks take (images (c, h, w); series and
+waveforms (c, t)). Adding a recipe is one line here; a 1-D recipe is the same
+method with 1-D networks (``networks1d.py``; the UNet builds either rank).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import NamedTuple
 from torch import nn
 
 from genforge.errors import ConfigError
-from genforge.models import diffusion, gan, networks, unet, vae
+from genforge.modalities import of_spec
+from genforge.models import diffusion, gan, networks, networks1d, unet, vae
 
 
 class ModelSpec(NamedTuple):
@@ -21,6 +24,7 @@ class ModelSpec(NamedTuple):
     networks: dict[str, type[nn.Module]]  # role -> network class
     conditional: bool = False             # trained on (image, class) pairs; generates a requested class
     fixed: dict = {}                      # discriminator options the recipe fixes (acgan: conditioning="aux")
+    axes: tuple[str, ...] = ("c", "h", "w")  # the examples its networks take: a modality's example_axes
 
 
 def d_options(cfg) -> dict:
@@ -28,6 +32,10 @@ def d_options(cfg) -> dict:
     weights, so they are saved in the model's config.json."""
     return {"norm": cfg.d_norm, "spectral_norm": cfg.spectral_norm, "mbstd": cfg.mbstd}
 
+
+_AXES_1D = ("c", "t")
+_GAN_1D = {"generator": networks1d.Conv1dGenerator, "discriminator": networks1d.Conv1dDiscriminator}
+_VAE_1D = {"encoder": networks1d.Conv1dEncoder, "decoder": networks1d.Conv1dDecoder}
 
 MODELS: dict[str, ModelSpec] = {
     "gan-mlp": ModelSpec(gan, {"generator": networks.MLPGenerator, "discriminator": networks.MLPDiscriminator}),
@@ -44,6 +52,14 @@ MODELS: dict[str, ModelSpec] = {
     # DDPM with a small UNet, sampled with DDIM; the conditional one with classifier-free guidance
     "ddpm": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}),
     "cddpm": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True),
+    # (channels, time) examples: sensor series and waveforms. The same three methods with 1-D networks.
+    "gan-1d": ModelSpec(gan, _GAN_1D, axes=_AXES_1D),
+    "cgan-1d": ModelSpec(gan, _GAN_1D, conditional=True, axes=_AXES_1D),
+    "vae-1d": ModelSpec(vae, _VAE_1D, axes=_AXES_1D),
+    "cvae-1d": ModelSpec(vae, _VAE_1D, conditional=True, axes=_AXES_1D),
+    "ddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, axes=_AXES_1D),
+    "cddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True,
+                          axes=_AXES_1D),
 }
 
 
@@ -51,14 +67,18 @@ def family_of(model: str) -> str:
     return MODELS[model].method.__name__.rsplit(".", 1)[-1]
 
 
-def build_networks(model: str, image_shape: tuple[int, int, int], z_dim: int, base_channels: int,
+def build_networks(model: str, example_shape: tuple[int, ...], z_dim: int, base_channels: int,
                    num_classes: int = 0, d_opts: dict | None = None) -> dict[str, nn.Module]:
-    """Instantiate every network of a recipe. Seed the global RNG first for reproducible weights.
+    """Instantiate every network of a recipe for examples of ``example_shape`` ((c, h, w) or (c, t)). Seed the
+    global RNG first for reproducible weights.
 
     ``d_opts`` (see :func:`d_options`) go to the discriminator; the MLP discriminator of the reference design
     takes none of them.
     """
     spec = MODELS[model]
+    if len(example_shape) != len(spec.axes):
+        raise ConfigError(f"model {model!r} takes examples of axes ({', '.join(spec.axes)}), got shape "
+                          f"{tuple(example_shape)}")
     if spec.conditional and num_classes < 2:
         raise ConfigError(f"model {model!r} is class-conditional: it needs labelled data with at least 2 classes")
     if not spec.conditional:
@@ -71,7 +91,7 @@ def build_networks(model: str, image_shape: tuple[int, int, int], z_dim: int, ba
             if extra and cls is networks.MLPDiscriminator:
                 raise ConfigError(f"model {model!r} (the reference MLP discriminator) takes no discriminator "
                                   f"options, got {', '.join(extra)}")
-        nets[role] = cls(image_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes, **extra)
+        nets[role] = cls(example_shape, z_dim=z_dim, base_channels=base_channels, num_classes=num_classes, **extra)
     return nets
 
 
@@ -79,10 +99,17 @@ _DEFAULT_D = {"norm": "batch", "spectral_norm": False, "mbstd": False}
 
 
 def check_config(cfg, source: str = "config") -> None:
-    """Checks of a training config that need the registry: a known recipe, cluster guidance only for cddpm."""
+    """Checks of a training config that need the registry: a known recipe whose networks take the data's
+    modality, cluster guidance only for cddpm."""
     if cfg.model not in MODELS:
         raise ConfigError(f"{source}: unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     spec = MODELS[cfg.model]
+    modality = of_spec(cfg.data)
+    if spec.axes != modality.example_axes:
+        fits = [name for name, s in MODELS.items() if s.axes == modality.example_axes]
+        raise ConfigError(f"{source}: model {cfg.model!r} makes examples of axes ({', '.join(spec.axes)}), but data "
+                          f"{cfg.data!r} is {modality.name} data ({', '.join(modality.example_axes)}); models for it: "
+                          f"{', '.join(fits)}")
     if cfg.clusters and not (spec.conditional and spec.method is diffusion):  # guidance is diffusion's control
         raise ConfigError(f"{source}: 'clusters' (cluster guidance) needs the class-conditional diffusion model "
                           f"cddpm, got model {cfg.model!r}")

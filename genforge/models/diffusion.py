@@ -211,7 +211,7 @@ class Trainer:
             # cfg_dropout, so the same network also learns the unconditional eps (Ho and Salimans 2022, alg. 1).
             drop = torch.rand(b, generator=noise, device=x.device) < self.cfg_dropout
             y = torch.where(drop, torch.full_like(y, self.denoiser.num_classes), y)
-        ab = self.schedule.alphas_cumprod[t][:, None, None, None]                     # (b, 1, 1, 1)
+        ab = self.schedule.alphas_cumprod[t].view(-1, *(1,) * (x.ndim - 1))              # (b, 1, 1, 1)
         x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps                                    # DDPM eq. 4
         loss = F.mse_loss(self.denoiser(x_t, t, y), eps)
         opt.zero_grad(set_to_none=True)

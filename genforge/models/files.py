@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MAX_HEADER_BYTES = 16 * 2**20
+MAX_SIDE = 2**20  # the largest extent of one example's axis (a series of a million samples)
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1}
 _TORCH_DTYPE = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -47,7 +48,7 @@ def state_tensors(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
 def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict, keyring=None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically.
 
-    ``meta`` must hold at least model, image_shape, z_dim and base_channels; the format fields and the
+    ``meta`` must hold at least model, modality, example_shape, z_dim and base_channels; the format fields and the
     weights' SHA-256 (of the plain safetensors bytes) are added here. With a ``keyring``
     (:mod:`genforge.crypto`) the weights are written encrypted; config.json stays readable.
     """
@@ -99,18 +100,27 @@ def _read_meta(path: Path) -> dict:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{path / CONFIG}: format_version {meta.get('format_version')!r} is not supported "
                              f"(this genforge reads {FORMAT_VERSION})")
-    checks = {"model": str, "z_dim": int, "base_channels": int, "weights_sha256": str, "image_shape": list}
+    if "example_shape" not in meta and "image_shape" in meta:  # written before modalities: an image model
+        meta["example_shape"] = meta.pop("image_shape")
+    checks = {"model": str, "z_dim": int, "base_channels": int, "weights_sha256": str, "example_shape": list}
     for key, typ in checks.items():
         if not isinstance(meta.get(key), typ):
             raise ModelFileError(f"{path / CONFIG}: field '{key}' missing or not a {typ.__name__}")
     if meta["model"] not in MODELS:
         raise ModelFileError(f"{path / CONFIG}: unknown model {meta['model']!r}")
-    if meta.get("modality", modalities.DEFAULT) not in modalities.MODALITIES:
-        raise ModelFileError(f"{path / CONFIG}: unknown modality {meta.get('modality')!r}")
-    shape = meta["image_shape"]
-    if (len(shape) != 3 or not all(isinstance(s, int) and 0 < s <= 4096 for s in shape)
-            or shape[0] not in (1, 3)):
-        raise ModelFileError(f"{path / CONFIG}: field 'image_shape' must be [c, h, w] with c 1 or 3, got {shape}")
+    modality = meta.setdefault("modality", modalities.DEFAULT)
+    if modality not in modalities.MODALITIES:
+        raise ModelFileError(f"{path / CONFIG}: unknown modality {modality!r}")
+    axes = modalities.MODALITIES[modality].example_axes
+    if MODELS[meta["model"]].axes != axes:
+        raise ModelFileError(f"{path / CONFIG}: model {meta['model']!r} makes examples of axes "
+                             f"{MODELS[meta['model']].axes}, not the {modality} modality's {axes}")
+    shape = meta["example_shape"]
+    if (len(shape) != len(axes) or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_SIDE
+                                           for s in shape)
+            or (modality == "image" and shape[0] not in (1, 3))):
+        raise ModelFileError(f"{path / CONFIG}: field 'example_shape' must be [{', '.join(axes)}] (positive "
+                             f"integers up to {MAX_SIDE}{'; c 1 or 3' if modality == 'image' else ''}), got {shape}")
     if not 0 < meta["z_dim"] <= 65536 or not 0 < meta["base_channels"] <= 4096:
         raise ModelFileError(f"{path / CONFIG}: z_dim or base_channels out of range")
     return meta
@@ -190,7 +200,7 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[di
             or d_opts.get("norm", "batch") not in ("batch", "group", "none")
             or not all(isinstance(d_opts.get(k, False), bool) for k in ("spectral_norm", "mbstd"))):
         raise ModelFileError(f"{directory / CONFIG}: field 'd_options' is malformed")
-    shape = (meta["model"], tuple(meta["image_shape"]), meta["z_dim"], meta["base_channels"], num_classes, d_opts)
+    shape = (meta["model"], tuple(meta["example_shape"]), meta["z_dim"], meta["base_channels"], num_classes, d_opts)
     try:
         with torch.device("meta"):  # build the skeleton without allocating memory for its weights
             skeleton = build_networks(*shape)

@@ -58,7 +58,7 @@ def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, y: to
 
     eps is uniform, as in the paper's Algorithm 1 (a widely copied example drew it from a normal distribution).
     """
-    eps = torch.rand(real.shape[0], 1, 1, 1, generator=noise, device=real.device)
+    eps = torch.rand(real.shape[0], *(1,) * (real.ndim - 1), generator=noise, device=real.device)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(D(x_hat, y).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.models.networks import Shape, _conv_plan
+from genforge.models.networks import _conv_plan
+from genforge.models.networks1d import _pad_to, length_plan
 
 TIME_FREQUENCIES = 32  # sinusoid pairs in the timestep embedding (64 numbers)
 MAX_MULT = 4           # widths double per level up to MAX_MULT * base_channels
@@ -61,53 +62,60 @@ class ResBlock(nn.Module):
     the UNet's first predictions come through its skips and training starts smoothly.
     """
 
-    def __init__(self, ch_in: int, ch_out: int, emb_dim: int):
+    def __init__(self, ch_in: int, ch_out: int, emb_dim: int, conv: type[nn.Module] = nn.Conv2d):
         super().__init__()
         self.norm1 = _norm(ch_in)
-        self.conv1 = nn.Conv2d(ch_in, ch_out, kernel_size=3, padding=1)
+        self.conv1 = conv(ch_in, ch_out, kernel_size=3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * ch_out)  # the timestep (and class) as a per-channel scale and shift
         self.norm2 = _norm(ch_out)
-        self.conv2 = nn.Conv2d(ch_out, ch_out, kernel_size=3, padding=1)
+        self.conv2 = conv(ch_out, ch_out, kernel_size=3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(ch_in, ch_out, kernel_size=1) if ch_in != ch_out else nn.Identity()
+        self.skip = conv(ch_in, ch_out, kernel_size=1) if ch_in != ch_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))                                # (b, ch_out, h, w)
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, 1)  # (b, ch_out, 1, 1) each
+        h = self.conv1(F.silu(self.norm1(x)))                                # (b, ch_out, *spatial)
+        scale, shift = self.emb(F.silu(emb)).view(*h.shape[:1], -1, *(1,) * (h.ndim - 2)).chunk(2, 1)  # (b, ch_out, 1..)
         h = self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
         return self.skip(x) + h
 
 
 class SelfAttention(nn.Module):
-    """Single-head self-attention over the h*w positions, residual; the output projection starts at zero."""
+    """Single-head self-attention over the positions (h*w, or t), residual; the output projection starts at zero."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, conv: type[nn.Module] = nn.Conv2d):
         super().__init__()
         self.norm = _norm(ch)
-        self.qkv = nn.Conv2d(ch, 3 * ch, kernel_size=1)
-        self.proj = nn.Conv2d(ch, ch, kernel_size=1)
+        self.qkv = conv(ch, 3 * ch, kernel_size=1)
+        self.proj = conv(ch, ch, kernel_size=1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # (b, h*w, c) each
-        out = F.scaled_dot_product_attention(q, k, v)                                # (b, h*w, c)
-        return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
+        b, c = x.shape[:2]
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # (b, positions, c) each
+        out = F.scaled_dot_product_attention(q, k, v)                                # (b, positions, c)
+        return x + self.proj(out.transpose(1, 2).reshape(x.shape))
 
 
 class UNet(nn.Module):
-    """Noise prediction eps(x_t, t, y): noisy images (b, c, h, w), timesteps (b,) int64, classes (b,) or None.
+    """Noise prediction eps(x_t, t, y): noisy examples (b, c, h, w) or (b, c, t), timesteps (b,) int64, classes
+    (b,) or None.
 
-    ``z_dim`` is ignored (the latent of a diffusion model is its starting noise image). Image sides are
-    4..7 times a power of two, as for the other convolutional networks. ``y=None`` on a conditional UNet
-    means "no label": the null class, the unconditional prediction of classifier-free guidance.
+    The example's rank picks the layers: images (c, h, w) get 2-D convolutions, series and waveforms (c, t)
+    1-D ones, with the same blocks, widths and module names. ``z_dim`` is ignored (the latent of a diffusion
+    model is its starting noise). Image sides are 4..7 times a power of two, as for the other convolutional
+    networks; a series of any length is zero-padded on the right to the planned length
+    (``networks1d.length_plan``) and the prediction cropped back. ``y=None`` on a conditional UNet means
+    "no label": the null class, the unconditional prediction of classifier-free guidance.
     """
 
-    def __init__(self, image_shape: Shape, z_dim: int = 0, base_channels: int = 32, num_classes: int = 0):
+    def __init__(self, image_shape: tuple[int, ...], z_dim: int = 0, base_channels: int = 32, num_classes: int = 0):
         super().__init__()
-        stages, _ = _conv_plan(image_shape)
+        one_d = len(image_shape) == 2
+        conv = nn.Conv1d if one_d else nn.Conv2d
+        stages, start = length_plan(image_shape) if one_d else _conv_plan(image_shape)
+        self.padded = start * 2 ** stages if one_d else None
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         widths = [base_channels * min(2 ** i, MAX_MULT) for i in range(stages + 1)]  # 28: (C, 2C, 4C)
@@ -118,27 +126,27 @@ class UNet(nn.Module):
         # num_classes real classes plus the null class at index num_classes
         self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
 
-        self.conv_in = nn.Conv2d(image_shape[0], widths[0], kernel_size=3, padding=1)
+        self.conv_in = conv(image_shape[0], widths[0], kernel_size=3, padding=1)
         ch = widths[0]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         for i, width in enumerate(widths):
-            self.down.append(ResBlock(ch, width, emb_dim))
+            self.down.append(ResBlock(ch, width, emb_dim, conv))
             ch = width
             if i < stages:  # stride-2 3x3 convolution: 28 -> 14 -> 7
-                self.downsample.append(nn.Conv2d(ch, ch, kernel_size=3, stride=2, padding=1))
-        self.mid_attn = SelfAttention(ch)
-        self.mid = ResBlock(ch, ch, emb_dim)
+                self.downsample.append(conv(ch, ch, kernel_size=3, stride=2, padding=1))
+        self.mid_attn = SelfAttention(ch, conv)
+        self.mid = ResBlock(ch, ch, emb_dim, conv)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i in reversed(range(stages + 1)):
-            self.up.append(ResBlock(ch + widths[i], widths[i], emb_dim))  # input: h and the skip, concatenated
+            self.up.append(ResBlock(ch + widths[i], widths[i], emb_dim, conv))  # input: h and the skip, concatenated
             ch = widths[i]
             if i > 0:  # nearest-neighbour 2x, then a 3x3 convolution to the next level's width
-                self.upsample.append(nn.Conv2d(ch, widths[i - 1], kernel_size=3, padding=1))
+                self.upsample.append(conv(ch, widths[i - 1], kernel_size=3, padding=1))
                 ch = widths[i - 1]
         self.norm_out = _norm(ch)
-        self.conv_out = nn.Conv2d(ch, image_shape[0], kernel_size=3, padding=1)
+        self.conv_out = conv(ch, image_shape[0], kernel_size=3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # predict eps = 0 at first: the loss starts at 1
         nn.init.zeros_(self.conv_out.bias)
 
@@ -149,6 +157,9 @@ class UNet(nn.Module):
                 y = torch.full_like(t, self.num_classes)  # the null class
             emb = emb + self.class_embed(y)
 
+        length = x.shape[-1]
+        if self.padded is not None:
+            x = _pad_to(x, self.padded)  # (b, c, padded t)
         h = self.conv_in(x)  # (b, C, 28, 28)
         skips = []
         for i, block in enumerate(self.down):
@@ -161,4 +172,4 @@ class UNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))  # (b, c, 28, 28): the predicted noise
+        return self.conv_out(F.silu(self.norm_out(h)))[..., :length]  # (b, c, 28, 28): the predicted noise

@@ -29,14 +29,16 @@ import yaml
 from genforge import devices, models
 from genforge.config import Config
 from genforge.crypto import load_keyring
-from genforge.data import augment, load_splits, to_tensor
+from genforge.data import augment
+from genforge.data.examples import load_examples
 from genforge.data.clusters import METHOD as CLUSTER_METHOD
 from genforge.data.clusters import cluster_labels
 from genforge.errors import ConfigError, GenforgeError, ModelFileError, TrainingError
-from genforge.generation import latents, make_grid, sample, save_grid
+from genforge.generation import latents, sample
+from genforge.generation.writers import preview, save_png
 from genforge.generation.model import GenerativeModel
 from genforge.generation.provenance import stamp
-from genforge.metrics import TrainingEvaluator
+from genforge.metrics.validation import validator_for_run
 from genforge.io import atomic_write_json, atomic_write_text, read_json
 from genforge.memory import tune_allocator
 from genforge.models import MODELS, build_networks, d_options
@@ -176,38 +178,43 @@ def check_resume_state(cfg: Config, run: Path, keyring, allow_plaintext: bool) -
 @dataclass
 class Data:
     """The training split on the device, and what the loop needs to know about it."""
-    x: torch.Tensor                 # (N, c, h, w) in the method's value range
+    x: torch.Tensor                 # (N, *example_shape) in the method's value range
     y: torch.Tensor | None          # (N,) int64, when the model is conditional
-    image_shape: tuple[int, int, int]
+    modality: str                   # the data's (genforge.modalities): recorded with the model
+    example_shape: tuple[int, ...]  # images (c, h, w); series (c, t)
     class_names: list[str] | None   # the data's (recorded even when the model is unconditional)
     num_classes: int                # classes the model is conditioned on: 0 for unconditional models
     clusters: dict | None           # cluster guidance: k, prior, method
-    val_x: object                   # uint8 validation images, for the validator
+    transform: dict                 # how outputs in [0, 1] map back to the data's units (saved with the model)
+    raw: object                     # the modality's own splits: the validator reads the validation split
 
 
 def load_data(cfg: Config, device: torch.device) -> Data:
-    """Cleaned, split, normalized once, kept in memory as one tensor (no per-batch image work)."""
+    """Cleaned, split, normalized once, kept in memory as one tensor (no per-batch work), for any modality
+    (genforge.data.examples)."""
     spec = MODELS[cfg.model]
-    splits = load_splits(cfg.data, image_size=cfg.image_size, channels=cfg.channels, on_bad=cfg.on_bad,
-                         dedup=cfg.dedup, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                         seed=cfg.split_seed)
-    x = to_tensor(splits.train.x, spec.method.VALUE_RANGE).to(device)  # (N, c, h, w)
-    labels, class_names, clusters = splits.train.y, splits.class_names, None
+    ex = load_examples(cfg, spec.method.VALUE_RANGE)
+    x = ex.train_x.to(device)  # (N, *example_shape)
+    labels, class_names, clusters = ex.train_y, ex.class_names, None
     if cfg.clusters:  # cluster guidance: k-means clusters replace the labels, which are never read
-
-        labels, prior = cluster_labels(splits.train.x, cfg.clusters, cfg.seed)
+        if ex.modality != "image":
+            raise ConfigError(f"clusters (cluster guidance) clusters images; {cfg.data!r} is {ex.modality} data")
+        labels, prior = cluster_labels(ex.raw.train.x, cfg.clusters, cfg.seed)
         class_names = [f"cluster {i}" for i in range(cfg.clusters)]
         # the labels' hash travels with the model, so a resume can tell that it trains on the same clusters
         clusters = {"k": cfg.clusters, "prior": prior.tolist(), "method": CLUSTER_METHOD,
                     "labels_sha256": hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64)).hexdigest()}
     num_classes = len(class_names or []) if spec.conditional else 0
     if spec.conditional and (labels is None or num_classes < 2):
-        raise ConfigError(f"model {cfg.model!r} is class-conditional but data {cfg.data!r} has no labels "
-                          "(set clusters: K to train it on k-means clusters instead)")
+        raise ConfigError(f"model {cfg.model!r} is class-conditional but data {cfg.data!r} has no labels"
+                          + (" (set clusters: K to train it on k-means clusters instead)" if ex.modality == "image"
+                             else ""))
     if cfg.channels_last:
+        if x.ndim != 4:
+            raise ConfigError(f"channels_last is a memory layout of images; {cfg.data!r} is {ex.modality} data")
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(labels).to(device) if num_classes else None
-    return Data(x, y, splits.image_shape, class_names, num_classes, clusters, splits.val.x)
+    return Data(x, y, ex.modality, ex.example_shape, class_names, num_classes, clusters, ex.transform, ex.raw)
 
 
 def check_same_clusters(clusters: dict, ckpt: Path) -> None:
@@ -277,13 +284,12 @@ class _Run:
                                        self.meta)
         # validation scoring (optional): the same latents every time (seed + 5). No evaluator is trained
         # silently: a missing one is announced with an estimate, or validation is skipped with a note when the
-        # run is shorter than training it (genforge.metrics.validation.TrainingEvaluator.for_run)
+        # run is shorter than training it (genforge.metrics.validation.validator_for_run)
         self.validator = None
         if cfg.eval_every and ctx.is_main:
-            self.validator = TrainingEvaluator.for_run(cfg.data, self.data.val_x, self.data.image_shape,
-                                                       n=cfg.eval_n, seed=cfg.seed, max_steps=cfg.max_steps,
-                                                       max_seconds=cfg.max_seconds,
-                                                       log=lambda note: self.notes.append(f"genforge: {note}"))
+            self.validator = validator_for_run(cfg.data, self.data.modality, self.data.raw, n=cfg.eval_n,
+                                               seed=cfg.seed, max_steps=cfg.max_steps, max_seconds=cfg.max_seconds,
+                                               log=lambda note: self.notes.append(f"genforge: {note}"))
         # whether any process validates: asked once here (a collective under torchrun), not at every step
         self.validating = ctx.any(self.validator is not None)
         # Everything the user can get wrong has been checked by now: only now is anything written.
@@ -304,8 +310,8 @@ class _Run:
         """Networks, EMA, DP, trainer (in that order: the EMA copies must not carry Opacus' hooks), streams."""
         cfg, ctx, method, device = self.cfg, self.ctx, self.method, self.device
         torch.manual_seed(cfg.seed)
-        self.z_dim = method.latent_dim(cfg.z_dim, self.data.image_shape)  # diffusion: the noise image, c*h*w
-        self.nets = build_networks(cfg.model, self.data.image_shape, self.z_dim, cfg.base_channels,
+        self.z_dim = method.latent_dim(cfg.z_dim, self.data.example_shape)  # diffusion: the noise, prod(shape)
+        self.nets = build_networks(cfg.model, self.data.example_shape, self.z_dim, cfg.base_channels,
                                    self.data.num_classes, d_options(cfg))
         for net in self.nets.values():
             net.to(device).train()
@@ -338,7 +344,8 @@ class _Run:
     def release_meta(self) -> dict:
         """What the release weights' config.json says about them (``models/files.py`` checks it on load)."""
         cfg, data = self.cfg, self.data
-        return {"model": cfg.model, "modality": "image", "image_shape": list(data.image_shape), "z_dim": self.z_dim,
+        return {"model": cfg.model, "modality": data.modality, "example_shape": list(data.example_shape),
+                "transform": data.transform, "z_dim": self.z_dim,
                 "base_channels": cfg.base_channels, "num_classes": data.num_classes, "d_options": d_options(cfg),
                 "class_names": data.class_names, "value_range": self.method.VALUE_RANGE, "data": cfg.data,
                 "genforge_version": __version__, "train_config": cfg.to_dict(),
@@ -346,7 +353,8 @@ class _Run:
 
     def announce(self, swept: list[str]) -> None:
         cfg, ctx, log = self.cfg, self.ctx, self.logger.message
-        log(f"genforge: training {cfg.model} on {cfg.data} ({self.n_train} images, {self.data.image_shape}) "
+        log(f"genforge: training {cfg.model} on {cfg.data} ({self.n_train} examples of shape "
+            f"{self.data.example_shape}) "
             f"on {self.device}; run directory: {self.run}")
         if swept:
             log(f"genforge: removed {len(swept)} unfinished checkpoint director{'y' if len(swept) == 1 else 'ies'} "
@@ -424,12 +432,15 @@ class _Run:
         if not self.ctx.is_main or self.cfg.encrypt:
             return None
         self.release_nets()  # the sampler shares the EMA copies; their BatchNorm statistics are refreshed here
-        images = sample(self.sampler, self.cfg.grid_n, seed=self.cfg.seed + 3).x
+        samples = sample(self.sampler, self.cfg.grid_n, seed=self.cfg.seed + 3)
         cols = None if self.data.clusters else (self.sampler.num_classes or None)
-        path = save_grid(images, self.run / "samples" / f"step_{step:08d}.png", nrow=cols,
-                         metadata=stamp({"kind": "training-grid", "model": self.cfg.model, "run": str(self.run),
-                                         "step": step}))
-        self.logger.image("samples", make_grid(images, nrow=cols), step)
+        real = self.data.raw.train if self.data.modality != "image" else None  # series: real ones beside
+        picture = preview(samples, self.sampler, nrow=cols, real=None if real is None else real.x[:8],
+                          real_y=None if real is None or real.y is None else real.y[:8], title=f"step {step}")
+        path = save_png(picture, self.run / "samples" / f"step_{step:08d}.png",
+                        metadata=stamp({"kind": "training-grid", "model": self.cfg.model, "run": str(self.run),
+                                        "step": step}))
+        self.logger.image("samples", picture, step)
         return path
 
     def validate(self) -> dict[str, float]:

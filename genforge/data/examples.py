@@ -1,0 +1,91 @@
+"""Examples for training, whatever the modality: the one entry the training loop calls.
+
+    ex = load_examples(cfg, value_range="-1,1")   # the modality is the data spec's (genforge.modalities.of_spec)
+    ex.train_x      # float32 tensor (N, *ex.example_shape) in the method's value range
+    ex.transform    # JSON: how a sample in [0, 1] maps back to the data's units (saved with the model)
+
+Each modality registers one loader in ``LOADERS``; a loader reads its source with its own data layer
+(``load_splits`` for images, ``load_series`` for sensor series), cleans and splits it, and returns the train
+split as one tensor. The loop, checkpoints and sampling never ask which modality it was: they read
+``example_shape``, the classes and the ``transform`` (which ``genforge.generation.sampling.OUTPUTS`` undoes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from genforge.data import load_splits
+from genforge.data.series import load_series
+from genforge.data.series.base import fit_normalization
+from genforge.data.transforms import VALUE_RANGES, to_tensor
+from genforge.errors import ConfigError, DataError
+from genforge.modalities import of_spec
+
+
+@dataclass(eq=False)
+class Examples:
+    """The training split as one tensor, and what the loop and the model file need to know about the data."""
+
+    spec: str
+    modality: str                    # a key of genforge.modalities.MODALITIES
+    train_x: torch.Tensor            # float32 (N, *example_shape) in the method's value range
+    train_y: np.ndarray | None       # int64 (N,) class indices, or None when unlabeled
+    example_shape: tuple[int, ...]   # images (c, h, w); series (c, t)
+    class_names: list[str] | None
+    transform: dict                  # JSON-able: the map from the model's [0, 1] outputs back to the data's units
+    raw: object                      # the modality's own splits (DataSplits, SeriesSplits): validation reads it
+    notes: list[str] = field(default_factory=list)
+
+
+def _images(cfg, value_range: str) -> Examples:
+    splits = load_splits(cfg.data, image_size=cfg.image_size, channels=cfg.channels, on_bad=cfg.on_bad,
+                         dedup=cfg.dedup, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                         seed=cfg.split_seed)
+    x = to_tensor(splits.train.x, value_range)  # (N, c, h, w)
+    return Examples(cfg.data, "image", x, splits.train.y, splits.image_shape, splits.class_names,
+                    {"kind": "uint8"}, splits)
+
+
+def _series(cfg, value_range: str) -> Examples:
+    if cfg.augment_flip or cfg.augment_shift or cfg.augment_rotate:
+        raise ConfigError(f"{cfg.data}: augment_flip, augment_shift and augment_rotate are image augmentations; "
+                          "set them to false / 0 for series")
+    splits = load_series(cfg.data, length_policy=cfg.series_length_policy, length=cfg.series_length or None,
+                         missing=cfg.series_missing, window=cfg.series_window or None,
+                         stride=cfg.series_stride or None, time_column=cfg.series_time_column or None,
+                         label_column=cfg.series_label_column or None, normalize="none",
+                         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+    train = splits.train
+    if len(train) == 0:
+        raise DataError(f"{cfg.data}: the train split holds no complete example")
+    # Generators end in tanh or a sigmoid: the data must fill a bounded range, so each channel is mapped to
+    # [-1, 1] by its minimum and maximum over the training windows of every class (a fault's excursions
+    # included; process monitoring's normal-only statistics would put them out of the generator's reach).
+    norm = fit_normalization(train.x, "minmax", mask=train.mask)
+    x = norm.apply(train.x)                                      # (N, c, t) in [-1, 1]
+    if train.mask is not None:
+        x[np.broadcast_to(~train.mask[:, None, :], x.shape)] = 0.0  # padding stays exactly zero
+    t = torch.from_numpy(x)
+    if value_range == "0,1":
+        t = (t + 1) / 2
+    transform = {"kind": "series", "normalization": norm.to_json(), "channel_names": list(splits.channel_names)}
+    notes = [*splits.notes, "normalization for training: minmax per channel to [-1, 1] over the training split"]
+    return Examples(cfg.data, "series", t, train.y, splits.example_shape, splits.class_names, transform, splits,
+                    notes)
+
+
+# modality -> loader(cfg, value_range) -> Examples
+LOADERS: dict[str, Callable] = {"image": _images, "series": _series}
+
+
+def load_examples(cfg, value_range: str) -> Examples:
+    """Read, clean, split and normalize ``cfg.data`` with its modality's loader; the train split to the
+    method's ``value_range`` ("-1,1" or "0,1")."""
+    if value_range not in VALUE_RANGES:
+        raise DataError(f"value_range {value_range!r} is not one of {', '.join(VALUE_RANGES)}")
+    modality = of_spec(cfg.data)
+    return LOADERS[modality.name](cfg, value_range)
