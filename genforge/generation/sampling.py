@@ -22,6 +22,7 @@ from tqdm import tqdm
 from genforge import controls as declared
 from genforge.data.series.base import Normalization
 from genforge.errors import GenforgeError
+from genforge.generation.audio import AudioMelOutput, AudioWaveOutput
 from genforge.models import MODELS, family_of
 
 MAX_SAMPLES = 1_000_000
@@ -133,7 +134,7 @@ class SeriesOutput:
 
 
 # modality -> the conversion of a family's [0, 1] outputs into what a sample is (built once per loaded model)
-OUTPUTS = {"image": ImageOutput, "series": SeriesOutput}
+OUTPUTS = {"image": ImageOutput, "series": SeriesOutput, "audio": AudioMelOutput, "audio-wave": AudioWaveOutput}
 
 
 def prior_classes(prior, n: int, seed: int) -> np.ndarray:

@@ -38,7 +38,9 @@ from safetensors.torch import save as st_save
 from torch.nn import functional as F
 
 from genforge.data.audio import AudioSplits, MelSpec, load_audio
+from genforge.data.audio.wav import fit_length, resample
 from genforge.errors import DataError, GenforgeError, ModelFileError
+from genforge.generation import sample as draw
 from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 from genforge.metrics import scores
 from genforge.metrics.evaluator_net import SHIPPED_DIR, EvaluatorNet, cache_dir
@@ -364,3 +366,41 @@ def format_audio_table(rows: list[tuple[str, dict]], ev: AudioEvaluator | None =
         lines.append(f"evaluator {ev.meta['name']} sha256 {ev.sha256[:12]}... (test accuracy "
                      f"{100 * ev.meta['test_accuracy']:.1f}%)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ a model
+
+
+def audio_spec_of(data: str) -> str:
+    """The evaluator's data spec of a model's data: audio-wave:X and audio:X share audio:X's evaluator."""
+    kind, _, rest = data.strip().partition(":")
+    return f"audio:{rest}" if kind in ("audio", "audio-wave") else data
+
+
+def to_evaluator(ev: AudioEvaluator, x: np.ndarray, rate: int) -> np.ndarray:
+    """Samples (n, samples) at ``rate`` -> the evaluator's rate and length (resampled; clipped or padded)."""
+    x = check_waveforms(np.asarray(x), "samples")
+    if rate != ev.rate:
+        x = resample(x, rate, ev.rate)
+    if x.shape[1] != ev.length:
+        x = np.stack([fit_length(row, ev.length, "start") for row in x])
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def evaluate_audio(model, n: int = 500, seed: int = 0, progress: bool = True) -> dict:
+    """Sample ``n`` clips from an audio model (classes cycled when conditional), score them with the evaluator of
+    its data against the test split, beside the real-data rows; also the seconds of audio per compute second."""
+    spec = audio_spec_of(model.meta["data"])
+    ev = get_audio_evaluator(spec, progress=progress)
+    splits = load_audio(spec, rate=ev.rate, length=ev.length)
+    classes = list(range(model.num_classes)) if model.num_classes else None
+    t0 = time.perf_counter()
+    samples = draw(model, n, seed=seed, classes=classes)
+    seconds = time.perf_counter() - t0
+    rate = model.output.rate
+    x = to_evaluator(ev, samples.x, rate)
+    row = score_audio(ev, x, samples.y, reference=splits.test.x)
+    row["realtime_factor"] = len(samples.x) * samples.x.shape[1] / rate / seconds
+    rows = [(f"samples ({n}, seed {seed})", row), *real_rows(ev, splits)]
+    return {"rows": rows, "table": format_audio_table(rows, ev), "evaluator": ev.identity(),
+            "sample_seconds": seconds}

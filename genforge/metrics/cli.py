@@ -44,6 +44,18 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
     # late: the metrics load torch (seconds); `genforge --help` must not pay for them
     from genforge.metrics.evaluate import evaluate, format_table, load_result
 
+    if Path(source).is_dir():  # an audio model is scored by its audio evaluator, beside the real-data rows
+        from genforge.generation.model import load as load_model
+        from genforge.metrics.audio import evaluate_audio
+
+        model = load_model(source, device=device)
+        if model.modality.name in ("audio", "audio-wave"):
+            result = evaluate_audio(model, n=n, seed=seed, progress=progress)
+            print(result["table"])
+            if out:
+                atomic_write_json(out, {k: v for k, v in result.items() if k != "table"})
+                print(f"genforge: wrote {out}")
+            return 0
     previous = load_result(baseline) if baseline else None
     result = evaluate(source, data=data, n=n, seed=seed, inception_weights=inception_weights, with_cas=not no_cas,
                       baseline=previous, bars=progress, device=device)

@@ -14,12 +14,13 @@ images).
 from __future__ import annotations
 
 from genforge.errors import DataError
+from genforge.modalities.audio import AUDIO, AUDIO_WAVE
 from genforge.modalities.image import IMAGE
 from genforge.modalities.modality import Modality
 from genforge.modalities.series import SERIES
 
-MODALITIES: dict[str, Modality] = {"image": IMAGE, "series": SERIES}
-__all__ = ["DEFAULT", "IMAGE", "MODALITIES", "SERIES", "Modality", "of_meta", "of_spec"]
+MODALITIES: dict[str, Modality] = {"image": IMAGE, "series": SERIES, "audio": AUDIO, "audio-wave": AUDIO_WAVE}
+__all__ = ["AUDIO", "AUDIO_WAVE", "DEFAULT", "IMAGE", "MODALITIES", "SERIES", "Modality", "of_meta", "of_spec"]
 DEFAULT = "image"  # model files written before modalities were recorded
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from genforge.errors import ConfigError
 from genforge.modalities import of_spec
-from genforge.models import diffusion, gan, networks, networks1d, unet, vae
+from genforge.models import diffusion, gan, networks, networks1d, unet, vae, wavegan
 
 
 class ModelSpec(NamedTuple):
@@ -35,6 +35,7 @@ def d_options(cfg) -> dict:
 
 _AXES_1D = ("c", "t")
 _GAN_1D = {"generator": networks1d.Conv1dGenerator, "discriminator": networks1d.Conv1dDiscriminator}
+_WAVEGAN = {"generator": networks1d.Conv1dGenerator, "discriminator": wavegan.WaveGANDiscriminator}
 _VAE_1D = {"encoder": networks1d.Conv1dEncoder, "decoder": networks1d.Conv1dDecoder}
 
 MODELS: dict[str, ModelSpec] = {
@@ -60,6 +61,9 @@ MODELS: dict[str, ModelSpec] = {
     "ddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, axes=_AXES_1D),
     "cddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True,
                           axes=_AXES_1D),
+    # waveforms: the 1-D GAN with WaveGAN's phase shuffle in the discriminator (Donahue et al. 2019)
+    "wavegan": ModelSpec(gan, _WAVEGAN, axes=_AXES_1D),
+    "cwavegan": ModelSpec(gan, _WAVEGAN, conditional=True, axes=_AXES_1D),
 }
 
 

@@ -142,3 +142,36 @@ def spectral_convergence(x: torch.Tensor, y: torch.Tensor, spec: MelSpec) -> flo
     """|| |STFT x| - |STFT y| ||_F / || |STFT y| ||_F: how far x's magnitude is from y's (0 is the same)."""
     a, b = spec.stft(x).abs(), spec.stft(y).abs()
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp_min(1e-12))
+
+
+# ------------------------------------------------------------------------------------------ pictures for the 2-D families
+
+
+def picture_spec(rate: int, length: int, side: int, log_hi: float = 6.0) -> MelSpec:
+    """The mel parameters that make a clip of ``length`` samples a ``side`` x ``side`` picture: ``side`` mel bands,
+    and a hop of length // (side - 1) so that 1 + length // hop = side frames (a window of four hops, rounded up
+    to a power of two, so neighbouring frames overlap by three quarters as Griffin-Lim needs)."""
+    if side < 8 or length < 2 * side:
+        raise DataError(f"audio_mels {side} with audio_length {length}: need at least 8 bands and 2 samples per frame")
+    hop = length // (side - 1)
+    n_fft = 1 << max(4, math.ceil(math.log2(4 * hop)))
+    while n_fft // 2 + 1 < side:
+        n_fft *= 2
+    return MelSpec(rate=rate, n_fft=n_fft, hop=hop, n_mels=side, log_hi=log_hi)
+
+
+def to_pictures(spec: MelSpec, x: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """float32 waveforms (n, samples) -> (n, 1, side, side) in [-1, 1] (frames beyond ``side`` dropped)."""
+    side = spec.n_mels
+    out = [spec.to_unit(spec.log_mel(torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))))[:, None, :, :side]
+           for i in range(0, len(x), batch)]
+    return torch.cat(out)
+
+
+def from_pictures(spec: MelSpec, u: torch.Tensor, length: int, n_iter: int = 32, seed: int = 0) -> torch.Tensor:
+    """(b, 1, side, side) in [-1, 1] -> (b, length) waveforms, the missing last frames repeated, by Griffin-Lim."""
+    m = spec.from_unit(u[:, 0].float())
+    missing = spec.frames(length) - m.shape[-1]
+    if missing > 0:
+        m = torch.cat([m, m[..., -1:].expand(*m.shape[:-1], missing)], dim=-1)
+    return spec.to_audio(m, length, n_iter=n_iter, seed=seed)
