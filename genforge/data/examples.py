@@ -110,7 +110,7 @@ def _audio(cfg, value_range: str) -> Examples:
 
 def _audio_wave(cfg, value_range: str) -> Examples:
     """audio-wave:SPEC -> raw waveforms (N, 1, samples) in [-1, 1] for the 1-D networks."""
-    splits = _audio_splits(cfg, "audio:" + cfg.data.strip().partition(":")[2])
+    splits = _audio_splits(cfg, cfg.data)
     x = torch.from_numpy(splits.train.x[:, None, :])                           # (N, 1, samples) in [-1, 1]
     if value_range == "0,1":
         x = (x + 1) / 2

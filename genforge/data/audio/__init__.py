@@ -28,12 +28,12 @@ from genforge.data.audio.wav import read_audio, read_info, write_wav
 from genforge.data.split import split_indices
 from genforge.errors import DataError
 
-__all__ = ["AudioSet", "AudioSplits", "DIGIT_NAMES", "DRUM_CLASSES", "MelSpec", "NAMED", "check_audio",
+__all__ = ["AudioSet", "AudioSplits", "DIGIT_NAMES", "DRUM_CLASSES", "KINDS", "MelSpec", "NAMED", "check_audio",
            "load_audio", "make_spoken_digits", "parse_audio_spec", "read_audio", "read_info", "write_wav"]
 
-KIND = "audio"
+KINDS = ("audio", "audio-wave")  # the spec prefixes: spectrogram models and waveform models read the same clips
 NAMED = ("spoken-digits", "drums", "asterisk-digits")
-SPEC_FORMS = "audio:spoken-digits, audio:drums, audio:asterisk-digits, audio:DIR"
+SPEC_FORMS = "audio:spoken-digits, audio:drums, audio:asterisk-digits, audio:DIR (or audio-wave:... alike)"
 
 
 @dataclass(eq=False)
@@ -76,11 +76,11 @@ class AudioSplits:
 
 
 def parse_audio_spec(spec: str) -> tuple[str, Path | None]:
-    """"audio:drums" -> ("drums", None); "audio:~/x" -> ("dir", Path("/home/.../x"))."""
+    """"audio:drums" -> ("drums", None); "audio:~/x" -> ("dir", Path("/home/.../x")); audio-wave: alike."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"audio source spec {spec!r} is empty; valid forms: {SPEC_FORMS}")
     kind, sep, rest = spec.strip().partition(":")
-    if kind != KIND or not sep or not rest:
+    if kind not in KINDS or not sep or not rest:
         raise DataError(f"unknown audio source spec {spec!r}; valid forms: {SPEC_FORMS}")
     if rest in NAMED:
         return rest, None
