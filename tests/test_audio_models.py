@@ -142,3 +142,33 @@ def test_cli_samples_wavs_and_evals_audio(spec_run, tmp_path, capsys, monkeypatc
     assert "samples (20, seed 0)" in out and "real: train split vs test" in out and ev.sha256[:12] in out
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["evaluator"]["weights_sha256"] == ev.sha256 and result["rows"][0][1]["class_match"] >= 0
+
+
+def test_the_service_returns_wavs_that_are_the_cli_samples(spec_run, tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from genforge.serve.app import Served, ServeConfig, create_app
+
+    m = genforge.load(spec_run)
+    app = create_app({"tones": Served("tones", m, lambda: genforge.load(spec_run))}, ServeConfig(rate=0, auth=False))
+    with TestClient(app) as client:
+        r = client.post("/v1/generate", json={"model": "tones", "n": 2, "seed": 5, "class": "high"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["rate"] == RATE and len(body["audio"]) == 2 and len(body["images"]) == 2
+        wav = tmp_path / "one.wav"
+        wav.write_bytes(base64.b64decode(body["audio"][1]))
+        x, _ = read_audio(wav, RATE)
+        cli = m.sample(2, seed=5, classes="high").x[1]
+        assert np.abs(x - cli).max() <= 1 / 32767 + 1e-6         # the same clip as genforge sample, in 16 bits
+        assert json.loads(read_info(wav)["ICMT"])["seed"] == 5
+        png = client.post("/v1/generate", json={"model": "tones", "n": 2, "seed": 5, "format": "png"})
+        assert png.headers["content-type"] == "image/png"
+        with Image.open(io.BytesIO(png.content)) as im:
+            assert json.loads(im.text["genforge"])["kind"] == "spectrogram-grid"
+        page = client.get("/static/app.js").text
+        assert "data:audio/wav;base64," in page                   # the page plays what it gets

@@ -51,6 +51,8 @@ from genforge.generation.sampling import decode, plan, resolve_class
 from genforge.generation.steering import feedback_latents
 from genforge.generation.writers import make_grid
 from genforge.generation import provenance
+from genforge.generation.audio import spectrogram_image, wav_info
+from genforge.data.audio.wav import to_pcm16, wav_bytes
 from genforge.serve.audit import AuditLog, Tally
 from genforge.serve.batching import Batcher, QueueFull
 from genforge.serve.connections import ConnectionGuard
@@ -333,8 +335,13 @@ class Service:
         if n > cfg.max_n:
             raise ApiError(413, f"n={n} is over this server's limit of {cfg.max_n} images per request",
                            reason="too_many_images")
-        c, h, w = served.model.image_shape
-        pixels = n * c * (size * size if size else h * w)
+        shape = served.model.example_shape
+        if len(shape) == 3:
+            c, h, w = shape
+            pixels = n * c * (size * size if size else h * w)
+        else:  # (c, t): a waveform or a series
+            c, h, w = shape[0], 1, shape[-1]
+            pixels = n * math.prod(shape)
         if pixels > cfg.max_pixels:
             raise ApiError(413, f"{n} images of {size or h}x{size or w}x{c} is {pixels} values, over this server's "
                                 f"limit of {cfg.max_pixels} per request", reason="too_many_pixels")
@@ -410,6 +417,8 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
                              "weights_sha256": model.meta.get("weights_sha256"), "step": model.meta.get("step"),
                              "seed": seed, "n": len(x), "controls": controls})
     headers = {"X-Genforge-Seed": str(seed), "X-Genforge-Model": served.name}
+    if model.modality.name in ("audio", "audio-wave") and fmt != "npz":
+        return render_audio(served, fmt, x, y, z, meta, headers, with_latents)
     if fmt == "png":
         nrow = model.num_classes if (model.num_classes and "classes" not in controls) else math.ceil(math.sqrt(len(x)))
         data = provenance.png_bytes(make_grid(x, nrow), {**meta, "kind": "grid", "nrow": nrow})
@@ -430,6 +439,31 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
             "classes": None if y is None else y.tolist(), "latents": z.numpy().tolist() if with_latents else None,
             "pixels_sha256": pixel_hashes}
     return JSONResponse(body, headers=headers), pixel_hashes
+
+
+def render_audio(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: torch.Tensor, meta: dict,
+                 headers: dict, with_latents: bool) -> tuple[Response, list[str]]:
+    """Audio models: png is a grid of the clips' spectrograms; base64 gives each clip as a WAV (provenance in its
+    INFO chunk) in ``audio`` and its spectrogram PNG in ``images``, so a page can both play and draw it. The audit
+    log's hash of a clip is that of its 16-bit samples, as the ledger's."""
+    model = served.model
+    rate = model.output.rate
+    pcm_hashes = [provenance.pixel_sha256(to_pcm16(clip)) for clip in x]
+    pictures = [spectrogram_image(clip, rate) for clip in x]
+    if fmt == "png":
+        data = provenance.png_bytes(make_grid(np.stack(pictures)), {**meta, "kind": "spectrogram-grid"})
+        return Response(data, media_type="image/png", headers=headers), pcm_hashes
+    audio = []
+    for i, clip in enumerate(x):
+        info = wav_info({**meta, "kind": "single", "index": i, "class": None if y is None else int(y[i])},
+                        f"sample {i}")
+        audio.append(base64.b64encode(wav_bytes(clip, rate, info)).decode())
+    images = [base64.b64encode(provenance.png_bytes(p, {**meta, "kind": "spectrogram", "index": i})).decode()
+              for i, p in enumerate(pictures)]
+    body = {"model": served.name, "seed": meta["seed"], "n": len(x), "controls": meta["controls"], "images": images,
+            "audio": audio, "rate": rate, "classes": None if y is None else y.tolist(),
+            "latents": z.numpy().tolist() if with_latents else None, "pixels_sha256": pcm_hashes}
+    return JSONResponse(body, headers=headers), pcm_hashes
 
 
 def model_info(served: Served) -> ModelInfo:

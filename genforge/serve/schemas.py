@@ -104,7 +104,11 @@ class GenerateResponse(BaseModel):
     seed: int
     n: int
     controls: dict
-    images: list[str] = Field(description="base64 PNGs, each with genforge's provenance metadata")
+    images: list[str] = Field(description="base64 PNGs, each with genforge's provenance metadata (audio models: "
+                                          "each clip's spectrogram)")
+    audio: list[str] | None = Field(None, description="audio models: base64 16-bit WAVs, provenance in their INFO "
+                                                      "chunk")
+    rate: int | None = Field(None, description="audio models: the WAVs' sample rate (Hz)")
     classes: list[int] | None
     latents: list[list[float]] | None
     pixels_sha256: list[str] = Field(description="SHA-256 of each image's pixels, as in the audit log")

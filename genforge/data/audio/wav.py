@@ -197,8 +197,9 @@ def fit_length(x: np.ndarray, length: int, mode: str = "start") -> np.ndarray:
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:
-    """float (samples,) in [-1, 1] -> int16, clipped (a generator may overshoot), rounded to nearest."""
-    return np.round(np.clip(np.nan_to_num(x, nan=0.0), -1.0, 1.0) * 32767).astype("<i2")
+    """float (samples,) in [-1, 1] -> int16 by x * 32768, rounded, clipped to the int16 range (a generator may
+    overshoot); the scale libsndfile reads back with, so a round trip is exact to half a step."""
+    return np.clip(np.round(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0) * 32768), -32768, 32767).astype("<i2")
 
 
 def wav_bytes(x: np.ndarray, rate: int, info: dict[str, str] | None = None) -> bytes:
