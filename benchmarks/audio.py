@@ -60,31 +60,28 @@ def evaluators_part() -> tuple[str, dict]:
     return "\n".join(lines), evs
 
 
-def recipes_part(evs: dict, budget: float, n: int, recipes: list[str]) -> str:
-    """Each audio recipe trained for ``budget`` seconds, sampled, scored against its data's test split."""
+def recipes_part(budget: float, n: int, recipes: list[str]) -> str:
+    """Each audio recipe trained for ``budget`` seconds, then ``genforge eval``'s scoring of ``n`` samples."""
     from genforge.config import load_config
-    from genforge.generation import sample as draw
     from genforge.generation.model import load as load_model
+    from genforge.metrics.audio import evaluate_audio
     from genforge.training import train
 
-    rows = ["| recipe | steps | IS | FD | prec | recall | class match | x real time | real IS | real FD |",
+    rows = ["| recipe | steps (s) | IS | FD | prec | recall | class match | x real time | real IS | real FD |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in recipes:
         cfg = load_config(name, [f"max_seconds={budget}"])
         with tempfile.TemporaryDirectory() as run:
-            train(cfg, run)
-            model = load_model(run, device="cpu")
-            ev, splits = evs[cfg.data]
             t0 = time.perf_counter()
-            samples = draw(model, n, seed=0, classes=list(range(model.num_classes)) if model.num_classes else None)
-            seconds = time.perf_counter() - t0
-            x = np.asarray(samples.x, dtype=np.float32)
-            s = score_audio(ev, x, samples.y, reference=splits.test.x)
-            real = real_rows(ev, splits)[0][1]
-            speed = len(x) * x.shape[1] / model.meta["rate"] / seconds
+            train(cfg, run)
+            took = time.perf_counter() - t0
+            model = load_model(run, device="cpu")
+            result = evaluate_audio(model, n=n, seed=0, progress=False)
+            s, real = result["rows"][0][1], result["rows"][1][1]
             match = f"{100 * s['class_match']:.1f}%" if "class_match" in s else ""
-            rows.append(f"| {name} | {model.meta.get('step')} | {s['is']:.2f} | {s['fd']:.2f} | {s['precision']:.3f} "
-                        f"| {s['recall']:.3f} | {match} | {speed:.0f}x | {real['is']:.2f} | {real['fd']:.2f} |")
+            rows.append(f"| {name} | {model.meta.get('step')} ({took:.0f}) | {s['is']:.2f} | {s['fd']:.2f} | "
+                        f"{s['precision']:.3f} | {s['recall']:.3f} | {match} | {s['realtime_factor']:.1f}x | "
+                        f"{real['is']:.2f} | {real['fd']:.2f} |")
             print(rows[-1], flush=True)
     return "\n".join(rows)
 
@@ -150,7 +147,7 @@ def main() -> None:
         recipes = [r for r in args.recipes.split(",") if r] or [r for r in recipe_names()
                                                                if r.startswith(("digits-", "drums-"))]
         sections.append(f"### Recipes ({args.budget:.0f} s of training each, {args.n} samples)\n\n"
-                        + recipes_part(evs, args.budget, args.n, recipes))
+                        + recipes_part(args.budget, args.n, recipes))
     if "enhance" in parts:
         sections.append("### Speech enhancement (`genforge repair --task denoise` on audio)\n\n"
                         + enhance_part(args.budget))

@@ -128,8 +128,13 @@ class EnhancementData:
 
 
 def load_enhancement_data(seed: int = 0) -> EnhancementData:
-    """The Asterisk prompts at 8 kHz split 80 / 10 / 10 by file, and drum hits from audio:drums' own splits."""
+    """The Asterisk prompts of 1.5 s or more at 8 kHz split 80 / 10 / 10 by file, and drum hits from audio:drums'
+    own splits."""
     prompts, names = read_asterisk_prompts(RATE)
+    # STOI needs 30 frames of speech (384 ms at its 10 kHz) after dropping silent ones: shorter prompts ("yes")
+    # would score a meaningless 1e-5, so only prompts of at least 1.5 s are used
+    keep = [i for i, p in enumerate(prompts) if len(p) >= int(1.5 * RATE)]
+    prompts, names = [prompts[i] for i in keep], [names[i] for i in keep]
     test_idx, val_idx, train_idx = split_indices(None, len(prompts), (0.1, 0.1), seed)
     drums = load_audio("audio:drums", rate=RATE, length=RATE // 2)
     parts = {"train": train_idx, "val": val_idx, "test": test_idx}

@@ -130,7 +130,7 @@ class MelSpec:
             proj = self.stft(x)                               # consistent: the STFT of a real signal
             spec = proj + momentum * (proj - prev)
             prev = proj
-            spec = magnitude * torch.exp(1j * torch.angle(spec))  # impose the magnitude
+            spec = spec * (magnitude / spec.abs().clamp_min(1e-8))  # impose the magnitude, keep the phase
         return torch.istft(spec, self.n_fft, self.hop, window=win, center=True, length=length)
 
     def to_audio(self, m: torch.Tensor, length: int, n_iter: int = 32, seed: int = 0) -> torch.Tensor:
