@@ -54,6 +54,11 @@ class Config:
     table_max_modes: int = 10        # vgm: most mixture components per number column
     table_pac: int = 1               # ctgan: rows the discriminator judges at once (PacGAN; CTGAN uses 10)
     table_cond_vector: bool = True   # ctgan: the conditional vector and training by sampling (off under DP)
+    # --- audio sources (audio:NAME|DIR for spectrogram models, audio-wave:NAME|DIR for waveform models) -----
+    audio_rate: int = 16000          # every clip resampled to this rate (Hz)
+    audio_length: int = 16000        # samples per clip: clipped or zero-padded (1 s at 16 kHz)
+    audio_mels: int = 64             # spectrogram models: mel bands, and frames: pictures are audio_mels square
+    audio_griffin_lim: int = 32      # spectrogram models: Griffin-Lim iterations turning a sample into sound
 
     # --- what to train ------------------------------------------------------------
     model: str = "dcgan"             # a key of genforge.models.MODELS
@@ -177,7 +182,8 @@ RECIPE_CONTROLS = {c.recipe_field: c for c in controls.ALL if c.recipe_field}
 POSITIVE = ("eval_n", "image_size", "z_dim", "base_channels", "batch_size", "g_lr", "d_lr", "max_steps", "grid_n",
             "d_steps", "instance_noise_steps", "ada_interval", "ada_kimg",
             "keep_checkpoints", "dp_max_grad_norm", "table_max_modes", "table_pac", "text_vocab_size",
-            "text_context", "text_n_layer", "text_n_head", "text_n_embd", "text_rnn_hidden")
+            "text_context", "text_n_layer", "text_n_head", "text_n_embd", "text_rnn_hidden", "audio_rate",
+            "audio_length", "audio_mels", "audio_griffin_lim")
 NON_NEGATIVE = ("dp_epsilon", "eval_every", "gp_weight", "r1_weight", "instance_noise", "acgan_weight", "kl_weight", "max_seconds", "log_every", "sample_every", "checkpoint_every", "augment_shift",
                 "augment_rotate", "ema_start", "num_threads", "max_rollbacks", "series_window", "series_stride",
                 "series_length", "text_stride", "weight_decay", "warmup_steps", "lr_decay_steps", "min_lr",

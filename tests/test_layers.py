@@ -20,6 +20,9 @@ import genforge
 from genforge.data import sources
 from genforge.errors import DataError, GenforgeError
 from genforge.generation import writers
+from genforge.data.audio import KINDS as AUDIO_KINDS
+from genforge.data.audio import load_audio
+from genforge.data.audio.features import picture_spec
 from genforge.data.examples import LOADERS
 from genforge.data.series import KINDS as SERIES_KINDS
 from genforge.data.series import load_series
@@ -214,6 +217,8 @@ def _read(name: str, kind: str, missing: Path):
         return load_table(f"{kind}:{missing}")
     if name == "text":  # text:PATH reaches the corpus reader
         return load_text(f"{kind}:{missing}")
+    if name in ("audio", "audio-wave"):  # audio: the folder reader names the folder it cannot find
+        return load_audio(f"{kind}:{missing}")
     # series: every form reaches its own reader (tep's reader names the unknown option it was given)
     return load_series(f"{kind}:{missing}", window=8)
 
@@ -236,7 +241,7 @@ def test_a_modalitys_sources_are_read_by_genforge_data(name, tmp_path):
 
 def test_every_source_genforge_data_reads_is_declared_by_a_modality():
     readable = ({form.split(":")[0].strip() for form in sources.SPEC_FORMS.split(",")} | set(SERIES_KINDS)
-                | set(TABLE_KINDS) | set(TEXT_KINDS))
+                | set(TABLE_KINDS) | set(TEXT_KINDS) | set(AUDIO_KINDS))
     declared = {kind for m in MODALITIES.values() for kind in m.sources}
     assert readable == declared
     assert len(declared) == sum(len(m.sources) for m in MODALITIES.values())  # no prefix in two modalities
@@ -267,6 +272,18 @@ def _model_of(name: str, tmp_path: Path):
         meta = {"model": "gpt", "modality": "text", "example_shape": [17], "z_dim": 1, "base_channels": 1,
                 "transform": transform, "net_options": options}
         return genforge.load(save_model(tmp_path / "text-model", nets, meta))
+    if name == "audio":  # a log-mel picture model: its transform says how pictures become sound
+        nets = build_networks("dcgan", (1, 16, 16), z_dim=8, base_channels=4)
+        transform = {"kind": "audio-mel", "mel": picture_spec(8000, 2048, 16).to_dict(), "side": 16, "rate": 8000,
+                     "length": 2048, "griffin_lim": 4}
+        meta = {"model": "dcgan", "modality": "audio", "example_shape": [1, 16, 16], "z_dim": 8, "base_channels": 4,
+                "num_classes": 0, "transform": transform}
+        return genforge.load(save_model(tmp_path / "audio-model", nets, meta))
+    if name == "audio-wave":
+        nets = build_networks("wavegan", (1, 256), z_dim=8, base_channels=4)
+        meta = {"model": "wavegan", "modality": "audio-wave", "example_shape": [1, 256], "z_dim": 8,
+                "base_channels": 4, "num_classes": 0, "transform": {"kind": "audio-wave", "rate": 8000, "length": 256}}
+        return genforge.load(save_model(tmp_path / "wave-model", nets, meta))
     nets = build_networks("cvae-1d", (2, 40), z_dim=8, base_channels=4, num_classes=2)
     transform = {"kind": "series", "channel_names": ["a", "b"],
                  "normalization": {"method": "minmax", "shift": [0.0, 100.0], "scale": [1.0, 3.0]}}
@@ -290,7 +307,7 @@ def test_a_modalitys_writers_exist(name, tmp_path):
             with np.load(out) as f:
                 assert np.array_equal(f["x"], samples.x)
         elif suffix == "":
-            assert len(list(out.glob("*.png"))) == 4
+            assert len(list(out.glob("*.png")) + list(out.glob("*.wav"))) == 4  # images: PNGs; audio: WAVs
     with pytest.raises(GenforgeError, match="unknown output format .bogus"):
         writers.write_samples(samples, tmp_path / "out.bogus", model)
 

@@ -142,8 +142,21 @@ def repair(model: str, images: str, task: str, mask: str | None, noise_std: floa
     means, out at full size. VAEs and GANs repair by latent optimisation, diffusion models by DDIM with the
     measurement imposed at every step. OUT: a .png grid (--compare: each input beside its repair), a .npz
     or a folder of PNGs.
+
+    Audio (issue #17): IMAGES may be a .wav/.flac file or a folder of them with --task denoise; MODEL is then a
+    denoiser directory (genforge.apps.enhance.train_denoiser) or spectral-subtraction / wiener, and OUT a .wav
+    or a folder of WAVs (speech at 8 kHz, mono).
     """
     import numpy as np
+
+    from genforge.apps.enhance import denoise_files, is_audio_input
+
+    if is_audio_input(images):
+        if task != "denoise":
+            raise GenforgeError(f"{images}: audio can be repaired with --task denoise only, got --task {task}")
+        path, notes = denoise_files(model, images, out)
+        print(f"genforge: denoised {images} with {model}; wrote {path}" + "".join(f"\n  note: {n}" for n in notes))
+        return 0
 
     from genforge.apps.repair import RepairOptions, repair as run_repair
     from genforge.generation import provenance

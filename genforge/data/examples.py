@@ -12,6 +12,7 @@ split as one tensor. The loop, checkpoints and sampling never ask which modality
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 from genforge.data import load_splits
+from genforge.data.audio import load_audio
+from genforge.data.audio.features import picture_spec, to_pictures
 from genforge.data.series import load_series
 from genforge.data.series.base import fit_normalization
 from genforge.data.table import TableTransformer, load_table
@@ -102,8 +105,47 @@ def _text(cfg, value_range: str) -> Examples:
     return Examples(cfg.data, "text", x, None, tuple(x.shape[1:]), None, transform, splits, notes)
 
 
+def _audio_splits(cfg, spec: str):
+    if cfg.augment_flip or cfg.augment_shift or cfg.augment_rotate:
+        raise ConfigError(f"{cfg.data}: augment_flip, augment_shift and augment_rotate are image augmentations; "
+                          "set them to false / 0 for audio")
+    splits = load_audio(spec, rate=cfg.audio_rate, length=cfg.audio_length, on_bad=cfg.on_bad,
+                        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+    return splits
+
+
+def _audio(cfg, value_range: str) -> Examples:
+    """audio:SPEC -> log-mel pictures (N, 1, mels, mels) for the 2-D families; the mel parameters (with the log
+    level mapped to +1, fitted on the train split) are the transform that turns samples back into sound."""
+    splits = _audio_splits(cfg, cfg.data)
+    probe = picture_spec(cfg.audio_rate, cfg.audio_length, cfg.audio_mels)
+    loudest = float(probe.log_mel(splits.train.x[:512]).max())
+    spec = picture_spec(cfg.audio_rate, cfg.audio_length, cfg.audio_mels, log_hi=math.ceil(loudest * 2) / 2)
+    x = to_pictures(spec, splits.train.x)                                      # (N, 1, mels, mels) in [-1, 1]
+    if value_range == "0,1":
+        x = (x + 1) / 2
+    transform = {"kind": "audio-mel", "mel": spec.to_dict(), "side": cfg.audio_mels, "rate": cfg.audio_rate,
+                 "length": cfg.audio_length, "griffin_lim": cfg.audio_griffin_lim}
+    notes = [*splits.notes, f"log-mel pictures {cfg.audio_mels}x{cfg.audio_mels} (n_fft {spec.n_fft}, hop "
+                            f"{spec.hop}); log power {spec.log_lo:.1f} .. {spec.log_hi:.1f} mapped to [-1, 1]"]
+    return Examples(cfg.data, "audio", x, splits.train.y, tuple(x.shape[1:]), splits.class_names, transform, splits,
+                    notes)
+
+
+def _audio_wave(cfg, value_range: str) -> Examples:
+    """audio-wave:SPEC -> raw waveforms (N, 1, samples) in [-1, 1] for the 1-D networks."""
+    splits = _audio_splits(cfg, cfg.data)
+    x = torch.from_numpy(splits.train.x[:, None, :])                           # (N, 1, samples) in [-1, 1]
+    if value_range == "0,1":
+        x = (x + 1) / 2
+    transform = {"kind": "audio-wave", "rate": cfg.audio_rate, "length": cfg.audio_length}
+    return Examples(cfg.data, "audio-wave", x, splits.train.y, tuple(x.shape[1:]), splits.class_names, transform,
+                    splits, list(splits.notes))
+
+
 # modality -> loader(cfg, value_range) -> Examples
-LOADERS: dict[str, Callable] = {"image": _images, "series": _series, "table": _table, "text": _text}
+LOADERS: dict[str, Callable] = {"image": _images, "series": _series, "table": _table, "text": _text, "audio": _audio,
+                                "audio-wave": _audio_wave}
 
 
 def load_examples(cfg, value_range: str) -> Examples:

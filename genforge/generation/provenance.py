@@ -134,14 +134,20 @@ def verify(path: str | Path, ledger: Path | None = None) -> Verdict:
         data = path.read_bytes()
     except OSError as e:
         raise GenforgeError(f"{path}: {e.strerror}") from None
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format != "PNG":
-                return Verdict(False, f"{path} is a {img.format} image, not a PNG: genforge writes PNGs only")
-            embedded = img.text.get(CHUNK) if hasattr(img, "text") else None
-            pixels = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return Verdict(False, f"{path} is not a readable image")
+    if data[:4] == b"RIFF":  # a WAV genforge wrote: provenance in its INFO chunk, its 16-bit samples hashed
+        found = _wav_provenance(path, data)
+        if isinstance(found, Verdict):
+            return found
+        embedded, pixels = found
+    else:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format != "PNG":
+                    return Verdict(False, f"{path} is a {img.format} image, not a PNG: genforge writes PNGs only")
+                embedded = img.text.get(CHUNK) if hasattr(img, "text") else None
+                pixels = np.asarray(img)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            return Verdict(False, f"{path} is not a readable image")
     claimed = None
     if embedded:
         try:
@@ -184,3 +190,20 @@ def verify(path: str | Path, ledger: Path | None = None) -> Verdict:
                               "or metadata were altered, or it was written with another ledger", claimed)
     return Verdict(False, "no genforge metadata and no ledger entry: not an image genforge wrote (or it was "
                           "re-encoded with changed pixels)")
+
+
+def _wav_provenance(path: Path, data: bytes):
+    """(the INFO chunk's ICMT JSON or None, the int16 samples) of a 16-bit mono WAV, or a Verdict saying why not."""
+    # the audio reader: only WAVs need it, and it brings torch with the data package, which PNGs never need
+    from genforge.data.audio.wav import check_riff, read_info
+
+    try:
+        fmt = check_riff(path, data)
+        info = read_info(path)
+    except GenforgeError as e:
+        return Verdict(False, f"not a readable WAV: {e}")
+    if fmt["tag"] != 1 or fmt["bits"] != 16 or fmt["channels"] != 1:
+        return Verdict(False, f"{path} is not 16-bit mono PCM: genforge writes only those WAVs")
+    off = fmt["data_offset"]
+    samples = np.frombuffer(data[off:off + 2 * fmt["frames"]], dtype="<i2")
+    return info.get("ICMT"), samples

@@ -24,6 +24,7 @@ from genforge.data.series.base import Normalization
 from genforge.errors import GenforgeError
 from genforge.generation.table_output import TableOutput
 from genforge.generation.text import TextOutput, sample_text
+from genforge.generation.audio import AudioMelOutput, AudioWaveOutput
 from genforge.models import MODELS, family_of
 
 MAX_SAMPLES = 1_000_000
@@ -138,7 +139,8 @@ class SeriesOutput:
 
 
 # modality -> the conversion of a family's [0, 1] outputs into what a sample is (built once per loaded model)
-OUTPUTS = {"image": ImageOutput, "series": SeriesOutput, "table": TableOutput, "text": TextOutput}
+OUTPUTS = {"image": ImageOutput, "series": SeriesOutput, "table": TableOutput, "text": TextOutput,
+           "audio": AudioMelOutput, "audio-wave": AudioWaveOutput}
 # modality -> its own sampler, where sampling is not (latents -> the family's generate): text draws tokens
 SAMPLERS = {"text": sample_text}
 

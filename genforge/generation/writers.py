@@ -18,7 +18,7 @@ from genforge.config import from_dict
 from genforge.crypto import EncryptingWriter
 from genforge.data.examples import load_examples
 from genforge.errors import GenforgeError
-from genforge.generation import plots, provenance, tables
+from genforge.generation import audio, plots, provenance, tables
 from genforge.generation.text_files import text_card, write_jsonl, write_txt
 from genforge.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
 
@@ -188,8 +188,13 @@ def _text_preview(samples, model, nrow, real, title) -> np.ndarray:
     return text_card(list(samples.x), title=title)
 
 
+def _audio_preview(samples, model, nrow, real, title) -> np.ndarray:  # a grid of the clips' log-mel pictures
+    return make_grid(np.stack([audio.spectrogram_image(x, _rate(model)) for x in samples.x]), nrow)
+
+
 # modality -> (samples, model, nrow, the real training split or None, title) -> one uint8 picture
-PREVIEWS = {"image": _image_preview, "series": _series_preview, "table": _table_preview, "text": _text_preview}
+PREVIEWS = {"image": _image_preview, "series": _series_preview, "table": _table_preview, "text": _text_preview,
+            "audio": _audio_preview, "audio-wave": _audio_preview}
 
 
 def preview(samples, model, nrow: int | None = None, real=None, title: str = "") -> np.ndarray:
@@ -199,12 +204,63 @@ def preview(samples, model, nrow: int | None = None, real=None, title: str = "")
     return PREVIEWS[model.modality.name](samples, model, nrow, real, title)
 
 
+# ------------------------------------------------------------------------------------------------ audio
+
+
+def _rate(model) -> int:
+    return int(model.output.rate)  # the audio output conversion knows the model's sample rate
+
+
+def _class_name(model, samples, i: int) -> str | None:
+    if samples.y is None:
+        return None
+    k = int(samples.y[i])
+    names = model.class_names
+    return names[k] if names and k < len(names) else str(k)
+
+
+def _write_wav_one(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    rate = _rate(model)
+    gap = np.zeros(int(audio.GAP_SECONDS * rate), np.float32)
+    parts = []
+    for i, x in enumerate(samples.x):
+        parts += [x, gap] if i < len(samples.x) - 1 else [x]
+    classes = None if samples.y is None else [_class_name(model, samples, i) for i in range(len(samples.x))]
+    return audio.save_wav(np.concatenate(parts), path, rate,
+                          {**meta, "kind": "sequence", "gap_seconds": audio.GAP_SECONDS, "classes": classes},
+                          ledger=True)
+
+
+def _write_wav_dir(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(samples.x):
+        cls = _class_name(model, samples, i)
+        audio.save_wav(x, path / f"{i:05d}.wav", _rate(model),
+                       {**meta, "kind": "single", "index": i, "class": cls, "latent": samples.z[i].tolist()},
+                       title=f"sample {i}" + (f" ({cls})" if cls else ""), ledger=True)
+    return path
+
+
+def _write_audio_npz(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    return save_npz(path, np.asarray(samples.x, dtype=np.float32), samples.y, keyring)
+
+
+def _write_spectrogram_grid(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
+    grid = preview(samples, model)
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    return save_png(grid, path, {**meta, "kind": "spectrogram-grid", "scale": scale}, ledger=True)
+
+
+# spectrogram models and waveform models write the same thing: sound
+_AUDIO_WRITERS = {".wav": _write_wav_one, "": _write_wav_dir, ".npz": _write_audio_npz, ".png": _write_spectrogram_grid}
 MAX_SCALE = 16
 # modality -> output suffix -> writer ("" is a directory); genforge.modalities declares the suffixes
 WRITERS = {"image": {".png": _write_grid, ".npz": _write_npz, "": _write_png_dir},
            "series": {".npz": _write_npz, ".csv": _write_series_csv, ".png": _write_series_plot},
            "table": {".csv": tables.write_table, ".parquet": tables.write_table, ".npz": _write_npz},
-           "text": {".txt": write_txt, ".jsonl": write_jsonl}}
+           "text": {".txt": write_txt, ".jsonl": write_jsonl},
+           "audio": _AUDIO_WRITERS, "audio-wave": _AUDIO_WRITERS}
 
 
 def read_sidecar(grid: str | Path) -> dict:

@@ -51,6 +51,18 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
     from genforge.metrics.evaluate import evaluate, format_table, load_result
     from genforge.metrics.table import is_table_model
 
+    if Path(source).is_dir():  # an audio model is scored by its audio evaluator, beside the real-data rows
+        from genforge.generation.model import load as load_model
+        from genforge.metrics.audio import evaluate_audio
+
+        model = load_model(source, device=device)
+        if model.modality.name in ("audio", "audio-wave"):
+            result = evaluate_audio(model, n=n, seed=seed, progress=progress)
+            print(result["table"])
+            if out:
+                atomic_write_json(out, {k: v for k, v in result.items() if k != "table"})
+                print(f"genforge: wrote {out}")
+            return 0
     if is_table_model(source):  # a table: SDMetrics-style quality, detection, TSTR, DCR (genforge.metrics.table)
         return _eval_table(source, data, n, seed, out, report_path, device)
     if report_path:

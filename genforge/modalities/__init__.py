@@ -14,14 +14,17 @@ images).
 from __future__ import annotations
 
 from genforge.errors import DataError
+from genforge.modalities.audio import AUDIO, AUDIO_WAVE
 from genforge.modalities.image import IMAGE
 from genforge.modalities.modality import Modality
 from genforge.modalities.series import SERIES
 from genforge.modalities.table import TABLE
 from genforge.modalities.text import TEXT
 
-MODALITIES: dict[str, Modality] = {"image": IMAGE, "series": SERIES, "table": TABLE, "text": TEXT}
-__all__ = ["DEFAULT", "IMAGE", "MODALITIES", "SERIES", "TABLE", "TEXT", "Modality", "of_meta", "of_spec"]
+MODALITIES: dict[str, Modality] = {"image": IMAGE, "series": SERIES, "table": TABLE, "text": TEXT, "audio": AUDIO,
+                                   "audio-wave": AUDIO_WAVE}
+__all__ = ["AUDIO", "AUDIO_WAVE", "DEFAULT", "IMAGE", "MODALITIES", "SERIES", "TABLE", "TEXT", "Modality", "of_meta",
+           "of_spec"]
 DEFAULT = "image"  # model files written before modalities were recorded
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from genforge.errors import ConfigError
 from genforge.modalities import of_spec
 from genforge.models import (copula, ctgan, diffusion, gan, lm, networks, networks1d, recurrent, sentence_vae, tabddpm,
-                             tabular, transformer, unet, vae)
+                             tabular, transformer, unet, vae, wavegan)
 
 
 class ModelSpec(NamedTuple):
@@ -41,6 +41,7 @@ def d_options(cfg) -> dict:
 _AXES_1D = ("c", "t")
 _AXES_ROW = ("d",)
 _GAN_1D = {"generator": networks1d.Conv1dGenerator, "discriminator": networks1d.Conv1dDiscriminator}
+_WAVEGAN = {"generator": networks1d.Conv1dGenerator, "discriminator": wavegan.WaveGANDiscriminator}
 _VAE_1D = {"encoder": networks1d.Conv1dEncoder, "decoder": networks1d.Conv1dDecoder}
 
 MODELS: dict[str, ModelSpec] = {
@@ -66,6 +67,9 @@ MODELS: dict[str, ModelSpec] = {
     "ddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, axes=_AXES_1D),
     "cddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True,
                           axes=_AXES_1D),
+    # waveforms: the 1-D GAN with WaveGAN's phase shuffle in the discriminator (Donahue et al. 2019)
+    "wavegan": ModelSpec(gan, _WAVEGAN, axes=_AXES_1D),
+    "cwavegan": ModelSpec(gan, _WAVEGAN, conditional=True, axes=_AXES_1D),
     # tables: encoded rows (d,). TVAE is the VAE method with a mixed-type likelihood (the decoder's own); CTGAN,
     # TabDDPM and the Gaussian copula learn otherwise and are method modules of their own
     "tvae": ModelSpec(vae, {"encoder": tabular.TableEncoder, "decoder": tabular.TableDecoder}, axes=_AXES_ROW,

@@ -55,6 +55,8 @@ from genforge.generation import provenance
 from genforge.data.table.schema import MODELLED
 from genforge.data.table.write import structured
 from genforge.generation.tables import preview_columns, rows_csv_text, rows_json, sample_rows
+from genforge.generation.audio import spectrogram_image, wav_info
+from genforge.data.audio.wav import to_pcm16, wav_bytes
 from genforge.serve.audit import AuditLog, Tally
 from genforge.serve.batching import Batcher, QueueFull
 from genforge.serve.connections import ConnectionGuard
@@ -538,6 +540,8 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
                              "weights_sha256": model.meta.get("weights_sha256"), "step": model.meta.get("step"),
                              "seed": seed, "n": len(x), "controls": controls})
     headers = {"X-Genforge-Seed": str(seed), "X-Genforge-Model": served.name}
+    if model.modality.name in ("audio", "audio-wave") and fmt != "npz":
+        return render_audio(served, fmt, x, y, z, meta, headers, with_latents)
     if fmt == "png":
         nrow = model.num_classes if (model.num_classes and "classes" not in controls) else math.ceil(math.sqrt(len(x)))
         picture = preview(Samples(x=x, y=y, z=z.numpy(), seed=seed, controls=controls), model, nrow=nrow,
@@ -602,6 +606,31 @@ def table_response(served: Served, fmt: str, table, how: str, seed: int, plot: b
             "columns": [c.name for c in table.schema.columns if c.kind in MODELLED or c.kind == "constant"],
             "rows": rows_json(table), "conditions": how, "plot": picture}
     return JSONResponse(body, headers=headers)
+
+
+def render_audio(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: torch.Tensor, meta: dict,
+                 headers: dict, with_latents: bool) -> tuple[Response, list[str]]:
+    """Audio models: png is a grid of the clips' spectrograms; base64 gives each clip as a WAV (provenance in its
+    INFO chunk) in ``audio`` and its spectrogram PNG in ``images``, so a page can both play and draw it. The audit
+    log's hash of a clip is that of its 16-bit samples, as the ledger's."""
+    model = served.model
+    rate = model.output.rate
+    pcm_hashes = [provenance.pixel_sha256(to_pcm16(clip)) for clip in x]
+    pictures = [spectrogram_image(clip, rate) for clip in x]
+    if fmt == "png":
+        data = provenance.png_bytes(make_grid(np.stack(pictures)), {**meta, "kind": "spectrogram-grid"})
+        return Response(data, media_type="image/png", headers=headers), pcm_hashes
+    audio = []
+    for i, clip in enumerate(x):
+        info = wav_info({**meta, "kind": "single", "index": i, "class": None if y is None else int(y[i])},
+                        f"sample {i}")
+        audio.append(base64.b64encode(wav_bytes(clip, rate, info)).decode())
+    images = [base64.b64encode(provenance.png_bytes(p, {**meta, "kind": "spectrogram", "index": i})).decode()
+              for i, p in enumerate(pictures)]
+    body = {"model": served.name, "seed": meta["seed"], "n": len(x), "controls": meta["controls"], "images": images,
+            "audio": audio, "rate": rate, "classes": None if y is None else y.tolist(),
+            "latents": z.numpy().tolist() if with_latents else None, "pixels_sha256": pcm_hashes}
+    return JSONResponse(body, headers=headers), pcm_hashes
 
 
 def model_info(served: Served) -> ModelInfo:

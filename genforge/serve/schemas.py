@@ -116,10 +116,14 @@ class GenerateResponse(BaseModel):
     n: int
     controls: dict
     images: list[str] | None = Field(None, description="image models: base64 PNGs, each with genforge's "
-                                                       "provenance metadata")
+                                                       "provenance metadata (audio models: each clip's "
+                                                       "spectrogram)")
     series: list[list[list[float]]] | None = Field(None, description="series models: (n, channels, time) values "
                                                                      "in the data's units")
     channel_names: list[str] | None = Field(None, description="series models: the name of each channel")
+    audio: list[str] | None = Field(None, description="audio models: base64 16-bit WAVs, provenance in their INFO "
+                                                      "chunk")
+    rate: int | None = Field(None, description="audio models: the WAVs' sample rate (Hz)")
     classes: list[int] | None
     latents: list[list[float]] | None
     pixels_sha256: list[str] | None = Field(None, description="image models: SHA-256 of each image's pixels, as "

@@ -254,7 +254,7 @@ function show(result, caption) {
     updateLiked();
     return;
   }
-  const side = Math.max(64, Math.min(160, 4 * m.example_shape[2]));
+  const side = m.example_shape.length === 3 ? Math.max(64, Math.min(160, 4 * m.example_shape[2])) : 160;
   grid.replaceChildren(...result.images.map((b64, i) => {
     const img = new Image();
     img.src = "data:image/png;base64," + b64;
@@ -264,7 +264,16 @@ function show(result, caption) {
     img.dataset.index = i;
     img.title = "click to like";
     img.addEventListener("click", () => toggleLike(img));
-    return img;
+    if (!result.audio) return img;
+    // audio models: the clip's spectrogram (click to like, as an image) above a player of the clip
+    const tile = document.createElement("figure");
+    tile.className = "clip";
+    const player = document.createElement("audio");
+    player.controls = true;
+    player.src = "data:audio/wav;base64," + result.audio[i];
+    player.title = img.alt;
+    tile.append(img, player);
+    return tile;
   }));
   $("caption").textContent = caption;
   $("download").disabled = false;

@@ -1,0 +1,167 @@
+"""Audio measured (issue #17): the evaluators and their real-data rows, every audio recipe on spoken digits and
+drums, speech enhancement against the classical baselines, and image-to-speech agreement, in one run.
+
+    python benchmarks/audio.py --budget 600            # the issue's protocol: 10 minutes of training per model
+    python benchmarks/audio.py --budget 60 --only enhance,speech
+
+Needs audio:spoken-digits made first (genforge data make spoken-digits), Debian's hydrogen-drumkits and
+asterisk-core-sounds-en-wav. Every model trains for --budget seconds of wall time on this machine (CPU), then:
+
+- recipes: --n samples (default 500) drawn with seed 0 and turned into waveforms; the audio evaluator of the
+  recipe's data gives IS, Frechet distance against the test split, precision/recall and (conditional
+  recipes) class match; "x real time" is seconds of audio generated per second of sampling compute.
+- enhancement: the mask U-Net denoiser trained --budget seconds on the train prompts, against spectral
+  subtraction and scipy.signal.wiener (window chosen on the validation prompts), on every test prompt mixed
+  with white noise, drum hits and babble at 0, 5 and 10 dB: SI-SDR, its improvement, STOI.
+- speech: the image-to-speech model trained --budget seconds; agreement of the digit evaluator's class of
+  its speech with the label of each of the first --n mnist5k test images.
+
+Prints each table and writes them into benchmarks/RESULTS.md (with the machine, date and command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import print_machine  # noqa: E402
+from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from genforge.apps import enhance  # noqa: E402
+from genforge.apps import image_to_speech as i2s  # noqa: E402
+from genforge.data import load_splits  # noqa: E402
+from genforge.data.audio import load_audio  # noqa: E402
+from genforge.metrics.audio import format_audio_table, get_audio_evaluator, real_rows, score_audio  # noqa: E402
+
+PARTS = ("evaluators", "recipes", "enhance", "speech")
+
+
+def evaluators_part() -> tuple[str, dict]:
+    lines, evs = [], {}
+    for spec in ("audio:spoken-digits", "audio:drums"):
+        ev = get_audio_evaluator(spec)
+        splits = load_audio(spec, rate=ev.rate, length=ev.length)
+        rows = real_rows(ev, splits)
+        table = format_audio_table(rows, ev)
+        print(table, flush=True)
+        lines += [f"**{spec}** (evaluator `{ev.meta['name']}`, sha256 `{ev.sha256[:12]}...`, "
+                  f"{ev.meta['train_size']} train clips, {ev.meta['train_recipe']['steps']} steps):", "",
+                  "```", table, "```", ""]
+        evs[spec] = (ev, splits)
+    return "\n".join(lines), evs
+
+
+def recipes_part(budget: float, n: int, recipes: list[str]) -> str:
+    """Each audio recipe trained for ``budget`` seconds, then ``genforge eval``'s scoring of ``n`` samples."""
+    from genforge.config import load_config
+    from genforge.generation.model import load as load_model
+    from genforge.metrics.audio import evaluate_audio
+    from genforge.training import train
+
+    rows = ["| recipe | steps (s) | IS | FD | prec | recall | class match | x real time | real IS | real FD |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in recipes:
+        cfg = load_config(name, [f"max_seconds={budget}"])
+        with tempfile.TemporaryDirectory() as run:
+            t0 = time.perf_counter()
+            train(cfg, run)
+            took = time.perf_counter() - t0
+            model = load_model(run, device="cpu")
+            result = evaluate_audio(model, n=n, seed=0, progress=False)
+            s, real = result["rows"][0][1], result["rows"][1][1]
+            match = f"{100 * s['class_match']:.1f}%" if "class_match" in s else ""
+            rows.append(f"| {name} | {model.meta.get('step')} ({took:.0f}) | {s['is']:.2f} | {s['fd']:.2f} | "
+                        f"{s['precision']:.3f} | {s['recall']:.3f} | {match} | {s['realtime_factor']:.1f}x | "
+                        f"{real['is']:.2f} | {real['fd']:.2f} |")
+            print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
+def enhance_part(budget: float) -> str:
+    data = enhance.load_enhancement_data(seed=0)
+    den = enhance.train_denoiser(None, max_seconds=budget, data=data)
+    size = enhance.best_wiener_size(data)
+    mixtures = enhance.mixtures_of(data, "test", seed=1)
+    methods = {"noisy input": None, "spectral subtraction": enhance.spectral_subtraction,
+               f"scipy.signal.wiener (size {size})": lambda x: enhance.wiener(x, size),
+               f"genforge mask U-Net ({den.meta['steps']} steps)": den.enhance}
+    rows = enhance.enhancement_table(methods, mixtures)
+    table = enhance.format_enhancement(rows)
+    print(table, flush=True)
+    summary = []
+    for kind in enhance.NOISES:
+        at0 = {r["method"]: r["si_sdri"] for r in rows if r["noise"] == kind and r["snr"] == 0}
+        ours = next(v for k, v in at0.items() if k.startswith("genforge"))
+        best = max((v, k) for k, v in at0.items() if not k.startswith(("genforge", "noisy")))
+        summary.append(f"- {kind} at 0 dB: genforge {ours:+.2f} dB SI-SDRi against the best baseline's {best[0]:+.2f} "
+                       f"({best[1]}): {ours - best[0]:+.2f} dB")
+    return (f"{len(data.test)} held-out test prompts x 3 noises x 3 SNRs; denoiser trained {den.meta['train_seconds']:.0f} s "
+            f"({den.meta['steps']} steps) on {len(data.train)} train prompts.\n\n" + table + "\n\n" + "\n".join(summary))
+
+
+def speech_part(budget: float, n: int, evs: dict) -> str:
+    model = i2s.train_image_to_speech(None, max_seconds=budget)
+    test = load_splits(i2s.IMAGE_SPEC, image_size=28, channels=1).test
+    images, labels = test.x[:n, ..., 0], test.y[:n]
+    t0 = time.perf_counter()
+    agree = i2s.agreement(model, evs["audio:spoken-digits"][0], images, labels)
+    seconds = time.perf_counter() - t0
+    return (f"image-to-speech ({model.meta['steps']} steps in {model.meta['train_seconds']:.0f} s): agreement "
+            f"**{100 * agree:.1f}%** on the first {len(images)} mnist5k test images (the digit evaluator's class of "
+            f"the speech against the image's label; chance 10%); {len(images) / seconds:.1f} images said per second")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=600.0, help="training seconds per model")
+    parser.add_argument("--n", type=int, default=500, help="samples per recipe; images for image-to-speech")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    parser.add_argument("--recipes", default="", help="comma list of audio recipes (default: all bundled ones)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = [p for p in args.only.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"--only: unknown part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    facts = print_machine()
+    command = "python benchmarks/audio.py " + " ".join(sys.argv[1:])
+    sections = []
+    ev_text, evs = evaluators_part()
+    if "evaluators" in parts:
+        sections.append("### Evaluators and the real-data rows\n\n" + ev_text)
+    if "recipes" in parts:
+        from genforge.recipes import names as recipe_names
+
+        recipes = [r for r in args.recipes.split(",") if r] or [r for r in recipe_names()
+                                                               if r.startswith(("digits-", "drums-"))]
+        sections.append(f"### Recipes ({args.budget:.0f} s of training each, {args.n} samples)\n\n"
+                        + recipes_part(args.budget, args.n, recipes))
+    if "enhance" in parts:
+        sections.append("### Speech enhancement (`genforge repair --task denoise` on audio)\n\n"
+                        + enhance_part(args.budget))
+    if "speech" in parts:
+        sections.append("### Image to speech\n\n" + speech_part(args.budget, args.n, evs))
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    body = "\n\n".join(sections)
+    section = (f"<!-- audio:start -->\n## Audio: spoken digits, drums, enhancement, image to speech "
+               f"(`benchmarks/audio.py`)\n\n`{command}` on {_cpu_name()} ({platform.machine()}, "
+               f"{torch.get_num_threads()} torch threads, matmul {facts.get('fp32_matmul_gflops', 0):.0f} GFLOP/s), "
+               f"{stamp}.\n\n{body}\n<!-- audio:end -->")
+    print(section)
+    write_section(Path(args.results), section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Image to speech: a training step on (image, clip) pairs, the model file's round trip, `genforge sample RUN
+--from-image digit.png --out say.wav`, and an image of the wrong size refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genforge.apps import image_to_speech as i2s
+from genforge.data import load_splits
+from genforge.data.audio import AudioSet, read_info
+from genforge.data.audio.wav import read_audio
+from genforge.errors import DataError, ModelFileError
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Three training steps on 40 mnist5k images and tone 'clips' (digit d: a 200 + 100 d Hz tone)."""
+    images = load_splits("mnist5k", image_size=28, channels=1).train
+    images.x, images.y = images.x[:40], images.y[:40]
+    t = np.arange(i2s.LENGTH) / i2s.RATE
+    clips = AudioSet(np.stack([0.3 * np.sin(2 * np.pi * (200 + 100 * d) * t) for d in range(10)]).astype(np.float32),
+                     np.arange(10), [])
+    out = tmp_path_factory.mktemp("say")
+    model = i2s.train_image_to_speech(out, max_seconds=60, max_steps=3, cfg=i2s.SpeechConfig(batch_size=4, width=8),
+                                      images=images, clips=clips, progress=False)
+    return out, model, images
+
+
+def test_a_model_says_an_image_and_round_trips(run):
+    out, model, images = run
+    assert model.meta["steps"] == 3
+    wave = model.say(images.x[0, ..., 0], seed=1)
+    assert wave.shape == (i2s.LENGTH,) and wave.dtype == np.float32 and np.abs(wave).max() <= 1
+    again = i2s.load_image_to_speech(out)
+    assert np.array_equal(again.say(images.x[0, ..., 0], seed=1), wave)       # same file, seed: same speech
+
+
+def test_genforge_sample_from_image_writes_a_wav(run, tmp_path, monkeypatch):
+    from genforge.cli import main
+
+    out, model, images = run
+    monkeypatch.setenv("GENFORGE_LEDGER", str(tmp_path / "ledger.jsonl"))
+    Image.fromarray(images.x[0, ..., 0]).save(tmp_path / "digit.png")
+    assert main(["sample", str(out), "--from-image", str(tmp_path / "digit.png"), "--out",
+                 str(tmp_path / "say.wav")]) == 0
+    wave, _ = read_audio(tmp_path / "say.wav", i2s.RATE)
+    assert len(wave) == i2s.LENGTH
+    info = read_info(tmp_path / "say.wav")
+    assert "digit.png" in info["ICMT"] and model.meta["weights_sha256"] in info["ICMT"]
+
+
+def test_an_image_of_the_wrong_size_is_refused_by_name(run, tmp_path, capsys):
+    from genforge.cli import main
+
+    out, _, _ = run
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(DataError, match="big.png: image of 32x32 pixels; image-to-speech takes the 28x28"):
+        i2s.read_digit_image(tmp_path / "big.png")
+    assert main(["sample", str(out), "--from-image", str(tmp_path / "big.png"), "--out",
+                 str(tmp_path / "say.wav")]) == 2
+    assert "big.png: image of 32x32" in capsys.readouterr().err and not (tmp_path / "say.wav").exists()
+    (tmp_path / "fake.png").write_bytes(b"not a picture")
+    with pytest.raises(DataError, match="fake.png: not a readable image"):
+        i2s.read_digit_image(tmp_path / "fake.png")
+
+
+def test_an_altered_model_file_is_refused(run, tmp_path):
+    import shutil
+
+    out, _, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    raw = bytearray((copy / "speech.safetensors").read_bytes())
+    raw[-1] ^= 1
+    (copy / "speech.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="SHA-256 does not match"):
+        i2s.load_image_to_speech(copy)
