@@ -114,3 +114,22 @@ def test_refuses_a_model_that_is_not_diffusion_and_an_existing_output(tiny_confi
     assert "dcgan is a gan model; distill makes a few-step sampler of a diffusion model" in capsys.readouterr().err
     assert _distill_cli(teacher, teacher) == 2
     assert "already holds a model or run: choose another --out" in capsys.readouterr().err
+
+
+def test_distill_benchmark_quick_smoke_run(capsys):
+    """benchmarks/distill.py --quick: the whole row (train, distil, sample, score) on tiny settings; no write."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import distill as bench
+
+    results = Path(bench.ROOT / "benchmarks/RESULTS.md")
+    before = results.read_text() if results.exists() else None
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "machine: " in out and "fp32 matmul" in out  # every benchmark prints the machine first
+    for label in ("teacher, 20 DDIM steps", "teacher, 4 DDIM steps (not distilled)", "distilled, 4 DDIM steps"):
+        assert label in out
+    assert "distilled 4-step / teacher 20-step FID: " in out
+    assert (results.read_text() if results.exists() else None) == before
