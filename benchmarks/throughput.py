@@ -1,6 +1,7 @@
 """Training throughput of every recipe, in images per second, through the real training loop.
 
     python benchmarks/throughput.py [--windows 5] [--recipes mnist5k-gan-mlp ...] [--no-bf16]
+    python benchmarks/throughput.py --long 10 [--recipes fashion-cddpm mnist5k-dcgan ...] [--allocators tuned default]
 
 For each recipe (and precision) it runs ``genforge.training.train`` with logging
 every K steps, drops the first window as warm-up and reports the median
@@ -11,6 +12,13 @@ in this same run, because this machine is shared and noisy. The matmul peak
 follows from the FLOPs of one training step (torch's FlopCounterMode).
 
 Prints the table and writes it into ``benchmarks/RESULTS.md``.
+
+``--long MINUTES`` (issue 20: a collapse that starts minutes in is invisible to short windows) trains each
+recipe for MINUTES through ``genforge train --max-seconds``, in a fresh process per run, and reports per
+minute of the run: images/s, the system-time share of the process's CPU time and page faults per second
+(from the ``page_faults_per_s`` and ``system_share`` that every ``metrics.jsonl`` line carries, read from
+/proc/self/stat), with genforge's allocator tuning (``tuned``) and without it (``GENFORGE_MALLOC=default``).
+Validation is off in these runs (``eval_every=0``), so the curve is training alone.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,14 +123,104 @@ def measure(recipe: Path, precision: str, windows: int) -> dict:
             "gflops": ips * flops / 1e9, "steps_per_window": k}
 
 
+LONG_RECIPES = ("fashion-cddpm", "mnist5k-ddpm", "mnist5k-dcgan", "fashion-sngan")
+LONG_MARKS = ("<!-- throughput-long:start -->", "<!-- throughput-long:end -->")
+
+
+def per_minute(records: list[dict], images_per_step: int) -> list[dict]:
+    """Bucket ``metrics.jsonl`` lines by the minute of the run they end in: images/s (images over seconds),
+    the system share and page faults per second, each weighted by the seconds its line covers."""
+    out: dict[int, dict] = {}
+    prev_step, prev_time = None, None
+    for r in records:
+        if "time" not in r or "images_per_sec" not in r:
+            continue
+        if prev_time is not None and r["time"] > prev_time:
+            dt = r["time"] - prev_time
+            b = out.setdefault(int(r["time"] // 60), {"seconds": 0.0, "images": 0.0, "faults": 0.0, "sys": 0.0,
+                                                      "sys_seconds": 0.0})
+            b["seconds"] += dt
+            b["images"] += (r["step"] - prev_step) * images_per_step
+            b["faults"] += r.get("page_faults_per_s", 0.0) * dt
+            if "system_share" in r:
+                b["sys"] += r["system_share"] * dt
+                b["sys_seconds"] += dt
+        prev_step, prev_time = r["step"], r["time"]
+    return [{"minute": m + 1, "images_per_sec": b["images"] / b["seconds"],
+             "page_faults_per_s": b["faults"] / b["seconds"],
+             "system_share": b["sys"] / b["sys_seconds"] if b["sys_seconds"] else float("nan")}
+            for m, b in sorted(out.items()) if b["seconds"] > 0]
+
+
+def long_run(recipe: str, minutes: float, allocator: str) -> list[dict]:
+    """Train ``recipe`` for ``minutes`` in a fresh process (its own page-fault counters and allocator) and
+    return its per-minute rows."""
+    cfg = load_config(ROOT / "genforge/recipes" / f"{recipe}.yaml", [])
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if allocator == "default":
+        env["GENFORGE_MALLOC"] = "default"
+    else:
+        env.pop("GENFORGE_MALLOC", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "genforge", "train", recipe, "--out", str(run), "--quiet",
+               "--set", f"max_seconds={minutes * 60:g}", "--set", "max_steps=100000000", "--set", "eval_every=0",
+               "--set", "sample_every=0", "--set", "checkpoint_every=0", "--set", "tensorboard=false",
+               "--set", "log_every=20"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "training failed")
+        records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    return per_minute(records, cfg.batch_size * MODELS[cfg.model].method.Trainer.batches_per_step(cfg))
+
+
+def long_mode(recipes: list[str], minutes: float, allocators: list[str], write: bool) -> None:
+    lines = [LONG_MARKS[0], "## Throughput over a whole run (`benchmarks/throughput.py --long`)", "",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores ({_cpu_name()})",
+             f"- command: `python benchmarks/throughput.py {' '.join(sys.argv[1:])}`",
+             f"- each recipe trained {minutes:g} min in a fresh process (`genforge train --max-seconds`), validation "
+             "off; per minute of the run: images/s, system time as a share of the process's CPU time, page faults/s",
+             "- allocator `tuned`: genforge's own malloc settings; `default`: `GENFORGE_MALLOC=default` (glibc's)", "",
+             "| recipe | allocator | minute | images/s | system share | page faults/s |", "|---|---|---:|---:|---:|---:|"]
+    summary = []
+    for recipe in recipes:
+        for allocator in allocators:
+            try:
+                rows = long_run(recipe, minutes, allocator)
+            except Exception as e:  # e.g. fashion-mnist not installed: say so, keep going
+                print(f"{recipe} ({allocator}): skipped ({e})", flush=True)
+                continue
+            for r in rows:
+                print(f"{recipe:<16} {allocator:<8} minute {r['minute']:>3}: {r['images_per_sec']:8.0f} images/s, "
+                      f"system {100 * r['system_share']:5.1f}%, {r['page_faults_per_s']:9.0f} page faults/s",
+                      flush=True)
+                lines.append(f"| {recipe} | {allocator} | {r['minute']} | {r['images_per_sec']:.0f} | "
+                             f"{100 * r['system_share']:.1f}% | {r['page_faults_per_s']:.0f} |")
+            if len(rows) >= 2:
+                change = rows[-1]["images_per_sec"] / rows[0]["images_per_sec"] - 1
+                summary.append(f"- {recipe} ({allocator}): last minute {100 * change:+.0f}% against the first")
+    lines += ["", *summary, "", LONG_MARKS[1]]
+    print("\n".join(summary))
+    if write:
+        write_section(ROOT / "benchmarks/RESULTS.md", "\n".join(lines))
+        print(f"wrote {ROOT / 'benchmarks/RESULTS.md'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=5, help="timed windows per recipe (median taken)")
     ap.add_argument("--recipes", nargs="*", help="recipe names (default: every genforge/recipes/mnist5k-*.yaml)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--long", type=float, metavar="MINUTES", default=0.0,
+                    help="train each recipe this long and report images/s, system share and page faults per minute")
+    ap.add_argument("--allocators", nargs="*", default=["tuned", "default"], choices=["tuned", "default"],
+                    help="--long: with genforge's allocator tuning, without it, or both")
     args = ap.parse_args()
     print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
+    if args.long > 0:
+        long_mode(args.recipes or list(LONG_RECIPES), args.long, args.allocators, not args.no_write)
+        return
 
     threads = set_threads(0)
     # By default one recipe per network and method: the mnist5k ones (fashion-* share their networks).

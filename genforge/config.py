@@ -145,6 +145,9 @@ class Config:
     tensorboard: bool = True
     eval_every: int = 0              # every N steps score eval_n samples on the validation split (0: off); the
     eval_n: int = 2000               # run keeps checkpoints/best.json by validation FID beside last.json
+    eval_share: float = 0.1          # validation takes at most this share of the run's time: eval_n and the sampler
+                                     # steps are scaled down from the first validation's measured cost (0: no budget;
+                                     # genforge.metrics.validation.ValidationBudget)
 
     # --- where to run -------------------------------------------------------------
     device: str = "auto"             # "auto" (CUDA, then MPS, then the CPU), "cpu", "cuda", "cuda:N" or "mps"
@@ -263,6 +266,8 @@ def validate(cfg: Config, source: str = "config") -> Config:
                           "set d_norm: none")
     if not 0.0 <= cfg.text_dropout < 1.0 or not 0.0 <= cfg.text_word_dropout < 1.0:
         raise ConfigError(f"{source}: 'text_dropout' and 'text_word_dropout' must be in [0, 1)")
+    if not 0.0 <= cfg.eval_share <= 1.0:
+        raise ConfigError(f"{source}: 'eval_share' must be in [0, 1] (0: no validation budget), got {cfg.eval_share!r}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"{source}: 'ema_decay' must be in [0, 1), got {cfg.ema_decay!r}")
     for name in ("val_fraction", "test_fraction"):

@@ -215,7 +215,7 @@ def test_report_draws_validation_curves_over_every_step_and_the_last_grids(tmp_p
     cfg = check_config(from_dict({"data": "mnist5k", "model": "dcgan", "base_channels": 4, "z_dim": 8,
                                   "batch_size": 16, "max_steps": 10, "log_every": 2, "sample_every": 2,
                                   "checkpoint_every": 2, "grid_n": 4, "tensorboard": False, "num_threads": 1,
-                                  "eval_every": 2, "eval_n": 64}, "test"), "test")
+                                  "eval_every": 2, "eval_n": 64, "eval_share": 0}, "test"), "test")
     run = tmp_path / "run"
     train(cfg, run, quiet=True)
     records, bad = read_metrics(run / "metrics.jsonl")

@@ -209,7 +209,7 @@ def test_max_seconds_reached_during_validation_stops_without_scoring_again(tmp_p
     monkeypatch.setattr(TrainingEvaluator, "__call__", slow)
     run = tmp_path / "r"
     result = train(tiny_config("vae-mlp", data="mnist5k", max_steps=10**6, max_seconds=1.0, eval_every=3, eval_n=20,
-                               checkpoint_every=10**5), run, quiet=True)
+                               checkpoint_every=10**5, eval_share=0), run, quiet=True)  # no budget: every one scored
     scored = [m["step"] for m in _metrics(run) if "val_fid" in m]
     assert scored == [result.step] and result.step <= 3
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == result.step
@@ -247,7 +247,8 @@ def test_sigterm_checkpoints_and_resumes(tmp_path, digits_npz):
 def test_validation_scores_and_best_checkpoint(tmp_path, tiny_config):
     """eval_every: validation FID and friends reach metrics.jsonl, and best.json points at the best step."""
     run = tmp_path / "r"  # mnist5k: its shipped evaluator scores, none is trained under the test's clock
-    train(tiny_config("vae-mlp", data="mnist5k", max_steps=6, eval_every=3, eval_n=20, checkpoint_every=100), run,
+    train(tiny_config("vae-mlp", data="mnist5k", max_steps=6, eval_every=3, eval_n=20, checkpoint_every=100,
+                      eval_share=0), run,  # no validation budget: this tests the scoring (test_validation_budget.py)
           quiet=True)
     lines = [m for m in _metrics(run) if "val_fid" in m]
     assert [m["step"] for m in lines] == [3, 6]

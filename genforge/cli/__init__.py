@@ -33,6 +33,7 @@ COMMANDS = {
     "verify": "genforge.cli.sample:verify",
     "info": "genforge.cli.sample:info",
     "data": "genforge.cli.sample:data",
+    "distill": "genforge.cli.distill:distill",
     "eval": "genforge.metrics.cli:eval_command",
     "evaluator": "genforge.metrics.cli:evaluator",
     "report": "genforge.metrics.cli:report",

@@ -13,7 +13,10 @@ each call then costs one forward pass of the evaluator over ``n`` images plus th
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +27,14 @@ from genforge.metrics.evaluate import check_images
 from genforge.metrics.evaluator_net import EvaluatorUnavailable, TrainRecipe, find_evaluator, get_evaluator
 
 KID_SUBSETS = 20  # the full eval uses 100; 20 keeps a call under a second and the std is logged anyway
+
+# The validation budget (config eval_share). Fewer generated images than MIN_N give an FID too noisy to pick a
+# best checkpoint by; below MIN_STEPS sampler steps a DDIM sample is mostly blur (a model that samples in fewer
+# by default, a distilled one, keeps its own). PROBE_N images time the first validation before it is sized.
+MIN_N = 128
+MIN_STEPS = 10
+PROBE_N = 32
+clock = time.perf_counter  # the budget's clock (tests put a fake one here)
 
 
 class TrainingEvaluator:
@@ -133,3 +144,127 @@ def validator_for_run(data_spec: str, modality: str, splits, *, n: int, seed: in
             "ignored); score the finished model with genforge eval")
         return None
     return make(data_spec, splits, n=n, seed=seed, max_steps=max_steps, max_seconds=max_seconds, log=log)
+
+
+# --------------------------------------------------------------------------- the validation budget
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    n: int                 # generated images per validation
+    steps: int | None      # sampler steps (diffusion), None for families without steps
+    seconds: float         # predicted seconds of one validation (sampling + scoring)
+
+
+class ValidationBudget:
+    """Keeps validation to at most ``share`` of the run's time: (validation seconds) <= share x (training
+    seconds + validation seconds), counted from the start of this process.
+
+    Cost model, measured rather than guessed: one validation of n images at s sampler steps costs
+    n x (a x s + b) seconds, a the sampling cost per image and step, b the scoring cost per image (the
+    evaluator's forward pass and the metrics). Both come from timing the first validation: ``PROBE_N`` images
+    sampled and scored before it is sized, then every validation refines them. The first validation that
+    fits fixes ``plan`` (n, steps) for the rest of the run, so every logged FID is measured the same way and
+    best.json compares like with like: eval_n at the model's sampler steps when that fits, else fewer steps
+    (down to ``min_steps``), then fewer images (down to ``min_n``), else the validation is skipped with a note.
+    A later validation whose predicted cost exceeds what the share allows by then is skipped too.
+    """
+
+    def __init__(self, share: float, eval_n: int, steps: int | None, min_n: int = MIN_N, min_steps: int = MIN_STEPS):
+        if not 0 < share <= 1:
+            raise GenforgeError(f"eval_share must be in (0, 1], got {share!r}")
+        self.share, self.eval_n, self.steps = float(share), int(eval_n), steps
+        self.min_n = min(min_n, self.eval_n)
+        self.min_steps = None if steps is None else min(min_steps, steps)
+        self.spent = 0.0                  # seconds spent validating so far, probes included
+        self.sample_cost: float | None = None  # a: seconds per image and sampler step
+        self.score_cost: float | None = None   # b: seconds per image scored
+        self.plan: ValidationPlan | None = None
+
+    def allowance(self, train_seconds: float) -> float:
+        """Seconds the next validation may take: v_total <= share x (train + v_total) <=> v_total <= share /
+        (1 - share) x train."""
+        if self.share >= 1:
+            return math.inf
+        return self.share / (1 - self.share) * max(train_seconds, 0.0) - self.spent
+
+    def cost(self, n: int, steps: int | None) -> float:
+        return n * (self.sample_cost * (steps or 1) + self.score_cost)
+
+    def measure(self, n: int, steps: int | None, sample_seconds: float, score_seconds: float) -> None:
+        """Record one timed validation (or probe) of ``n`` images at ``steps``."""
+        self.spent += sample_seconds + score_seconds
+        self.sample_cost = max(sample_seconds, 0.0) / (n * (steps or 1))
+        self.score_cost = max(score_seconds, 0.0) / n
+
+    def fit(self, seconds: float) -> ValidationPlan | None:
+        """The largest validation that takes at most ``seconds``: eval_n at full steps, else fewer steps, else
+        fewer images; None when not even min_n images at min_steps fit."""
+        a, b, n, steps = self.sample_cost, self.score_cost, self.eval_n, self.steps
+        if self.cost(n, steps) <= seconds:
+            return ValidationPlan(n, steps, self.cost(n, steps))
+        if steps is not None and a > 0:
+            fewer = math.floor((seconds / n - b) / a + 1e-9)  # the most steps at which n images fit
+            if fewer >= self.min_steps:
+                return ValidationPlan(n, fewer, self.cost(n, fewer))
+            steps = self.min_steps
+        per_image = (a * (steps or 1) + b)
+        n = math.floor(seconds / per_image + 1e-9) if per_image > 0 else self.eval_n
+        if n >= self.min_n:
+            return ValidationPlan(n, steps, self.cost(n, steps))
+        return None
+
+    def choose(self, train_seconds: float) -> ValidationPlan | None:
+        """The plan for the validation due now, or None to skip it (the share would be exceeded)."""
+        if self.sample_cost is None:
+            raise GenforgeError("ValidationBudget.choose before any validation was timed (call measure first)")
+        allowed = self.allowance(train_seconds)
+        if self.plan is None:
+            self.plan = self.fit(allowed)
+            return self.plan
+        return self.plan if self.cost(self.plan.n, self.plan.steps) <= allowed else None
+
+    def reserve(self) -> float:
+        """Seconds to keep free at the end of a max_seconds run for the last validation: the predicted cost of
+        the fixed plan (0 until one is fixed)."""
+        return 0.0 if self.plan is None else self.cost(self.plan.n, self.plan.steps)
+
+    def describe(self) -> str:
+        p = self.plan
+        steps = "" if p.steps is None else f" at {p.steps} sampler steps"
+        full = "" if p.steps is None else f" at {self.steps} steps"
+        return (f"validation budget: eval_share {self.share:g} of the run's time; measured {self.sample_cost * 1e3:.3g} "
+                f"ms per image{'' if p.steps is None else ' and sampler step'} sampling and "
+                f"{self.score_cost * 1e3:.3g} ms per image scoring; chose {p.n} images{steps} (about {p.seconds:.3g} s "
+                f"per validation; eval_n {self.eval_n}{full} would take {self.cost(self.eval_n, self.steps):.3g} s)")
+
+    def run(self, validator: Callable[[np.ndarray], dict], draw: Callable[[int, int | None], np.ndarray],
+            train_seconds: float, log: Callable[[str], None]) -> dict[str, float]:
+        """One budgeted validation: probe first if nothing was timed yet, choose the plan, sample
+        ``draw(n, steps)`` and score it with ``validator``. Returns the scores plus val_n, val_steps and
+        val_seconds (the validation's own time), or {} when skipped (with a note through ``log``)."""
+        if self.sample_cost is None:  # the probe: PROBE_N images at the full steps, sampled and scored
+            n = min(PROBE_N, self.eval_n)
+            t0 = clock()
+            images = draw(n, self.steps)
+            t1 = clock()
+            validator(images)
+            self.measure(n, self.steps, t1 - t0, clock() - t1)
+        planned_before = self.plan is not None
+        plan = self.choose(train_seconds)
+        if plan is None:
+            need = (self.cost(self.plan.n, self.plan.steps) if self.plan is not None
+                    else self.cost(self.min_n, self.min_steps))
+            log(f"genforge: validation skipped: it would take about {need:.3g} s, and eval_share {self.share:g} "
+                f"allows {max(self.allowance(train_seconds), 0.0):.3g} s now ({self.spent:.3g} s spent validating, "
+                f"{train_seconds:.3g} s training)")
+            return {}
+        if not planned_before:
+            log(f"genforge: {self.describe()}")
+        t0 = clock()
+        images = draw(plan.n, plan.steps)
+        t1 = clock()
+        scores = validator(images)
+        t2 = clock()
+        self.measure(plan.n, plan.steps, t1 - t0, t2 - t1)
+        return {**scores, "val_n": plan.n, **({"val_steps": plan.steps} if plan.steps is not None else {}),
+                "val_seconds": t2 - t0}

@@ -38,7 +38,7 @@ from genforge.generation import latents, sample
 from genforge.generation.writers import preview, save_png
 from genforge.generation.model import GenerativeModel
 from genforge.generation.provenance import stamp
-from genforge.metrics.validation import validator_for_run
+from genforge.metrics.validation import ValidationBudget, validator_for_run
 from genforge.io import atomic_write_json, atomic_write_text, read_json
 from genforge.memory import tune_allocator
 from genforge.models import MODELS, build_networks, d_options, network_options
@@ -292,6 +292,11 @@ class _Run:
                                                log=lambda note: self.notes.append(f"genforge: {note}"))
         # whether any process validates: asked once here (a collective under torchrun), not at every step
         self.validating = ctx.any(self.validator is not None)
+        # eval_share: validation sized from its measured cost to stay within that share of the run's time
+        self.val_budget = None
+        if self.validator is not None and cfg.eval_share > 0:
+            steps = self.sampler.sampling_defaults.get("steps")  # diffusion: sampler steps; others: None
+            self.val_budget = ValidationBudget(cfg.eval_share, cfg.eval_n, steps)
         # Everything the user can get wrong has been checked by now: only now is anything written.
         swept = []
         if ctx.is_main:
@@ -448,9 +453,17 @@ class _Run:
         return path
 
     def validate(self) -> dict[str, float]:
-        """Scores of eval_n samples (seed + 5) against the validation split."""
+        """Scores of eval_n samples (seed + 5) against the validation split; under eval_share, as many samples
+        and sampler steps as the budget allows (genforge.metrics.validation.ValidationBudget)."""
         self.release_nets()
-        return self.validator(sample(self.sampler, self.cfg.eval_n, seed=self.cfg.seed + 5).x)
+
+        def draw(n: int, steps: int | None):
+            return sample(self.sampler, n, seed=self.cfg.seed + 5, **({} if steps is None else {"steps": steps})).x
+
+        if self.val_budget is None:
+            return self.validator(draw(self.cfg.eval_n, None))
+        train_seconds = time.perf_counter() - self.t_start - self.val_budget.spent
+        return self.val_budget.run(self.validator, draw, train_seconds, self.logger.message)
 
     # ------------------------------------------------------------------ checkpoint
     def checkpoint(self, step: int) -> Path:
@@ -555,7 +568,11 @@ class _Run:
         return TrainResult(run=self.run, step=step, checkpoint=self.last_ckpt, interrupted=bool(stop.signum))
 
     def over_time(self) -> bool:
-        return bool(self.cfg.max_seconds) and self.ctx.any(time.perf_counter() - self.t_start >= self.cfg.max_seconds)
+        """max_seconds reached. Validation counts toward it: once the budget has sized validation, training stops
+        early enough to leave the last validation its predicted time."""
+        reserve = self.val_budget.reserve() if self.val_budget is not None else 0.0
+        return bool(self.cfg.max_seconds) and self.ctx.any(
+            time.perf_counter() - self.t_start + reserve >= self.cfg.max_seconds)
 
     def after_step(self, step: int, losses: dict, epoch: int) -> tuple[int, bool]:
         """Log (and catch a non-finite loss), validate, write the grid and the checkpoint that are due.
