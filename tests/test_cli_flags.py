@@ -141,7 +141,8 @@ def test_one_meaning_per_flag_name():
     for path, cmd in commands():
         for opt in visible_options(cmd):
             holders.setdefault(opt, []).append(" ".join(path))
-    assert holders["--steps"] == ["sample"]  # the diffusion sampler's steps, nowhere else
+    # the diffusion sampler's steps, nowhere else (distill: the steps its student samples in, the same meaning)
+    assert holders["--steps"] == ["sample", "distill"]
     assert holders["--from"] == ["sample"] and holders["--resample"] == ["sample"]
     assert "--json" not in holders
     for path, cmd in commands():  # every output is --out

@@ -50,7 +50,7 @@ from genforge.generation.sampling import finish as finish_samples
 from genforge.generation.sampling import Samples, decode, plan, resolve_class
 from genforge.generation.steering import feedback_latents
 from genforge.generation.text import text_plan
-from genforge.generation.writers import preview
+from genforge.generation.writers import make_grid, preview
 from genforge.generation import provenance
 from genforge.data.table.schema import MODELLED
 from genforge.data.table.write import structured
