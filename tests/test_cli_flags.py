@@ -141,7 +141,7 @@ def test_one_meaning_per_flag_name():
     for path, cmd in commands():
         for opt in visible_options(cmd):
             holders.setdefault(opt, []).append(" ".join(path))
-    assert holders["--steps"] == ["sample"]  # the diffusion sampler's steps, nowhere else
+    assert holders["--steps"] == ["sample", "distill"]  # the diffusion sampler's steps: to sample with, or to distil to
     assert holders["--from"] == ["sample"] and holders["--resample"] == ["sample"]
     assert "--json" not in holders
     for path, cmd in commands():  # every output is --out
