@@ -6,7 +6,10 @@ checked name into a ``torch.device`` and refuses a device this machine does not 
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import time
 
 from genforge.errors import GenforgeError
 
@@ -111,9 +114,6 @@ def busy_by_others(seconds: float = BUSY_SAMPLE_S) -> float:
     global _busy_others
     if _busy_others is not None:
         return _busy_others
-    import os
-    import time
-
     first, own_first = _cpu_ticks(), _own_ticks()
     time.sleep(seconds)
     last, own_last = _cpu_ticks(), _own_ticks()
@@ -127,8 +127,7 @@ def busy_by_others(seconds: float = BUSY_SAMPLE_S) -> float:
 
 
 def contention_enabled() -> bool:
-    import os
-
+    """False when GENFORGE_CONTENTION=off: one thread per core and libgomp's default waits, whatever the load."""
     return os.environ.get("GENFORGE_CONTENTION", "auto").strip().lower() != "off"
 
 
@@ -140,10 +139,8 @@ def threads_for(cores: int, busy_others: float) -> int:
 
 def set_wait_policy_if_busy() -> str | None:
     """Before torch loads (the CLI's entry): OMP_WAIT_POLICY=PASSIVE when other processes keep at least half a
-    core busy and the user set no policy. Returns the policy set, or None."""
-    import os
-
-    if not contention_enabled() or "OMP_WAIT_POLICY" in os.environ or "torch" in __import__("sys").modules:
+    core busy and the user set no policy. Returns the policy set, or None (also once torch is loaded: too late)."""
+    if not contention_enabled() or "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
         return None
     if busy_by_others() < 0.5:
         return None
