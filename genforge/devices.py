@@ -6,7 +6,10 @@ checked name into a ``torch.device`` and refuses a device this machine does not 
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import time
 
 from genforge.errors import GenforgeError
 
@@ -67,3 +70,79 @@ def native_bf16(device) -> bool:
     if device.type == "cpu":
         return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     return False
+
+
+# --------------------------------------------------------------------------- sharing the CPU with other work
+#
+# Two OpenMP thread teams on the same cores are a known trap (issue 20; issue 2 measured a 50x slowdown with two
+# trainings at once). A torch parallel region ends only when its slowest thread does: with one thread per core
+# and another CPU-bound process on one of the cores, that thread gets half a core and every region waits for
+# it, and libgomp's default wait policy then spins the finished threads, taking CPU from the very process that
+# holds the straggler. So when the cores are already busy at start, genforge (1) asks for OMP_WAIT_POLICY=
+# PASSIVE (waiting threads sleep; set by the CLI before torch loads, as libgomp reads it once) and (2) runs one
+# intra-op thread fewer per core the others keep busy. On a quiet machine nothing changes. An explicit
+# OMP_WAIT_POLICY, num_threads, or GENFORGE_CONTENTION=off (both choices left alone) is the user's.
+
+BUSY_SAMPLE_S = 0.1        # how long /proc/stat is watched at start: long enough to see a CPU-bound neighbour
+_busy_others: float | None = None
+
+
+def _cpu_ticks() -> tuple[float, float] | None:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat; None without it."""
+    try:
+        with open("/proc/stat") as f:
+            values = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
+    return sum(values[:8]) - idle, sum(values[:8])
+
+
+def _own_ticks() -> float | None:
+    """This process's user + system clock ticks (threads included), from /proc/self/stat."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return float(fields[11]) + float(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def busy_by_others(seconds: float = BUSY_SAMPLE_S) -> float:
+    """How many cores other processes keep busy now (0.0 to the core count), measured once per process over
+    ``seconds`` from /proc/stat minus this process's own ticks; 0.0 where /proc cannot be read."""
+    global _busy_others
+    if _busy_others is not None:
+        return _busy_others
+    first, own_first = _cpu_ticks(), _own_ticks()
+    time.sleep(seconds)
+    last, own_last = _cpu_ticks(), _own_ticks()
+    if first is None or last is None or last[1] <= first[1]:
+        _busy_others = 0.0
+        return _busy_others
+    cores = os.cpu_count() or 1
+    own = (own_last - own_first) if own_first is not None and own_last is not None else 0.0
+    _busy_others = max(0.0, min(float(cores), (last[0] - first[0] - own) / (last[1] - first[1]) * cores))
+    return _busy_others
+
+
+def contention_enabled() -> bool:
+    """False when GENFORGE_CONTENTION=off: one thread per core and libgomp's default waits, whatever the load."""
+    return os.environ.get("GENFORGE_CONTENTION", "auto").strip().lower() != "off"
+
+
+def threads_for(cores: int, busy_others: float) -> int:
+    """Intra-op threads for ``cores`` usable cores of which others keep ``busy_others`` busy: one per core left
+    free, at least one. A neighbour counts from half a core (a short burst of another process is not one)."""
+    return max(1, cores - int(busy_others + 0.5))
+
+
+def set_wait_policy_if_busy() -> str | None:
+    """Before torch loads (the CLI's entry): OMP_WAIT_POLICY=PASSIVE when other processes keep at least half a
+    core busy and the user set no policy. Returns the policy set, or None (also once torch is loaded: too late)."""
+    if not contention_enabled() or "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return None
+    if busy_by_others() < 0.5:
+        return None
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "PASSIVE"

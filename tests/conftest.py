@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,9 @@ from genforge.config import from_dict
 from genforge.training import check_config
 
 torch.set_num_threads(1)  # tests compare exact numbers; one thread keeps them cheap and stable
+# the thread count must not follow how busy the test machine happens to be (genforge.devices.threads_for);
+# subprocesses inherit this. tests/test_contention.py sets it back where it tests the choice.
+os.environ.setdefault("GENFORGE_CONTENTION", "off")
 
 
 @pytest.fixture(autouse=True)

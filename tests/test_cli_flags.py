@@ -76,7 +76,7 @@ def test_every_config_field_is_a_train_flag_with_its_comment(capsys):
 def test_sample_flags_come_from_the_control_declarations():
     options = visible_options(command("sample"))
     for c in controls.ALL:
-        opt = options[f"--{c.name.replace('_', '-')}"]
+        opt = options[f"--{c.name}"]
         assert opt.default is None  # the model's own default applies unless given
         assert c.help in opt.help and c.range_text() in opt.help
         if c.choices:
@@ -141,8 +141,7 @@ def test_one_meaning_per_flag_name():
     for path, cmd in commands():
         for opt in visible_options(cmd):
             holders.setdefault(opt, []).append(" ".join(path))
-    # the diffusion sampler's steps, nowhere else (distill: the steps its student samples in, the same meaning)
-    assert holders["--steps"] == ["sample", "distill"]
+    assert holders["--steps"] == ["sample", "distill"]  # the diffusion sampler's steps: to sample with, or to distil to
     assert holders["--from"] == ["sample"] and holders["--resample"] == ["sample"]
     assert "--json" not in holders
     for path, cmd in commands():  # every output is --out

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from genforge.cli.options import CONTEXT, Group, key_file_option, short_help
+from genforge.devices import set_wait_policy_if_busy
 from genforge.errors import GenforgeError
 from genforge.memory import tune_allocator
 from genforge.version import __version__
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     use_key_file(None)  # a --key-file of an earlier main() in this process does not carry over
     try:
         tune_allocator()  # before any command imports torch (a bad GENFORGE_MALLOC is a one-line error)
+        set_wait_policy_if_busy()  # busy cores: OpenMP threads sleep rather than spin (read once, at torch's load)
         result = cli.main(args, prog_name="genforge", standalone_mode=False)
         return int(result or 0)
     except click.exceptions.Exit as e:  # raised by a command that stops early

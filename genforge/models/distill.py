@@ -14,13 +14,12 @@ training example (Salimans and Ho 2022, algorithm 2), with alpha = sqrt(ab), sig
     z''  = DDIM_teacher(DDIM_teacher(z_t, t -> t'), t' -> s)            two teacher steps, no gradient
     x~   = (z'' - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t)    (eq. 8 of the paper)
            the x_0 that makes ONE DDIM step from z_t land on z''; at s = data, x~ = z''
-    eps~ = (z_t - alpha_t x~) / sigma_t                                  the same target as a noise prediction
 
 The student keeps genforge's noise (eps) parameterisation, so its files load and sample like any diffusion
-model. Its loss is |eps_student - eps~|^2, the teacher's own L_simple with the distilled target (the paper's
-x-space loss weighted by the signal-to-noise ratio; it prefers truncated-SNR weighting with a
-v-parameterisation at the highest noise levels, where this student relies on DDIM's x_0 clipping instead),
-with no cost where that clipping already lands on the target (``distill_loss``).
+model. Its loss (``distill_loss``) is the distance between where its one DDIM step lands and z'', through
+the sampler's own x_0 clip, except at the steps where an eps error moves z far more than itself (the first,
+from t = T-1): there an eps student cannot learn the target (the paper's reason for a v-parameterisation),
+so it is held to the teacher's own prediction and keeps the teacher's single step.
 
 Conditional models are distilled at the teacher's default guidance: the teacher's target uses the guided
 noise eps_uncond + g (eps_cond - eps_uncond), the student learns it as its plain conditional prediction, and

@@ -83,8 +83,12 @@ def resolve_precision(cfg: Config, device: torch.device, log) -> str:
 
 
 def set_threads(num_threads: int) -> int:
-    """One intra-op thread per core we may run on: more only makes the cores fight (no SMT here)."""
-    n = num_threads or len(os.sched_getaffinity(0))
+    """One intra-op thread per core we may run on: more only makes the cores fight (no SMT here). With 0 (auto),
+    cores that other processes keep busy at start are left to them (genforge.devices.threads_for)."""
+    n = num_threads
+    if not n:
+        cores = len(os.sched_getaffinity(0))
+        n = devices.threads_for(cores, devices.busy_by_others()) if devices.contention_enabled() else cores
     torch.set_num_threads(n)
     return n
 
@@ -268,7 +272,11 @@ class _Run:
         self.device = ctx.device
         self.notes = []  # said once the logger exists
         self.precision = resolve_precision(cfg, self.device, self.notes.append)
-        set_threads(cfg.num_threads or ctx.cpu_threads)
+        threads = set_threads(cfg.num_threads or ctx.cpu_threads)
+        if not (cfg.num_threads or ctx.cpu_threads) and threads < len(os.sched_getaffinity(0)):
+            self.notes.append(f"genforge: other processes keep {devices.busy_by_others():.1f} core(s) busy: training "
+                              f"on {threads} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')} "
+                              "(num_threads sets the count; GENFORGE_CONTENTION=off keeps one thread per core)")
         self.method = MODELS[cfg.model].method
         self.data = load_data(cfg, self.device)
         if resumed is not None and self.data.clusters:
