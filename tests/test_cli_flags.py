@@ -76,7 +76,7 @@ def test_every_config_field_is_a_train_flag_with_its_comment(capsys):
 def test_sample_flags_come_from_the_control_declarations():
     options = visible_options(command("sample"))
     for c in controls.ALL:
-        opt = options[f"--{c.name}"]
+        opt = options[f"--{c.name.replace('_', '-')}"]
         assert opt.default is None  # the model's own default applies unless given
         assert c.help in opt.help and c.range_text() in opt.help
         if c.choices:
