@@ -185,6 +185,8 @@ def main() -> None:
                          "rows_per_second": len(syn) / max(timing["sample_seconds"], 1e-9),
                          "epsilon": timing.get("epsilon_spent"), "sdmetrics_diff": diff})
             print(json.dumps(rows[-1]), flush=True)
+        if not args.no_write:  # after each table: a run cut short still leaves the tables it finished
+            write_section(ROOT / "benchmarks/RESULTS.md", render(rows, checks, args), MARKS)
     section = render(rows, checks, args)
     print(section)
     if not args.no_write:

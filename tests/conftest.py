@@ -70,6 +70,11 @@ TINY = {
     "cvae-1d": {"z_dim": 8, "base_channels": 4},
     "ddpm-1d": {"base_channels": 4},
     "cddpm-1d": {"base_channels": 4},
+    # tables: the bundled diabetes table (scikit-learn, always installed), small networks
+    "tvae": {"z_dim": 8, "base_channels": 8, "data": "table:diabetes"},
+    "ctgan": {"z_dim": 8, "base_channels": 8, "data": "table:diabetes", "gan_loss": "ns", "d_norm": "none"},
+    "tabddpm": {"base_channels": 8, "data": "table:diabetes", "sample_steps": 5},
+    "copula": {"data": "table:diabetes", "table_transform": "quantile"},
 }
 
 

@@ -39,7 +39,8 @@ def test_train_each_family_writes_a_complete_run(tmp_path, tiny_config, model):
     # keep_checkpoints=2: steps 2 and 4 remain; the release weights load without the trainer
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000004"]
     model_ = genforge.load(run)
-    expected = (3, 28, 28) if MODELS[model].axes == ("c", "h", "w") else (3, 2, 32)  # series: (n, c, t)
+    expected = {("c", "h", "w"): (3, 28, 28), ("d",): (3,)}.get(MODELS[model].axes, (3, 2, 32))  # series (n, c, t);
+    # tables: 3 structured rows
     assert model_.meta["step"] == 4 and model_.sample(3, seed=1).x.shape == expected
 
 
