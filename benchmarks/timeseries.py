@@ -411,8 +411,9 @@ def main() -> None:
             text = [f"### Generation scores\n\nDiscriminative score over {args.seeds} post-hoc GRUs of "
                     f"{args.posthoc_steps} steps; classifiers (evaluator, TSTR) {args.classifier_steps} steps. {notes} "
                     f"genforge's recipes trained for {args.budget:.0f} s each (`max_seconds`; the issue asks 600), "
-                    "their samples scored like every other row. Real vs real: held-out real windows (val split) "
-                    "scored as if generated; its TSTR is train-on-real-test-on-real."]
+                    "their samples scored like every other row. Real vs real: held-out real windows (the val split, "
+                    "or the test split when val holds fewer than 5) scored as if generated; its TSTR is "
+                    "train-on-real-test-on-real."]
             for name, r in gen["results"].items():
                 text.append(f"**{name}** ({r['n_train']} train windows of {r['shape'][0]} x {r['shape'][1]}, "
                             f"evaluator {r['evaluator']} with test accuracy {r['evaluator_accuracy']:.3f})\n\n"
