@@ -2,7 +2,7 @@
 drums, speech enhancement against the classical baselines, and image-to-speech agreement, in one run.
 
     python benchmarks/audio.py --budget 600            # the protocol: 10 minutes of training per model
-    python benchmarks/audio.py --budget 60 --only enhance,speech
+    python benchmarks/audio.py --budget 60 --only enhance,speech --threads 1   # beside another run on a 2-core box
 
 Needs audio:spoken-digits made first (genforge data make spoken-digits), Debian's hydrogen-drumkits and
 asterisk-core-sounds-en-wav. Every model trains for --budget seconds of wall time on this machine (CPU), then:
