@@ -65,6 +65,8 @@ TINY = {
     "cvae-1d": {"z_dim": 8, "base_channels": 4},
     "ddpm-1d": {"base_channels": 4},
     "cddpm-1d": {"base_channels": 4},
+    "wavegan": {"z_dim": 8, "base_channels": 4},
+    "cwavegan": {"z_dim": 8, "base_channels": 4},
 }
 
 
