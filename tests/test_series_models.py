@@ -150,3 +150,14 @@ def test_a_shape_of_the_wrong_rank_is_refused_on_load(tmp_path):
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="makes examples of axes"):
         genforge.load(path)
+
+
+@pytest.mark.parametrize("args", [["interpolate", "{run}", "--seeds", "1,2", "--out", "{tmp}/i.png"],
+                                  ["memorization", "{run}"],
+                                  ["sample", "{run}", "--n", "4", "--out", "{tmp}/f.npz", "--filter", "drs"],
+                                  ["transfer", "{run}", "{tmp}", "--to", "ok", "--out", "{tmp}/t.png"]])
+def test_image_only_commands_refuse_a_series_model_in_one_line(series_run, tmp_path, capsys, args):
+    run, _ = series_run
+    assert main([a.format(run=run, tmp=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "works on image models" in err[0] and "is a series model" in err[0]

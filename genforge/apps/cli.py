@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from genforge.cli.options import (CONTEXT, comma_list, data_option, device_option, model_argument, out_option,
-                                  progress_option, renamed, seed_option)
+                                  progress_option, renamed, require_modality, seed_option)
 from genforge.errors import GenforgeError
 
 if TYPE_CHECKING:
@@ -168,6 +168,7 @@ def repair(model: str, images: str, task: str, mask: str | None, noise_std: floa
         if value < 1:
             raise GenforgeError(f"{flag} must be at least 1, got {value}")
     net = load_model(model, device=device)
+    require_modality(net, "genforge repair")
     x, names = read_images(images)
     region = read_mask(mask, net.image_shape[1:]) if mask else None
     options = RepairOptions(steps=latent_steps, restarts=restarts, diffusion_steps=diffusion_steps,
@@ -215,6 +216,7 @@ def transfer(model: str, images: str, to: str, source_class: str | None, out: st
     from genforge.generation.model import load as load_model
 
     net = load_model(model, device=device)
+    require_modality(net, "genforge transfer")
     check_model(net)
     x, names = read_images(images)
     targets = comma_list(to) if to != "all" else list(range(net.num_classes))

@@ -189,3 +189,12 @@ def renamed(old: str, new: str, what: str = "") -> Decorator:
 def comma_list(text: str | None) -> list[str] | None:
     """``"3,7,Sneaker"`` -> ``["3", "7", "Sneaker"]``; empty items are dropped; None stays None."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def require_modality(model, command: str, allowed: tuple[str, ...] = ("image",)) -> None:
+    """Refuse, in one line, a command run on a model of a modality it does not handle (a series model given
+    to genforge interpolate, which draws image grids)."""
+    name = model.modality.name
+    if name not in allowed:
+        raise GenforgeError(f"{command} works on {' and '.join(allowed)} models; {model.path or model.name} is a "
+                            f"{name} model (genforge sample --out writes its samples)")

@@ -15,7 +15,7 @@ import click
 from genforge import controls
 from genforge.cli.options import (CONTEXT, Group, comma_list, data_option, device_option, image_options,
                                   key_file_option, model_argument, n_option, out_option, progress_option, renamed,
-                                  seed_option)
+                                  require_modality, seed_option)
 from genforge.errors import GenforgeError
 
 
@@ -99,6 +99,7 @@ def sample(model: str, n: int, seed: int, classes: str | None, from_grid: str | 
     else:
         samples = draw(net, n, seed=seed, classes=comma_list(classes), progress=progress, **given)
     if filter_method or keep_top is not None or dedup is not None:
+        require_modality(net, "genforge sample --filter / --keep-top / --dedup")
         samples, note = postprocess_samples(net, samples, filter_method, keep_top, dedup, seed)
         extra = {**(extra or {}), "postprocess": note}
         print(f"genforge: kept {len(samples.x)} of {n} samples ({note})")
@@ -163,6 +164,7 @@ def memorization(model: str, data: str | None, n: int, seed: int, quantile: floa
     from genforge.postprocess import memorization as memo
 
     net = load_model(model, device=device)
+    require_modality(net, "genforge memorization")
     spec = data or net.meta["data"]
     c, h, _ = net.image_shape
     splits = load_splits(spec, image_size=h, channels=c)
@@ -200,6 +202,7 @@ def interpolate(model: str, seeds: str, frames: int, classes: str | None, class_
     from genforge.generation.steering import parse_ints
 
     net = load_model(model, device=device)
+    require_modality(net, "genforge interpolate")
     seed_list = parse_ints(seeds, "--seeds")
     if class_sweep:
         samples = sweep(net, seed_list)
@@ -235,7 +238,8 @@ def verify(image: str, ledger: str | None) -> int:
 @model_argument
 @key_file_option
 def info(model: str) -> int:
-    """Show what a model or run directory holds: recipe, data, image shape, step, privacy, weights hash."""
+    """Show what a model or run directory holds: recipe, data, modality and example shape, step, privacy,
+    weights hash."""
     from genforge.crypto import key_id_of
     from genforge.generation.model import load as load_model
     from genforge.models.files import WEIGHTS
@@ -249,8 +253,15 @@ def info(model: str) -> int:
                                         f"{' and '.join(privacy['private_networks'])} ({privacy['mechanism']}, "
                                         f"{privacy['steps']} steps, target epsilon {privacy['target_epsilon']:g})"
                                         if privacy else "none"))
+    transform = meta.pop("transform", None)
     for key, value in meta.items():
         print(f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}")
+    if transform and transform.get("kind") == "series":  # per-channel numbers: the channel names say enough
+        names = transform.get("channel_names") or []
+        print(f"  transform: {transform['normalization']['method']} per channel, undone on output; "
+              f"{len(names)} channel(s): {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
+    elif transform:
+        print(f"  transform: {json.dumps(transform)}")
     key_id = key_id_of(Path(net.path) / WEIGHTS)
     print(f"  weights file: {'encrypted with key ' + repr(key_id) if key_id else 'not encrypted'}")
     return 0

@@ -47,9 +47,9 @@ from starlette.routing import Match
 from genforge.version import __version__
 from genforge.errors import GenforgeError
 from genforge.generation.sampling import finish as finish_samples
-from genforge.generation.sampling import decode, plan, resolve_class
+from genforge.generation.sampling import Samples, decode, plan, resolve_class
 from genforge.generation.steering import feedback_latents
-from genforge.generation.writers import make_grid
+from genforge.generation.writers import preview
 from genforge.generation import provenance
 from genforge.generation.audio import spectrogram_image, wav_info
 from genforge.data.audio.wav import to_pcm16, wav_bytes
@@ -336,14 +336,12 @@ class Service:
             raise ApiError(413, f"n={n} is over this server's limit of {cfg.max_n} images per request",
                            reason="too_many_images")
         shape = served.model.example_shape
-        if len(shape) == 3:
-            c, h, w = shape
-            pixels = n * c * (size * size if size else h * w)
-        else:  # (c, t): a waveform or a series
-            c, h, w = shape[0], 1, shape[-1]
-            pixels = n * math.prod(shape)
-        if pixels > cfg.max_pixels:
-            raise ApiError(413, f"{n} images of {size or h}x{size or w}x{c} is {pixels} values, over this server's "
+        if size and len(shape) == 3:  # images resized on the way out: (c, size, size) each
+            shape = (shape[0], size, size)
+        values = n * math.prod(shape)
+        if values > cfg.max_pixels:
+            what = f"{size or shape[1]}x{size or shape[2]}x{shape[0]}" if len(shape) == 3 else "x".join(map(str, shape))
+            raise ApiError(413, f"{n} examples of {what} is {values} values, over this server's "
                                 f"limit of {cfg.max_pixels} per request", reason="too_many_pixels")
 
     async def images(self, request: Request, served: Served, z: torch.Tensor, y: np.ndarray | None,
@@ -407,12 +405,13 @@ def check_classes(served: Served, classes) -> None:
 
 def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: torch.Tensor, seed: int,
            controls: dict, with_latents: bool) -> tuple[Response, list[str]]:
-    """The response in the requested format, and each image's pixel hash (for the audit log).
+    """The response in the requested format, and each sample's hash (for the audit log).
 
-    PNGs carry genforge's provenance metadata, as those ``genforge sample`` writes.
+    png: one picture (an image grid; a series plot); npz: arrays x, y, z, seed; base64 (JSON): by modality
+    (``RENDERERS``). PNGs carry genforge's provenance metadata, as those ``genforge sample`` writes.
     """
     model = served.model
-    pixel_hashes = [provenance.pixel_sha256(img) for img in x]
+    hashes = [provenance.pixel_sha256(sample) for sample in x]
     meta = provenance.stamp({"model": model.name, "served_as": served.name,
                              "weights_sha256": model.meta.get("weights_sha256"), "step": model.meta.get("step"),
                              "seed": seed, "n": len(x), "controls": controls})
@@ -421,8 +420,10 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
         return render_audio(served, fmt, x, y, z, meta, headers, with_latents)
     if fmt == "png":
         nrow = model.num_classes if (model.num_classes and "classes" not in controls) else math.ceil(math.sqrt(len(x)))
-        data = provenance.png_bytes(make_grid(x, nrow), {**meta, "kind": "grid", "nrow": nrow})
-        return Response(data, media_type="image/png", headers=headers), pixel_hashes
+        picture = preview(Samples(x=x, y=y, z=z.numpy(), seed=seed, controls=controls), model, nrow=nrow,
+                          title=f"{served.name} seed {seed}")
+        data = provenance.png_bytes(picture, {**meta, "kind": "grid", "nrow": nrow})
+        return Response(data, media_type="image/png", headers=headers), hashes
     if fmt == "npz":
         buf = io.BytesIO()
         arrays = {"x": x, "z": z.numpy(), "seed": np.int64(seed)}
@@ -431,14 +432,26 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
         np.savez_compressed(buf, **arrays)
         disposition = f'attachment; filename="{served.name}-{seed}.npz"'
         return Response(buf.getvalue(), media_type="application/octet-stream",
-                        headers={**headers, "Content-Disposition": disposition}), pixel_hashes
+                        headers={**headers, "Content-Disposition": disposition}), hashes
+    body = {"model": served.name, "seed": seed, "n": len(x), "controls": controls,
+            "classes": None if y is None else y.tolist(), "latents": z.numpy().tolist() if with_latents else None,
+            **RENDERERS[model.modality.name](model, x, y, meta, hashes)}
+    return JSONResponse(body, headers=headers), hashes
+
+
+def _images_json(model, x: np.ndarray, y: np.ndarray | None, meta: dict, hashes: list[str]) -> dict:
     images = [base64.b64encode(provenance.png_bytes(
         img, {**meta, "kind": "single", "index": i, "class": None if y is None else int(y[i])})).decode()
         for i, img in enumerate(x)]
-    body = {"model": served.name, "seed": seed, "n": len(x), "controls": controls, "images": images,
-            "classes": None if y is None else y.tolist(), "latents": z.numpy().tolist() if with_latents else None,
-            "pixels_sha256": pixel_hashes}
-    return JSONResponse(body, headers=headers), pixel_hashes
+    return {"images": images, "pixels_sha256": hashes}
+
+
+def _series_json(model, x: np.ndarray, y: np.ndarray | None, meta: dict, hashes: list[str]) -> dict:
+    return {"series": x.tolist(), "channel_names": model.output.channel_names, "values_sha256": hashes}
+
+
+# modality -> the JSON (base64 format) fields of its samples
+RENDERERS = {"image": _images_json, "series": _series_json}
 
 
 def render_audio(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: torch.Tensor, meta: dict,
@@ -472,7 +485,9 @@ def model_info(served: Served) -> ModelInfo:
     return ModelInfo(name=served.name, recipe=m.name, family=m.family, backend=served.backend,
                      num_classes=m.num_classes,
                      classes=(m.class_names or [str(i) for i in range(m.num_classes)]) if m.num_classes else None,
-                     image_shape=list(m.image_shape), image_size=m.image_shape[1], z_dim=m.z_dim,
+                     modality=m.modality.name, example_shape=list(m.example_shape),
+                     image_shape=list(m.example_shape) if m.modality.name == "image" else None,
+                     image_size=m.example_shape[1] if m.modality.name == "image" else None, z_dim=m.z_dim,
                      weights_sha256=m.meta.get("weights_sha256"), step=m.meta.get("step"),
                      controls=[c.name for c in m.controls],
                      control_specs=[{**served_range(c), "default": defaults.get(c.name, c.default)}

@@ -72,8 +72,9 @@ GenerateRequest = create_model(
                     "the images; a string is a name first, an index only when it names no class; omitted: "
                     "every class in turn")),
     **{c.name: control_field(c) for c in CONTROLS},
-    format=(Format, Field("base64", description="base64: JSON with one PNG per image; png: one grid PNG; "
-                                                "npz: arrays x (uint8), y (classes), z (latents)")),
+    format=(Format, Field("base64", description="base64: JSON with one PNG per image (series models: the "
+                                                "values); png: one grid PNG (series: a plot); npz: arrays x "
+                                                "(uint8 images, float32 series), y (classes), z (latents)")),
     latents=(bool, Field(True, description="base64 format: return each image's latent, for feedback rounds")),
 )
 
@@ -104,14 +105,21 @@ class GenerateResponse(BaseModel):
     seed: int
     n: int
     controls: dict
-    images: list[str] = Field(description="base64 PNGs, each with genforge's provenance metadata (audio models: "
-                                          "each clip's spectrogram)")
+    images: list[str] | None = Field(None, description="image models: base64 PNGs, each with genforge's "
+                                                       "provenance metadata (audio models: each clip's "
+                                                       "spectrogram)")
+    series: list[list[list[float]]] | None = Field(None, description="series models: (n, channels, time) values "
+                                                                     "in the data's units")
+    channel_names: list[str] | None = Field(None, description="series models: the name of each channel")
     audio: list[str] | None = Field(None, description="audio models: base64 16-bit WAVs, provenance in their INFO "
                                                       "chunk")
     rate: int | None = Field(None, description="audio models: the WAVs' sample rate (Hz)")
     classes: list[int] | None
     latents: list[list[float]] | None
-    pixels_sha256: list[str] = Field(description="SHA-256 of each image's pixels, as in the audit log")
+    pixels_sha256: list[str] | None = Field(None, description="image models: SHA-256 of each image's pixels, as "
+                                                              "in the audit log")
+    values_sha256: list[str] | None = Field(None, description="series models: SHA-256 of each sample's values, "
+                                                              "as in the audit log")
 
 
 class ModelInfo(BaseModel):
@@ -121,8 +129,11 @@ class ModelInfo(BaseModel):
     backend: str
     num_classes: int
     classes: list[str] | None
-    image_shape: list[int] = Field(description="[channels, height, width]")
-    image_size: int
+    modality: str = Field(description="image or series (genforge.modalities)")
+    example_shape: list[int] = Field(description="one example's shape: images [channels, height, width], series "
+                                                 "[channels, time]")
+    image_shape: list[int] | None = Field(description="image models: [channels, height, width]")
+    image_size: int | None
     z_dim: int
     weights_sha256: str | None
     step: int | None

@@ -142,7 +142,9 @@ function modelChanged() {
   }
   const same = state.current === m.name;  // the list was loaded again: keep the choices already made
   state.current = m.name;
-  $("model-info").textContent = `${m.family}, ${m.image_shape[1]}x${m.image_shape[2]}, weights ${(m.weights_sha256 || "").slice(0, 12)}`;
+  const shape = m.modality === "series" ? `${m.example_shape[0]} channel(s) x ${m.example_shape[1]} samples`
+    : `${m.example_shape[1]}x${m.example_shape[2]}`;
+  $("model-info").textContent = `${m.family}, ${m.modality}, ${shape}, weights ${(m.weights_sha256 || "").slice(0, 12)}`;
   $("class-row").hidden = !m.num_classes;
   const chosen = $("class").value;
   const options = [new Option("all, in turn", "")];
@@ -154,12 +156,59 @@ function modelChanged() {
 
 // ------------------------------------------------------------------------------------------ results
 
+// One series sample as a canvas: up to 4 channels stacked, each scaled to its own band.
+const SERIES_CHANNELS = 4;
+function seriesCanvas(sample, names, label) {
+  const canvas = document.createElement("canvas");
+  const shown = sample.slice(0, SERIES_CHANNELS);
+  canvas.width = 240;
+  canvas.height = 36 * shown.length + 4;
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", label);
+  const g = canvas.getContext("2d");
+  g.fillStyle = "#fff";
+  g.fillRect(0, 0, canvas.width, canvas.height);
+  shown.forEach((values, ch) => {
+    const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
+    const top = 2 + 36 * ch;
+    g.strokeStyle = "#ddd";
+    g.strokeRect(0.5, top + 0.5, canvas.width - 1, 34);
+    g.strokeStyle = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"][ch];
+    g.beginPath();
+    values.forEach((v, t) => {
+      const px = (t / Math.max(1, values.length - 1)) * (canvas.width - 2) + 1;
+      const py = top + 33 - ((v - lo) / span) * 32;
+      if (t === 0) g.moveTo(px, py); else g.lineTo(px, py);
+    });
+    g.stroke();
+    g.fillStyle = "#555";
+    g.font = "9px sans-serif";
+    g.fillText((names && names[ch]) || `channel ${ch}`, 3, top + 10);
+  });
+  return canvas;
+}
+
 function show(result, caption) {
   state.shown = result;
   state.liked.clear();
   const grid = $("grid");
   const m = state.models[result.model];
-  const side = m.image_shape.length === 3 ? Math.max(64, Math.min(160, 4 * m.image_shape[2])) : 160;
+  const like = (el, i) => {
+    el.dataset.index = i;
+    el.title = "click to like";
+    el.addEventListener("click", () => toggleLike(el));
+    return el;
+  };
+  if (result.series) {
+    grid.replaceChildren(...result.series.map((sample, i) => like(seriesCanvas(sample, result.channel_names,
+      `series ${i}` + (result.classes ? `, class ${result.classes[i]}` : "")), i)));
+    $("caption").textContent = caption;
+    $("download").disabled = false;
+    $("feedback").hidden = false;
+    updateLiked();
+    return;
+  }
+  const side = m.example_shape.length === 3 ? Math.max(64, Math.min(160, 4 * m.example_shape[2])) : 160;
   grid.replaceChildren(...result.images.map((b64, i) => {
     const img = new Image();
     img.src = "data:image/png;base64," + b64;
