@@ -49,7 +49,7 @@ from genforge.errors import GenforgeError
 from genforge.generation.sampling import finish as finish_samples
 from genforge.generation.sampling import Samples, decode, plan, resolve_class
 from genforge.generation.steering import feedback_latents
-from genforge.generation.writers import preview
+from genforge.generation.writers import make_grid, preview
 from genforge.generation import provenance
 from genforge.generation.audio import spectrogram_image, wav_info
 from genforge.data.audio.wav import to_pcm16, wav_bytes
