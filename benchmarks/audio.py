@@ -2,7 +2,7 @@
 drums, speech enhancement against the classical baselines, and image-to-speech agreement, in one run.
 
     python benchmarks/audio.py --budget 600            # the issue's protocol: 10 minutes of training per model
-    python benchmarks/audio.py --budget 60 --only enhance,speech
+    python benchmarks/audio.py --budget 60 --only enhance,speech --threads 1   # beside another run on a 2-core box
 
 Needs audio:spoken-digits made first (genforge data make spoken-digits), Debian's hydrogen-drumkits and
 asterisk-core-sounds-en-wav. Every model trains for --budget seconds of wall time on this machine (CPU), then:
@@ -60,7 +60,7 @@ def evaluators_part() -> tuple[str, dict]:
     return "\n".join(lines), evs
 
 
-def recipes_part(budget: float, n: int, recipes: list[str]) -> str:
+def recipes_part(budget: float, n: int, recipes: list[str], threads: int) -> str:
     """Each audio recipe trained for ``budget`` seconds, then ``genforge eval``'s scoring of ``n`` samples."""
     from genforge.config import load_config
     from genforge.generation.model import load as load_model
@@ -70,7 +70,7 @@ def recipes_part(budget: float, n: int, recipes: list[str]) -> str:
     rows = ["| recipe | steps (s) | IS | FD | prec | recall | class match | x real time | real IS | real FD |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in recipes:
-        cfg = load_config(name, [f"max_seconds={budget}"])
+        cfg = load_config(name, [f"max_seconds={budget}"] + ([f"num_threads={threads}"] if threads else []))
         with tempfile.TemporaryDirectory() as run:
             t0 = time.perf_counter()
             train(cfg, run)
@@ -86,8 +86,10 @@ def recipes_part(budget: float, n: int, recipes: list[str]) -> str:
     return "\n".join(rows)
 
 
-def enhance_part(budget: float) -> str:
+def enhance_part(budget: float, prompts: int) -> str:
     data = enhance.load_enhancement_data(seed=0)
+    if prompts:
+        data.test = data.test[:prompts]
     den = enhance.train_denoiser(None, max_seconds=budget, data=data)
     size = enhance.best_wiener_size(data)
     mixtures = enhance.mixtures_of(data, "test", seed=1)
@@ -108,12 +110,12 @@ def enhance_part(budget: float) -> str:
             f"({den.meta['steps']} steps) on {len(data.train)} train prompts.\n\n" + table + "\n\n" + "\n".join(summary))
 
 
-def speech_part(budget: float, n: int, evs: dict) -> str:
+def speech_part(budget: float, n: int) -> str:
     model = i2s.train_image_to_speech(None, max_seconds=budget)
     test = load_splits(i2s.IMAGE_SPEC, image_size=28, channels=1).test
     images, labels = test.x[:n, ..., 0], test.y[:n]
     t0 = time.perf_counter()
-    agree = i2s.agreement(model, evs["audio:spoken-digits"][0], images, labels)
+    agree = i2s.agreement(model, get_audio_evaluator("audio:spoken-digits"), images, labels)
     seconds = time.perf_counter() - t0
     return (f"image-to-speech ({model.meta['steps']} steps in {model.meta['train_seconds']:.0f} s): agreement "
             f"**{100 * agree:.1f}%** on the first {len(images)} mnist5k test images (the digit evaluator's class of "
@@ -127,6 +129,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     parser.add_argument("--recipes", default="", help="comma list of audio recipes (default: all bundled ones)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--prompts", type=int, default=0, help="enhancement: the first N test prompts (0: all)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args()
     if args.threads:
@@ -138,27 +141,28 @@ def main() -> None:
     facts = print_machine()
     command = "python benchmarks/audio.py " + " ".join(sys.argv[1:])
     sections = []
-    ev_text, evs = evaluators_part()
     if "evaluators" in parts:
-        sections.append("### Evaluators and the real-data rows\n\n" + ev_text)
+        sections.append("### Evaluators and the real-data rows\n\n" + evaluators_part()[0])
     if "recipes" in parts:
         from genforge.recipes import names as recipe_names
 
         recipes = [r for r in args.recipes.split(",") if r] or [r for r in recipe_names()
                                                                if r.startswith(("digits-", "drums-"))]
         sections.append(f"### Recipes ({args.budget:.0f} s of training each, {args.n} samples)\n\n"
-                        + recipes_part(args.budget, args.n, recipes))
+                        + recipes_part(args.budget, args.n, recipes, args.threads))
     if "enhance" in parts:
         sections.append("### Speech enhancement (`genforge repair --task denoise` on audio)\n\n"
-                        + enhance_part(args.budget))
+                        + enhance_part(args.budget, args.prompts))
     if "speech" in parts:
-        sections.append("### Image to speech\n\n" + speech_part(args.budget, args.n, evs))
+        sections.append("### Image to speech\n\n" + speech_part(args.budget, args.n))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     body = "\n\n".join(sections)
-    section = (f"<!-- audio:start -->\n## Audio: spoken digits, drums, enhancement, image to speech "
-               f"(`benchmarks/audio.py`)\n\n`{command}` on {_cpu_name()} ({platform.machine()}, "
-               f"{torch.get_num_threads()} torch threads, matmul {facts.get('fp32_matmul_gflops', 0):.0f} GFLOP/s), "
-               f"{stamp}.\n\n{body}\n<!-- audio:end -->")
+    # one section per set of parts, so two runs (e.g. recipes beside enhance,speech) can each write theirs
+    mark = "audio-" + "-".join(parts)
+    threads = args.threads or facts.get("torch_threads")
+    section = (f"<!-- {mark}:start -->\n## Audio: {', '.join(parts)} (`benchmarks/audio.py`)\n\n`{command}` on "
+               f"{_cpu_name()} ({platform.machine()}, {threads} torch threads, matmul "
+               f"{facts.get('fp32_matmul_gflops', 0):.0f} GFLOP/s), {stamp}.\n\n{body}\n<!-- {mark}:end -->")
     print(section)
     write_section(Path(args.results), section)
 

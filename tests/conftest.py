@@ -75,6 +75,8 @@ TINY = {
     "ctgan": {"z_dim": 8, "base_channels": 8, "data": "table:diabetes", "gan_loss": "ns", "d_norm": "none"},
     "tabddpm": {"base_channels": 8, "data": "table:diabetes", "sample_steps": 5},
     "copula": {"data": "table:diabetes", "table_transform": "quantile"},
+    "wavegan": {"z_dim": 8, "base_channels": 4},
+    "cwavegan": {"z_dim": 8, "base_channels": 4},
 }
 
 
