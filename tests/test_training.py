@@ -24,7 +24,8 @@ def _metrics(run):
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
-# the image and series recipes on the tiny digits and sensor log; text, tables and audio train in their own files
+# every recipe with a tiny setting (conftest.TINY): images on the tiny digits, 1-D models on the sensor log, tables
+# on the bundled diabetes table; text and the audio pictures train in their own files
 @pytest.mark.parametrize("model", [m for m in MODELS if m in TINY])
 def test_train_each_family_writes_a_complete_run(tmp_path, tiny_config, model):
     run = tmp_path / "run"
