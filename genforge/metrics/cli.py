@@ -14,7 +14,7 @@ import click
 from genforge.cli.options import (CONTEXT, Group, data_option, device_option, image_options, n_option, out_option,
                                   progress_option, renamed, seed_option)
 from genforge.errors import GenforgeError
-from genforge.io import atomic_write_json
+from genforge.io import atomic_write_json, read_json
 
 
 @click.command("eval", context_settings=CONTEXT)
@@ -49,36 +49,13 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
     """
     # late: the metrics load torch (seconds); `genforge --help` must not pay for them
     from genforge.metrics.evaluate import evaluate, format_table, load_result
-    from genforge.metrics.table import is_table_model
 
-    if Path(source).is_dir():  # an audio model is scored by its audio evaluator, beside the real-data rows
-        from genforge.generation.model import load as load_model
-        from genforge.metrics.audio import evaluate_audio
-
-        model = load_model(source, device=device)
-        if model.modality.name in ("audio", "audio-wave"):
-            result = evaluate_audio(model, n=n, seed=seed, progress=progress)
-            print(result["table"])
-            if out:
-                atomic_write_json(out, {k: v for k, v in result.items() if k != "table"})
-                print(f"genforge: wrote {out}")
-            return 0
-    if is_table_model(source):  # a table: SDMetrics-style quality, detection, TSTR, DCR (genforge.metrics.table)
-        return _eval_table(source, data, n, seed, out, report_path, device)
-    if report_path:
+    modality = _modality_of(source)  # from config.json alone: no weights are read to choose the scorer
+    if report_path and modality != "table":
         raise GenforgeError("--report is for table models (genforge report RUN writes a run's training page)")
-
-    from genforge.metrics.text import evaluate_text, format_text_result, is_text_model
-
-    if is_text_model(source):  # text: held-out nats per character, samples, the n-gram reference row
-        ctx = click.get_current_context()
-        count = 32 if ctx.get_parameter_source("n") == click.core.ParameterSource.DEFAULT else n
-        result = evaluate_text(source, data=data, n=count, seed=seed, device=device)
-        print(format_text_result(result), end="")
-        if out:
-            atomic_write_json(out, result)
-            print(f"genforge: wrote {out}")
-        return 0
+    if modality in EVALUATORS:
+        return EVALUATORS[modality](source=source, data=data, n=n, seed=seed, out=out, report_path=report_path,
+                                    device=device, progress=progress)
     previous = load_result(baseline) if baseline else None
     result = evaluate(source, data=data, n=n, seed=seed, inception_weights=inception_weights, with_cas=not no_cas,
                       baseline=previous, bars=progress, device=device)
@@ -87,6 +64,55 @@ def eval_command(source: str, data: str | None, n: int, seed: int, out: str | No
         atomic_write_json(out, result)
         print(f"genforge: wrote {out}")
     return 0
+
+
+def _modality_of(source: str) -> str | None:
+    """The modality a run or model directory's config.json records (image for older files); None for anything
+    else (an npz of samples, a missing path: the image and series scorer reports what it is)."""
+    from genforge.models.files import resolve  # late: models import torch; genforge --help must not
+
+    try:
+        meta = read_json(resolve(source) / "config.json", GenforgeError)
+    except (GenforgeError, OSError):
+        return None
+    return meta.get("modality", "image") if isinstance(meta, dict) else None
+
+
+def _eval_audio(source, data, n, seed, out, report_path, device, progress) -> int:
+    """Audio: IS, FD, class match in the shipped audio evaluator's features, beside the real-data rows."""
+    # late: torch and the audio metrics load in seconds; genforge --help must not pay for them
+    from genforge.generation.model import load as load_model
+    from genforge.metrics.audio import evaluate_audio
+
+    result = evaluate_audio(load_model(source, device=device), n=n, seed=seed, progress=progress)
+    print(result["table"])
+    if out:
+        atomic_write_json(out, {k: v for k, v in result.items() if k != "table"})
+        print(f"genforge: wrote {out}")
+    return 0
+
+
+def _eval_text(source, data, n, seed, out, report_path, device, progress) -> int:
+    """Text: held-out nats per character, samples' distinct-n and copying, the n-gram reference row."""
+    from genforge.metrics.text import evaluate_text, format_text_result  # late: torch, as above
+
+    ctx = click.get_current_context(silent=True)
+    default_n = ctx is None or ctx.get_parameter_source("n") == click.core.ParameterSource.DEFAULT
+    result = evaluate_text(source, data=data, n=32 if default_n else n, seed=seed, device=device)
+    print(format_text_result(result), end="")
+    if out:
+        atomic_write_json(out, result)
+        print(f"genforge: wrote {out}")
+    return 0
+
+
+def _eval_rows(source, data, n, seed, out, report_path, device, progress) -> int:
+    """Tables: SDMetrics-style quality, detection, TSTR, DCR (genforge.metrics.table)."""
+    return _eval_table(source, data, n, seed, out, report_path, device)
+
+
+# modality -> its scorer; images and series (models or npz files of samples) go through metrics.evaluate
+EVALUATORS = {"audio": _eval_audio, "audio-wave": _eval_audio, "text": _eval_text, "table": _eval_rows}
 
 
 def _eval_table(source: str, data: str | None, n: int, seed: int, out: str | None, report_path: str | None,
