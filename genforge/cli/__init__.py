@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     use_key_file(None)  # a --key-file of an earlier main() in this process does not carry over
     try:
         tune_allocator()  # before any command imports torch (a bad GENFORGE_MALLOC is a one-line error)
-        set_wait_policy_if_busy()  # busy cores: OpenMP threads sleep rather than spin (read once, at torch's load)
+        if args and not {"-h", "--help", "--version"} & set(args):  # help loads no torch: no 0.1 s load probe
+            set_wait_policy_if_busy()  # busy cores: OpenMP threads sleep rather than spin (read once, at torch's load)
         result = cli.main(args, prog_name="genforge", standalone_mode=False)
         return int(result or 0)
     except click.exceptions.Exit as e:  # raised by a command that stops early

@@ -48,8 +48,7 @@ from genforge.data.table import load_table
 from genforge.data.table.schema import DISCRETE, Schema, Table
 from genforge.errors import GenforgeError
 from genforge.generation.model import load as load_model
-from genforge.io import atomic_write_text, read_json
-from genforge.models.files import resolve
+from genforge.io import atomic_write_text
 from genforge.postprocess.filtering import pairwise_sq_distances
 from genforge.postprocess.memorization import nearest
 
@@ -460,16 +459,6 @@ def write_table_report(path, real: Table, synth: Table, scores: dict, title: str
 
 
 # ----------------------------------------------------------------------------------- genforge eval on a table model
-
-def is_table_model(source: str) -> bool:
-    """Whether ``source`` is a run or model directory of a table model (its config.json says modality table)."""
-    try:
-        directory = resolve(source)
-        meta = read_json(directory / "config.json", GenforgeError)
-    except (GenforgeError, OSError):
-        return False
-    return isinstance(meta, dict) and meta.get("modality") == "table"
-
 
 def evaluate_table_model(source: str, n: int | None = None, seed: int = 0, device: str = "auto",
                          data: str | None = None) -> tuple[dict, Table, Table]:

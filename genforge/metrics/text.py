@@ -239,16 +239,6 @@ def format_text_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def is_text_model(source: str) -> bool:
-    """Whether ``source`` is a model or run directory of a text model (its config.json says so)."""
-    from genforge.models.files import _read_meta, resolve  # late: only genforge eval on a directory asks
-
-    try:
-        return _read_meta(resolve(source)).get("modality") == "text"
-    except Exception:  # not a model directory (an npz of samples...): the image path reports what it is
-        return False
-
-
 def evaluate_text(source: str, data: str | None = None, n: int = 32, seed: int = 0, device: str = "auto",
                   max_new_tokens: int = 512, max_eval_tokens: int = 0) -> dict:
     """``genforge eval`` for a text model: held-out cross-entropy on the test split (GPT: nats per token and
