@@ -111,6 +111,8 @@ class Config:
     weight_decay: float = 0.1        # AdamW weight decay on matrices (GPT)
     warmup_steps: int = 100          # GPT: learning rate warm-up, linear from 0
     lr_decay_steps: int = 0          # GPT: cosine decay of the learning rate to min_lr at this step (0: constant)
+    lr_decay_over: str = "steps"     # GPT: "steps" (the cosine ends at lr_decay_steps) or "time" (it ends when
+                                     # max_seconds is spent, or at lr_decay_steps if that comes first)
     min_lr: float = 1e-4
     grad_clip: float = 1.0           # gradient norm clipping, text families (0: off)
     kl_anneal_steps: int = 2000      # sentence VAE: KL weight rises linearly from 0 to kl_weight over these steps
@@ -176,6 +178,7 @@ CHOICES = {
     "text_unit": ("window", "line"),
     "text_tokenizer": ("char", "bpe"),
     "text_on_bad_utf8": ("refuse", "replace"),
+    "lr_decay_over": ("steps", "time"),
     "series_length_policy": ("equal", "pad", "resample", "crop"),
     "series_missing": ("refuse", "fill"),
     "table_transform": ("vgm", "quantile"),

@@ -130,6 +130,39 @@ def test_lr_schedule_warms_up_and_decays():
     assert lm.lr_at(9, 1e-3, 10, 100, 1e-4) == pytest.approx(1e-3)
     assert lm.lr_at(55, 1e-3, 10, 100, 1e-4) == pytest.approx(5.5e-4)
     assert lm.lr_at(500, 1e-3, 10, 100, 1e-4) == 1e-4 and lm.lr_at(500, 1e-3, 10, 0, 1e-4) == 1e-3
+    # over time: the cosine is at whichever is further along, the steps or the share of the time budget
+    assert lm.lr_at(20, 1e-3, 10, 0, 1e-4, time_ratio=0.5) == pytest.approx(5.5e-4)
+    assert lm.lr_at(20, 1e-3, 10, 100, 1e-4, time_ratio=1.0) == pytest.approx(1e-4)
+    assert lm.lr_at(55, 1e-3, 10, 100, 1e-4, time_ratio=0.1) == pytest.approx(5.5e-4)
+
+
+def test_lr_decay_over_time_ends_annealed_when_max_seconds_is_spent_and_resumes_on_the_curve(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(lm.time, "perf_counter", lambda: clock[0])
+    net = tiny_gpt_model().nets["gpt"].train()
+    cfg = text_cfg(g_lr=1e-3, min_lr=1e-4, warmup_steps=2, lr_decay_over="time", max_seconds=42)
+    x, noise = torch.randint(4, net.vocab_size, (2, 9)), torch.Generator().manual_seed(0)
+
+    def steps(trainer, first, last):
+        lrs = []
+        for step in range(first, last):
+            lrs.append(float(trainer.train_step(x, None, noise, step)["lr"]))
+            clock[0] += 10.0                                      # every step (and what follows it) takes 10 s
+        return lrs
+
+    trainer = lm.Trainer(cfg, {"gpt": net})
+    lrs = steps(trainer, 0, 4)   # warm-up ends at step 2, 20 s in: the decay spans the 22 s left of 42
+    assert lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert lrs[3] == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 10 / 22)) * 9e-4)
+    state = trainer.state_dict()
+    again = lm.Trainer(cfg, {"gpt": net})
+    again.load_state_dict(state)
+    again.optimizers["gpt"].load_state_dict(trainer.optimizers["gpt"].state_dict())  # as the loop's resume does
+    clock[0] += 1000.0                                            # the pause between processes does not count
+    assert steps(again, 4, 6) == pytest.approx([1e-4 + 0.5 * (1 + math.cos(math.pi * 20 / 22)) * 9e-4, 1e-4])
+    # by steps (the default), the same clock changes nothing: constant after the warm-up without lr_decay_steps
+    plain = lm.Trainer(text_cfg(g_lr=1e-3, warmup_steps=2, max_seconds=42), {"gpt": net})
+    assert steps(plain, 0, 6)[2:] == pytest.approx([1e-3] * 4)
 
 
 def sentences(tok, texts, width):

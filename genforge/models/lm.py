@@ -20,6 +20,7 @@ every step, which is what the cache is tested equal to.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -55,14 +56,19 @@ def lm_loss(net: nn.Module, x: torch.Tensor, reduction: str = "mean") -> torch.T
     return loss.view(x[:, 1:].shape) if reduction == "none" else loss
 
 
-def lr_at(step: int, base: float, warmup: int, decay_steps: int, min_lr: float) -> float:
+def lr_at(step: int, base: float, warmup: int, decay_steps: int, min_lr: float, time_ratio: float = 0.0) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr`` at ``decay_steps`` (0: constant)
-    (nanoGPT's schedule; Loshchilov and Hutter 2017)."""
+    (nanoGPT's schedule; Loshchilov and Hutter 2017).
+
+    ``time_ratio`` (0 to 1): the share of the time budget spent after the warm-up, when the decay runs over
+    time (``lr_decay_over: time``): the cosine is at whichever is further along, the steps or the time, so a
+    run stopped by ``max_seconds`` ends annealed (Li et al. 2020, "Budgeted training")."""
     if warmup and step < warmup:
         return base * (step + 1) / warmup
-    if not decay_steps or step >= decay_steps:
-        return base if not decay_steps else min_lr
-    ratio = (step - warmup) / max(1, decay_steps - warmup)
+    if not decay_steps and not time_ratio:
+        return base
+    ratio = (step - warmup) / max(1, decay_steps - warmup) if decay_steps else 0.0
+    ratio = min(1.0, max(ratio, time_ratio))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (base - min_lr)
 
 
@@ -74,7 +80,13 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class Trainer:
-    """AdamW over the GPT with warm-up and cosine decay and gradient clipping; one step is one batch."""
+    """AdamW over the GPT with warm-up and cosine decay and gradient clipping; one step is one batch.
+
+    With ``lr_decay_over: time`` the trainer counts wall-clock seconds from its first step, validation and
+    checkpoints included (as ``max_seconds`` does), and the cosine ends when ``max_seconds`` is spent: a run
+    stopped by its time budget ends annealed, whatever the machine's speed. The seconds are kept in its state,
+    so a resumed run goes on along the same curve (and holds ``min_lr`` once it is spent); the learning rate
+    then depends on the machine's speed, so such a run is not bit-exact across machines."""
 
     def __init__(self, cfg, nets: dict[str, nn.Module], private=None):
         if private is not None:
@@ -83,23 +95,43 @@ class Trainer:
         opt = torch.optim.AdamW(param_groups(self.net, cfg.weight_decay), lr=cfg.g_lr, betas=tuple(cfg.g_betas))
         self.optimizers = {"gpt": opt}
         self.last_lr = cfg.g_lr
+        self.by_time = cfg.lr_decay_over == "time" and cfg.max_seconds > 0
+        self.seconds = 0.0          # wall-clock seconds since the first step, across resumes
+        self.warm_seconds = None    # ``seconds`` when the warm-up ended
+        self.t_last = None          # this process's previous step
 
     @staticmethod
     def batches_per_step(cfg) -> int:
         return 1
 
     def state_dict(self) -> dict:
-        return {"last_lr": self.last_lr}
+        since = time.perf_counter() - self.t_last if self.t_last is not None else 0.0  # the last step's own time
+        return {"last_lr": self.last_lr, "seconds": self.seconds + since, "warm_seconds": self.warm_seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.last_lr = state.get("last_lr", self.last_lr)
+        self.seconds = float(state.get("seconds", 0.0))
+        self.warm_seconds = state.get("warm_seconds")
+
+    def time_ratio(self, step: int) -> float:
+        """The share of the time left after the warm-up that is spent, when the decay runs over time (else 0).
+        Seconds count from the first step (as the loop's ``max_seconds`` does) and go on across a resume."""
+        now = time.perf_counter()
+        if self.t_last is not None:
+            self.seconds += now - self.t_last
+        self.t_last = now
+        if not self.by_time or step < self.cfg.warmup_steps:
+            return 0.0
+        if self.warm_seconds is None:
+            self.warm_seconds = self.seconds
+        return min(1.0, (self.seconds - self.warm_seconds) / max(1e-9, self.cfg.max_seconds - self.warm_seconds))
 
     def train_step(self, x: torch.Tensor, y, noise: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
         """One AdamW step on windows (b, context + 1): minimize the next-token cross-entropy."""
         cfg, opt = self.cfg, self.optimizers["gpt"]
         # the loop halves the learning rate after a NaN rollback by scaling param_groups' lr: keep that factor
         scale = opt.param_groups[0]["lr"] / self.last_lr if self.last_lr else 1.0
-        lr = lr_at(step, cfg.g_lr, cfg.warmup_steps, cfg.lr_decay_steps, cfg.min_lr) * scale
+        lr = lr_at(step, cfg.g_lr, cfg.warmup_steps, cfg.lr_decay_steps, cfg.min_lr, self.time_ratio(step)) * scale
         for group in opt.param_groups:
             group["lr"] = lr
         self.last_lr = lr / scale if scale else lr
