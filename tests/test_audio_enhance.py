@@ -126,3 +126,33 @@ def test_genforge_repair_denoises_a_wav_and_refuses_bad_input_by_name(tmp_path, 
     assert out.read_bytes() == before                                  # nothing already written is lost
     assert main(["repair", "wiener", str(tmp_path / "noisy.wav"), "--task", "inpaint", "--out", str(out)]) == 2
     assert "--task denoise only" in capsys.readouterr().err
+
+
+def test_genforge_train_speech_denoiser_then_repair_with_it(tmp_path, capsys, monkeypatch):
+    from genforge.cli import main
+    from genforge.data.audio.wav import read_audio, write_wav
+
+    prompts = [speechlike(1.0, i) for i in range(6)]
+    drums = np.stack([speechlike(0.2, 10 + i) for i in range(3)])
+    data = enhance.EnhancementData(prompts[:4], prompts[4:5], prompts[5:], names={}, drums={"train": drums,
+                                   "val": drums, "test": drums})
+    monkeypatch.setattr(enhance, "load_enhancement_data", lambda seed=0: data)   # no Asterisk package needed
+    monkeypatch.setenv("GENFORGE_LEDGER", str(tmp_path / "ledger.jsonl"))
+    run = tmp_path / "den"
+    assert main(["train", "speech-denoiser", "--out", str(run), "--max-steps", "2", "--seed", "3"]) == 0
+    assert "speech-denoiser: 2 steps" in capsys.readouterr().out
+    den = enhance.load_denoiser(run)
+    assert den.meta["steps"] == 2 and den.cfg.seed == 3
+    write_wav(tmp_path / "noisy.wav", prompts[5], RATE)
+    assert main(["repair", str(run), str(tmp_path / "noisy.wav"), "--task", "denoise",
+                 "--out", str(tmp_path / "clean.wav")]) == 0
+    assert read_audio(tmp_path / "clean.wav", RATE)[0].shape == prompts[5].shape
+    # an existing model is never overwritten; loop-only flags are refused by name
+    before = (run / "denoiser.safetensors").read_bytes()
+    assert main(["train", "speech-denoiser", "--out", str(run), "--max-steps", "2"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (run / "denoiser.safetensors").read_bytes() == before
+    assert main(["train", "speech-denoiser", "--out", str(tmp_path / "x"), "--batch-size", "4"]) == 2
+    assert "only --out, --max-seconds, --max-steps and --seed apply to it (got --batch-size)" in capsys.readouterr().err
+    assert main(["recipes"]) == 0
+    assert "speech-denoiser" in capsys.readouterr().out

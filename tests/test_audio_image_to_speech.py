@@ -77,3 +77,23 @@ def test_an_altered_model_file_is_refused(run, tmp_path):
     (copy / "speech.safetensors").write_bytes(bytes(raw))
     with pytest.raises(ModelFileError, match="SHA-256 does not match"):
         i2s.load_image_to_speech(copy)
+
+
+def test_genforge_train_image_to_speech_by_name(run, tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from genforge.cli import main
+
+    _, _, images = run
+    t = np.arange(i2s.LENGTH) / i2s.RATE
+    clips = AudioSet(np.stack([0.3 * np.sin(2 * np.pi * (200 + 100 * d) * t) for d in range(10)]).astype(np.float32),
+                     np.arange(10), [])
+    # the spoken digits need espeak-ng (genforge data make spoken-digits): tones stand in for them here
+    monkeypatch.setattr(i2s, "load_audio", lambda spec, rate, length: SimpleNamespace(train=clips))
+    monkeypatch.setattr(i2s, "load_splits", lambda spec, image_size, channels: SimpleNamespace(train=images))
+    out = tmp_path / "say"
+    assert main(["train", "image-to-speech", "--out", str(out), "--max-steps", "2", "--quiet"]) == 0
+    model = i2s.load_image_to_speech(out)
+    assert model.meta["steps"] == 2 and model.meta["audio_data"] == "audio:spoken-digits"
+    assert main(["train", "image-to-speech", "--out", str(tmp_path / "y"), "--resume", str(out)]) == 2
+    assert "only --out, --max-seconds, --max-steps and --seed apply" in capsys.readouterr().err

@@ -206,7 +206,10 @@ def test_recipes_lists_every_bundled_recipe(capsys):
 
     assert main(["recipes"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == names()
+    from genforge.apps import APP_MODELS
+
+    assert [line.split()[0] for line in lines] == names() + list(APP_MODELS)  # the application models last
+    assert "application model" in lines[-1] and "genforge repair" in lines[-2]
     row = next(line for line in lines if line.startswith("mnist5k-dcgan "))
     assert "gan (dcgan)" in row and "mnist5k" in row and "Best at: a first run" in row
     cddpm = next(line for line in lines if line.startswith("fashion-cddpm "))

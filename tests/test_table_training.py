@@ -8,6 +8,7 @@ import csv
 import json
 
 import numpy as np
+import torch
 import pytest
 
 import genforge
@@ -36,7 +37,7 @@ def patients(tmp_path_factory) -> str:
 def tiny(recipe: str, data: str, *extra: str):
     overrides = [f"data=csv:{data}", "tensorboard=false", "batch_size=20", "max_steps=3", "log_every=1",
                  "checkpoint_every=0", "base_channels=16", "z_dim=8", "table_max_modes=3"]
-    if recipe == "copula":
+    if recipe in ("copula", "dp-copula"):
         overrides = [o for o in overrides if not o.startswith(("max_steps", "batch_size"))]
     return load_config(f"table-{recipe}", overrides + list(extra))
 
@@ -130,8 +131,87 @@ def test_private_ctgan_trains_its_discriminator_without_the_conditional_vector(p
     with pytest.raises(ConfigError, match="table_cond_vector: false"):
         check_dp(tiny("ctgan", patients, "dp_epsilon=5", "dp_delta=1e-3"))
     cfg = tiny("ctgan", patients, "dp_epsilon=5", "dp_delta=1e-3", "table_cond_vector=false", "table_pac=1",
-               "gan_loss=ns")
+               "gan_loss=ns", "table_transform=quantile")
     train(cfg, tmp_path / "run", quiet=True)
     model = genforge.load(tmp_path / "run")
     assert model.meta["privacy"]["private_networks"] == ["discriminator"] and model.meta["privacy"]["epsilon"] <= 5
     assert len(model.sample(10, seed=0).x) == 10
+
+
+def test_under_dp_a_table_transform_is_drawn_from_noisy_histograms_and_counted(patients, tmp_path):
+    """The quantile transform's quantiles come from noisy histograms over the schema's ranges (never the rows'
+    own), the mixture transform is refused, and the accountant counts the histograms before DP-SGD."""
+    pytest.importorskip("opacus")
+    from genforge.training.privacy import epsilon_spent
+
+    with pytest.raises(ConfigError, match="table_transform is 'vgm'.*set table_transform: quantile"):
+        check_dp(tiny("tvae", patients, "dp_epsilon=5", "dp_delta=1e-3"))
+    cfg = tiny("dp-tvae", patients, "max_steps=4", "dp_epsilon=5", "dp_delta=1e-3")
+    train(cfg, tmp_path / "run", quiet=True)
+    model = genforge.load(tmp_path / "run")
+    transform, privacy = model.meta["transform"], model.meta["privacy"]
+    sigma_m = transform["private"]["noise_multiplier"]
+    assert privacy["prior_noise_multipliers"] == [sigma_m] and sigma_m > 0
+    age = transform["params"]["age"]
+    assert age["values"][0] == 20 and age["values"][-1] == 79 and len(age["values"]) == 65  # the range, 64 bins
+    assert all(b > a for a, b in zip(age["levels"], age["levels"][1:]))                   # a rising CDF
+    # the epsilon recorded is the histograms' and DP-SGD's together, within the target
+    dp_sgd = (privacy["noise_multiplier"], privacy["sample_rate"], privacy["steps"])
+    total = epsilon_spent([(sigma_m, 1.0, 1), dp_sgd], 1e-3)
+    assert privacy["epsilon"] == pytest.approx(total, abs=1e-3) and total <= 5
+    assert total > epsilon_spent([dp_sgd], 1e-3)
+
+
+def test_private_copula_adds_noise_to_its_statistics_and_spends_its_epsilon(patients, tmp_path):
+    pytest.importorskip("opacus")
+    cfg = tiny("dp-copula", patients, "dp_epsilon=5", "dp_delta=1e-3")
+    train(cfg, tmp_path / "run", quiet=True)
+    model = genforge.load(tmp_path / "run")
+    privacy = model.meta["privacy"]
+    assert privacy["private_networks"] == ["copula"] and privacy["steps"] == 2
+    assert 4.5 < privacy["epsilon"] <= 5 and privacy["prior_noise_multipliers"]
+    rows = model.output.table(model.sample(200, seed=0).x)
+    assert set(rows.values["sex"]) <= {"F", "M", None} and np.nanmin(rows.values["age"]) >= 20
+    assert np.nanmax(rows.values["age"]) <= 79
+    # two runs draw different noise (from the OS, not from the seed): the fitted correlation differs
+    train(cfg, tmp_path / "again", quiet=True)
+    again = genforge.load(tmp_path / "again")
+    assert not torch.equal(model.nets["copula"].chol, again.nets["copula"].chol)
+
+
+def test_the_private_copula_fit_converges_to_the_plain_fit_as_the_noise_vanishes():
+    from genforge.models import copula
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    a = rng.standard_normal(n)
+    b = 0.6 * a + 0.8 * rng.standard_normal(n)
+    k = (a > 0.3).astype(int)
+    x = torch.zeros(n, 4)
+    x[:, 0], x[:, 1] = torch.from_numpy(a), torch.from_numpy(b)
+    x[torch.arange(n), 2 + torch.from_numpy(k)] = 1.0
+    plain = copula.GaussianCopula(layout=[("gaussian", 1), ("gaussian", 1), ("softmax", 2)])
+    plain.fit(x, torch.Generator().manual_seed(0))
+    private = copula.GaussianCopula(layout=[("gaussian", 1), ("gaussian", 1), ("softmax", 2)])
+    assert private.fit_private(x, 1e-6, np.random.default_rng(1)) == copula.MECHANISMS
+    corr = lambda m: (m.chol @ m.chol.T).numpy()  # noqa: E731
+    assert np.abs(corr(private) - corr(plain)).max() < 0.05
+    assert torch.allclose(private.cdf, plain.cdf, atol=0.01)
+    noisy = copula.GaussianCopula(layout=[("gaussian", 1), ("gaussian", 1), ("softmax", 2)])
+    noisy.fit_private(x, 5.0, np.random.default_rng(1))
+    assert np.abs(corr(noisy) - corr(plain)).max() > 0.01                  # the noise shows at a larger sigma
+    assert np.allclose(np.diag(corr(noisy)), 1.0, atol=1e-4)             # still a correlation matrix
+
+
+def test_the_histograms_noise_is_sized_by_zcdp_and_counted_exactly_by_rdp():
+    pytest.importorskip("opacus")
+    from genforge.data.table.transforms import marginal_noise_multiplier
+    from genforge.training.privacy import epsilon_spent, noise_multiplier_for
+
+    for eps in (1.0, 10.0):
+        whole = marginal_noise_multiplier(eps, 1e-5, share=1.0)
+        assert epsilon_spent([(whole, 1.0, 1)], 1e-5) <= eps                # zCDP's conversion is the looser one
+        assert marginal_noise_multiplier(eps, 1e-5) > whole                  # a share: more noise
+        prior = ((marginal_noise_multiplier(eps, 1e-5), 1.0, 1),)
+        rest = noise_multiplier_for(eps, 1e-5, 1.0, 2, prior)
+        assert epsilon_spent([*prior, (rest, 1.0, 2)], 1e-5) <= eps < epsilon_spent([*prior, (rest - 0.02, 1.0, 2)], 1e-5)

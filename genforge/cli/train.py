@@ -178,7 +178,15 @@ def train(recipe: str | None, out: str | None, resume: str | None, sets: list, p
     RECIPE is a bundled recipe name (genforge recipes lists them) or a YAML file. Every config field is a
     flag below; flags override the recipe. The run directory receives the resolved config, metrics.jsonl,
     TensorBoard events, sample grids and checkpoints. Continue a stopped run with --resume RUN.
+
+    The application models (speech-denoiser, image-to-speech; listed by genforge recipes) train by name too,
+    with --out, --max-seconds (default 600), --max-steps and --seed only.
     """
+    from genforge.apps import APP_MODELS
+
+    if recipe in APP_MODELS and not Path(recipe).exists():
+        return train_app_model(recipe, out, quiet, bool(resume or sets or print_config or dry_run or allow_plaintext),
+                               {k: v for k, v in fields.items() if v is not None})
     cfg, run = resolve_config(recipe, resume, out, sets, fields)
     if print_config or dry_run:
         import yaml
@@ -208,6 +216,30 @@ def train(recipe: str | None, out: str | None, resume: str | None, sets: list, p
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
+APP_FLAGS = ("max_seconds", "max_steps", "seed")
+
+
+def train_app_model(name: str, out: str | None, quiet: bool, other_options: bool, given: dict) -> int:
+    """``genforge train speech-denoiser`` (an application's own model, genforge.apps.APP_MODELS): it trains
+    itself for --max-seconds (default 600) or --max-steps, from --seed, into --out."""
+    from genforge.apps import APP_MODELS
+
+    extra = sorted(set(given) - set(APP_FLAGS))
+    if other_options or extra:
+        named = ", ".join("--" + k.replace("_", "-") for k in extra) or "--resume, --set, --print-config or --dry-run"
+        raise GenforgeError(f"{name} is an application model, trained by its own code: only --out, --max-seconds, "
+                            f"--max-steps and --seed apply to it (got {named})")
+    run = Path(out) if out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run.exists() and any(run.iterdir()):
+        raise GenforgeError(f"{run} is not empty: choose another --out (nothing there was changed)")
+    max_seconds = float(given.get("max_seconds", 600.0)) or float("inf")  # 0: no time limit, as for recipes
+    max_steps = int(given.get("max_steps", 1_000_000_000))
+    model = APP_MODELS[name].train(run, max_seconds, max_steps, int(given.get("seed") or 0), progress=not quiet)
+    if not quiet:
+        print(f"genforge: {name}: {model.meta['steps']} steps in {model.meta['train_seconds']:g} s, saved in {run}")
+    return 0
+
+
 @click.command(context_settings=CONTEXT)
 def recipes() -> int:
     """List the bundled recipes: name, family, data and what each is best at.
@@ -218,10 +250,13 @@ def recipes() -> int:
     from genforge.models import family_of
     from genforge.recipes import names, path_of, summary
 
+    from genforge.apps import APP_MODELS
+
     rows = []
     for name in names():
         cfg = load_config(path_of(name))
         rows.append((name, f"{family_of(cfg.model)} ({cfg.model})", cfg.data, summary(name)))
+    rows += [(name, "application model", app.data, app.summary) for name, app in APP_MODELS.items()]
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:3], width)) + "  " + row[3])

@@ -13,6 +13,7 @@ split as one tensor. The loop, checkpoints and sampling never ask which modality
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,6 +26,7 @@ from genforge.data.audio.features import picture_spec, to_pictures
 from genforge.data.series import load_series
 from genforge.data.series.base import fit_normalization
 from genforge.data.table import TableTransformer, load_table
+from genforge.data.table.transforms import PRIVATE_BINS, marginal_noise_multiplier
 from genforge.data.text.examples import text_examples
 from genforge.data.transforms import VALUE_RANGES, to_tensor
 from genforge.errors import ConfigError, DataError
@@ -91,9 +93,17 @@ def _table(cfg, value_range: str) -> Examples:
                           "set them to false / 0 for tables")
     splits = load_table(cfg.data, schema=cfg.table_schema or None, target=cfg.table_target or None,
                         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed)
-    tf = TableTransformer.fit(splits.train, cfg.table_transform, max_modes=cfg.table_max_modes, seed=cfg.seed)
+    private = None
+    if cfg.dp_epsilon > 0:  # differential privacy: the quantiles from noisy histograms, noise from the OS
+        private = (marginal_noise_multiplier(cfg.dp_epsilon, cfg.dp_delta), np.random.default_rng(secrets.randbits(64)))
+    tf = TableTransformer.fit(splits.train, cfg.table_transform, max_modes=cfg.table_max_modes, seed=cfg.seed,
+                              private=private)
     x = torch.from_numpy(tf.encode(splits.train))                 # (N, d)
     transform = {"kind": "table", **tf.to_json()}
+    if private is not None:  # the accountant counts this mechanism (genforge/training/privacy.py)
+        transform["private"] = {"mechanism": "Gaussian noise on each number column's histogram over its schema "
+                                             f"range ({PRIVATE_BINS} bins), L2 sensitivity sqrt(number columns)",
+                                "noise_multiplier": private[0]}
     notes = [*splits.notes, f"transform: {cfg.table_transform} for numbers, one-hot categories: {tf.dim} numbers "
                             f"per row from {len(splits.schema.modelled)} columns"]
     return Examples(cfg.data, "table", x, None, (tf.dim,), None, transform, splits, notes)

@@ -12,6 +12,13 @@ GaussianCopula and Patki et al. 2016):
   one interval, which is the category.
 
 Correlation is Pearson's on the scores, shrunk by 1e-6 towards the identity so that its Cholesky factor exists.
+
+Under differential privacy (``fit_private``, driven by genforge.training.privacy.PrivateFit) the two statistics
+get Gaussian noise (``MECHANISMS``: the one-hot groups' counts, L2 sensitivity sqrt(groups); the scores' sum
+of outer products, each row's score vector clipped to norm ``COPULA_CLIP`` x sqrt(variables), so sensitivity
+that norm squared), the scores are taken as standard normal (no data mean or spread), the correlation is read
+off the noisy sum's diagonal, and its eigenvalues are floored at 1e-3 so that it stays a correlation. The
+numbers' marginals are the quantile transform's, drawn from noisy histograms by the data loader.
 The copula needs the quantile transform (``table_transform: quantile``); with mode-specific normalization a
 number is two spans whose scores would not be normal.
 
@@ -21,6 +28,8 @@ standard-normal number per copula variable).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -32,6 +41,8 @@ NETWORKS = ("copula",)
 EMA_NETWORKS = ()
 LATENT = "copula"
 CONTROLS = ()
+MECHANISMS = 2        # differential privacy: the Gaussian mechanisms of fit_private
+COPULA_CLIP = 1.5     # ... each row's score vector clipped to this x sqrt(variables) (its expected norm: 1 x)
 
 
 def variables(layout) -> list[tuple[str, int, int]]:
@@ -89,6 +100,54 @@ class GaussianCopula(nn.Module):
         self.chol.copy_(torch.linalg.cholesky(corr).float())
         self.fitted.fill_(1.0)
 
+    @torch.no_grad()
+    def fit_private(self, x: torch.Tensor, sigma: float, rng) -> int:
+        """Fit on every training row (N, D) with Gaussian noise of ``sigma`` x sensitivity on each statistic
+        (the module docstring), from ``rng`` (numpy, kept secret by the caller). Returns the mechanisms run."""
+        import numpy as np  # late: the noise is numpy's, as the caller's stream
+
+        x = x.double().cpu()
+        groups = [(start, width) for kind, start, width in self.vars if kind == "softmax"]
+        ran = 0
+        freqs = {}
+        if groups:  # one mechanism: every group's counts at once (a row adds one to one slot of each group)
+            scale = sigma * math.sqrt(len(groups))
+            for start, width in groups:
+                counts = x[:, start:start + width].sum(0).numpy() + rng.normal(0.0, scale, width)
+                counts = np.clip(counts, 0.0, None) + 1e-3 * max(1.0, scale)
+                freqs[start] = torch.from_numpy(counts / counts.sum())
+            ran += 1
+        scores = torch.empty(x.shape[0], len(self.vars), dtype=torch.float64)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        for j, (kind, start, width) in enumerate(self.vars):
+            g = x[:, start:start + width]
+            if kind != "softmax":
+                if kind == "tanh":
+                    raise ValueError("the Gaussian copula needs the quantile transform (table_transform: quantile)")
+                scores[:, j] = g[:, 0]
+                continue
+            freq = freqs[start]
+            cdf = torch.cumsum(freq, 0)
+            self.cdf[start:start + width] = cdf.float()
+            k = g.argmax(1)
+            u = cdf[k] - freq[k] + torch.rand(len(k), generator=gen, dtype=torch.float64) * freq[k]
+            scores[:, j] = torch.special.ndtri(u.clamp(1e-6, 1 - 1e-6))
+        # the second mechanism: the sum of outer products of the clipped score vectors, noise on one triangle
+        bound = COPULA_CLIP * math.sqrt(len(self.vars))
+        norms = scores.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        clipped = scores * torch.clamp(bound / norms, max=1.0)
+        noise = torch.from_numpy(np.triu(rng.normal(0.0, sigma * bound ** 2, (len(self.vars),) * 2)))
+        total = clipped.T @ clipped + noise + torch.triu(noise, 1).T
+        ran += 1
+        diag = torch.diagonal(total).clamp(min=1e-6).sqrt()
+        corr = total / diag[:, None] / diag[None, :]
+        w, v = torch.linalg.eigh(corr)
+        corr = v @ torch.diag(w.clamp(min=1e-3)) @ v.T                           # the nearest correlation-like
+        d = torch.diagonal(corr).sqrt()
+        self.chol.copy_(torch.linalg.cholesky(corr / d[:, None] / d[None, :]).float())
+        self.fitted.fill_(1.0)
+        return ran
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Standard-normal latents (b, V) -> encoded rows (b, D)."""
         s = z[:, :len(self.vars)] @ self.chol.T                                 # (b, V): correlated scores
@@ -115,6 +174,7 @@ class Trainer:
         self.copula = nets["copula"]
         self.optimizers = {}
         self.data = None
+        self.private = private  # genforge.training.privacy.PrivateFit under differential privacy
 
     @staticmethod
     def batches_per_step(cfg: Config) -> int:
@@ -132,5 +192,9 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None, noise: torch.Generator,
                    step: int = 0) -> dict[str, torch.Tensor]:
         if not bool(self.copula.fitted):
-            self.copula.fit(self.data if self.data is not None else x, noise)
+            rows = self.data if self.data is not None else x
+            if self.private is not None:
+                self.private.record(self.copula.fit_private(rows, self.private.noise_multiplier, self.private.rng))
+            else:
+                self.copula.fit(rows, noise)
         return {"fitted": self.copula.fitted[0].clone()}

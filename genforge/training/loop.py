@@ -47,7 +47,7 @@ from genforge.training.checkpoint import (ResumeState, check_state, is_encrypted
                                           save_checkpoint, sweep_temporary)
 from genforge.training.ema import EMA, recalibrate_batchnorm
 from genforge.training.log import RunLogger
-from genforge.training.privacy import PrivateTraining, check_resume
+from genforge.training.privacy import check_resume, make_private
 from genforge.version import __version__
 
 
@@ -343,7 +343,8 @@ class _Run:
         self.ema = EMA({role: self.nets[role] for role in method.EMA_NETWORKS}, cfg.ema_decay, cfg.ema_start)
         # DP-SGD: per-sample hooks on the private networks, Poisson batches, the accountant; the trainer wraps
         # its optimizer with it when it is built. genforge/training/privacy.py.
-        self.dp = PrivateTraining(cfg, self.nets, self.n_train, self.per_step, device) if cfg.dp_epsilon > 0 else None
+        self.dp = (make_private(cfg, method, self.nets, self.n_train, self.per_step, device, self.data.transform)
+                   if cfg.dp_epsilon > 0 else None)
         # under torchrun: DDP-wrapped networks, gradients averaged over processes
         self.trainer = method.Trainer(cfg, ctx.wrap(self.nets), private=self.dp)
         if hasattr(self.trainer, "bind"):  # a method that reads the whole training split (CTGAN's training by

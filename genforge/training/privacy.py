@@ -24,6 +24,15 @@ double-backward pass that the per-sample hooks do not follow); minibatch std, sp
 iteration and ADA's data-driven probability (each couples samples or learns from real data outside the
 accounted step); conditional GANs (G is fed the real batch's labels, bypassing D).
 
+Tables: every statistic a table model keeps is accounted. The numbers' quantile transform is drawn from
+noisy histograms over the schema's public ranges (one Gaussian mechanism, genforge/data/table/transforms.py,
+with a ``MARGINAL_SHARE`` of the budget); the run's accountant starts from it (``prior``) and sizes the rest's
+noise to what is left. The Gaussian copula (``copula``) learns no weights: :class:`PrivateFit` adds Gaussian
+noise to its two statistics (the categories' counts, the normal scores' correlation with each row's score
+vector clipped to norm ``COPULA_CLIP`` x sqrt(variables)), three Gaussian mechanisms in all (Li et al. 2014
+"DPCopula" do the same with Kendall's tau). The schema itself (kinds, ranges, categories, missing shares) is
+treated as public: write it yourself when it is not.
+
 Imports of Opacus are deferred: genforge runs without the ``privacy`` extra until DP is asked for.
 """
 
@@ -47,6 +56,8 @@ from genforge.models import MODELS, family_of, networks
 # family -> (the networks that see real data, the trainer optimizer that updates them)
 PRIVATE = {"vae": (("encoder", "decoder"), "vae"), "gan": (("discriminator",), "discriminator"),
            "ctgan": (("discriminator",), "discriminator")}
+PRIVATE_FIT = ("copula",)   # families fitted in one pass with Gaussian noise on their statistics (PrivateFit)
+PRIOR_MECHANISM = "Gaussian noise on the numbers' histograms (the quantile transform)"
 # Opacus warns when the best RDP order is its largest: the epsilon reported is then a slightly loose (safe)
 # upper bound. Kept at Opacus' default orders, so figures match its accountant; the warning is not repeated.
 _LARGEST_ALPHA = "Optimal order is the largest alpha"
@@ -77,9 +88,9 @@ def check_config(cfg, source: str = "config") -> None:
     def refuse(why: str) -> None:
         raise ConfigError(f"{source}: dp_epsilon is set (differential privacy) but {why}")
 
-    if family not in PRIVATE:
-        refuse(f"model {cfg.model!r} is a {family} model; DP-SGD is implemented for the VAE family and for "
-               "GAN discriminators")
+    if family not in PRIVATE and family not in PRIVATE_FIT:
+        refuse(f"model {cfg.model!r} is a {family} model; differential privacy is implemented for the VAE family, "
+               "GAN discriminators and the Gaussian copula")
     if family == "gan":
         if spec.conditional:
             refuse(f"model {cfg.model!r} is a conditional GAN, whose generator is given the real batch's classes: "
@@ -126,6 +137,9 @@ def check_config(cfg, source: str = "config") -> None:
         refuse("compile is not supported with Opacus' per-sample gradient hooks: set compile: false")
     if cfg.precision == "bf16":  # "auto" trains a private model in fp32
         refuse("per-sample clipping in bf16 is untested here: set precision: fp32 or auto")
+    if cfg.data.startswith(("csv:", "parquet:", "table:")) and cfg.table_transform != "quantile":
+        refuse("table_transform is 'vgm', a mixture fitted to the rows outside the accountant: set table_transform: "
+               "quantile (its quantiles are then drawn from noisy histograms)")
 
 
 @functools.lru_cache(maxsize=64)
@@ -156,14 +170,35 @@ def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> floa
 
 
 @functools.lru_cache(maxsize=64)
-def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """sigma that spends (epsilon, delta) in ``steps`` steps at rate q (Opacus' binary search, to 0.01)."""
+def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps: int,
+                         prior: tuple[tuple[float, float, int], ...] = ()) -> float:
+    """sigma that spends (epsilon, delta) in ``steps`` steps at rate q after the mechanisms of ``prior`` [(sigma,
+    q, steps)] (without one: Opacus' binary search, to 0.01; with one: the same search over the total)."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_LARGEST_ALPHA)
-        return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                    steps=steps, accountant="rdp")
+    if not prior:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_LARGEST_ALPHA)
+            return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                        steps=steps, accountant="rdp")
+    if epsilon_spent(list(prior), delta) >= epsilon:
+        raise ValueError("the prior mechanisms spend the whole budget")
+    lo, hi = 0.0, 10.0
+    while epsilon_spent([*prior, (hi, sample_rate, steps)], delta) > epsilon:
+        lo, hi = hi, 2 * hi
+        if hi > 1e6:
+            raise ValueError("epsilon too small")
+    while hi - lo > 0.01:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if mid > 0 and epsilon_spent([*prior, (mid, sample_rate, steps)], delta) <= epsilon \
+            else (mid, hi)
+    return hi
+
+
+def prior_mechanisms(transform: dict | None) -> tuple[tuple[float, float, int], ...]:
+    """The Gaussian mechanisms the data loader already ran on the training rows (a table's noisy histograms)."""
+    private = (transform or {}).get("private")
+    return ((float(private["noise_multiplier"]), 1.0, 1),) if private else ()
 
 
 def _opacus():
@@ -216,8 +251,10 @@ class PrivateTraining:
     :meth:`state_dict` / :meth:`load_state_dict` with the checkpoint.
     """
 
-    def __init__(self, cfg, nets: dict[str, nn.Module], n_train: int, batch: int, device: torch.device):
-        """``batch``: the images one step takes (the loop's global batch), here the expected Poisson batch."""
+    def __init__(self, cfg, nets: dict[str, nn.Module], n_train: int, batch: int, device: torch.device,
+                 prior: tuple[tuple[float, float, int], ...] = ()):
+        """``batch``: the images one step takes (the loop's global batch), here the expected Poisson batch.
+        ``prior``: mechanisms the data loader already ran on the rows [(sigma, q, steps)]: counted first."""
         _opacus()
         from opacus.accountants import RDPAccountant
         from opacus.validators import ModuleValidator
@@ -227,6 +264,7 @@ class PrivateTraining:
             raise ConfigError(f"'dp_delta' must be below 1 / N = {1 / n_train:.3g} for the {n_train} training images "
                               f"(a larger delta allows leaking a whole record), got {cfg.dp_delta!r}")
         self.target_epsilon, self.delta, self.max_grad_norm = cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm
+        self.prior = tuple(prior)
         self.n = n_train
         self.expected_batch = batch
         self.sample_rate = batch / n_train
@@ -238,7 +276,7 @@ class PrivateTraining:
         self.samplers = [attach_grad_sampler(nets[role]) for role in roles]
         try:
             self.noise_multiplier = noise_multiplier_for(self.target_epsilon, self.delta, self.sample_rate,
-                                                         cfg.max_steps)
+                                                         cfg.max_steps, self.prior)
         except ValueError:
             raise ConfigError(f"'dp_epsilon' {self.target_epsilon:g} is too small for {cfg.max_steps} steps at "
                               f"sampling rate {self.sample_rate:.3g}: the noise would exceed 1e6 times the "
@@ -289,11 +327,11 @@ class PrivateTraining:
         return sum(n for _, _, n in self.accountant.history)
 
     def epsilon(self) -> float:
-        return epsilon_spent(self.accountant.history, self.delta)
+        return epsilon_spent([*self.prior, *self.accountant.history], self.delta)
 
     def _epsilon_after(self, extra: int) -> float:
-        return epsilon_spent(list(self.accountant.history) + [(self.noise_multiplier, self.sample_rate, extra)],
-                             self.delta)
+        return epsilon_spent([*self.prior, *self.accountant.history,
+                              (self.noise_multiplier, self.sample_rate, extra)], self.delta)
 
     def _steps_within_budget(self) -> int:
         """The total step count at which the budget is spent: the most steps with epsilon <= dp_epsilon."""
@@ -326,7 +364,9 @@ class PrivateTraining:
                 "target_epsilon": self.target_epsilon, "accountant": "rdp", "sampling": "poisson",
                 "sample_rate": self.sample_rate, "noise_multiplier": self.noise_multiplier,
                 "max_grad_norm": self.max_grad_norm, "steps": self.steps(), "training_images": self.n,
-                "private_networks": list(self.roles)}
+                "private_networks": list(self.roles),
+                **({"before_training": PRIOR_MECHANISM, "prior_noise_multipliers": [p[0] for p in self.prior]}
+                   if self.prior else {})}
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
@@ -343,6 +383,82 @@ class PrivateTraining:
         self.secret = int(state["secret"])
         self.noise.set_state(state["noise_rng"])
         self._limit = self._steps_within_budget()
+
+
+class PrivateFit:
+    """Differential privacy for a model fitted in one pass (``PRIVATE_FIT``: the Gaussian copula): its method
+    adds Gaussian noise of ``noise_multiplier`` x its statistic's L2 sensitivity to each statistic
+    (``MECHANISMS`` of them, each a full-data Gaussian mechanism, q = 1) from ``rng``, a stream from the OS, and
+    calls :meth:`record`. The loop drives it like :class:`PrivateTraining`: one step, on every row."""
+
+    def __init__(self, cfg, method, n_train: int, prior: tuple[tuple[float, float, int], ...] = ()):
+        if not cfg.dp_delta < 1 / n_train:
+            raise ConfigError(f"'dp_delta' must be below 1 / N = {1 / n_train:.3g} for the {n_train} training rows "
+                              f"(a larger delta allows leaking a whole record), got {cfg.dp_delta!r}")
+        self.target_epsilon, self.delta, self.n = cfg.dp_epsilon, cfg.dp_delta, n_train
+        self.prior, self.mechanisms = tuple(prior), int(method.MECHANISMS)
+        try:
+            self.noise_multiplier = noise_multiplier_for(self.target_epsilon, self.delta, 1.0, self.mechanisms,
+                                                         self.prior)
+        except ValueError:
+            raise ConfigError(f"'dp_epsilon' {self.target_epsilon:g} is too small for the fit's {self.mechanisms} "
+                              "Gaussian mechanisms (the noise would exceed 1e6 times the sensitivity)") from None
+        self.rng = np.random.default_rng(secrets.randbits(64))  # never cfg.seed: whoever knows it knows the noise
+        self.history: list[tuple[float, float, int]] = []
+        self.max_grad_norm = None
+
+    def record(self, mechanisms: int) -> None:
+        """The fit ran ``mechanisms`` Gaussian mechanisms of this noise multiplier (at most ``MECHANISMS``)."""
+        if self.steps() + mechanisms > self.mechanisms:
+            raise GenforgeError(f"the private fit ran {self.steps() + mechanisms} mechanisms, budgeted for "
+                                f"{self.mechanisms}")
+        self.history.append((self.noise_multiplier, 1.0, int(mechanisms)))
+
+    def steps(self) -> int:
+        return sum(n for _, _, n in self.history)
+
+    def allows_step(self) -> bool:
+        return not self.history          # one fit, then the budget is spent
+
+    def batch(self, step: int) -> torch.Tensor:
+        return torch.arange(self.n)      # the fit reads every row (bound to the trainer); nothing is sampled
+
+    def epsilon(self) -> float:
+        return epsilon_spent([*self.prior, *self.history], self.delta)
+
+    def describe(self) -> str:
+        return (f"genforge: differential privacy by Gaussian noise on the fit's statistics: target epsilon "
+                f"{self.target_epsilon:g} at delta {self.delta:g}, noise multiplier {self.noise_multiplier:.3f} "
+                f"for {self.mechanisms} mechanism(s) after the {len(self.prior)} of the data loader")
+
+    def log_values(self) -> dict[str, float]:
+        return {"epsilon": self.epsilon()}
+
+    def report(self) -> dict:
+        return {"mechanism": "Gaussian mechanisms on the fitted statistics", "epsilon": round(self.epsilon(), 4),
+                "delta": self.delta, "target_epsilon": self.target_epsilon, "accountant": "rdp",
+                "noise_multiplier": self.noise_multiplier, "steps": self.steps(), "training_images": self.n,
+                "private_networks": ["copula"], "statistics": ["category counts", "score correlation"],
+                **({"before_training": PRIOR_MECHANISM, "prior_noise_multipliers": [p[0] for p in self.prior]}
+                   if self.prior else {})}
+
+    def state_dict(self) -> dict:
+        return {"history": [[float(s), float(q), int(n)] for s, q, n in self.history],
+                "noise_multiplier": self.noise_multiplier}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [(float(s), float(q), int(n)) for s, q, n in state["history"]]
+        self.noise_multiplier = float(state["noise_multiplier"])
+
+
+def make_private(cfg, method, nets: dict[str, nn.Module], n_train: int, batch: int, device: torch.device,
+                 transform: dict | None):
+    """The run's privacy mechanism: DP-SGD for the families that learn by gradients, a noisy one-pass fit for
+    the copula; both count the data loader's own mechanisms (a table's noisy histograms) first."""
+    prior = prior_mechanisms(transform)
+    if family_of(cfg.model) in PRIVATE_FIT:
+        return PrivateFit(cfg, method, n_train, prior)
+    return PrivateTraining(cfg, nets, n_train, batch, device, prior)
 
 
 def check_resume(cfg, ckpt: Path | None, state: dict | None = None) -> None:

@@ -12,6 +12,14 @@ list of spans to know which outputs are numbers and which are one-hot groups:
   Gaussian copula use), piecewise linear between at most 1,000 quantiles of the training values.
 - ``softmax`` (width K): a category, one-hot over the schema's categories.
 
+Under differential privacy (``private=``), the quantiles are not the rows' own: each number column's values are
+counted in ``PRIVATE_BINS`` equal bins over the schema's [min, max], Gaussian noise is added to every count (one
+Gaussian mechanism over all number columns at once: a row adds one to one bin per column, so its L2
+sensitivity is sqrt(columns)), and the quantiles are read off the noisy histogram's CDF. The schema (kinds,
+ranges, categories, missing shares) is treated as public; the mode-specific normalization, a mixture fitted on
+the rows themselves, is refused under DP. The noise multiplier is recorded in the transform; the training's
+accountant adds the mechanism to the run's epsilon (genforge/training/privacy.py).
+
 Missing values are their own state: a category column gets one more one-hot slot, a number column a slot in
 its mode group (vgm) or a present/missing pair (quantile); the number itself then encodes as 0. A model that
 learns the slot regenerates missing values at the rate it saw.
@@ -35,6 +43,8 @@ from genforge.data.table.schema import DISCRETE, NUMERIC, Schema, Table, from_se
 from genforge.errors import DataError
 
 METHODS = ("vgm", "quantile")
+PRIVATE_BINS = 64             # bins of a number column's noisy histogram under differential privacy
+MARGINAL_SHARE = 0.2          # the share of the privacy budget (in zCDP's rho) the noisy histograms take
 MAX_QUANTILES = 1000
 MIN_MODE_WEIGHT = 0.005       # CTGAN's threshold for keeping a mixture component
 QUANTILE_EPS = 1e-4           # the empirical CDF is squeezed into [eps, 1 - eps]: Phi^-1 stays within +-3.72
@@ -81,9 +91,17 @@ class TableTransformer:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, table: Table, method: str = "vgm", max_modes: int = 10, seed: int = 0) -> "TableTransformer":
+    def fit(cls, table: Table, method: str = "vgm", max_modes: int = 10, seed: int = 0,
+            private: tuple[float, np.random.Generator] | None = None) -> "TableTransformer":
+        """Fit on ``table``. ``private``: (noise multiplier, a random stream the caller keeps secret) to draw the
+        numbers' quantiles from a noisy histogram (the module docstring); the quantile method only."""
         if method not in METHODS:
             raise DataError(f"table transform {method!r} is not one of {', '.join(METHODS)}")
+        if private is not None:
+            if method != "quantile":
+                raise DataError("under differential privacy the table transform must be 'quantile': mode-specific "
+                                "normalization fits a mixture to the rows themselves, outside the accountant")
+            return cls._fit_private(table, *private)
         params = {}
         for col in table.schema.modelled:
             v = table.values[col.name]
@@ -99,6 +117,36 @@ class TableTransformer:
                 params[col.name] = {"type": "quantile", **_fit_quantiles(present), "has_missing": has_missing}
         return cls(table.schema, method, params)
 
+    @classmethod
+    def _fit_private(cls, table: Table, sigma: float, rng: np.random.Generator) -> "TableTransformer":
+        numbers = [c for c in table.schema.modelled if c.kind not in DISCRETE]
+        for col in numbers:
+            if col.min is None or col.max is None or not (math.isfinite(col.min) and math.isfinite(col.max)):
+                raise DataError(f"column {col.name!r}: differential privacy needs its public range (min and max in "
+                                "the schema)")
+        scale = sigma * math.sqrt(len(numbers))   # the noise's std: sigma times the histogram's L2 sensitivity
+        params = {}
+        for col in table.schema.modelled:
+            v = table.values[col.name]
+            if col.kind in DISCRETE:
+                params[col.name] = {"type": "category", "labels": list(col.categories),
+                                    "has_missing": int(col.missing > 0)}
+                continue
+            present = v[~np.isnan(v)]
+            edges = np.linspace(col.min, col.max, PRIVATE_BINS + 1) if col.max > col.min else np.array([col.min])
+            if len(edges) == 1:
+                params[col.name] = {"type": "quantile", "values": [float(col.min)], "levels": [0.5],
+                                    "has_missing": int(col.missing > 0)}
+                continue
+            k = np.clip(np.searchsorted(edges, present, side="right") - 1, 0, PRIVATE_BINS - 1)
+            counts = np.bincount(k, minlength=PRIVATE_BINS) + rng.normal(0.0, scale, PRIVATE_BINS)
+            # a count is never negative, and every bin keeps a sliver of mass so the CDF rises strictly
+            counts = np.clip(counts, 0.0, None) + 1e-3 * max(1.0, scale)
+            cdf = np.concatenate([[0.0], np.cumsum(counts) / counts.sum()])
+            params[col.name] = {"type": "quantile", "values": [float(a) for a in edges],
+                                "levels": [float(a) for a in cdf], "has_missing": int(col.missing > 0)}
+        return cls(table.schema, "quantile", params)
+
     # ------------------------------------------------------------------ encoding
     def encode(self, table: Table, dtype=np.float32) -> np.ndarray:
         """Typed columns -> (N, D) encoded rows."""
@@ -107,6 +155,10 @@ class TableTransformer:
         for span in self.spans:
             p, v = self.params[span.column], table.values[span.column]
             s = slice(span.start, span.start + span.width)
+            if p.get("has_missing") == 0 and span.role in ("category", "value") and (
+                    any(c is MISSING for c in v) if p["type"] == "category" else bool(np.isnan(v).any())):
+                raise DataError(f"column {span.column!r} has missing cells, but its schema says it has none "
+                                "(missing: 0): set its missing share in the schema")
             if p["type"] == "category":
                 index = {label: i for i, label in enumerate(p["labels"])}
                 k = np.array([len(p["labels"]) if c is MISSING else index[c] for c in v])
@@ -188,6 +240,19 @@ class TableTransformer:
     def activation_layout(self) -> list[tuple[str, int]]:
         """[(kind, width), ...] in order: what a network's output head needs."""
         return [(s.kind, s.width) for s in self.spans]
+
+
+# ----------------------------------------------------------------------------------- differential privacy
+
+def marginal_noise_multiplier(epsilon: float, delta: float, share: float = MARGINAL_SHARE) -> float:
+    """The noise multiplier of the numbers' noisy histograms: a Gaussian mechanism of noise multiplier sigma is
+    rho = 1 / (2 sigma^2) zero-concentrated DP, and rho-zCDP is (rho + 2 sqrt(rho ln(1/delta)), delta)-DP (Bun and
+    Steinke 2016, prop. 1.3); the histograms take ``share`` of the rho that (epsilon, delta) allows. This only
+    sizes the noise: the run's accountant (genforge/training/privacy.py) counts the mechanism exactly, in RDP,
+    and sizes the rest of the training's noise to what is left."""
+    log_delta = math.log(1.0 / delta)
+    rho = (math.sqrt(log_delta + epsilon) - math.sqrt(log_delta)) ** 2
+    return 1.0 / math.sqrt(2.0 * share * rho)
 
 
 # ----------------------------------------------------------------------------------- per-column fits
