@@ -244,3 +244,23 @@ def test_a_row_cancelled_as_it_joins_leaves_the_others_unchanged():
                    more=lambda active: calls.append(active) or arrivals.pop(len(calls), []))
     assert [t.tokens for t in together] == [alone[0], [], alone[1]]
     assert together[1].finish_reason == "cancelled"
+
+
+def test_text_decoded_token_by_token_equals_the_whole_decode_across_split_characters():
+    """The tracker decodes only the ids after the last whole character; byte-level BPE tokens can end inside a
+    multi-byte character (é, 東), and the text must equal one decode of every id, stop strings included."""
+    pytest.importorskip("tokenizers")
+    from genforge.data.text.tokenizer import BPETokenizer
+    from genforge.generation.text import Row, _Tracker
+
+    text = "naïve café: 東京 and Zürich, ünïcödé!\n" * 3
+    tok = BPETokenizer.train("plain ascii words only\n" * 50, 260)   # no merges for the accents: bytes
+    ids = tok.encode(text)
+    assert any(tok.decode([i]).endswith("\ufffd") for i in ids)      # some tokens split a character
+    row = Row([], None, {}, 10_000, ())
+    tracker = _Tracker(row, tok)
+    for i in ids:
+        assert not tracker.add(i, lambda t: False)
+        assert tracker.text == tok.decode(tracker.ids)
+    stop = _Tracker(Row([], None, {}, 10_000, ("東京",)), tok)
+    assert any(stop.add(i, lambda t: False) for i in ids) and stop.text == "naïve café: " and stop.reason == "stop"

@@ -155,6 +155,9 @@ class _Tracker:
         self.ids: list[int] = []
         self.text, self.sent, self.reason = "", 0, None
         self.hold = max((len(s) for s in row.stop), default=1) - 1
+        # decoded incrementally: the text of ids[:done] is final (it ended on a whole character), and each step
+        # decodes only the ids after it, so a long generation costs no O(n^2) decoding
+        self.done, self.done_text = 0, ""
 
     def add(self, token: int, is_end) -> bool:
         """Append a token; returns True when the row is done."""
@@ -162,9 +165,13 @@ class _Tracker:
             self.reason = "end"
             return True
         self.ids.append(token)
-        self.text = self.tok.decode(self.ids)
+        stable = len(self.done_text)  # no stop string ends inside the text that was final before this token
+        tail = self.tok.decode(self.ids[self.done:])
+        self.text = self.done_text + tail
+        if not tail.endswith("\ufffd"):  # a byte-level token can end inside a multi-byte character: wait for it
+            self.done, self.done_text = len(self.ids), self.text
         for s in self.row.stop:
-            at = self.text.find(s)
+            at = self.text.find(s, max(0, stable - len(s) + 1))
             if at >= 0:
                 self.text, self.reason = self.text[:at], "stop"
                 return True
