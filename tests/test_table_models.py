@@ -129,6 +129,40 @@ def test_tabddpm_multinomial_loss_is_zero_only_for_a_perfect_prediction():
     assert perfect < 1e-3 < wrong
 
 
+def test_tabddpm_sampling_clips_predicted_numbers_to_the_encoded_range():
+    """A denoiser whose noise predictions are wildly off (an undertrained or overfitted one) must still leave
+    numbers the transform can decode: x_0 is clipped at every step (+-1 tanh, +-3.72 gaussian), and a perfect
+    denoiser of a single row still lands on it."""
+    layout = [("gaussian", 2), ("tanh", 1), ("softmax", 2)]
+
+    class Wild(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layout = layout
+
+        def forward(self, x, t):
+            return torch.full_like(x, -40.0)  # eps far below any real noise: x_0 far above the range
+
+    class Exact(torch.nn.Module):  # the true noise of rows that are all x0: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
+        def __init__(self, abar, x0):
+            super().__init__()
+            self.layout, self.abar, self.x0 = layout, abar, x0
+
+        def forward(self, x, t):
+            a = self.abar[t][:, None]
+            return torch.where(torch.arange(5) < 3, (x - a.sqrt() * self.x0) / (1 - a).sqrt(), self.x0 * 50)
+
+    abar = tabddpm.make_schedule("cosine", 1000)
+    nets = {"denoiser": Wild(), "schedule": type("S", (), {"alphas_cumprod": abar})()}
+    z = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+    out = tabddpm.generate(nets, z, steps=50)
+    assert out[:, :2].abs().max() <= tabddpm.X0_BOUND["gaussian"] + 1e-5 and out[:, 2].abs().max() <= 1 + 1e-6
+    x0 = torch.tensor([[0.5, -2.0, 0.25, 0.0, 1.0]])
+    nets["denoiser"] = Exact(abar, x0)
+    out = tabddpm.generate(nets, z[:4], steps=50)
+    assert torch.allclose(out[:, :3], x0[:, :3].expand(4, 3), atol=1e-3) and (out[:, 4] == 1).all()
+
+
 def test_copula_recovers_a_known_correlation_and_category_shares():
     rng = np.random.default_rng(0)
     n = 4000

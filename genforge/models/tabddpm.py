@@ -17,7 +17,12 @@ A table's ``tanh`` and ``gaussian`` spans are the numbers, its ``softmax`` spans
 quantile transform, as the paper, numbers are Gaussian already; with the mode-specific transform the mode
 indicators diffuse as categories).
 
-Sampling runs the full reverse chain (T steps, ancestral: categories must be drawn at every step). Its
+Sampling runs the reverse chain (ancestral: categories must be drawn at every step). Each step predicts x_0's
+numbers from the noise prediction and clips them to the range the table transform can produce (+-1 for a
+``tanh`` span, +-Phi^-1(1 - 1e-4) = +-3.72 for a ``gaussian`` one), then takes the posterior mean
+q(x_{t-1} | x_t, x_0), DDPM's ``clip_denoised`` (Ho et al. 2020's sampler for images does the same). Without it
+an early step's extreme x_0 survives to the output: on breast cancer (30 correlated numbers) over half of the
+generated values sat on a column's bound, and the quality score was 0.65 where it is 0.96 with the clip. Its
 randomness is a pure function of the latent (the starting noise of the numbers, and the seed of the rest
 taken from its bytes), so the same latent gives the same rows.
 """
@@ -40,6 +45,9 @@ EMA_NETWORKS = ("denoiser",)
 LATENT = "denoiser"
 CONTROLS = (STEPS,)  # sampler steps over respaced timesteps (recipe field sample_steps)
 T = 1000
+# the largest |value| of an encoded number: tanh spans (a value inside its mode) and gaussian spans (quantile
+# normalization squeezes the CDF into [1e-4, 1 - 1e-4]: genforge.data.table.transforms.QUANTILE_EPS)
+X0_BOUND = {"tanh": 1.0, "gaussian": 3.7190164854557084}
 
 
 def latent_dim(z_dim: int, example_shape: tuple[int, ...]) -> int:
@@ -71,6 +79,9 @@ class Groups:
                 num.extend(range(i, i + width))
             i += width
         self.num = torch.tensor(num, dtype=torch.long, device=device)
+        # each number output's bound (X0_BOUND by its span's kind), for clipping predicted x_0 when sampling
+        self.bound = torch.tensor([X0_BOUND.get(kind, math.inf) for kind, width in layout if kind != "softmax"
+                                   for _ in range(width)], device=device)
         kmax = max((w for _, w in cats), default=1)
         self.index = torch.zeros(len(cats), kmax, dtype=torch.long, device=device)
         self.valid = torch.zeros(len(cats), kmax, dtype=torch.bool, device=device)
@@ -185,9 +196,11 @@ def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None
         out = denoiser(x, t)
         nxt = x.clone()
         if len(num):
-            # DDPM ancestral step (Ho et al. 2020, eq. 11) with sigma_t^2 = beta_t
+            # DDPM ancestral step with sigma_t^2 = beta_t: x_0 from the noise prediction, clipped to the encoded
+            # range, then the mean of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7; eq. 11 without the clip)
             beta = 1 - alpha_t
-            mean = (x[:, num] - beta / (1 - a_t).sqrt() * out[:, num]) / alpha_t.sqrt()
+            x0 = ((x[:, num] - (1 - a_t).sqrt() * out[:, num]) / a_t.sqrt()).clamp(-grp.bound, grp.bound)
+            mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + (alpha_t.sqrt() * (1 - a_prev) / (1 - a_t)) * x[:, num]
             if i > 0:
                 mean = mean + beta.sqrt() * torch.randn(mean.shape, generator=noise, device=z.device)
             nxt[:, num] = mean
