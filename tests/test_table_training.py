@@ -215,3 +215,25 @@ def test_the_histograms_noise_is_sized_by_zcdp_and_counted_exactly_by_rdp():
         prior = ((marginal_noise_multiplier(eps, 1e-5), 1.0, 1),)
         rest = noise_multiplier_for(eps, 1e-5, 1.0, 2, prior)
         assert epsilon_spent([*prior, (rest, 1.0, 2)], 1e-5) <= eps < epsilon_spent([*prior, (rest - 0.02, 1.0, 2)], 1e-5)
+
+
+def test_a_resumed_private_table_run_keeps_the_noisy_transform_it_drew(patients, tmp_path):
+    """Drawing the histograms again on resume would spend privacy the accountant does not count and encode the
+    rows differently from what the checkpoint learned: the resumed run reads the transform it drew."""
+    pytest.importorskip("opacus")
+    import shutil
+
+    run = tmp_path / "run"
+    cfg = tiny("dp-tvae", patients, "max_steps=4", "checkpoint_every=2", "keep_checkpoints=2", "dp_epsilon=5",
+               "dp_delta=1e-3")
+    train(cfg, run, quiet=True)
+    first = genforge.load(run).meta["transform"]
+    # as if the run had stopped after step 2: its last checkpoint is step 2's
+    steps = sorted(p for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert [p.name[-1] for p in steps] == ["2", "4"]
+    shutil.rmtree(steps[-1])
+    (run / "checkpoints" / "last.json").write_text(json.dumps({"dir": steps[0].name, "step": 2}))
+    train(cfg, run, resume=True, quiet=True)
+    model = genforge.load(run)
+    assert model.meta["step"] == 4 and model.meta["transform"] == first
+    assert model.meta["privacy"]["prior_noise_multipliers"] == [first["private"]["noise_multiplier"]]

@@ -85,22 +85,30 @@ def _series(cfg, value_range: str) -> Examples:
                     notes)
 
 
-def _table(cfg, value_range: str) -> Examples:
+def _table(cfg, value_range: str, fitted: dict | None = None) -> Examples:
     """Rows encoded by a transform fitted on the training split (genforge.data.table): a table's encoding is
-    its own (numbers in their modes or as normal scores, one-hot categories), whatever ``value_range``."""
+    its own (numbers in their modes or as normal scores, one-hot categories), whatever ``value_range``.
+    ``fitted``: the transform a resumed private run drew already (a second draw would spend more privacy and
+    encode the rows differently from the checkpoint's)."""
     if cfg.augment_flip or cfg.augment_shift or cfg.augment_rotate:
         raise ConfigError(f"{cfg.data}: augment_flip, augment_shift and augment_rotate are image augmentations; "
                           "set them to false / 0 for tables")
     splits = load_table(cfg.data, schema=cfg.table_schema or None, target=cfg.table_target or None,
                         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed)
     private = None
-    if cfg.dp_epsilon > 0:  # differential privacy: the quantiles from noisy histograms, noise from the OS
-        private = (marginal_noise_multiplier(cfg.dp_epsilon, cfg.dp_delta), np.random.default_rng(secrets.randbits(64)))
-    tf = TableTransformer.fit(splits.train, cfg.table_transform, max_modes=cfg.table_max_modes, seed=cfg.seed,
-                              private=private)
+    if fitted is not None:
+        tf = TableTransformer.from_json(fitted)
+    else:
+        if cfg.dp_epsilon > 0:  # differential privacy: the quantiles from noisy histograms, noise from the OS
+            private = (marginal_noise_multiplier(cfg.dp_epsilon, cfg.dp_delta),
+                       np.random.default_rng(secrets.randbits(64)))
+        tf = TableTransformer.fit(splits.train, cfg.table_transform, max_modes=cfg.table_max_modes, seed=cfg.seed,
+                                  private=private)
     x = torch.from_numpy(tf.encode(splits.train))                 # (N, d)
     transform = {"kind": "table", **tf.to_json()}
-    if private is not None:  # the accountant counts this mechanism (genforge/training/privacy.py)
+    if fitted is not None and "private" in fitted:
+        transform["private"] = fitted["private"]
+    elif private is not None:  # the accountant counts this mechanism (genforge/training/privacy.py)
         transform["private"] = {"mechanism": "Gaussian noise on each number column's histogram over its schema "
                                              f"range ({PRIVATE_BINS} bins), L2 sensitivity sqrt(number columns)",
                                 "noise_multiplier": private[0]}
@@ -158,10 +166,11 @@ LOADERS: dict[str, Callable] = {"image": _images, "series": _series, "table": _t
                                 "audio-wave": _audio_wave}
 
 
-def load_examples(cfg, value_range: str) -> Examples:
+def load_examples(cfg, value_range: str, fitted: dict | None = None) -> Examples:
     """Read, clean, split and normalize ``cfg.data`` with its modality's loader; the train split to the
-    method's ``value_range`` ("-1,1" or "0,1")."""
+    method's ``value_range`` ("-1,1" or "0,1"). ``fitted``: a resumed private table run's own transform (the
+    loaders that draw noise take it instead of drawing again)."""
     if value_range not in VALUE_RANGES:
         raise DataError(f"value_range {value_range!r} is not one of {', '.join(VALUE_RANGES)}")
     modality = of_spec(cfg.data)
-    return LOADERS[modality.name](cfg, value_range)
+    return LOADERS[modality.name](cfg, value_range, **({"fitted": fitted} if fitted is not None else {}))

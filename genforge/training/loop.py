@@ -193,11 +193,11 @@ class Data:
     raw: object                     # the modality's own splits: the validator reads the validation split
 
 
-def load_data(cfg: Config, device: torch.device) -> Data:
+def load_data(cfg: Config, device: torch.device, fitted: dict | None = None) -> Data:
     """Cleaned, split, normalized once, kept in memory as one tensor (no per-batch work), for any modality
-    (genforge.data.examples)."""
+    (genforge.data.examples). ``fitted``: a resumed private run's transform, drawn with noise once."""
     spec = MODELS[cfg.model]
-    ex = load_examples(cfg, spec.method.VALUE_RANGE)
+    ex = load_examples(cfg, spec.method.VALUE_RANGE, fitted)
     x = ex.train_x.to(device)  # (N, *example_shape)
     labels, class_names, clusters = ex.train_y, ex.class_names, None
     if cfg.clusters:  # cluster guidance: k-means clusters replace the labels, which are never read
@@ -278,7 +278,11 @@ class _Run:
                               f"on {threads} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')} "
                               "(num_threads sets the count; GENFORGE_CONTENTION=off keeps one thread per core)")
         self.method = MODELS[cfg.model].method
-        self.data = load_data(cfg, self.device)
+        fitted = None
+        if resumed is not None and cfg.dp_epsilon > 0:  # a private transform is drawn once: the checkpoint's
+            fitted = (read_json(resumed.path.parent / "config.json", ModelFileError) or {}).get("transform")
+            fitted = fitted if isinstance(fitted, dict) and "private" in fitted else None
+        self.data = load_data(cfg, self.device, fitted)
         if resumed is not None and self.data.clusters:
             check_same_clusters(self.data.clusters, resumed.path.parent)  # resumed.path: the state.pt
         self.n_train = self.data.x.shape[0]

@@ -51,6 +51,7 @@ from torch import nn
 
 from genforge.config import Config
 from genforge.errors import ConfigError, GenforgeError
+from genforge.modalities import of_spec
 from genforge.models import MODELS, family_of, networks
 
 # family -> (the networks that see real data, the trainer optimizer that updates them)
@@ -137,7 +138,7 @@ def check_config(cfg, source: str = "config") -> None:
         refuse("compile is not supported with Opacus' per-sample gradient hooks: set compile: false")
     if cfg.precision == "bf16":  # "auto" trains a private model in fp32
         refuse("per-sample clipping in bf16 is untested here: set precision: fp32 or auto")
-    if cfg.data.startswith(("csv:", "parquet:", "table:")) and cfg.table_transform != "quantile":
+    if of_spec(cfg.data).name == "table" and cfg.table_transform != "quantile":
         refuse("table_transform is 'vgm', a mixture fitted to the rows outside the accountant: set table_transform: "
                "quantile (its quantiles are then drawn from noisy histograms)")
 
