@@ -320,9 +320,9 @@ def main() -> None:
         MARK_START, "## Text (`benchmarks/text.py`)", "",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, fp32 matmul {peak:.0f} GFLOP/s measured at the "
         f"start; load average before / after: {' '.join(f'{v:.2f}' for v in load_before)} / "
-        f"{' '.join(f'{v:.2f}' for v in load_after)} (the machine was shared with other jobs)",
+        f"{' '.join(f'{v:.2f}' for v in load_after)} (this benchmark's own threads count in it)",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- command: `nice python benchmarks/text.py{arguments}`",
+        f"- command: `python benchmarks/text.py{arguments}`",
         f"- data: text:shakespeare, split by play; held out for test: "
         f"{', '.join(d.name for d in splits.test)} ({len(test_text):,} characters)",
         f"- each recipe trained {args.budget:g} s of wall clock (`max_seconds`), {args.threads or 'all'} torch "

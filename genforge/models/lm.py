@@ -154,15 +154,18 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.
     (b,) int: keep the k largest (0: all). top_p (b,): keep the fewest tokens whose probability reaches top_p
     (Holtzman et al. 2020), always at least the most likely one.
     """
-    logits = torch.where(seen, torch.where(logits > 0, logits / penalty[:, None], logits * penalty[:, None]),
-                         logits)
+    if bool((penalty != 1).any()):
+        logits = torch.where(seen, torch.where(logits > 0, logits / penalty[:, None], logits * penalty[:, None]),
+                             logits)
     logits = logits / temperature[:, None]
+    if not bool((top_k > 0).any()) and bool((top_p >= 1).all()):
+        return logits  # nothing to cut: every token stays (the defaults; skips a sort per step)
     sorted_logits, order = logits.sort(dim=1, descending=True)             # (b, vocab)
     rank = torch.arange(logits.shape[1], device=logits.device)[None, :]
     drop = (top_k[:, None] > 0) & (rank >= top_k[:, None])
     probs = sorted_logits.masked_fill(drop, -math.inf).softmax(dim=1)
     # a token is dropped when the tokens before it already hold top_p of the probability
-    drop |= (probs.cumsum(dim=1) - probs) >= top_p[:, None]
+    drop |= ((probs.cumsum(dim=1) - probs) >= top_p[:, None]) & (top_p[:, None] < 1)  # top_p 1: keep every token
     drop[:, 0] = False
     sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
     return torch.full_like(logits, -math.inf).scatter(1, order, sorted_logits)
