@@ -150,8 +150,11 @@ def test_genforge_train_speech_denoiser_then_repair_with_it(tmp_path, capsys, mo
     # an existing model is never overwritten; loop-only flags are refused by name
     before = (run / "denoiser.safetensors").read_bytes()
     assert main(["train", "speech-denoiser", "--out", str(run), "--max-steps", "2"]) == 2
-    assert "is not empty" in capsys.readouterr().err
+    assert "is not an empty folder" in capsys.readouterr().err
     assert (run / "denoiser.safetensors").read_bytes() == before
+    (tmp_path / "file").write_text("mine")
+    assert main(["train", "speech-denoiser", "--out", str(tmp_path / "file"), "--max-steps", "1"]) == 2
+    assert "is not an empty folder" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"
     assert main(["train", "speech-denoiser", "--out", str(tmp_path / "x"), "--batch-size", "4"]) == 2
     assert "only --out, --max-seconds, --max-steps and --seed apply to it (got --batch-size)" in capsys.readouterr().err
     assert main(["recipes"]) == 0

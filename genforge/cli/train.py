@@ -230,8 +230,8 @@ def train_app_model(name: str, out: str | None, quiet: bool, other_options: bool
         raise GenforgeError(f"{name} is an application model, trained by its own code: only --out, --max-seconds, "
                             f"--max-steps and --seed apply to it (got {named})")
     run = Path(out) if out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if run.exists() and any(run.iterdir()):
-        raise GenforgeError(f"{run} is not empty: choose another --out (nothing there was changed)")
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        raise GenforgeError(f"{run} is not an empty folder: choose another --out (nothing there was changed)")
     max_seconds = float(given.get("max_seconds", 600.0)) or float("inf")  # 0: no time limit, as for recipes
     max_steps = int(given.get("max_steps", 1_000_000_000))
     model = APP_MODELS[name].train(run, max_seconds, max_steps, int(given.get("seed") or 0), progress=not quiet)

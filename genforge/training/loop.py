@@ -557,7 +557,7 @@ class _Run:
                     if batch is None:
                         self.logger.message(f"privacy budget reached: epsilon {self.dp.epsilon():.3f} of "
                                             f"{cfg.dp_epsilon:g} (delta {cfg.dp_delta:g}) after {self.dp.steps()} "
-                                            "DP-SGD steps; stopping")
+                                            f"{self.dp.UNIT}; stopping")
                         break
                     x, y, epoch = batch
                     # ---- the family's updates (GAN: D then G; VAE: one ELBO step; diffusion: L_simple), the EMA

@@ -252,6 +252,8 @@ class PrivateTraining:
     :meth:`state_dict` / :meth:`load_state_dict` with the checkpoint.
     """
 
+    UNIT = "DP-SGD steps"  # what steps() counts, as the loop says it
+
     def __init__(self, cfg, nets: dict[str, nn.Module], n_train: int, batch: int, device: torch.device,
                  prior: tuple[tuple[float, float, int], ...] = ()):
         """``batch``: the images one step takes (the loop's global batch), here the expected Poisson batch.
@@ -391,6 +393,8 @@ class PrivateFit:
     adds Gaussian noise of ``noise_multiplier`` x its statistic's L2 sensitivity to each statistic
     (``MECHANISMS`` of them, each a full-data Gaussian mechanism, q = 1) from ``rng``, a stream from the OS, and
     calls :meth:`record`. The loop drives it like :class:`PrivateTraining`: one step, on every row."""
+
+    UNIT = "Gaussian mechanisms"
 
     def __init__(self, cfg, method, n_train: int, prior: tuple[tuple[float, float, int], ...] = ()):
         if not cfg.dp_delta < 1 / n_train:
