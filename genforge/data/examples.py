@@ -95,23 +95,21 @@ def _table(cfg, value_range: str, fitted: dict | None = None) -> Examples:
                           "set them to false / 0 for tables")
     splits = load_table(cfg.data, schema=cfg.table_schema or None, target=cfg.table_target or None,
                         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed)
-    private = None
     if fitted is not None:
-        tf = TableTransformer.from_json(fitted)
+        tf, transform = TableTransformer.from_json(fitted), fitted
     else:
+        private = None
         if cfg.dp_epsilon > 0:  # differential privacy: the quantiles from noisy histograms, noise from the OS
             private = (marginal_noise_multiplier(cfg.dp_epsilon, cfg.dp_delta),
                        np.random.default_rng(secrets.randbits(64)))
         tf = TableTransformer.fit(splits.train, cfg.table_transform, max_modes=cfg.table_max_modes, seed=cfg.seed,
                                   private=private)
+        transform = {"kind": "table", **tf.to_json()}
+        if private is not None:  # the accountant counts this mechanism (genforge/training/privacy.py)
+            transform["private"] = {"mechanism": "Gaussian noise on each number column's histogram over its schema "
+                                                 f"range ({PRIVATE_BINS} bins), L2 sensitivity sqrt(number columns)",
+                                    "noise_multiplier": private[0]}
     x = torch.from_numpy(tf.encode(splits.train))                 # (N, d)
-    transform = {"kind": "table", **tf.to_json()}
-    if fitted is not None and "private" in fitted:
-        transform["private"] = fitted["private"]
-    elif private is not None:  # the accountant counts this mechanism (genforge/training/privacy.py)
-        transform["private"] = {"mechanism": "Gaussian noise on each number column's histogram over its schema "
-                                             f"range ({PRIVATE_BINS} bins), L2 sensitivity sqrt(number columns)",
-                                "noise_multiplier": private[0]}
     notes = [*splits.notes, f"transform: {cfg.table_transform} for numbers, one-hot categories: {tf.dim} numbers "
                             f"per row from {len(splits.schema.modelled)} columns"]
     return Examples(cfg.data, "table", x, None, (tf.dim,), None, transform, splits, notes)

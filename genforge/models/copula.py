@@ -76,9 +76,10 @@ class GaussianCopula(nn.Module):
         self.register_buffer("cdf", torch.zeros(d))
         self.register_buffer("fitted", torch.zeros(1))
 
-    @torch.no_grad()
-    def fit(self, x: torch.Tensor, noise: torch.Generator) -> None:
-        """Fit on every training row (N, D) at once."""
+    def scores(self, x: torch.Tensor, freqs: dict, noise: torch.Generator) -> torch.Tensor:
+        """Each row's copula variables as normal scores (N, V) float64: a number as encoded; a one-hot group's
+        category k as Phi^-1(u), u uniform in [F(k-1), F(k)) of the group's frequencies ``freqs[start]``, whose
+        cumulative sums are stored as the model's ``cdf``."""
         scores = torch.empty(x.shape[0], len(self.vars), dtype=torch.float64)
         for j, (kind, start, width) in enumerate(self.vars):
             g = x[:, start:start + width].double().cpu()
@@ -88,12 +89,20 @@ class GaussianCopula(nn.Module):
                 scores[:, j] = g[:, 0]
                 continue
             k = g.argmax(1)
-            freq = torch.bincount(k, minlength=width).double() / len(k)
+            freq = freqs[start]
             cdf = torch.cumsum(freq, 0)
             self.cdf[start:start + width] = cdf.float()
             lo = cdf[k] - freq[k]
             u = lo + torch.rand(len(k), generator=noise, dtype=torch.float64) * freq[k]
             scores[:, j] = torch.special.ndtri(u.clamp(1e-6, 1 - 1e-6))
+        return scores
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, noise: torch.Generator) -> None:
+        """Fit on every training row (N, D) at once."""
+        freqs = {start: torch.bincount(x[:, start:start + width].cpu().argmax(1), minlength=width).double() / len(x)
+                 for kind, start, width in self.vars if kind == "softmax"}
+        scores = self.scores(x, freqs, noise)
         scores = (scores - scores.mean(0)) / scores.std(0).clamp(min=1e-12)
         corr = scores.T @ scores / max(1, len(scores) - 1)
         corr = (1 - 1e-6) * corr + 1e-6 * torch.eye(len(corr), dtype=torch.float64)
@@ -117,21 +126,8 @@ class GaussianCopula(nn.Module):
                 counts = np.clip(counts, 0.0, None) + 1e-3 * max(1.0, scale)
                 freqs[start] = torch.from_numpy(counts / counts.sum())
             ran += 1
-        scores = torch.empty(x.shape[0], len(self.vars), dtype=torch.float64)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        for j, (kind, start, width) in enumerate(self.vars):
-            g = x[:, start:start + width]
-            if kind != "softmax":
-                if kind == "tanh":
-                    raise ValueError("the Gaussian copula needs the quantile transform (table_transform: quantile)")
-                scores[:, j] = g[:, 0]
-                continue
-            freq = freqs[start]
-            cdf = torch.cumsum(freq, 0)
-            self.cdf[start:start + width] = cdf.float()
-            k = g.argmax(1)
-            u = cdf[k] - freq[k] + torch.rand(len(k), generator=gen, dtype=torch.float64) * freq[k]
-            scores[:, j] = torch.special.ndtri(u.clamp(1e-6, 1 - 1e-6))
+        scores = self.scores(x, freqs, gen)
         # the second mechanism: the sum of outer products of the clipped score vectors, noise on one triangle
         bound = COPULA_CLIP * math.sqrt(len(self.vars))
         norms = scores.norm(dim=1, keepdim=True).clamp(min=1e-12)

@@ -278,10 +278,9 @@ class _Run:
                               f"on {threads} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')} "
                               "(num_threads sets the count; GENFORGE_CONTENTION=off keeps one thread per core)")
         self.method = MODELS[cfg.model].method
-        fitted = None
-        if resumed is not None and cfg.dp_epsilon > 0:  # a private transform is drawn once: the checkpoint's
-            fitted = (read_json(resumed.path.parent / "config.json", ModelFileError) or {}).get("transform")
-            fitted = fitted if isinstance(fitted, dict) and "private" in fitted else None
+        # a private transform (a table's noisy histograms) is drawn once: a resume takes it from the verified state
+        fitted = ((resumed.state.get("privacy") or {}).get("transform") if resumed is not None and cfg.dp_epsilon > 0
+                  else None)
         self.data = load_data(cfg, self.device, fitted)
         if resumed is not None and self.data.clusters:
             check_same_clusters(self.data.clusters, resumed.path.parent)  # resumed.path: the state.pt
@@ -498,6 +497,8 @@ class _Run:
         info = self.meta
         if self.dp is not None:  # the accountant travels with the resume state, the epsilon spent with the model
             state["privacy"] = self.dp.state_dict()
+            if "private" in self.data.transform:  # ... and the noisy transform, which a resume must not redraw
+                state["privacy"]["transform"] = self.data.transform
             info = {**self.meta, "privacy": self.dp.report()}
         path = save_checkpoint(self.run, step, self.release_nets(), info, state, keep=self.cfg.keep_checkpoints,
                                keyring=self.keyring if self.cfg.encrypt else None)
