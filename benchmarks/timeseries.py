@@ -127,7 +127,7 @@ def run_detection(data, fpr: float, recon_budget: float = 0.0, work: Path | None
         results[row]["median_delay"] = float(np.median(delays)) if delays else None
         # normal test runs: every window is normal, so every alarm is a false alarm (onset only splits the run)
         normal_runs = [r for r in rows if r["fault"] == "0"]
-        results[row]["normal_test_far"] = (float(np.mean([r["alarms"] / (r["samples"]) for r in normal_runs]))
+        results[row]["normal_test_far"] = (float(np.mean([r["alarms"] / r["windows"] for r in normal_runs]))
                                            if normal_runs else None)
         log(f"detection {row}: mean rate (excl. IDV 3, 9, 15) {results[row]['mean_rate']}, false alarms on normal "
             f"test runs {results[row]['normal_test_far']}, median delay {results[row]['median_delay']} "

@@ -264,3 +264,15 @@ def test_text_decoded_token_by_token_equals_the_whole_decode_across_split_charac
         assert tracker.text == tok.decode(tracker.ids)
     stop = _Tracker(Row([], None, {}, 10_000, ("東京",)), tok)
     assert any(stop.add(i, lambda t: False) for i in ids) and stop.text == "naïve café: " and stop.reason == "stop"
+
+
+def test_a_run_that_keeps_nothing_hands_each_sample_to_on_done_and_forgets_it():
+    """The server's run lasts as long as the server: with keep=False finished rows are not kept (they used
+    to pile up, request after request), and each sample still reaches its row's on_done."""
+    model = tiny_gpt_model()
+    rows = text_plan(model, 3, seed=4, max_new_tokens=12).rows
+    got = []
+    for r in rows:
+        r.on_done = got.append
+    assert run(model, rows, keep=False) == []
+    assert [s.tokens for s in got] == [s.tokens for s in run(model, text_plan(model, 3, seed=4, max_new_tokens=12).rows)]

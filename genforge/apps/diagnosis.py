@@ -16,6 +16,7 @@ conditional model. Synthetic data does not always help; the result says which wa
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ def experiment(data: DiagnosisData, k: int, *, generator: Generator | None = Non
                                                                         replace=False)]
         x = np.concatenate([data.run_windows[r] for r in picked])
         y = np.concatenate([np.full(len(data.run_windows[r]), data.run_class[r], np.int64) for r in picked])
-        rec = SeriesRecipe(**{**recipe.__dict__, "seed": seed})
+        rec = dataclasses.replace(recipe, seed=seed)
         real_acc.append(classifier_accuracy(train_series_classifier(x, y, n_classes, rec), data.test_x, data.test_y))
         if generator is not None:
             per_class = synthetic_per_class or int(np.ceil(len(x) / n_classes))

@@ -195,36 +195,42 @@ class _Tracker:
 
 
 def run(model, rows: list[Row], use_cache: bool = True,
-        more: Callable[[int], list[Row]] | None = None) -> list[TextSample]:
+        more: Callable[[int], list[Row]] | None = None, keep: bool = True) -> list[TextSample]:
     """Decode ``rows`` together with the model's family decoder; returns one TextSample per row, in order.
 
     ``more(active)``: asked before every step with the number of rows decoding; the rows it returns join the
     batch (the server's continuous batching) and are returned after the others. The run ends when no row is
-    left and ``more`` returns none. Each row's ``on_done`` is
-    called with its sample as soon as it ends."""
-    rows = list(rows)
-    trackers: list[_Tracker] = []
+    left and ``more`` returns none. Each row's ``on_done`` is called with its sample as soon as it ends.
+    ``keep=False``: return nothing and forget each row when it ends (a server's run lasts as long as the
+    server; its rows' samples go to their ``on_done`` only)."""
+    live: dict[int, Row] = {}             # the decoder's row index -> the row, while it decodes
+    trackers: dict[int, _Tracker] = {}
+    kept: dict[int, TextSample] = {}      # finished samples, by index (keep=True)
     decoder = model.method.Decoder(model.nets, use_cache=use_cache)
     is_end = getattr(model.method, "is_end", lambda token: False)
 
-    def join(new: list[Row]) -> None:
+    def join(new: list[Row]) -> list[int]:
         given = {"z": torch.stack([r.latent for r in new])} if new and new[0].latent is not None else {}
-        decoder.add([r.prompt_ids for r in new], [r.generator for r in new], [r.controls for r in new], **given)
-        trackers.extend(_Tracker(r, model.output.tokenizer) for r in new)
+        index = decoder.add([r.prompt_ids for r in new], [r.generator for r in new], [r.controls for r in new],
+                            **given)
+        for i, r in zip(index, new):
+            live[i], trackers[i] = r, _Tracker(r, model.output.tokenizer)
+        return index
 
     def end(i: int) -> None:
         decoder.finish(i)
-        if rows[i].on_done is not None:
-            rows[i].on_done(trackers[i].sample())
+        row, sample = live.pop(i), trackers.pop(i).sample()
+        if keep:
+            kept[i] = sample
+        if row.on_done is not None:
+            row.on_done(sample)
 
-    join(rows)
+    join(list(rows))
     while True:
         if more is not None:
-            new = more(decoder.active)
-            rows += new
-            join(new)
+            join(more(decoder.active))
         for i in list(decoder.rows):  # a hung-up client's row ends before its next token is computed
-            if rows[i].cancelled is not None and rows[i].cancelled.is_set():
+            if live[i].cancelled is not None and live[i].cancelled.is_set():
                 trackers[i].reason = "cancelled"
                 end(i)
         if not decoder.active:
@@ -235,7 +241,7 @@ def run(model, rows: list[Row], use_cache: bool = True,
             trackers[i].stream(final=done)
             if done:
                 end(i)
-    return [t.sample() for t in trackers]
+    return [kept[i] for i in sorted(kept)]
 
 
 def generate_text(model, n: int = 1, seed: int = 0, use_cache: bool = True, on_text=None,

@@ -37,8 +37,9 @@ from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn import functional as F
 
-from genforge.errors import DataError, ModelFileError
+from genforge.errors import DataError, GenforgeError, ModelFileError
 from genforge.io import atomic_write_bytes, atomic_write_json, read_json, user_dir
+from genforge.metrics.evaluator_net import cache_dir
 from genforge.metrics.scores import frechet_distance, mean_cov, one_blas_thread, precision_recall
 
 FORMAT = "genforge-series-evaluator"
@@ -317,12 +318,6 @@ def evaluator_key(spec: str, shape: tuple[int, int]) -> str:
     return f"series-{slug}-{shape[0]}x{shape[1]}"
 
 
-def series_cache_dir() -> Path:
-    """$GENFORGE_CACHE/evaluators, else $XDG_CACHE_HOME/genforge/evaluators (the image evaluators' folder)."""
-    root = os.environ.get("GENFORGE_CACHE")
-    return (Path(root).expanduser() if root else user_dir("cache")) / "evaluators"
-
-
 def get_series_evaluator(spec: str, train_x: np.ndarray, train_y: np.ndarray, num_classes: int, *,
                          test_x: np.ndarray | None = None, test_y: np.ndarray | None = None,
                          recipe: SeriesRecipe = SeriesRecipe(), log=None) -> SeriesEvaluator:
@@ -332,7 +327,7 @@ def get_series_evaluator(spec: str, train_x: np.ndarray, train_y: np.ndarray, nu
     of other data."""
     key = evaluator_key(spec, train_x.shape[1:])
     digest = hashlib.sha256(np.ascontiguousarray(train_x, np.float32).tobytes()).hexdigest()
-    for directory in (SHIPPED_DIR, series_cache_dir()):
+    for directory in (SHIPPED_DIR, cache_dir()):
         path = directory / f"{key}.json"
         if path.is_file():
             ev = load_series_evaluator(path)
@@ -342,10 +337,10 @@ def get_series_evaluator(spec: str, train_x: np.ndarray, train_y: np.ndarray, nu
                 log(f"{path}: trained on other windows than {spec}'s train split; training a new evaluator")
     if log:
         log(f"no evaluator for {spec} yet: training one on {len(train_x)} windows ({recipe.steps} steps; cached in "
-            f"{series_cache_dir()})")
+            f"{cache_dir()})")
     ev = train_series_evaluator(train_x, train_y, num_classes, name=spec, test_x=test_x, test_y=test_y,
                                 recipe=recipe)
-    save_series_evaluator(ev, series_cache_dir() / key)
+    save_series_evaluator(ev, cache_dir() / key)
     return ev
 
 

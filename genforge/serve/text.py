@@ -80,16 +80,19 @@ class TextWorker:
             self.inflight += taken
             self.active = active + len(taken)
         for row in taken:
-            row.on_done = self._counted(row.on_done)
+            row.on_done = self._counted(row, row.on_done)
         if self.on_step is not None:
             self.on_step(active + len(taken))
         return taken
 
-    def _counted(self, on_done):
-        """``on_done`` that first counts the row's finish reason (what the tests and metrics read)."""
+    def _counted(self, row: Row, on_done):
+        """``on_done`` that first counts the row's finish reason (what the tests and metrics read) and forgets
+        the row (a server's run lasts as long as the server: a finished row must not stay in ``inflight``)."""
         def done(sample):
             reason = getattr(sample, "finish_reason", "error")
-            self.finished[reason] = self.finished.get(reason, 0) + 1
+            with self.cond:
+                self.finished[reason] = self.finished.get(reason, 0) + 1
+                self.inflight = [r for r in self.inflight if r is not row]  # by identity: rows hold tensors
             if on_done is not None:
                 on_done(sample)
         return done
@@ -104,7 +107,7 @@ class TextWorker:
                 self.model = self.queue[0][0]
                 self.inflight = []
             try:
-                run(self.model, [], more=self._more)
+                run(self.model, [], more=self._more, keep=False)
             except Exception as e:  # a failed run fails the rows it held (their on_done), not the server
                 self._fail(e)
             self.active = 0

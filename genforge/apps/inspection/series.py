@@ -562,7 +562,8 @@ def fault_table(rows: list[dict]) -> dict[str, dict]:
 
 def run_row(label: str, fault: str, rs: RunScore, channel_names: list[str], top: int = 5) -> dict:
     order = np.argsort(rs.contributions)[::-1][:top]
-    return {"run": label, "fault": fault, "samples": int(rs.times[-1] + 1), "onset": rs.onset, "delay": rs.delay,
+    return {"run": label, "fault": fault, "samples": int(rs.times[-1] + 1), "windows": len(rs.alarm),
+            "onset": rs.onset, "delay": rs.delay,
             "detection_rate": rs.detection_rate, "false_alarm_rate": rs.false_alarm_rate,
             "alarms": int(rs.alarm.sum()), "top_channels": [[channel_names[i], float(rs.contributions[i])]
                                                            for i in order]}

@@ -157,8 +157,9 @@ class TableTransformer:
             s = slice(span.start, span.start + span.width)
             if p.get("has_missing") == 0 and span.role in ("category", "value") and (
                     any(c is MISSING for c in v) if p["type"] == "category" else bool(np.isnan(v).any())):
-                raise DataError(f"column {span.column!r} has missing cells, but its schema says it has none "
-                                "(missing: 0): set its missing share in the schema")
+                raise DataError(f"column {span.column!r} has missing cells, but the transform has no missing slot "
+                                "(its schema's missing share is 0 and the training rows had none): set its missing "
+                                "share in the schema")
             if p["type"] == "category":
                 index = {label: i for i, label in enumerate(p["labels"])}
                 k = np.array([len(p["labels"]) if c is MISSING else index[c] for c in v])
