@@ -24,7 +24,6 @@ al. 1979), the noise spectrum the mean of the quietest tenth of the frames (the 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import sys
 import time
@@ -318,10 +317,6 @@ def save_denoiser(den: Denoiser, directory: str | Path) -> Path:
     return directory
 
 
-def is_denoiser(path: str | Path) -> bool:
-    return (Path(path) / "denoiser.json").is_file()
-
-
 def load_denoiser(directory: str | Path) -> Denoiser:
     directory = Path(directory)
     meta = read_json(directory / "denoiser.json", ModelFileError)
@@ -391,10 +386,6 @@ def format_enhancement(rows: list[dict]) -> str:
     lines += [f"| {r['method']} | {r['noise']} | {r['snr']} | {r['si_sdr']:.2f} | {r['si_sdri']:.2f} | {r['stoi']:.3f} |"
               for r in rows]
     return "\n".join(lines)
-
-
-def describe(den: Denoiser) -> str:
-    return json.dumps({k: den.meta.get(k) for k in ("steps", "train_seconds", "weights_sha256")})
 
 
 # ------------------------------------------------------------------------------------------------ files in, files out

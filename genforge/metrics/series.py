@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json, user_dir
+from genforge.io import atomic_write_bytes, atomic_write_json, read_json
 from genforge.metrics.evaluator_net import cache_dir
 from genforge.metrics.scores import frechet_distance, mean_cov, one_blas_thread, precision_recall
 

@@ -22,7 +22,6 @@ Writing is our own 40 lines (soundfile cannot write a LIST/INFO chunk): 16-bit P
 from __future__ import annotations
 
 import io
-import math
 import os
 import struct
 from fractions import Fraction
@@ -262,6 +261,3 @@ def list_audio_files(root: Path) -> list[Path]:
                 if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS]
     return out
 
-
-def db(x: float) -> float:
-    return 10 * math.log10(max(x, 1e-20))
