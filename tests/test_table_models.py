@@ -117,7 +117,7 @@ def test_tabddpm_multinomial_loss_is_zero_only_for_a_perfect_prediction():
     class Oracle(torch.nn.Module):  # predicts x_0 exactly (huge logits on the true category)
         def __init__(self, x0):
             super().__init__()
-            self.layout, self.x0 = layout, x0
+            self.layout, self.x0, self.target = layout, x0, ()
 
         def forward(self, x, t):
             return self.x0 * 50
@@ -138,7 +138,7 @@ def test_tabddpm_sampling_clips_predicted_numbers_to_the_encoded_range():
     class Wild(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.layout = layout
+            self.layout, self.target = layout, ()
 
         def forward(self, x, t):
             return torch.full_like(x, -40.0)  # eps far below any real noise: x_0 far above the range
@@ -146,7 +146,7 @@ def test_tabddpm_sampling_clips_predicted_numbers_to_the_encoded_range():
     class Exact(torch.nn.Module):  # the true noise of rows that are all x0: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
         def __init__(self, abar, x0):
             super().__init__()
-            self.layout, self.abar, self.x0 = layout, abar, x0
+            self.layout, self.abar, self.x0, self.target = layout, abar, x0, ()
 
         def forward(self, x, t):
             a = self.abar[t][:, None]
@@ -161,6 +161,44 @@ def test_tabddpm_sampling_clips_predicted_numbers_to_the_encoded_range():
     nets["denoiser"] = Exact(abar, x0)
     out = tabddpm.generate(nets, z[:4], steps=50)
     assert torch.allclose(out[:, :3], x0[:, :3].expand(4, 3), atol=1e-3) and (out[:, 4] == 1).all()
+
+
+def test_tabddpm_class_condition_is_read_clean_and_drawn_at_the_training_frequencies(gbsg2):
+    """The target's group is TabDDPM's class (table_cond_target): never noised in training, its frequencies bound
+    from the data, each sampled row's class drawn at them and held through the chain; off, or for a number
+    target, the model is unconditional."""
+    splits, tfs = gbsg2
+    tf = tfs["quantile"]
+    transform = {"kind": "table", **tf.to_json()}
+    span = next(s for s in tf.discrete_spans() if s.column == tf.schema.target)
+    assert network_options("tabddpm", {}, transform)["target_span"] == [span.start, span.width]
+    assert network_options("tabddpm", {"table_cond_target": False}, transform)["target_span"] == []
+    diabetes = load_table("table:diabetes")  # a number target (regression): nothing to condition on
+    tf_d = TableTransformer.fit(diabetes.train, "quantile")
+    assert network_options("tabddpm", {}, {"kind": "table", **tf_d.to_json()})["target_span"] == []
+
+    x = torch.from_numpy(tf.encode(splits.train))
+    nets, trainer = make("tabddpm", tf)
+    lo, hi = span.start, span.start + span.width
+    trainer.bind(x)
+    assert torch.equal(nets["denoiser"].target_freq, x[:, lo:hi].sum(0))
+    seen = []
+    forward = nets["denoiser"].forward
+    nets["denoiser"].forward = lambda x_t, t: (seen.append(x_t.detach().clone()), forward(x_t, t))[1]
+    trainer.train_step(x[:64], None, torch.Generator().manual_seed(0), 0)
+    assert torch.equal(seen[0][:, lo:hi], x[:64, lo:hi])  # the class is read clean at every timestep
+    nets["denoiser"].forward = forward
+
+    freq = torch.zeros(span.width)
+    freq[1] = 3.0
+    freq[0] = 1.0
+    nets["denoiser"].target_freq.copy_(freq)
+    nets["schedule"].alphas_cumprod.copy_(tabddpm.make_schedule("cosine", 1000))
+    z = torch.randn(2000, tf.dim, generator=torch.Generator().manual_seed(0))
+    out = tabddpm.generate(nets, z, steps=2)
+    classes = out[:, lo:hi]
+    assert torch.equal(classes.sum(1), torch.ones(2000))  # one class per row, one-hot
+    assert abs(float(classes[:, 1].mean()) - 0.75) < 0.03 and float(classes[:, 2:].sum()) == 0.0
 
 
 def test_copula_recovers_a_known_correlation_and_category_shares():

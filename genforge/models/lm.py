@@ -285,21 +285,21 @@ class Decoder:
                 self.starts[r] = len(self.seqs[r]) - self.context // 2
         if not self.use_cache:
             ids, pos, valid = self._windows()
-            return self.net(ids, pos, valid=valid)[:, -1].float()
+            return self.net(ids, pos, valid=valid, last=True).float()
         old = len(self.rows) - self.fresh  # rows whose keys and values are cached
         if self.cache is None or any(grown) or self.cache.length >= self.context or old == 0:
             ids, pos, valid = self._windows()  # (re)fill the cache from every row's window
             self.cache = self.net.new_cache(len(self.rows))
             self.positions, self.fresh = pos[:, -1], 0
-            return self.net(ids, pos, cache=self.cache, valid=valid)[:, -1].float()
+            return self.net(ids, pos, cache=self.cache, valid=valid, last=True).float()
         self.positions = self.positions + 1
-        logits = self.net(self.pending[:, None], self.positions[:, None], cache=self.cache)[:, -1].float()
+        logits = self.net(self.pending[:, None], self.positions[:, None], cache=self.cache, last=True).float()
         if not self.fresh:
             return logits
         # rows that joined: their windows prefilled on their own, their cache merged with the running one
         ids, pos, valid = self._windows(old)
         cache = self.net.new_cache(self.fresh)
-        joined = self.net(ids, pos, cache=cache, valid=valid)[:, -1].float()
+        joined = self.net(ids, pos, cache=cache, valid=valid, last=True).float()
         self.cache = merge_caches(self.cache, cache)
         self.positions, self.fresh = torch.cat([self.positions, pos[:, -1]]), 0
         return torch.cat([logits, joined])

@@ -13,6 +13,12 @@ and the network predicts x_0's probabilities; the loss is KL(q(x_{t-1} | x_t, x_
 category groups. Both processes share one schedule (cosine, T = 1000) and one MLP denoiser
 (``tabular.TableDenoiser``), which reads the noisy numbers and the noisy one-hot groups together.
 
+The class condition (``table_cond_target``, on by default; the paper's setting for classification tables):
+when the table's risk target is a category, its one-hot group is not diffused. Training reads it clean in
+every noisy row, so the denoiser learns p(row | class); sampling draws each row's class at the training
+frequencies (``target_freq``, saved with the weights) and holds it through the chain. The other columns are
+then generated for a known class, which is what a downstream classifier learns from.
+
 A table's ``tanh`` and ``gaussian`` spans are the numbers, its ``softmax`` spans the categories (with the
 quantile transform, as the paper, numbers are Gaussian already; with the mode-specific transform the mode
 indicators diffuse as categories).
@@ -68,12 +74,15 @@ class TableSchedule(nn.Module):
 class Groups:
     """The one-hot groups of a layout as one padded tensor, so every group diffuses in the same few operations:
     ``index`` (G, Kmax) the output position of each category (padding points at position 0 and is masked),
-    ``valid`` (G, Kmax) bool, ``k`` (G,) each group's number of categories; ``num`` (n_num,) the number outputs."""
+    ``valid`` (G, Kmax) bool, ``k`` (G,) each group's number of categories; ``num`` (n_num,) the number outputs.
+    ``fixed`` (start, width): a group left out (the class condition, which is given, not diffused)."""
 
-    def __init__(self, layout, device=None):
+    def __init__(self, layout, device=None, fixed: tuple[int, ...] = ()):
         num, cats, i = [], [], 0
         for kind, width in layout:
-            if kind == "softmax":
+            if (i, width) == tuple(fixed):  # the class condition: given, not diffused
+                pass
+            elif kind == "softmax":
                 cats.append((i, width))
             else:
                 num.extend(range(i, i + width))
@@ -133,7 +142,7 @@ def _coefficients(abar: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, to
 def losses(denoiser: nn.Module, abar: torch.Tensor, x0: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(Gaussian L_simple, multinomial loss averaged over groups), each a scalar, for clean rows x0 (b, D)."""
     b = x0.shape[0]
-    grp = Groups(denoiser.layout, x0.device)
+    grp = Groups(denoiser.layout, x0.device, denoiser.target)  # the class (target) group stays clean in x_t
     num = grp.num
     t = torch.randint(0, len(abar), (b,), generator=noise, device=x0.device)                # (b,)
     a_t, alpha_t, a_prev = _coefficients(abar, t)
@@ -174,11 +183,15 @@ def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None
     abar alone (q(x_t | x_0) for any t), so a step from t to an earlier s uses alpha = abar_t / abar_s, as
     DDPM respacing does (Nichol and Dhariwal 2021, section 4); fewer steps sample faster and a little worse."""
     denoiser, abar = nets["denoiser"], nets["schedule"].alphas_cumprod
-    grp = Groups(denoiser.layout, z.device)
+    grp = Groups(denoiser.layout, z.device, denoiser.target)
     num = grp.num
     b, d = z.shape[0], sum(w for _, w in denoiser.layout)
     noise = _seeded(z)
     x = torch.zeros(b, d, device=z.device)
+    if denoiser.target:  # each row's class, drawn at the training frequencies, held through the chain
+        start, width = denoiser.target
+        cls = torch.multinomial(denoiser.target_freq.float(), b, replacement=True, generator=noise)
+        x[:, start:start + width] = torch.nn.functional.one_hot(cls, width).to(x.dtype)
     if len(num):
         x[:, num] = z[:, num]
     if grp.count:  # x_T: uniform over each group's categories
@@ -223,6 +236,12 @@ class Trainer:
     @staticmethod
     def batches_per_step(cfg: Config) -> int:
         return 1
+
+    def bind(self, x: torch.Tensor) -> None:
+        """The whole training split (N, D): the class condition's frequencies go into the denoiser."""
+        if self.denoiser.target:
+            start, width = self.denoiser.target
+            self.denoiser.target_freq.copy_(x[:, start:start + width].sum(0).to(self.denoiser.target_freq.device))
 
     def state_dict(self) -> dict:
         return {}

@@ -211,10 +211,17 @@ class TableDenoiser(nn.Module):
     """(noisy rows (b, D), timesteps (b,)) -> (b, D): the noise of number outputs, x_0 logits of one-hot groups."""
 
     def __init__(self, example_shape=None, z_dim: int = 0, base_channels: int = 256, num_classes: int = 0,
-                 layout: Layout = (), depth: int = 3, time_dim: int = 128, **unused):
+                 layout: Layout = (), depth: int = 3, time_dim: int = 128, target_span: tuple[int, int] = (),
+                 **unused):
         super().__init__()
         width = base_channels
         self.layout, self.time_dim = [tuple(s) for s in layout], time_dim
+        # the risk target's one-hot group (start, width), the class the rows are generated for (TabDDPM's
+        # conditioning on y): it is read clean, never noised; ``target_freq`` (a buffer saved with the weights)
+        # holds its categories' training frequencies, from which sampling draws each row's class
+        self.target = tuple(target_span)
+        if self.target:
+            self.register_buffer("target_freq", torch.ones(self.target[1]))
         dim = sum(w for _, w in layout)
         self.t_mlp = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.proj = nn.Linear(dim, width)
@@ -241,5 +248,7 @@ def network_options(cfg, transform: dict | None) -> dict:
     tf = TableTransformer.from_json(transform)
     config = cfg if isinstance(cfg, dict) else cfg.to_dict()
     spans = [[s.start, s.width] for s in tf.discrete_spans()] if config.get("table_cond_vector", True) else []
+    target = [[s.start, s.width] for s in tf.discrete_spans() if s.column == tf.schema.target]
     return {"layout": [list(x) for x in tf.activation_layout()], "cond_spans": spans,
-            "pac": int(config.get("table_pac", 1)), "noise_dim": int(config.get("z_dim", 128))}
+            "pac": int(config.get("table_pac", 1)), "noise_dim": int(config.get("z_dim", 128)),
+            "target_span": target[0] if target and config.get("table_cond_target", True) else []}

@@ -42,6 +42,11 @@ class KVCache:
         return self.k.shape[3]
 
 
+def norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``ln(x)`` without the module call."""
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float):
         super().__init__()
@@ -54,8 +59,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, layer: int = 0, cache: KVCache | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, c = x.shape
-        q, k, v = self.qkv(x).split(c, dim=2)                              # (b, t, c) each
-        q, k, v = (a.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for a in (q, k, v))  # (b, h, t, d)
+        h = self.n_head
+        # (b, t, 3, h, d) -> q, k, v (b, h, t, d) each
+        q, k, v = F.linear(x, self.qkv.weight).view(b, t, 3, h, c // h).permute(2, 0, 3, 1, 4)
         if cache is not None:  # append this step's keys and values, attend over everything cached so far
             start = cache.length
             cache.k[layer, :, :, start:start + t] = k
@@ -67,7 +73,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, dropout_p=drop)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (b, h, t, d)
-        return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+        return F.linear(y.transpose(1, 2).reshape(b, t, c), self.proj.weight)
 
 
 class Block(nn.Module):
@@ -82,8 +88,12 @@ class Block(nn.Module):
                                  nn.Linear(4 * n_embd, n_embd, bias=False), nn.Dropout(dropout))
 
     def forward(self, x, layer=0, cache=None, mask=None):
-        x = x + self.attn(self.ln1(x), layer, cache, mask)
-        return x + self.mlp(self.ln2(x))
+        # the submodules hold the parameters; their arithmetic is called directly (functional), which spares
+        # ten module calls per block: a cached sampling step is one token, where that overhead is most of the time
+        x = x + self.attn.forward(norm(self.ln1, x), layer, cache, mask)
+        up, _, down, drop = self.mlp
+        y = F.linear(F.gelu(F.linear(norm(self.ln2, x), up.weight)), down.weight)
+        return x + (F.dropout(y, drop.p, True) if self.training else y)
 
 
 class GPT(nn.Module):
@@ -116,17 +126,20 @@ class GPT(nn.Module):
                        device or p.device, dtype or p.dtype)
 
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
+                valid: torch.Tensor | None = None, last: bool = False) -> torch.Tensor:
         """``idx`` (b, t) token ids. ``positions`` (b, t): each token's position (default 0..t-1, or after the
         cache). ``cache``: append to it and attend over it. ``valid`` (b, t) bool: False for left padding, which
-        no real token attends to. Returns logits (b, t, vocab_size)."""
+        no real token attends to. Returns logits (b, t, vocab_size), or (b, vocab_size) of the last position
+        alone with ``last`` (sampling: the output layer runs on one position, as nanoGPT's ``generate``)."""
         b, t = idx.shape
         start = cache.length if cache is not None else 0
         if start + t > self.context:
             raise ValueError(f"{start + t} tokens do not fit the context of {self.context}")
         if positions is None:
             positions = torch.arange(start, start + t, device=idx.device).expand(b, t)
-        x = self.drop(self.wte(idx) + self.wpe(positions))                 # (b, t, n_embd)
+        x = self.wte.weight[idx] + self.wpe.weight[positions]             # (b, t, n_embd)
+        if self.training:
+            x = F.dropout(x, self.drop.p, True)
         mask = None
         one_step = cache is not None and valid is None and t == 1 and not cache.padded
         if (cache is not None or valid is not None) and not one_step:
@@ -145,8 +158,10 @@ class GPT(nn.Module):
         elif one_step:
             cache.valid[:, start] = True
         for layer, block in enumerate(self.blocks):
-            x = block(x, layer, cache, mask)
+            x = block.forward(x, layer, cache, mask)
         if cache is not None:
             cache.length = start + t
+        if last:
+            x = x[:, -1]                                                   # (b, n_embd)
         # tied output projection: logits are the hidden state's dot product with each token's embedding
-        return F.linear(self.ln_f(x), self.wte.weight)                     # (b, t, vocab_size)
+        return F.linear(norm(self.ln_f, x), self.wte.weight)               # (b, [t,] vocab_size)
