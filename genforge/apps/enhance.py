@@ -23,7 +23,6 @@ al. 1979), the noise spectrum the mean of the quietest tenth of the frames (the 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -32,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn import functional as F
 
@@ -44,8 +41,8 @@ from genforge.data.split import split_indices
 from genforge.errors import GenforgeError, ModelFileError
 from genforge.generation import provenance
 from genforge.generation.audio import save_wav
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json
-from genforge.models.files import check_header
+from genforge.io import read_json
+from genforge.models.files import read_weights, write_weights
 
 RATE = 8000
 NOISES = ("white", "drums", "babble")
@@ -310,10 +307,8 @@ def train_denoiser(out: str | Path | None = None, max_seconds: float = 300.0, ma
 
 def save_denoiser(den: Denoiser, directory: str | Path) -> Path:
     directory = Path(directory)
-    data = st_save({k: v.detach().contiguous() for k, v in den.net.state_dict().items()}, metadata={"format": FORMAT})
-    den.meta = {**den.meta, "weights_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_bytes(directory / "denoiser.safetensors", data)
-    atomic_write_json(directory / "denoiser.json", den.meta)
+    den.meta = write_weights(directory / "denoiser.safetensors", directory / "denoiser.json", den.net.state_dict(),
+                             den.meta, FORMAT)
     return directory
 
 
@@ -329,13 +324,10 @@ def load_denoiser(directory: str | Path) -> Denoiser:
         raise ModelFileError(f"{directory / 'denoiser.json'}: field 'config' is malformed ({e})") from None
     with torch.device("meta"):
         skeleton = MaskUNet(cfg.widths)
-    weights = directory / "denoiser.safetensors"
-    check_header(weights, skeleton.state_dict())
-    raw = weights.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
-        raise ModelFileError(f"{weights}: SHA-256 does not match denoiser.json: altered or truncated")
+    tensors = read_weights(directory / "denoiser.safetensors", directory / "denoiser.json", meta,
+                           skeleton.state_dict())
     net = MaskUNet(cfg.widths)
-    net.load_state_dict(st_load(raw), strict=True)
+    net.load_state_dict(tensors, strict=True)
     return Denoiser(net, cfg, meta)
 
 

@@ -27,8 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn import functional as F
 
@@ -38,9 +36,9 @@ from genforge.data.audio.features import MelSpec
 from genforge.errors import DataError, GenforgeError, ModelFileError
 from genforge.generation import provenance
 from genforge.generation.audio import save_wav
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json
+from genforge.io import read_json
 from genforge.metrics.evaluator_net import Evaluator, get_evaluator
-from genforge.models.files import check_header
+from genforge.models.files import read_weights, write_weights
 
 FORMAT = "genforge-image-to-speech"
 RATE, LENGTH = 16000, 16000
@@ -191,10 +189,8 @@ def train_image_to_speech(out: str | Path | None = None, max_seconds: float = 30
 
 def save_image_to_speech(model: ImageToSpeech, directory: str | Path) -> Path:
     directory = Path(directory)
-    data = st_save({k: v.detach().contiguous() for k, v in model.net.state_dict().items()}, metadata={"format": FORMAT})
-    model.meta = {**model.meta, "weights_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_bytes(directory / "speech.safetensors", data)
-    atomic_write_json(directory / "speech.json", model.meta)
+    model.meta = write_weights(directory / "speech.safetensors", directory / "speech.json", model.net.state_dict(),
+                               model.meta, FORMAT)
     model.path = str(directory)
     return directory
 
@@ -220,13 +216,9 @@ def load_image_to_speech(directory: str | Path) -> ImageToSpeech:
                              f"than the shipped {evaluator.name} ({evaluator.sha256[:12]}...)")
     with torch.device("meta"):
         skeleton = SpeechVAE(cfg)
-    weights = directory / "speech.safetensors"
-    check_header(weights, skeleton.state_dict())
-    raw = weights.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
-        raise ModelFileError(f"{weights}: SHA-256 does not match speech.json: altered or truncated")
+    tensors = read_weights(directory / "speech.safetensors", directory / "speech.json", meta, skeleton.state_dict())
     net = SpeechVAE(cfg)
-    net.load_state_dict(st_load(raw), strict=True)
+    net.load_state_dict(tensors, strict=True)
     return ImageToSpeech(net, cfg, evaluator, meta, str(directory))
 
 

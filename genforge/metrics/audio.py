@@ -33,18 +33,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch.nn import functional as F
 
 from genforge.data.audio import AudioSplits, MelSpec, load_audio
 from genforge.data.audio.wav import fit_length, resample
 from genforge.errors import DataError, GenforgeError, ModelFileError
 from genforge.generation import sample as draw
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json
+from genforge.io import read_json
 from genforge.metrics import scores
 from genforge.metrics.evaluator_net import SHIPPED_DIR, EvaluatorNet, cache_dir
-from genforge.models.files import check_header
+from genforge.models.files import read_weights, weights_blob, write_weights
 
 FORMAT = "genforge-audio-evaluator"
 FORMAT_VERSION = 1
@@ -223,7 +221,7 @@ def train_audio_evaluator(spec: str, recipe: AudioRecipe = AudioRecipe(), splits
             "class_names": splits.class_names, "widths": list(WIDTHS), "train_size": len(splits.train),
             "train_sha256": hashlib.sha256(splits.train.x.tobytes()).hexdigest(), "train_recipe": recipe.__dict__,
             "threads": torch.get_num_threads(), "train_seconds": 0.0}
-    meta["weights_sha256"] = hashlib.sha256(_weights_bytes(net)).hexdigest()  # what save_audio_evaluator writes
+    meta["weights_sha256"] = weights_blob(net.state_dict(), FORMAT)[1]  # what save_audio_evaluator writes
     ev = AudioEvaluator(net, ear, meta)
     meta["train_seconds"] = round(time.perf_counter() - t0, 1)
     meta["test_accuracy"] = round(_accuracy(ev, splits.test.x, splits.test.y), 6)
@@ -251,19 +249,13 @@ def audio_evaluator_key(spec: str) -> str:
     return slug if named else f"{slug}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
 
 
-def _weights_bytes(net: EvaluatorNet) -> bytes:
-    return st_save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, metadata={"format": FORMAT})
-
-
 def save_audio_evaluator(ev: AudioEvaluator, directory: str | Path) -> Path:
+    """Write ``NAME.safetensors`` and ``NAME.json`` (with the weights' SHA-256) into ``directory``."""
     directory = Path(directory)
-    data = _weights_bytes(ev.net)
-    meta = {**ev.meta, "weights_sha256": hashlib.sha256(data).hexdigest(),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    atomic_write_bytes(directory / f"{meta['name']}.safetensors", data)
-    atomic_write_json(directory / f"{meta['name']}.json", meta)
-    ev.meta, ev.path = meta, str(directory / f"{meta['name']}.safetensors")
-    return directory / f"{meta['name']}.json"
+    weights, json_path = directory / f"{ev.meta['name']}.safetensors", directory / f"{ev.meta['name']}.json"
+    ev.meta = write_weights(weights, json_path, ev.net.state_dict(), ev.meta, FORMAT, stamp=True)
+    ev.path = str(weights)
+    return json_path
 
 
 def load_audio_evaluator(path: str | Path) -> AudioEvaluator:
@@ -291,13 +283,10 @@ def load_audio_evaluator(path: str | Path) -> AudioEvaluator:
     args = (tuple(shape), meta["num_classes"], tuple(meta["widths"]))
     with torch.device("meta"):
         skeleton = EvaluatorNet(*args)
-    check_header(weights, skeleton.state_dict())
-    data = weights.read_bytes()
-    if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
-        raise ModelFileError(f"audio evaluator {weights}: SHA-256 does not match {json_path.name}: altered or "
-                             "truncated (delete a cached one to retrain it)")
+    tensors = read_weights(weights, json_path, meta, skeleton.state_dict(), what="audio evaluator",
+                           hint="delete a cached one to retrain it")
     net = EvaluatorNet(*args)
-    net.load_state_dict(st_load(data), strict=True)
+    net.load_state_dict(tensors, strict=True)
     return AudioEvaluator(net, ear, meta, str(weights))
 
 

@@ -31,16 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn import functional as F
 
 from genforge.data import augment, load_splits, to_tensor
 from genforge.devices import pick
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json, user_dir
-from genforge.models.files import check_header
+from genforge.io import read_json, user_dir
+from genforge.models.files import read_weights, write_weights
 
 FORMAT = "genforge-evaluator"
 FORMAT_VERSION = 1
@@ -315,15 +313,11 @@ def train_evaluator(spec: str, image_size: int = 28, channels: int = 0, recipe: 
 def save_evaluator(evaluator: Evaluator, directory: str | Path) -> Path:
     """Write ``NAME.safetensors`` and ``NAME.json`` (with the weights' SHA-256) into ``directory``."""
     directory = Path(directory)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in evaluator.net.state_dict().items()}
-    data = st_save(tensors, metadata={"format": FORMAT})
-    meta = {**evaluator.meta, "weights_sha256": hashlib.sha256(data).hexdigest(),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    name = meta["name"]
-    atomic_write_bytes(directory / f"{name}.safetensors", data)
-    atomic_write_json(directory / f"{name}.json", meta)
-    evaluator.meta, evaluator.path = meta, str(directory / f"{name}.safetensors")
-    return directory / f"{name}.json"
+    name = evaluator.meta["name"]
+    weights, json_path = directory / f"{name}.safetensors", directory / f"{name}.json"
+    evaluator.meta = write_weights(weights, json_path, evaluator.net.state_dict(), evaluator.meta, FORMAT, stamp=True)
+    evaluator.path = str(weights)
+    return json_path
 
 
 def load_evaluator(path: str | Path) -> Evaluator:
@@ -349,13 +343,10 @@ def load_evaluator(path: str | Path) -> Evaluator:
     args = (tuple(shape), meta["num_classes"], tuple(meta["widths"]), meta["feature_dim"])
     with torch.device("meta"):
         skeleton = EvaluatorNet(*args)
-    check_header(weights, skeleton.state_dict())
-    data = weights.read_bytes()
-    if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
-        raise ModelFileError(f"evaluator {weights}: SHA-256 does not match {json_path.name}: the file was altered "
-                             "or truncated (delete it to retrain a cached one)")
+    tensors = read_weights(weights, json_path, meta, skeleton.state_dict(), what="evaluator",
+                           hint="delete it to retrain a cached one")
     net = EvaluatorNet(*args)
-    net.load_state_dict(st_load(data), strict=True)
+    net.load_state_dict(tensors, strict=True)
     return Evaluator(net, meta, str(weights))
 
 

@@ -31,15 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn import functional as F
 
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json
+from genforge.io import read_json
 from genforge.metrics.evaluator_net import cache_dir
 from genforge.metrics.scores import frechet_distance, mean_cov, one_blas_thread, precision_recall
+from genforge.models.files import read_weights, weights_blob, write_weights
 
 FORMAT = "genforge-series-evaluator"
 FORMAT_VERSION = 1
@@ -255,10 +254,6 @@ class SeriesEvaluator:
         return classifier_accuracy(self.net, check_series_array(x, "series to classify", self.example_shape), y)
 
 
-def _blob(net: SeriesCNN) -> bytes:
-    return st_save({k: v.detach().contiguous() for k, v in net.state_dict().items()}, metadata={"format": FORMAT})
-
-
 def train_series_evaluator(train_x: np.ndarray, train_y: np.ndarray, num_classes: int, *, name: str = "",
                            test_x: np.ndarray | None = None, test_y: np.ndarray | None = None,
                            recipe: SeriesRecipe = SeriesRecipe(), command: str = "") -> SeriesEvaluator:
@@ -274,16 +269,15 @@ def train_series_evaluator(train_x: np.ndarray, train_y: np.ndarray, num_classes
             **({"command": command} if command else {})}
     if test_x is not None and test_y is not None:
         meta["test_accuracy"] = classifier_accuracy(net, check_series_array(test_x, "test series"), test_y)
-    return SeriesEvaluator(net, meta, hashlib.sha256(_blob(net)).hexdigest())
+    return SeriesEvaluator(net, meta, weights_blob(net.state_dict(), FORMAT)[1])
 
 
 def save_series_evaluator(ev: SeriesEvaluator, path: str | Path) -> Path:
     """NAME.safetensors + NAME.json (the JSON holds the weights' SHA-256), written atomically."""
     path = Path(path).with_suffix("")
-    blob = _blob(ev.net)
-    ev.sha256 = hashlib.sha256(blob).hexdigest()
-    atomic_write_bytes(path.with_suffix(".safetensors"), blob)
-    atomic_write_json(path.with_suffix(".json"), {**ev.meta, "weights_sha256": ev.sha256})
+    written = write_weights(path.with_suffix(".safetensors"), path.with_suffix(".json"), ev.net.state_dict(), ev.meta,
+                            FORMAT)
+    ev.sha256 = written["weights_sha256"]
     return path
 
 
@@ -293,15 +287,10 @@ def load_series_evaluator(path: str | Path) -> SeriesEvaluator:
     meta = read_json(path.with_suffix(".json"), ModelFileError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{path.with_suffix('.json')}: not a genforge series evaluator")
-    blob = path.with_suffix(".safetensors").read_bytes() if path.with_suffix(".safetensors").is_file() else None
-    if blob is None:
-        raise ModelFileError(f"{path.with_suffix('.safetensors')}: missing")
-    if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
-        raise ModelFileError(f"{path.with_suffix('.safetensors')}: SHA-256 does not match its JSON: altered or "
-                             "truncated")
+    tensors = read_weights(path.with_suffix(".safetensors"), path.with_suffix(".json"), meta)
     c, t = meta["example_shape"]
     net = SeriesCNN(c, t, meta["num_classes"])
-    net.load_state_dict(st_load(blob))
+    net.load_state_dict(tensors)
     return SeriesEvaluator(net, meta, meta["weights_sha256"])
 
 

@@ -4,6 +4,10 @@ Loading checks everything before trusting it: the JSON's fields, the
 safetensors header (size, dtypes, shapes and offsets, against the networks the
 config describes) before any tensor is allocated, and the SHA-256 of the
 weights recorded at save time, so a truncated or altered file is a clear error.
+
+The other weights files of genforge (evaluators, detectors, the denoiser, image-to-speech) keep the same
+pattern, a ``NAME.safetensors`` beside a ``NAME.json`` that records its ``weights_sha256``, through
+:func:`write_weights` and :func:`read_weights`; each keeps its own format name and checks its own fields.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import json
 import math
 import struct
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -48,6 +54,54 @@ def state_tensors(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
             for role, net in nets.items() for k, v in net.state_dict().items()}
 
 
+def weights_blob(tensors: Mapping[str, torch.Tensor | np.ndarray], fmt: str) -> tuple[bytes, str]:
+    """The safetensors bytes of ``tensors`` (written as contiguous CPU copies; numpy arrays as they are), with
+    ``{"format": fmt}`` as their metadata, and the SHA-256 hex digest of those bytes."""
+    plain = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray)
+             else v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    data = st_save(plain, metadata={"format": fmt})
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def write_weights(weights: Path, config: Path, tensors: Mapping[str, torch.Tensor | np.ndarray], meta: dict,
+                  fmt: str, *, stamp: bool = False) -> dict:
+    """Write ``tensors`` to ``weights`` (safetensors, see :func:`weights_blob`), then ``meta`` plus their
+    ``weights_sha256`` (and with ``stamp`` a ``saved_at`` UTC time) to the JSON file ``config``; each
+    atomically, the JSON last, so a JSON file on disk always has its weights. Returns the meta written."""
+    data, digest = weights_blob(tensors, fmt)
+    meta = {**meta, "weights_sha256": digest}
+    if stamp:
+        meta["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_bytes(weights, data)
+    atomic_write_json(config, meta)
+    return meta
+
+
+def read_weights(weights: Path, config: Path, meta: dict, expected: dict[str, torch.Tensor] | None = None, *,
+                 what: str = "", hint: str = "", data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights``, once its bytes match the ``weights_sha256`` that ``meta`` (read from the JSON
+    file ``config``) recorded at save time.
+
+    ``expected``: the tensors the file must hold (a meta-device skeleton's state dict); the safetensors header
+    is checked against them (:func:`check_header`) before any tensor is allocated. ``what`` ("evaluator")
+    starts the mismatch error and ``hint`` ends it (what the user can do about it). ``data``: the file's bytes
+    when they are already in memory (a decrypted file).
+    """
+    digest = meta.get("weights_sha256")
+    if not isinstance(digest, str):
+        raise ModelFileError(f"{config}: field 'weights_sha256' missing or not a str")
+    if expected is not None:
+        check_header(weights, expected, data)
+    elif data is None and not weights.is_file():
+        raise ModelFileError(f"{weights}: missing")
+    if data is None:
+        data = weights.read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ModelFileError(f"{what + ' ' if what else ''}{weights}: SHA-256 does not match {config.name}: the "
+                             f"file was altered or truncated{f' ({hint})' if hint else ''}")
+    return st_load(data)
+
+
 def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict, keyring=None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory``, each atomically.
 
@@ -56,7 +110,7 @@ def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict, ke
     (:mod:`genforge.crypto`) the weights are written encrypted; config.json stays readable.
     """
     directory = Path(directory)
-    data = st_save(state_tensors(nets), metadata={"format": FORMAT})
+    data, digest = weights_blob(state_tensors(nets), FORMAT)
     transform, side = meta.get("transform"), {}
     if isinstance(transform, dict) and any(key in transform for key in SIDE_FILES):
         transform = dict(transform)
@@ -67,7 +121,7 @@ def save_model(directory: str | Path, nets: dict[str, nn.Module], meta: dict, ke
         meta = {**meta, "transform": transform}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta,
             "family": family_of(meta["model"]),
-            "networks": sorted(nets), "weights_sha256": hashlib.sha256(data).hexdigest(),
+            "networks": sorted(nets), "weights_sha256": digest,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if keyring is not None:
         write_encrypted(directory / WEIGHTS, data, keyring)
@@ -261,15 +315,9 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[di
     except (GenforgeError, TypeError, ValueError) as e:  # TypeError: net_options a network does not take
         raise ModelFileError(f"{directory / CONFIG}: {str(e).splitlines()[0]}") from None
     weights = directory / WEIGHTS
-    if is_encrypted(weights):  # decrypted in memory: the plain weights never touch the disk
-        data = read_plain(weights)
-        check_header(weights, state_tensors_meta(skeleton), data)
-    else:
-        check_header(weights, state_tensors_meta(skeleton))
-        data = weights.read_bytes()
-    if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
-        raise ModelFileError(f"{weights}: SHA-256 does not match config.json: the file was altered or truncated")
-    tensors = st_load(data)
+    # an encrypted file is decrypted in memory: the plain weights never touch the disk
+    data = read_plain(weights) if is_encrypted(weights) else None
+    tensors = read_weights(weights, directory / CONFIG, meta, state_tensors_meta(skeleton), data=data)
     nets = build_networks(*shape)
     for role, net in nets.items():
         prefix = f"{role}."

@@ -15,7 +15,6 @@ model, the shape checks, and the files. A reloaded detector scores bit for bit a
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,15 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from genforge.apps.inspection.detectors import DETECTORS
 from genforge.data import load_splits, to_tensor
 from genforge.devices import pick
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json
-from genforge.models.files import check_header
+from genforge.io import read_json
+from genforge.models.files import read_weights, write_weights
 from genforge.version import __version__
 
 FORMAT = "genforge-detector"
@@ -246,14 +243,9 @@ def fit(name: str, train: np.ndarray, val: np.ndarray, *, fpr: float = DEFAULT_F
 def save(detector: Detector, directory: str | Path) -> Path:
     """Write ``detector.safetensors`` and ``detector.json`` (threshold, statistics, SHA-256) atomically."""
     directory = Path(directory)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in detector.method.tensors().items()}
-    blob = st_save(tensors, metadata={"format": FORMAT})
-    meta = {**detector.meta, "options": detector.method.options(), "genforge_version": __version__,
-            "weights_sha256": hashlib.sha256(blob).hexdigest(),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    atomic_write_bytes(directory / WEIGHTS, blob)
-    atomic_write_json(directory / CONFIG, meta)  # last: a directory with a config has its weights
-    detector.meta = meta
+    meta = {**detector.meta, "options": detector.method.options(), "genforge_version": __version__}
+    detector.meta = write_weights(directory / WEIGHTS, directory / CONFIG, detector.method.tensors(), meta, FORMAT,
+                                  stamp=True)
     return directory
 
 
@@ -288,13 +280,9 @@ def load(directory: str | Path, device: str = "cpu") -> Detector:
     except (TypeError, ValueError, GenforgeError) as e:
         raise ModelFileError(f"{path}: field 'options' does not describe a {meta['detector']} detector ({e})") \
             from None
-    weights = directory / WEIGHTS
-    check_header(weights, expected)
-    blob = weights.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != meta["weights_sha256"]:
-        raise ModelFileError(f"{weights}: SHA-256 does not match {CONFIG}: the file was altered or truncated")
+    tensors = read_weights(directory / WEIGHTS, path, meta, expected)
     method = cls(tuple(shape), **meta["options"])
-    method.load_tensors(st_load(blob))
+    method.load_tensors(tensors)
     return Detector(method, meta).to(device)
 
 

@@ -28,7 +28,6 @@ fault onset, in samples; its detection rate the share of windows ending at or af
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -37,15 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from genforge.apps.inspection.inspector import choose_threshold, score_stats
 from genforge.data.series import KINDS, parse_series_spec
 from genforge.data.series.tep import load_tep
 from genforge.data.series.windows import read_csv_log, read_npz_log
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import atomic_write_bytes, atomic_write_json, read_json
+from genforge.io import read_json
+from genforge.models.files import read_weights, write_weights
 from genforge.version import __version__
 
 FORMAT = "genforge-series-detector"
@@ -447,14 +445,8 @@ def save_series(det: SeriesDetector, directory: str | Path) -> Path:
         raise GenforgeError("recon detector built on a bare callable cannot be saved: fit it with model=RUN")
     directory = Path(directory)
     arrays = {"mean": det.mean, "std": det.std, **det.method.arrays()}
-    blob = st_save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
-                   metadata={"format": FORMAT})
-    meta = {**det.meta, "options": det.method.options(), "genforge_version": __version__,
-            "weights_sha256": hashlib.sha256(blob).hexdigest(),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    atomic_write_bytes(directory / WEIGHTS, blob)
-    atomic_write_json(directory / CONFIG, meta)  # last: a directory with a config has its weights
-    det.meta = meta
+    meta = {**det.meta, "options": det.method.options(), "genforge_version": __version__}
+    det.meta = write_weights(directory / WEIGHTS, directory / CONFIG, arrays, meta, FORMAT, stamp=True)
     return directory
 
 
@@ -488,17 +480,13 @@ def load_series_detector(directory: str | Path) -> SeriesDetector:
     if len(shape) != 2 or not all(isinstance(s, int) and s >= 1 for s in shape):
         raise ModelFileError(f"{path}: field 'shape' must be [channels, window], got {shape}")
     weights = directory / WEIGHTS
-    if not weights.is_file():
-        raise ModelFileError(f"{weights}: missing")
-    blob = weights.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != meta["weights_sha256"]:
-        raise ModelFileError(f"{weights}: SHA-256 does not match {CONFIG}: the file was altered or truncated")
+    tensors = read_weights(weights, path, meta)  # their shapes are checked below, against the method built
     try:
         method = DETECTORS[meta["detector"]](tuple(shape), **meta["options"])
     except (TypeError, GenforgeError) as e:
         raise ModelFileError(f"{path}: field 'options' does not describe a {meta['detector']} detector ({e})") \
             from None
-    arrays = {k: v.numpy() for k, v in st_load(blob).items()}
+    arrays = {k: v.numpy() for k, v in tensors.items()}
     expected = {"mean": (shape[0],), "std": (shape[0],), **{k: v.shape for k, v in method.arrays().items()}}
     if set(arrays) != set(expected) or any(arrays[k].shape != s for k, s in expected.items()):
         raise ModelFileError(f"{weights}: tensors do not match the {meta['detector']} detector of shape {shape}")
