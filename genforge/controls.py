@@ -140,3 +140,32 @@ LONG_PROMPT = Control("long_prompt", str, "a prompt longer than the context: kee
 # output controls); torch-free, so the CLI builds its flags from it without importing a family module
 ALL = (TRUNCATION, TEMPERATURE, STEPS, SAMPLER, GUIDANCE, PROMPT, MAX_NEW_TOKENS, TOP_K, TOP_P, REPETITION_PENALTY,
        STOP, LONG_PROMPT, SIZE, RESAMPLE)
+
+
+def resolve(model, given: dict, families: dict[str, tuple[Control, ...]]) -> dict:
+    """The controls of a call checked against ``model.controls``: the one check of every sampling path
+    (``genforge.generation.sample`` and the text plan, so the CLI, the Python API and the HTTP service).
+
+    None values, and empty lists of a control that takes several (``stop``), are dropped; each other value is
+    checked and coerced by its declaration. A control the model does not take is an error naming the family it
+    belongs to: ``families`` maps each family to the controls it declares, in the registry's order (built by
+    the caller from ``genforge.models.MODELS``, which this module cannot import), and the first that declares
+    the control names it."""
+    takes = {c.name: c for c in model.controls}
+    out = {}
+    for name, value in given.items():
+        control = takes.get(name)
+        if value is None or (control is not None and control.multiple and isinstance(value, (list, tuple))
+                             and not value):
+            continue
+        if control is None:
+            if any(c.name == name and c.conditional_only for c in model.method.CONTROLS):
+                raise GenforgeError(f"{name} needs a class-conditional model; {model.name} is unconditional")
+            owner = next((f for f, declared in families.items() if any(c.name == name for c in declared)), None)
+            if owner:
+                article = "an" if owner[0] in "aeiou" else "a"
+                raise GenforgeError(f"{name} is {article} {owner.upper() if len(owner) == 3 else owner} control; "
+                                    f"model {model.name} is a {model.family} (its controls: {', '.join(takes)})")
+            raise GenforgeError(f"unknown control {name!r}; model {model.name} takes {', '.join(takes)}")
+        out[name] = control.check(value)
+    return out

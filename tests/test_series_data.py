@@ -17,6 +17,7 @@ import pytest
 from genforge.data.series import Normalization, check_series, load_series, parse_series_spec
 from genforge.data.series import tep as tep_mod
 from genforge.data.series import ucr
+from genforge.data.series.base import sliding_windows
 from genforge.data.series.ts import read_ts
 from genforge.data.series.windows import read_csv_log, read_npz_log
 from genforge.errors import DataError
@@ -239,6 +240,17 @@ def test_csv_log_split_by_time_keeps_parts_apart(tmp_path):
                          val_fraction=0.2, test_fraction=0.2)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 2, 2)
     assert splits.train.x[:, 0].max() == 59 and splits.val.x[:, 0].min() == 60 and splits.test.x[:, 0].min() == 80
+
+
+def test_sliding_windows_is_one_view_for_every_stride():
+    """The one window cutter (logs, TEP windows, detectors, diagnosis): window k starts at k * stride."""
+    run = np.arange(2 * 11).reshape(2, 11)  # (C, L)
+    w = sliding_windows(run, 4, stride=3)
+    assert w.shape == (3, 2, 4) and np.shares_memory(w, run) and not w.flags.writeable
+    for k in range(3):
+        np.testing.assert_array_equal(w[k], run[:, 3 * k:3 * k + 4])
+    assert sliding_windows(run, 11).shape == (1, 2, 11) and sliding_windows(run, 12).shape == (0, 2, 12)
+    np.testing.assert_array_equal(sliding_windows(np.arange(6), 2, stride=2), [[0, 1], [2, 3], [4, 5]])  # (L,)
 
 
 @pytest.mark.parametrize("name, kwargs, message", [

@@ -71,6 +71,20 @@ def test_threshold_keeps_the_target_false_alarm_rate_on_normal_validation_window
     assert (det.score_windows(val)[0] > det.threshold).mean() == det.meta["val_fpr"]
 
 
+def test_a_long_run_is_scored_a_chunk_of_windows_at_a_time(normal_runs, monkeypatch):
+    """score_run copies (and standardizes) at most SCORE_CHUNK windows at a time, so its memory does not grow
+    with the run's length beyond the scores; chunking changes no score."""
+    det = fd.fit_on_runs("pca-spe", normal_runs, window=3)
+    run = plant_run(300, 7, fault_channel=2, bias=6.0)
+    monkeypatch.setattr(fd, "SCORE_CHUNK", 16)
+    whole = det.score_windows(fd.run_windows([run], 3))  # every window built first, as score_run once did
+    sizes, standardize = [], det._standardize
+    monkeypatch.setattr(det, "_standardize", lambda x, where: sizes.append(len(x)) or standardize(x, where))
+    rs = det.score_run(run, onset=ONSET)
+    assert max(sizes) == 16 and sum(sizes) == 298
+    assert np.array_equal(rs.score, whole[0]) and rs.alarm.sum() == (whole[0] > det.threshold).sum()
+
+
 def test_t2_contributions_sum_to_the_statistic(normal_runs):
     det = fd.fit_on_runs("pca-t2", normal_runs, window=2)
     x = fd.run_windows([plant_run(50, 5)], 2)
@@ -217,7 +231,7 @@ def plant_models(tmp_path_factory, normal_runs):
 
 
 @pytest.mark.parametrize("model", ["vae-1d", "ddpm-1d"])
-def test_reconstruction_detector_on_a_trained_series_model(model, plant_models, tmp_path, capsys):
+def test_reconstruction_detector_on_a_trained_series_model(model, plant_models, tmp_path, capsys, monkeypatch):
     log, runs = plant_models
     det = fd.fit_spec("recon", log, 1, options={"model": runs[model]}, fpr=0.05)
     assert det.shape == (C, 16) and det.meta["val_fpr"] <= 0.05
@@ -230,6 +244,13 @@ def test_reconstruction_detector_on_a_trained_series_model(model, plant_models, 
     assert np.array_equal(again.score_run(chatter, ONSET).score, rs.score)
     with pytest.raises(GenforgeError, match="does not match"):
         fd.fit_spec("recon", log, 8, options={"model": runs[model]})
+    # the model is read once: for its window length and for its reconstruction
+    from genforge.generation import model as gm
+
+    loads, load = [], gm.load
+    monkeypatch.setattr(gm, "load", lambda *a, **k: loads.append(a) or load(*a, **k))
+    fd.fit_spec("recon", log, 1, options={"model": runs[model]}, fpr=0.05)
+    assert len(loads) == 1
     # the CLI path: genforge inspect fit ... --detector recon --set model=RUN
     assert main(["inspect", "fit", log, "--detector", "recon", "--set", f"model={runs[model]}", "--out",
                  str(tmp_path / "cli")]) == 0

@@ -84,6 +84,24 @@ def test_an_empty_corpus_is_refused(tmp_path):
         load_text("txt:x")
 
 
+def test_a_corpus_over_the_data_budget_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """The data budget (GENFORGE_MAX_DATA_BYTES, ``limits.Budget``): one file, and a directory's files together."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("a" * 600)
+    (corpus / "b.txt").write_text("b" * 600)
+    monkeypatch.setenv("GENFORGE_MAX_DATA_BYTES", "1000")
+    assert load_text(f"text:{corpus / 'a.txt'}", val_fraction=0, test_fraction=0).text("train")  # 600 fit
+    with pytest.raises(DataError, match=r"b.txt: a document of the corpus .*corpus: 600 bytes on top of the 600 "
+                                        r"bytes already read .* the 1000 byte data budget; set "
+                                        r"GENFORGE_MAX_DATA_BYTES"):
+        load_text(f"text:{corpus}")
+    monkeypatch.setenv("GENFORGE_MAX_DATA_BYTES", "500")
+    with pytest.raises(DataError, match=r"a.txt: the file: 600 bytes would exceed the 500 byte data budget; set "
+                                        r"GENFORGE_MAX_DATA_BYTES"):
+        load_text(f"text:{corpus / 'a.txt'}")
+
+
 def test_char_tokenizer_round_trips_and_names_a_foreign_character():
     tok = CharTokenizer.train("hello world\n")
     assert tok.vocab_size == len(SPECIALS) + len(set("hello world\n"))

@@ -135,7 +135,7 @@ def test_rate_limits_count_tokens(make_app):
     ({"stop": [""]}, 422, "stop must be text of 1 to 1000 characters"),
     ({"prompt": "R\u2603"}, 422, "character '\u2603' (U+2603) at offset 1 of the prompt is not in"),
     ({"prompt": "ROMEO: " * 20, "long_prompt": "refuse"}, 422, "longer than the model's context of 32"),
-    ({"truncation": 0.5}, 422, "truncation is a control of gan models"),
+    ({"truncation": 0.5}, 422, "truncation is a GAN control; model gpt is a lm"),
     ({"format": "png"}, 422, "format 'png' is for images"),
     ({"n": 100}, 413, "n=100 is over this server's limit"),
 ])

@@ -115,5 +115,6 @@ def test_a_tokenizer_file_swapped_or_mismatched_is_refused(corpus, tmp_path):
     meta = json.loads((result.checkpoint / "config.json").read_text())
     meta["transform"]["tokenizer_sha256"] = hashlib.sha256(tok_file.read_bytes()).hexdigest()
     (result.checkpoint / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(GenforgeError, match="tokenizer.json has .* tokens but the model's vocabulary is"):
+    with pytest.raises(GenforgeError, match="tokenizer.json: its vocabulary has .* tokens but the model was "
+                                            "trained with"):
         genforge.load(tmp_path / "run")

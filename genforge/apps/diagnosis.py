@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from genforge.data.series.base import fit_normalization, sliding_windows
 from genforge.errors import DataError, GenforgeError
 from genforge.metrics.series import SeriesRecipe, classifier_accuracy, train_series_classifier
 
@@ -40,13 +41,6 @@ class DiagnosisData:
     class_names: list[str]
 
 
-def _windows(run: np.ndarray, lo: int, hi: int, window: int, stride: int) -> np.ndarray:
-    if hi - lo < window:
-        return np.zeros((0, run.shape[0], window), np.float32)
-    w = np.lib.stride_tricks.sliding_window_view(run[:, lo:hi], window, axis=1)[:, ::stride]  # (C, n, w)
-    return w.transpose(1, 0, 2)
-
-
 def tep_windows(data, window: int = 20, stride: int | None = None, faults: tuple[int, ...] | None = None,
                 skip: int = 0) -> DiagnosisData:
     """Diagnosis windows from simulated TEP runs (genforge.data.series.tep.TEPData), standardized per channel
@@ -58,22 +52,18 @@ def tep_windows(data, window: int = 20, stride: int | None = None, faults: tuple
     normal = [tr.x[r, :, : int(tr.length[r])] for r in np.flatnonzero(tr.fault == 0)]
     if not normal:
         raise DataError("TEP data has no normal training run to standardize with")
-    flat = np.concatenate(normal, axis=1).astype(np.float64)
-    mean, std = flat.mean(1), flat.std(1)
-    std = np.where(std <= 1e-12 * np.maximum(1, np.abs(mean)), 1.0, std)
-
-    def z(run):
-        return ((run - mean[:, None]) / std[:, None]).astype(np.float32)
+    # per-channel z-score over every sample of every normal run, seen as one (1, C, total) example
+    norm = fit_normalization(np.concatenate(normal, axis=1)[None], "zscore")
 
     runs, cls, tx, ty = [], [], [], []
     for k, f in enumerate(faults):
         for r in np.flatnonzero(tr.fault == f):
-            w = _windows(z(tr.x[r]), skip, int(tr.length[r]), window, stride)
+            w = sliding_windows(norm.apply(tr.x[r])[:, skip:int(tr.length[r])], window, stride)  # (n, C, window)
             if len(w):
                 runs.append(w)
                 cls.append(k)
         for r in np.flatnonzero(te.fault == f):
-            w = _windows(z(te.x[r]), data.protocol.onset, int(te.length[r]), window, window)
+            w = sliding_windows(norm.apply(te.x[r])[:, data.protocol.onset:int(te.length[r])], window, window)
             tx.append(w)
             ty.append(np.full(len(w), k, np.int64))
     c = tr.x.shape[1]

@@ -23,19 +23,13 @@ from genforge import controls as declared
 from genforge.data.series.base import Normalization
 from genforge.errors import GenforgeError
 from genforge.generation.table_output import TableOutput
-from genforge.generation.text import TextOutput, sample_text
+from genforge.generation.text import FAMILY_CONTROLS, TextOutput, sample_text
 from genforge.generation.audio import AudioMelOutput, AudioWaveOutput
-from genforge.models import MODELS, family_of
 
 MAX_SAMPLES = 1_000_000
 MAX_SIZE = declared.MAX_SIZE
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
             "lanczos": Image.Resampling.LANCZOS}
-# each control's family, read from the families' own declarations, to name it when another family gets it
-_FAMILY_OF_CONTROL: dict[str, str] = {}
-for _name, _spec in MODELS.items():  # the first family to declare a control names it (steps: diffusion)
-    for _c in _spec.method.CONTROLS:
-        _FAMILY_OF_CONTROL.setdefault(_c.name, family_of(_name))
 
 
 @dataclass
@@ -215,28 +209,6 @@ def class_indices(model, classes, n: int, seed: int = 0) -> np.ndarray | None:
     return np.resize(np.array(resolved, dtype=np.int64), n)  # cycled to length n
 
 
-def resolve_controls(model, given: dict) -> dict:
-    """The controls of a call, checked against ``model.controls``: None values dropped, each value checked
-    and coerced by its declaration; a control the model does not take is an error naming whose it is."""
-    takes = {c.name: c for c in model.controls}
-    out = {}
-    for name, value in given.items():
-        if value is None:
-            continue
-        control = takes.get(name)
-        if control is None:
-            owner = _FAMILY_OF_CONTROL.get(name)
-            if any(c.name == name and c.conditional_only for c in model.method.CONTROLS):
-                raise GenforgeError(f"{name} needs a class-conditional model; {model.name} is unconditional")
-            if owner:
-                article = "an" if owner[0] in "aeiou" else "a"
-                raise GenforgeError(f"{name} is {article} {owner.upper() if len(owner) == 3 else owner} control; "
-                                    f"model {model.name} is a {model.family} (its controls: {', '.join(takes)})")
-            raise GenforgeError(f"unknown control {name!r}; model {model.name} takes {', '.join(takes)}")
-        out[name] = control.check(value)
-    return out
-
-
 def resize(x: np.ndarray, size: int, resample: str = "lanczos") -> np.ndarray:
     """uint8 images (n, h, w[, c]) -> (n, size, size[, c]) with Pillow's nearest, bilinear or Lanczos filter."""
     if x.shape[1:3] == (size, size):
@@ -288,7 +260,7 @@ def plan(model, n: int, seed: int = 0, classes=None, **controls) -> Plan:
         raise GenforgeError(f"n must be an integer from 1 to {MAX_SAMPLES}, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise GenforgeError(f"seed must be a non-negative integer, got {seed!r}")
-    checked = resolve_controls(model, controls)
+    checked = declared.resolve(model, controls, FAMILY_CONTROLS)
     if "size" in checked:
         checked.setdefault("resample", declared.RESAMPLE.default)  # recorded with the size it filters
     else:

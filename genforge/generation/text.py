@@ -20,12 +20,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from genforge.controls import MAX_NEW_TOKENS_LIMIT
-from genforge.data.text.tokenizer import BOS, from_json
+from genforge.controls import MAX_NEW_TOKENS_LIMIT, resolve
+from genforge.data.text.tokenizer import BOS, load_tokenizer
 from genforge.errors import GenforgeError, ModelFileError
 from genforge.models import MODELS, family_of
 
 MAX_TEXT_SAMPLES = 1000
+# each family's controls, in the registry's order, to name a control's family when a model of another gets it
+# (controls.resolve; the first family to declare a control names it: steps, diffusion). Defined here, not in
+# sampling.py, because sampling imports this module: the text plan and sample() share this one map.
+FAMILY_CONTROLS = {family_of(name): spec.method.CONTROLS for name, spec in MODELS.items()}
 
 
 @dataclass
@@ -95,25 +99,6 @@ def row_generators(seed: int, n: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0] >> np.uint64(1))) for c in children]
 
 
-def check_controls(model, given: dict) -> dict:
-    """The controls of a call checked against ``model.controls`` (None values dropped); a control the model does
-    not take is an error naming the family it belongs to."""
-    takes = {c.name: c for c in model.controls}
-    out = {}
-    for name, value in given.items():
-        if value is None or (isinstance(value, (tuple, list)) and not value and name in takes
-                             and takes[name].multiple):
-            continue
-        if name not in takes:
-            owners = sorted({family_of(m) for m, spec in MODELS.items() for c in spec.method.CONTROLS
-                             if c.name == name})
-            whose = (f"{name} is a control of {' and '.join(owners)} models; " if owners
-                     else f"unknown control {name!r}; ")
-            raise GenforgeError(f"{whose}model {model.name} is a {model.family} (its controls: {', '.join(takes)})")
-        out[name] = takes[name].check(value)
-    return out
-
-
 def text_plan(model, n: int = 1, seed: int = 0, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
               **controls) -> TextPlan:
     """Check a text request and fix everything random about it (one stream per sample)."""
@@ -121,7 +106,7 @@ def text_plan(model, n: int = 1, seed: int = 0, max_new_tokens_limit: int = MAX_
         raise GenforgeError(f"n must be an integer from 1 to {MAX_TEXT_SAMPLES}, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise GenforgeError(f"seed must be a non-negative integer, got {seed!r}")
-    checked = check_controls(model, controls)
+    checked = resolve(model, controls, FAMILY_CONTROLS)
     takes = {c.name: c for c in model.controls}
     full = {name: checked.get(name, c.default) for name, c in takes.items()}
     if full["max_new_tokens"] > max_new_tokens_limit:
@@ -262,18 +247,15 @@ def generate_text(model, n: int = 1, seed: int = 0, use_cache: bool = True, on_t
 # ------------------------------------------------------------------------------------------ the modality hooks
 class TextOutput:
     """A text model's tokenizer and context (``OUTPUTS["text"]``, built once per loaded model): the tokenizer
-    comes from config.json's transform (read from tokenizer.json, its SHA-256 checked), and is refused unless
-    its vocabulary is the network's. Called on token ids (b, t), it gives their text."""
+    comes from config.json's transform (read from tokenizer.json, its SHA-256 checked), and ``load_tokenizer``
+    refuses it unless its vocabulary is the network's. Called on token ids (b, t), it gives their text."""
 
     def __init__(self, meta: dict, origin: str = "config.json"):
         transform = meta.get("transform")
         if not isinstance(transform, dict) or not isinstance(transform.get("tokenizer_json"), str):
             raise ModelFileError(f"{origin}: a text model needs field 'transform' with its tokenizer (tokenizer.json)")
-        self.tokenizer = from_json(transform["tokenizer_json"], f"{origin}: tokenizer.json")
         vocab = (meta.get("net_options") or {}).get("vocab_size")
-        if self.tokenizer.vocab_size != vocab:
-            raise ModelFileError(f"{origin}: tokenizer.json has {self.tokenizer.vocab_size} tokens but the model's "
-                                 f"vocabulary is {vocab}: this tokenizer belongs to another model")
+        self.tokenizer = load_tokenizer(f"{origin}: tokenizer.json", vocab, text=transform["tokenizer_json"])
         context = transform.get("context")
         if isinstance(context, bool) or not isinstance(context, int) or context < 1:
             raise ModelFileError(f"{origin}: field 'transform.context' must be a positive integer")

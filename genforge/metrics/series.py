@@ -366,7 +366,10 @@ def evaluate_series(ev: SeriesEvaluator | None, real_x: np.ndarray, fake_x: np.n
                     test_x: np.ndarray | None = None, test_y: np.ndarray | None = None, seeds: int = 5,
                     posthoc_steps: int = 500, recipe: SeriesRecipe = SeriesRecipe()) -> dict:
     """Every score of `fake_x` against `real_x`: discriminative (mean, std), predictive, and with an
-    evaluator FD and precision/recall on its features; with labels and a real test split, TSTR accuracy."""
+    evaluator FD and precision/recall on its features; with labels and a real test split, TSTR accuracy.
+
+    `real_y` (the labels of `real_x`) is accepted so a labelled set can be passed whole, but no score reads it:
+    TSTR trains on `fake_y` and tests on `test_y`, and the other scores are label-free."""
     real_x = check_series_array(real_x, "real series", at_least=5)
     fake_x = check_series_array(fake_x, "generated series", real_x.shape[1:], at_least=5)
     t0 = time.perf_counter()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from genforge.data.text.examples import sentences
+from genforge.models.lm import lm_loss
 from genforge.models.sentence_vae import COLLAPSED_KL, elbo_terms
 
 COPY_FLAG = 50  # characters: a sample sharing this long a substring with the training text is flagged
@@ -29,7 +30,8 @@ COPY_FLAG = 50  # characters: a sample sharing this long a substring with the tr
 @torch.inference_mode()
 def heldout_nll(net, tokenizer, text: str, batch_size: int = 16, max_tokens: int = 0) -> dict:
     """Cross-entropy of a GPT on ``text``, cut into windows of the context: every token but the first is
-    predicted once, from the tokens before it in its window. ``max_tokens`` (0: all) evaluates a prefix."""
+    predicted once, from the tokens before it in its window (``lm_loss``, the training loss, so the two cannot
+    disagree). ``max_tokens`` (0: all) evaluates a prefix."""
     ids = tokenizer.encode(text, strict=False)
     if max_tokens:
         ids = ids[:max_tokens + 1]
@@ -50,8 +52,7 @@ def heldout_nll(net, tokenizer, text: str, batch_size: int = 16, max_tokens: int
             x[r, :len(c)] = torch.tensor(c)
             mask[r, :len(c) - 1] = True
         x, mask = x.to(device), mask.to(device)
-        logits = net(x[:, :-1]).float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+        nll = lm_loss(net, x, reduction="none")  # (b, width - 1): the training loss, token by token
         total += float(nll[mask].sum())
         count += int(mask.sum())
     chars = len(text) - len(tokenizer.decode(ids[:1]))

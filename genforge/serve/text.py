@@ -23,10 +23,7 @@ import threading
 from collections import deque
 
 from genforge.generation.text import Row, TextSample, run
-
-
-class QueueFull(Exception):
-    """The model's queue holds ``max_queue`` rows already."""
+from genforge.serve.batching import QueueFull  # the image batcher's: a full queue is one error, whatever waits
 
 
 class TextWorker:
@@ -56,6 +53,7 @@ class TextWorker:
         return len(self.queue)
 
     def submit(self, model, rows: list[Row]) -> None:
+        """Queue a request's rows; ``QueueFull`` when the queue cannot take them all (``max_queue`` rows)."""
         with self.cond:
             if len(self.queue) + len(rows) > self.max_queue:
                 raise QueueFull

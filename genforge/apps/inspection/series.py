@@ -39,6 +39,7 @@ import torch
 
 from genforge.apps.inspection.inspector import choose_threshold, score_stats
 from genforge.data.series import KINDS, parse_series_spec
+from genforge.data.series.base import constant_channels, sliding_windows
 from genforge.data.series.tep import load_tep
 from genforge.data.series.windows import read_csv_log, read_npz_log
 from genforge.errors import DataError, GenforgeError, ModelFileError
@@ -51,7 +52,7 @@ FORMAT_VERSION = 1
 WEIGHTS = "detector.safetensors"
 CONFIG = "detector.json"
 DEFAULT_FPR = 0.01  # process monitoring's usual false-alarm rate (the TEP benchmark's 1%)
-SCORE_CHUNK = 4096  # windows per call of a detector, so a long run never holds every window's residual at once
+SCORE_CHUNK = 4096  # windows copied, standardized and scored at a time: a long run never holds all its windows
 
 
 def _finite(x: np.ndarray, where: str) -> np.ndarray:
@@ -233,18 +234,22 @@ DIFFUSION_NOISE_STEP = 200  # of the 1000 training timesteps: enough noise to wa
 DIFFUSION_STEPS = 10        # keep the window's normal content; denoised back in this many DDIM steps
 
 
-def model_reconstructor(model: str, mode: str = "auto", shape: tuple[int, int] | None = None):
+def model_reconstructor(model: str, mode: str = "auto", shape: tuple[int, int] | None = None, *, loaded=None):
     """x -> x_hat (float32 (N, C, t) in the data's units) from a trained genforge series model.
 
     VAE family: decode the posterior mean (vae.reconstruct). Diffusion family: noise each window to timestep
     DIFFUSION_NOISE_STEP with a fixed seed and denoise it with DDIM (mode "t=N" picks another step): what the
     model of the training data makes of the window. A conditional model reconstructs under its "normal" class
     (the model of normal operation; mode "class=NAME" picks another). GANs have no encoder and are refused.
+    `loaded`: the model already read from `model` (genforge.generation.model.load), so it is not read twice.
     """
-    from genforge.generation.model import load as load_model  # torch models load only for this detector
     from genforge.models import diffusion, vae  # the families' own math; only this detector needs them
 
-    m = load_model(model, device="cpu")
+    if loaded is None:
+        from genforge.generation.model import load as load_model  # torch models load only for this detector
+
+        loaded = load_model(model, device="cpu")
+    m = loaded
     if m.modality.name != "series":
         raise GenforgeError(f"recon detector: {model} is a {m.modality.name} model, not a series one")
     if shape is not None and tuple(m.example_shape) != tuple(shape):
@@ -368,8 +373,9 @@ class SeriesDetector:
         if bad.any():
             ch, t = np.argwhere(bad)[0]
             raise DataError(f"{where}: channel {ch}, sample {t} is {run[ch, t]} (not a finite number)")
-        windows = np.lib.stride_tricks.sliding_window_view(run, w, axis=1).transpose(1, 0, 2)  # (L - w + 1, C, w)
-        score, contrib = self.score_windows(windows, where)
+        windows = sliding_windows(run, w)  # (L - w + 1, C, w), a view: a window is copied only when its chunk is scored
+        parts = [self.score_windows(windows[s:s + SCORE_CHUNK], where) for s in range(0, len(windows), SCORE_CHUNK)]
+        score, contrib = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         times = np.arange(w - 1, run.shape[1])
         alarm = score > self.threshold
         delay = rate = far = None
@@ -415,10 +421,12 @@ def fit_series(name: str, train: np.ndarray, val: np.ndarray, *, fpr: float = DE
     extra = {"reconstruct": reconstruct} if name == "recon" and reconstruct is not None else {}
     method = DETECTORS[name](shape, **(options or {}), **extra)
     # Per-channel standardization from normal operation: one mean and spread per sensor (over every sample of
-    # every window); a sensor that never moves keeps spread 1, so a move of it still shows.
+    # every window); a sensor that never moves keeps spread 1, so a move of it still shows. These are
+    # fit_normalization's "zscore" statistics summed in another order (window by window, not one flattened row
+    # per channel); the two differ in the last bits, and this order keeps refitted detectors bit-identical.
     mean = train.mean(axis=(0, 2))
     std = train.std(axis=(0, 2))
-    std = np.where(std <= 1e-12 * np.maximum(1, np.abs(mean)), 1.0, std)
+    std = np.where(constant_channels(mean, std), 1.0, std)
     if name == "recon":  # the callable takes windows in their own units; the residual is standardized
         method.mean, method.std = mean, std
     t0 = time.perf_counter()
@@ -506,7 +514,7 @@ def run_windows(runs: list[np.ndarray], window: int, lo_frac: float = 0.0, hi_fr
     for r in runs:
         lo, hi = int(r.shape[1] * lo_frac), int(r.shape[1] * hi_frac)
         if hi - lo >= window:
-            parts.append(np.lib.stride_tricks.sliding_window_view(r[:, lo:hi], window, axis=1).transpose(1, 0, 2))
+            parts.append(sliding_windows(r[:, lo:hi], window))
     if not parts:
         raise DataError(f"no part of the normal runs is {window} samples long; shorten the window")
     return np.concatenate(parts).astype(np.float64)
@@ -587,12 +595,14 @@ def fit_spec(detector: str, spec: str, window: int, *, fpr: float = DEFAULT_FPR,
     if kind == "ucr":
         raise GenforgeError(f"{spec}: fault detection runs on recordings (tep:, series-csv:, series-npz:); a UCR "
                             "set is a set of labelled examples, not a run of normal operation")
+    model = None
     if detector == "recon":  # the window is the model's example length
         from genforge.generation.model import load as load_model  # torch models load only for this detector
 
         if not (options or {}).get("model"):
             raise GenforgeError("recon detector: name the trained series model with --set model=RUN")
-        length = int(load_model(options["model"], device="cpu").example_shape[1])
+        model = load_model(options["model"], device="cpu")  # read once: its length here, its reconstruction below
+        length = int(model.example_shape[1])
         if window not in (1, length):
             raise GenforgeError(f"recon detector: {options['model']} reconstructs windows of {length} samples; "
                                 f"--window {window} does not match (leave it out)")
@@ -606,8 +616,12 @@ def fit_spec(detector: str, spec: str, window: int, *, fpr: float = DEFAULT_FPR,
         x, lengths, _, names = _log_runs(spec, time_column, label_column)
         runs = [x[0]]
         about = {"spec": spec, "normal_runs": 1, "time_column": time_column, "label_column": label_column}
+    reconstruct = None
+    if model is not None:
+        reconstruct = model_reconstructor(str(options["model"]), str(options.get("mode", "auto")), (len(names), window),
+                                          loaded=model)
     return fit_on_runs(detector, runs, window, val_fraction=val_fraction, fpr=fpr, seed=seed, options=options,
-                       data=about, channel_names=names)
+                       data=about, channel_names=names, reconstruct=reconstruct)
 
 
 def score_spec(det: SeriesDetector, spec: str, *, onset: int | None = None, cache: Path | None = None,

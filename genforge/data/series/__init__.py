@@ -35,6 +35,7 @@ from genforge.data.series.base import (
     SeriesSet,
     check_policy,
     fit_normalization,
+    sliding_windows,
 )
 from genforge.data.series.tep import load_tep
 from genforge.data.series.ucr import load_ucr
@@ -198,18 +199,18 @@ def _load_tep(spec, options, window, stride, normalize, val_fraction, cache) -> 
     label = {0: 0, **{f: k + 1 for k, f in enumerate(faults)}}
 
     def windows(runs, lo_frac, hi_frac, onset):
-        xs, ys = [], []
+        c = runs.x.shape[1]
+        xs, ys = [np.zeros((0, c, window), np.float32)], [np.zeros(0, np.int64)]
         for r in range(len(runs.fault)):
             n = int(runs.length[r])
             lo, hi = int(n * lo_frac), int(n * hi_frac)
-            for start in range(lo, hi - window + 1, stride):
-                faulty = runs.fault[r] != 0 and start + window > onset
-                if faulty and start < onset:
-                    continue  # straddles the fault onset: neither normal nor faulty
-                xs.append(runs.x[r, :, start:start + window])
-                ys.append(label[int(runs.fault[r])] if faulty else 0)
-        c = runs.x.shape[1]
-        return SeriesSet(x=np.array(xs, dtype=np.float32).reshape(-1, c, window), y=np.array(ys, dtype=np.int64))
+            w = sliding_windows(runs.x[r, :, lo:hi], window, stride)  # (k, C, window)
+            start = lo + stride * np.arange(len(w))
+            faulty = (start + window > onset) & (runs.fault[r] != 0)
+            keep = ~(faulty & (start < onset))  # one that straddles the fault onset is neither normal nor faulty
+            xs.append(w[keep])
+            ys.append(np.where(faulty[keep], label[int(runs.fault[r])], 0))
+        return SeriesSet(x=np.concatenate(xs).astype(np.float32, copy=False), y=np.concatenate(ys).astype(np.int64))
 
     shortest = int(data.train.length.min())
     if shortest * (1 - val_fraction) < window:

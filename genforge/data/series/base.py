@@ -3,6 +3,7 @@
     x = apply_length_policy(series, "resample", length=256, ...)   # ragged cases -> one (N, C, 256) array
     norm = fit_normalization(train.x, "zscore", mask=train.mask)    # per channel, stored with a model later
     x01 = norm.apply(x); x == norm.invert(x01)
+    w = sliding_windows(run, 100, stride=20)                        # (C, L) run -> (N, C, 100) view, no copy
 
 The policies are named by the caller (a config field), never guessed: a ragged archive under the default
 "equal" policy is an error that names the line, not a silent crop.
@@ -109,6 +110,28 @@ def apply_length_policy(series: list[np.ndarray], policy: str, target: int, wher
     return SeriesSet(x=x, y=None, mask=mask, lengths=lengths if ragged or policy != "equal" else None)
 
 
+def sliding_windows(run: np.ndarray, window: int, stride: int = 1) -> np.ndarray:
+    """Windows of `window` samples every `stride` samples along the last (time) axis of `run` (..., L).
+
+    Returns a read-only view (N, ..., window), N = (L - window) // stride + 1, window k being
+    run[..., k * stride : k * stride + window]; nothing is copied until the caller copies it, so a long run can be
+    scored a chunk of windows at a time. A run shorter than one window gives N = 0.
+    """
+    if run.shape[-1] < window:
+        return np.zeros((0, *run.shape[:-1], window), run.dtype)
+    view = np.lib.stride_tricks.sliding_window_view(run, window, axis=-1)[..., ::stride, :]  # (..., N, window)
+    return np.moveaxis(view, -2, 0)
+
+
+def constant_channels(shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """bool (C,): channels whose spread `scale` is nil next to their level `shift` (a valve held shut).
+
+    The threshold is relative: a channel at 300 kPa varying by 1e-12 is constant too. Such a channel is
+    standardized with scale 1, so a later move of it still shows.
+    """
+    return scale <= 1e-12 * np.maximum(1.0, np.abs(shift))
+
+
 @dataclass(eq=False)
 class Normalization:
     """Per-channel affine map: normalized = (x - shift) / scale; stored with a model to undo it on samples."""
@@ -165,7 +188,6 @@ def fit_normalization(x: np.ndarray, method: str, mask: np.ndarray | None = None
     else:
         lo, hi = flat.min(axis=1), flat.max(axis=1)
         shift, scale = (hi + lo) / 2, (hi - lo) / 2
-    # Relative threshold: a channel at 300 kPa varying by 1e-12 is constant too.
-    flat_channels = scale <= 1e-12 * np.maximum(1.0, np.abs(shift))
+    flat_channels = constant_channels(shift, scale)
     scale = np.where(flat_channels, 1.0, scale)
     return Normalization(method, shift, scale, tuple(int(i) for i in np.flatnonzero(flat_channels)))

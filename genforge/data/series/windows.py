@@ -23,7 +23,7 @@ import numpy as np
 
 from genforge.crypto import plain_source
 from genforge.data.npz import read_npz_arrays
-from genforge.data.series.base import MISSING_POLICIES, SeriesSet, check_policy, fill_missing
+from genforge.data.series.base import MISSING_POLICIES, SeriesSet, check_policy, fill_missing, sliding_windows
 from genforge.errors import DataError
 
 MAX_CSV_BYTES = 2 * 2**30
@@ -239,11 +239,10 @@ def make_windows(log: Log, start: int, stop: int, length: int, stride: int, part
     if rows < length:
         raise DataError(f"{log.origin}: the {part} part has {rows} rows, fewer than one window of {length}; "
                         "use a shorter window or a longer log")
-    starts = np.arange(start, stop - length + 1, stride)
-    idx = starts[:, None] + np.arange(length)  # (N, length) row numbers
-    x = np.ascontiguousarray(np.moveaxis(log.values[idx], 2, 1), dtype=np.float32)  # (N, C, length)
+    windows = sliding_windows(log.values[start:stop].T, length, stride)  # (N, C, length) view of the rows
+    x = np.ascontiguousarray(windows, dtype=np.float32)
     if log.labels is None:
         return SeriesSet(x=x, y=None), 0
-    lab = log.labels[idx]
+    lab = sliding_windows(log.labels[start:stop], length, stride)  # (N, length)
     pure = (lab == lab[:, :1]).all(axis=1)
     return SeriesSet(x=x[pure], y=lab[pure, 0].copy()), int((~pure).sum())

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from genforge.data.limits import max_data_bytes
+from genforge.data.limits import Budget
 from genforge.errors import DataError
 
 UTF8_POLICIES = ("refuse", "replace")
@@ -32,15 +32,16 @@ def decode_utf8(data: bytes, origin: str, policy: str = "refuse") -> tuple[str, 
         return text, text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
 
 
-def read_text_file(path: Path, policy: str = "refuse") -> tuple[str, int]:
-    """One file as text, refusing files over the data budget before reading them."""
+def read_text_file(path: Path, policy: str = "refuse", budget: Budget | None = None,
+                   what: str = "the file") -> tuple[str, int]:
+    """One file as text, its size charged to ``budget`` (a directory's, shared by its files; by default a fresh
+    one of the data budget) before it is read: a file over what is left is refused, naming the file, its size,
+    the limit and GENFORGE_MAX_DATA_BYTES (``limits.Budget``)."""
     try:
         size = path.stat().st_size
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror})") from None
-    if size > max_data_bytes():
-        raise DataError(f"{path}: {size} bytes is over the {max_data_bytes()} byte data budget "
-                        "(GENFORGE_MAX_DATA_BYTES)")
+    (budget or Budget()).claim(size, str(path), what)
     text, replaced = decode_utf8(path.read_bytes(), str(path), policy)
     return text.replace("\r\n", "\n"), replaced
 
@@ -58,13 +59,9 @@ def read_corpus(path: Path, policy: str = "refuse") -> tuple[list[tuple[str, str
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        docs, replaced, total = [], 0, 0
+        docs, replaced, budget = [], 0, Budget()  # one budget for the whole directory
         for p in files:
-            text, bad = read_text_file(p, policy)
-            total += len(text)
-            if total > max_data_bytes():
-                raise DataError(f"{path}: the corpus is over the {max_data_bytes()} byte data budget "
-                                "(GENFORGE_MAX_DATA_BYTES)")
+            text, bad = read_text_file(p, policy, budget, f"a document of the corpus {path}")
             replaced += bad
             if text.strip():
                 docs.append((os.fspath(p.relative_to(path)), text.strip("\n") + "\n"))

@@ -141,17 +141,21 @@ def from_json(text: str, origin: str = FILENAME):
 
 def load_tokenizer(path: str | Path, vocab_size: int, text: str | None = None):
     """The tokenizer saved with a model, refused unless its vocabulary is the model's (``vocab_size``, from the
-    model's config.json): a different tokenizer would decode the model's ids into the wrong text."""
-    path = Path(path)
+    model's config.json): a different tokenizer would decode the model's ids into the wrong text. The one
+    reader of a model's tokenizer.json (``generation.text.TextOutput`` comes here).
+
+    ``text``: the file's content when it was read already (a model file reads it with the weights and checks
+    its SHA-256); ``path`` then only names it in the errors."""
+    where = str(path)
     if text is None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ModelFileError(f"{path}: missing (a text model keeps its tokenizer beside its weights)") from None
+            raise ModelFileError(f"{where}: missing (a text model keeps its tokenizer beside its weights)") from None
         except UnicodeDecodeError:
-            raise ModelFileError(f"{path}: not UTF-8") from None
-    tok = from_json(text, str(path))
+            raise ModelFileError(f"{where}: not UTF-8") from None
+    tok = from_json(text, where)
     if tok.vocab_size != vocab_size:
-        raise ModelFileError(f"{path}: its vocabulary has {tok.vocab_size} tokens but the model was trained with "
+        raise ModelFileError(f"{where}: its vocabulary has {tok.vocab_size} tokens but the model was trained with "
                              f"{vocab_size}: this tokenizer belongs to another model")
     return tok
