@@ -208,7 +208,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "digits.npy"
         batch = digits(data)
-        ours = measure(RECIPE, "fp32", args.windows)
+        ours = measure(RECIPE, "fp32", args.windows, (f"num_threads={args.threads}",))  # not the busy-core guess
+        torch.set_num_threads(args.threads)  # the loop sets its own count; the plain step gets the same
         print(f"genforge mnist5k-gan-mlp: {ours['images_per_sec']:.0f} images/s", flush=True)
         plain = plain_torch(np.load(data), batch, args.windows)
         print(f"plain PyTorch, the Keras step: {plain['images_per_sec']:.0f} images/s", flush=True)
@@ -232,8 +233,8 @@ def main() -> None:
              f"{facts['fp32_matmul_gflops']:.0f} GFLOP/s measured at the start; {args.threads} threads for both",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- command: `python benchmarks/keras_peer.py{''.join(' ' + a for a in sys.argv[1:])}`",
-             f"- versions: torch {torch.__version__}, TensorFlow {keras['tensorflow']} (Keras {keras['keras_version']}) in "
-             "the benchmark's own virtual environment",
+             f"- versions: torch {torch.__version__}, TensorFlow {keras['tensorflow']} "
+             f"(Keras {keras['keras_version']}) in the benchmark's own virtual environment",
              "- the same network, batch, optimizer, loss, data and threads; images/s: median of "
              f"{args.windows} windows after a warm-up window, range in brackets", "",
              f"genforge against Keras: **{ratio:.2f}x** (target >= 1.5x)", "",
@@ -245,8 +246,9 @@ def main() -> None:
     mflop = ours["mflop_per_image"]  # FlopCounterMode's count of genforge's step, per image
     lines += ["", f"FLOPs per image of genforge's step: {mflop:.1f} M (torch's FlopCounterMode; the Keras step does "
               "one discriminator pass fewer); at the Keras rate that is "
-              f"{keras['step']['images_per_sec'] * mflop / 1e3:.0f} GFLOP/s against the {facts['fp32_matmul_gflops']:.0f} "
-              "GFLOP/s of the 1024 x 1024 fp32 matrix product measured at the start.", "", MARKS[1]]
+              f"{keras['step']['images_per_sec'] * mflop / 1e3:.0f} GFLOP/s against the "
+              f"{facts['fp32_matmul_gflops']:.0f} GFLOP/s of the 1024 x 1024 fp32 matrix product measured at the "
+              "start.", "", MARKS[1]]
     section = "\n".join(lines)
     print(section)
     if not args.no_write:

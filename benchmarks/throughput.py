@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
 from genforge.config import load_config  # noqa: E402
-from genforge.data import load_splits, to_tensor  # noqa: E402
+from genforge.data import load_splits  # noqa: E402
 from genforge.models import MODELS, build_networks  # noqa: E402
 from genforge.training import train  # noqa: E402
 from genforge.training.loop import set_threads  # noqa: E402
@@ -105,15 +105,15 @@ def step_flops(cfg, image_shape) -> tuple[float, float]:
     return counter.get_total_flops() / cfg.batch_size, rate
 
 
-def measure(recipe: Path, precision: str, windows: int) -> dict:
-    cfg = load_config(recipe, [f"precision={precision}"])
+def measure(recipe: Path, precision: str, windows: int, overrides: tuple[str, ...] = ()) -> dict:
+    cfg = load_config(recipe, [f"precision={precision}", *overrides])
     shape = load_splits(cfg.data, image_size=cfg.image_size, channels=cfg.channels).image_shape
     flops, rough = step_flops(cfg, shape)
     k = max(3, round(WINDOW_SECONDS * rough / cfg.batch_size))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(recipe, [f"precision={precision}", f"max_steps={k * (windows + 1)}", f"log_every={k}",
                                    "sample_every=0", "checkpoint_every=0", "tensorboard=false", "max_seconds=0",
-                                   "eval_every=0"])
+                                   "eval_every=0", *overrides])
         train(cfg, Path(tmp) / "run", quiet=True)
         rates = [json.loads(line)["images_per_sec"] for line in (Path(tmp) / "run/metrics.jsonl").open()]
     ips = statistics.median(rates[1:])  # first window is warm-up

@@ -54,8 +54,9 @@ class Config:
     table_max_modes: int = 10        # vgm: most mixture components per number column
     table_pac: int = 1               # ctgan: rows the discriminator judges at once (PacGAN; CTGAN uses 10)
     table_cond_vector: bool = True   # ctgan: the conditional vector and training by sampling (off under DP)
-    table_cond_target: bool = True   # tabddpm: rows generated for a class of the target column, drawn at its
-                                     # training frequency (Kotelnikov et al. 2023); a category target only
+    table_cond_target: bool = False  # tabddpm: rows generated for a class of the target column, drawn at its
+                                     # training frequency (Kotelnikov et al. 2023; the table-tabddpm recipe sets
+                                     # it); a category target only
     # --- audio sources (audio:NAME|DIR for spectrogram models, audio-wave:NAME|DIR for waveform models) -----
     audio_rate: int = 16000          # every clip resampled to this rate (Hz)
     audio_length: int = 16000        # samples per clip: clipped or zero-padded (1 s at 16 kHz)

@@ -79,7 +79,8 @@ def test_a_long_run_is_scored_a_chunk_of_windows_at_a_time(normal_runs, monkeypa
     monkeypatch.setattr(fd, "SCORE_CHUNK", 16)
     whole = det.score_windows(fd.run_windows([run], 3))  # every window built first, as score_run once did
     sizes, standardize = [], det._standardize
-    monkeypatch.setattr(det, "_standardize", lambda x, where: sizes.append(len(x)) or standardize(x, where))
+    monkeypatch.setattr(det, "_standardize",
+                        lambda x, where, first=0: sizes.append(len(x)) or standardize(x, where, first))
     rs = det.score_run(run, onset=ONSET)
     assert max(sizes) == 16 and sum(sizes) == 298
     assert np.array_equal(rs.score, whole[0]) and rs.alarm.sum() == (whole[0] > det.threshold).sum()

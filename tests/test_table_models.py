@@ -10,7 +10,7 @@ import torch
 from genforge.config import Config
 from genforge.data.table import TableTransformer, load_table
 from genforge.data.table.conditions import parse_conditions, sample_conditioned
-from genforge.models import build_networks, copula, ctgan, network_options, tabddpm, vae
+from genforge.models import build_networks, copula, ctgan, network_options, tabddpm, tabular, vae
 
 METHODS = {"tvae": vae, "ctgan": ctgan, "tabddpm": tabddpm, "copula": copula}
 
@@ -21,10 +21,10 @@ def gbsg2():
     return splits, {m: TableTransformer.fit(splits.train, m) for m in ("vgm", "quantile")}
 
 
-def make(model: str, tf: TableTransformer, width: int = 32, pac: int = 1):
+def make(model: str, tf: TableTransformer, width: int = 32, pac: int = 1, cond_target: bool = False):
     """A table model's networks through the registry (as training builds them), and its trainer."""
     torch.manual_seed(0)
-    config = {"z_dim": 16, "table_pac": pac, "table_cond_vector": True}
+    config = {"z_dim": 16, "table_pac": pac, "table_cond_vector": True, "table_cond_target": cond_target}
     transform = {"kind": "table", **tf.to_json()}
     latent = METHODS[model].latent_dim(16, (tf.dim,))
     nets = build_networks(model, (tf.dim,), latent, width, 0, None, network_options(model, config, transform))
@@ -171,14 +171,17 @@ def test_tabddpm_class_condition_is_read_clean_and_drawn_at_the_training_frequen
     tf = tfs["quantile"]
     transform = {"kind": "table", **tf.to_json()}
     span = next(s for s in tf.discrete_spans() if s.column == tf.schema.target)
-    assert network_options("tabddpm", {}, transform)["target_span"] == [span.start, span.width]
-    assert network_options("tabddpm", {"table_cond_target": False}, transform)["target_span"] == []
+    on = {"table_cond_target": True}
+    assert network_options("tabddpm", on, transform)["target_span"] == [span.start, span.width]
+    assert network_options("tabddpm", {}, transform)["target_span"] == []  # off unless asked (the recipe asks)
     diabetes = load_table("table:diabetes")  # a number target (regression): nothing to condition on
     tf_d = TableTransformer.fit(diabetes.train, "quantile")
-    assert network_options("tabddpm", {}, {"kind": "table", **tf_d.to_json()})["target_span"] == []
+    assert network_options("tabddpm", on, {"kind": "table", **tf_d.to_json()})["target_span"] == []
+    with pytest.raises(ValueError, match=r"target_span \[1, 2\] is not the \(start, width\) of a category group"):
+        tabular.TableDenoiser(layout=[("gaussian", 1), ("gaussian", 1), ("softmax", 2)], target_span=[1, 2])
 
     x = torch.from_numpy(tf.encode(splits.train))
-    nets, trainer = make("tabddpm", tf)
+    nets, trainer = make("tabddpm", tf, cond_target=True)
     lo, hi = span.start, span.start + span.width
     trainer.bind(x)
     assert torch.equal(nets["denoiser"].target_freq, x[:, lo:hi].sum(0))
@@ -198,7 +201,9 @@ def test_tabddpm_class_condition_is_read_clean_and_drawn_at_the_training_frequen
     out = tabddpm.generate(nets, z, steps=2)
     classes = out[:, lo:hi]
     assert torch.equal(classes.sum(1), torch.ones(2000))  # one class per row, one-hot
-    assert abs(float(classes[:, 1].mean()) - 0.75) < 0.03 and float(classes[:, 2:].sum()) == 0.0
+    assert abs(float(classes[:, 1].mean()) - 0.75) < 0.03
+    nets["denoiser"].target_freq.copy_(torch.nn.functional.one_hot(torch.tensor(1), span.width).float())
+    assert bool((tabddpm.generate(nets, z[:500], steps=2)[:, lo + 1] == 1).all())  # a class never seen: never drawn
 
 
 def test_copula_recovers_a_known_correlation_and_category_shares():

@@ -14,7 +14,7 @@ import pytest
 import genforge
 from genforge.cli import main
 from genforge.config import load_config
-from genforge.errors import ConfigError
+from genforge.errors import ConfigError, GenforgeError
 from genforge.generation.tables import sample_rows
 from genforge.training import train
 from genforge.training.privacy import check_config as check_dp
@@ -237,3 +237,23 @@ def test_a_resumed_private_table_run_keeps_the_noisy_transform_it_drew(patients,
     model = genforge.load(run)
     assert model.meta["step"] == 4 and model.meta["transform"] == first
     assert model.meta["privacy"]["prior_noise_multipliers"] == [first["private"]["noise_multiplier"]]
+
+
+def test_a_tabddpm_run_resumes_as_the_networks_it_saved_and_a_refused_resume_writes_nothing(patients, tmp_path):
+    """table_cond_target is off unless set (the table-tabddpm recipe sets it), so a run whose config.yaml predates
+    the field resumes as the unconditional model it is; resuming with the other setting is refused, naming the
+    mismatch, before the run's config.yaml is touched."""
+    run = tmp_path / "run"
+    base = ("table_target=group", "sample_steps=5", "max_steps=2", "checkpoint_every=2")
+    train(tiny("tabddpm", patients, *base, "table_cond_target=false"), run, quiet=True)
+    config = run / "config.yaml"
+    config.write_text("".join(line for line in config.read_text().splitlines(True)
+                              if not line.startswith("table_cond_target")))  # as written before the field existed
+    assert main(["train", "--resume", str(run), "--set", "max_steps=4", "--quiet"]) == 0
+    model = genforge.load(run)
+    assert model.meta["step"] == 4 and model.nets["denoiser"].target == ()
+    before = config.read_text()
+    with pytest.raises(GenforgeError, match="target_freq"):
+        train(tiny("tabddpm", patients, *base[:2], "max_steps=6", "table_cond_target=true"), run, resume=True,
+              quiet=True)
+    assert config.read_text() == before

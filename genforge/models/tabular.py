@@ -221,6 +221,13 @@ class TableDenoiser(nn.Module):
         # holds its categories' training frequencies, from which sampling draws each row's class
         self.target = tuple(target_span)
         if self.target:
+            starts, i = {}, 0
+            for kind, w in self.layout:
+                starts[i] = (kind, w)
+                i += w
+            if len(self.target) != 2 or starts.get(self.target[0]) != ("softmax", self.target[1]):
+                raise ValueError(f"target_span {list(self.target)} is not the (start, width) of a category group "
+                                 "of the layout")
             self.register_buffer("target_freq", torch.ones(self.target[1]))
         dim = sum(w for _, w in layout)
         self.t_mlp = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
@@ -251,4 +258,4 @@ def network_options(cfg, transform: dict | None) -> dict:
     target = [[s.start, s.width] for s in tf.discrete_spans() if s.column == tf.schema.target]
     return {"layout": [list(x) for x in tf.activation_layout()], "cond_spans": spans,
             "pac": int(config.get("table_pac", 1)), "noise_dim": int(config.get("z_dim", 128)),
-            "target_span": target[0] if target and config.get("table_cond_target", True) else []}
+            "target_span": target[0] if target and config.get("table_cond_target", False) else []}

@@ -64,7 +64,6 @@ from genforge.serve.keys import KeyStore, Principal, role_allows
 from genforge.serve.limits import BodyTimeout, BodyTooLarge, RateLimiter, read_body, retry_after
 from genforge.serve.monitoring import Metrics
 from genforge.serve.text import Exchange, TextWorker, sse, text_body, text_hashes, usage
-from genforge.serve.text import QueueFull as TextQueueFull
 from genforge.serve.schemas import (CONTROLS, ErrorBody, FeedbackRequest, GenerateRequest, GenerateResponse,
                                     KeyCreate, ModelInfo, ModelsResponse, served_range)
 
@@ -420,7 +419,7 @@ class Service:
         exchange = Exchange(p.rows)
         try:
             served.worker.submit(served.model, p.rows)
-        except TextQueueFull:
+        except QueueFull:
             raise ApiError(503, f"model {served.name} has {cfg.max_queue} samples waiting: retry shortly",
                            {"Retry-After": "1"}, reason="queue_full") from None
         headers = {"X-Genforge-Seed": str(seed), "X-Genforge-Model": served.name}

@@ -29,8 +29,15 @@ class EMA:
             net = nets[role]
             ema_p = list(ema_net.parameters())
             torch._foreach_lerp_(ema_p, [p.detach() for p in net.parameters()], 1.0 - decay)
-            for b_ema, b in zip(ema_net.buffers(), net.buffers()):
-                b_ema.copy_(b)  # BatchNorm running statistics are copied, not averaged
+        self.copy_buffers(nets)
+
+    @torch.no_grad()
+    def copy_buffers(self, nets: dict[str, nn.Module]) -> None:
+        """The trained networks' buffers into the shadows: copied, not averaged (BatchNorm running statistics;
+        what a trainer binds from the whole training split, e.g. a table model's category frequencies)."""
+        for role, ema_net in self.shadow.items():
+            for b_ema, b in zip(ema_net.buffers(), nets[role].buffers()):
+                b_ema.copy_(b)
 
     def state_dict(self) -> dict:
         return {role: net.state_dict() for role, net in self.shadow.items()}

@@ -286,6 +286,8 @@ class _Run:
             check_same_clusters(self.data.clusters, resumed.path.parent)  # resumed.path: the state.pt
         self.n_train = self.data.x.shape[0]
         self.build()
+        if resumed is not None:  # the networks this config builds must be the saved ones: checked before any write
+            check_state(resumed.state, self.nets, self.ema.shadow, self.trainer.optimizers, resumed.path)
         self.meta = self.release_meta()
         # The model grids and validation sample from: the EMA copies, and the networks without weights (the
         # diffusion schedule). The trained networks that are not averaged (the GAN's discriminator) take no
@@ -352,6 +354,7 @@ class _Run:
         self.trainer = method.Trainer(cfg, ctx.wrap(self.nets), private=self.dp)
         if hasattr(self.trainer, "bind"):  # a method that reads the whole training split (CTGAN's training by
             self.trainer.bind(self.data.x)  # sampling, the copula's one-pass fit), not only the loop's batches
+            self.ema.copy_buffers(self.nets)  # what it bound (category frequencies) reaches the sampled copy now
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.trainer.optimizers.items()}
         # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.
         self.noise = torch.Generator(device=device).manual_seed(ctx.seed(cfg.seed + 1))

@@ -55,14 +55,15 @@ DEFAULT_FPR = 0.01  # process monitoring's usual false-alarm rate (the TEP bench
 SCORE_CHUNK = 4096  # windows copied, standardized and scored at a time: a long run never holds all its windows
 
 
-def _finite(x: np.ndarray, where: str) -> np.ndarray:
+def _finite(x: np.ndarray, where: str, first: int = 0) -> np.ndarray:
+    """``x`` as float64 once every value is finite; ``first``: the index of x[0] among the caller's windows."""
     if not isinstance(x, np.ndarray) or x.ndim != 3 or not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{where}: expected numeric windows (N, channels, time), got "
                         f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
     bad = ~np.isfinite(x)
     if bad.any():
         n, c, t = np.argwhere(bad)[0]
-        raise DataError(f"{where}: window {n}, channel {c}, sample {t} is {x[n, c, t]} (not a finite number)")
+        raise DataError(f"{where}: window {first + n}, channel {c}, sample {t} is {x[n, c, t]} (not a finite number)")
     return x.astype(np.float64)
 
 
@@ -345,8 +346,8 @@ class SeriesDetector:
     def threshold(self) -> float:
         return self.meta["threshold"]
 
-    def _standardize(self, x: np.ndarray, where: str) -> np.ndarray:
-        x = _finite(x, where)
+    def _standardize(self, x: np.ndarray, where: str, first: int = 0) -> np.ndarray:
+        x = _finite(x, where, first)
         if tuple(x.shape[1:]) != self.shape:
             c, w = self.shape
             raise DataError(f"{where}: {x.shape[1]} channel(s) x {x.shape[2]} samples, but the detector was fit "
@@ -355,8 +356,8 @@ class SeriesDetector:
 
     def score_windows(self, x: np.ndarray, where: str = "windows") -> tuple[np.ndarray, np.ndarray]:
         """(N, C, w) windows in the units the detector was fit in -> score (N,), contributions (N, C)."""
-        z = self._standardize(x, where)
-        parts = [self.method.score(z[s:s + SCORE_CHUNK]) for s in range(0, len(z), SCORE_CHUNK)]
+        parts = [self.method.score(self._standardize(x[s:s + SCORE_CHUNK], where, s))
+                 for s in range(0, len(x), SCORE_CHUNK)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def score_run(self, run: np.ndarray, onset: int | None = None, where: str = "run") -> RunScore:
@@ -374,8 +375,7 @@ class SeriesDetector:
             ch, t = np.argwhere(bad)[0]
             raise DataError(f"{where}: channel {ch}, sample {t} is {run[ch, t]} (not a finite number)")
         windows = sliding_windows(run, w)  # (L - w + 1, C, w), a view: a window is copied only when its chunk is scored
-        parts = [self.score_windows(windows[s:s + SCORE_CHUNK], where) for s in range(0, len(windows), SCORE_CHUNK)]
-        score, contrib = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        score, contrib = self.score_windows(windows, where)
         times = np.arange(w - 1, run.shape[1])
         alarm = score > self.threshold
         delay = rate = far = None
