@@ -74,7 +74,8 @@ def train_rows(recipes: list[str], budget: float, runs: Path, skip: bool, thread
 
 
 def score(row: dict, splits, index, peak: float, max_eval_tokens: int) -> None:
-    """Held-out nats per character (test plays), tokens/s, share of peak, samples' diversity and copying."""
+    """Held-out nats per character (test plays), tokens/s, share of peak, samples' diversity and copying; for a
+    language model also sampling speed with the KV cache and without (``row["cache"]``, :func:`cache_speed`)."""
     import genforge
     from genforge.generation.text import generate_text
     from genforge.metrics.text import heldout_nll, sample_scores, sentence_vae_heldout
@@ -95,6 +96,7 @@ def score(row: dict, splits, index, peak: float, max_eval_tokens: int) -> None:
                 [r["images_per_sec"] for r in logs if "images_per_sec" in r]
         row["tokens_per_s"] = statistics.median(rates) * cfg["text_context"] if rates else float("nan")
         row["peak_share"] = row["tokens_per_s"] * flops_per_token(meta) / 1e9 / peak
+        row["cache"] = cache_speed(model)  # the cache's gain grows with the context it spares recomputing
     else:
         row.update(sentence_vae_heldout(model.nets, model.output.tokenizer, test, cfg["text_context"]))
         rates = [r["images_per_sec"] for r in logs if "images_per_sec" in r]
@@ -106,15 +108,14 @@ def score(row: dict, splits, index, peak: float, max_eval_tokens: int) -> None:
     row["sample"] = out.texts[0][:300]
 
 
-def cache_speed(run: Path, tokens: int = 512, repeats: int = 5) -> dict:
-    """Seconds for ``tokens`` new tokens of one sample with the KV cache and recomputing every window: the
-    median of ``repeats`` timings of each, taken in turns (one timing swings by 30% or more on a 2-core VM)."""
+def cache_speed(model, tokens: int = 512, repeats: int = 5) -> dict:
+    """Seconds for ``tokens`` new tokens of one sample of the loaded ``model`` with the KV cache and recomputing
+    every window: the median of ``repeats`` timings of each, taken in turns (one timing swings by 30% or more on
+    a 2-core VM), and their ratio ``speedup``."""
     import torch
 
-    import genforge
     from genforge.generation.text import generate_text
 
-    model = genforge.load(run, device="cpu")
     times = {True: [], False: []}
     for use_cache in (True, False):
         generate_text(model, 1, seed=0, max_new_tokens=16, use_cache=use_cache)  # warm-up
@@ -126,6 +127,7 @@ def cache_speed(run: Path, tokens: int = 512, repeats: int = 5) -> dict:
             times[use_cache].append(time.perf_counter() - t0)
             out["tokens"] = len(s.samples[0].tokens)
     out["cache"], out["recompute"] = statistics.median(times[True]), statistics.median(times[False])
+    out["speedup"] = out["recompute"] / out["cache"]
     out["repeats"] = repeats
     out["threads"] = torch.get_num_threads()
     return out
@@ -268,12 +270,10 @@ def main() -> None:
         score(row, splits, index, peak, args.eval_tokens)
         print(f"{row['recipe']}: {row.get('nats_per_char', float('nan')):.3f} nats/char, "
               f"{row.get('tokens_per_s', float('nan')):.0f} tokens/s, {row['steps']} steps", flush=True)
-    gpt = next((r for r in rows if r["model"] == "gpt"), None)
-    for row in rows:  # every GPT: the cache's gain grows with the context it spares recomputing
-        if row["model"] == "gpt":
-            row["cache"] = cache = cache_speed(row["run"])
+        if cache := row.get("cache"):
             print(f"{row['recipe']}: KV cache: {cache['tokens']} tokens in {cache['cache']:.2f} s with the cache, "
-                  f"{cache['recompute']:.2f} s recomputing ({cache['recompute'] / cache['cache']:.1f}x)", flush=True)
+                  f"{cache['recompute']:.2f} s recomputing ({cache['speedup']:.1f}x)", flush=True)
+    gpt = next((r for r in rows if r["model"] == "gpt"), None)
     served = serve_rows(gpt["run"], args.serve_tokens, args.serve_requests, args.threads) if gpt else []
     load_after = os.getloadavg()
 
@@ -286,8 +286,7 @@ def main() -> None:
         c = r.get("cache")
         if not c:
             return "- | - | -"
-        return (f"{c['tokens'] / c['cache']:.0f} | {c['tokens'] / c['recompute']:.0f} | "
-                f"{c['recompute'] / c['cache']:.1f}x")
+        return f"{c['tokens'] / c['cache']:.0f} | {c['tokens'] / c['recompute']:.0f} | {c['speedup']:.1f}x"
 
     lines = ["| row | model | tokenizer | context | steps | train s | held-out nats/char | bits/char | nats/token | "
              "tokens/s | share of fp32 peak | distinct-1 | distinct-2 | longest shared | copied >= 50 | "
@@ -325,7 +324,7 @@ def main() -> None:
         findings.append(f"sampling {c['tokens']} new tokens, one sample, {c['threads']} threads, median of "
                         f"{c['repeats']} timings each, the KV cache against recomputing each window (target >= 5x): "
                         + ", ".join(f"{r['recipe']} (context {r['context']}) "
-                                    f"**{r['cache']['recompute'] / r['cache']['cache']:.1f}x**" for r in timed))
+                                    f"**{r['cache']['speedup']:.1f}x**" for r in timed))
     on16 = next((r for r in served if r["batching"] and r["concurrency"] == 16), None)
     off16 = next((r for r in served if not r["batching"] and r["concurrency"] == 16), None)
     if on16 and off16:

@@ -24,6 +24,7 @@ written to RESULTS.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -104,34 +105,38 @@ def train_recon_model(normal: list[np.ndarray], channel_names: list[str], budget
     return run
 
 
-def run_detection(data, fpr: float, recon_budget: float = 0.0, work: Path | None = None, threads: int = 2) -> dict:
+def run_detection(data, fpr: float, recon_budget: float, threads: int) -> dict:
     tr, te = data.train, data.test
     normal = [tr.x[r, :, : int(tr.length[r])] for r in np.flatnonzero(tr.fault == 0)]
     results = {}
     detectors = detectors_available()
-    if recon_budget > 0:
-        run = train_recon_model(normal, data.channel_names, recon_budget, work or Path(tempfile.mkdtemp()), threads)
-        detectors.append((f"VAE reconstruction, window {RECON_WINDOW}", "recon", {"model": str(run)}, RECON_WINDOW))
-    for row, name, options, window in detectors:
-        t0 = time.perf_counter()
-        det = fd.fit_on_runs(name, normal, window=window, fpr=fpr, options=options, seed=0)
-        labels = [f"{int(f)}" for f in te.fault]
-        scored = fd.score_runs(det, te.x, te.length, data.protocol.onset, labels)
-        rows = [fd.run_row(label, label, rs, data.channel_names) for label, rs in scored]
-        table = fd.fault_table(rows)
-        results[row] = {"faults": table, "val_fpr": det.meta["val_fpr"], "seconds": round(time.perf_counter() - t0, 1)}
-        faults = [f for f in table if f != "0"]
-        kept = [table[f]["detection_rate"] for f in faults if int(f) not in UNDETECTABLE]
-        delays = [table[f]["median_delay"] for f in faults if table[f]["median_delay"] is not None]
-        results[row]["mean_rate"] = float(np.mean(kept)) if kept else None
-        results[row]["median_delay"] = float(np.median(delays)) if delays else None
-        # normal test runs: every window is normal, so every alarm is a false alarm (onset only splits the run)
-        normal_runs = [r for r in rows if r["fault"] == "0"]
-        results[row]["normal_test_far"] = (float(np.mean([r["alarms"] / r["windows"] for r in normal_runs]))
-                                           if normal_runs else None)
-        log(f"detection {row}: mean rate (excl. IDV 3, 9, 15) {results[row]['mean_rate']}, false alarms on normal "
-            f"test runs {results[row]['normal_test_far']}, median delay {results[row]['median_delay']} "
-            f"({results[row]['seconds']} s)")
+    with contextlib.ExitStack() as stack:  # the VAE's run, when there is one, lives until its row is scored
+        if recon_budget > 0:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="genforge-recon-")))
+            run = train_recon_model(normal, data.channel_names, recon_budget, work, threads)
+            detectors.append((f"VAE reconstruction, window {RECON_WINDOW}", "recon", {"model": str(run)},
+                              RECON_WINDOW))
+        for row, name, options, window in detectors:
+            t0 = time.perf_counter()
+            det = fd.fit_on_runs(name, normal, window=window, fpr=fpr, options=options, seed=0)
+            labels = [f"{int(f)}" for f in te.fault]
+            scored = fd.score_runs(det, te.x, te.length, data.protocol.onset, labels)
+            rows = [fd.run_row(label, label, rs, data.channel_names) for label, rs in scored]
+            table = fd.fault_table(rows)
+            results[row] = {"faults": table, "val_fpr": det.meta["val_fpr"],
+                            "seconds": round(time.perf_counter() - t0, 1)}
+            faults = [f for f in table if f != "0"]
+            kept = [table[f]["detection_rate"] for f in faults if int(f) not in UNDETECTABLE]
+            delays = [table[f]["median_delay"] for f in faults if table[f]["median_delay"] is not None]
+            results[row]["mean_rate"] = float(np.mean(kept)) if kept else None
+            results[row]["median_delay"] = float(np.median(delays)) if delays else None
+            # normal test runs: every window is normal, so every alarm is a false alarm (onset only splits the run)
+            normal_runs = [r for r in rows if r["fault"] == "0"]
+            results[row]["normal_test_far"] = (float(np.mean([r["alarms"] / r["windows"] for r in normal_runs]))
+                                               if normal_runs else None)
+            log(f"detection {row}: mean rate (excl. IDV 3, 9, 15) {results[row]['mean_rate']}, false alarms on "
+                f"normal test runs {results[row]['normal_test_far']}, median delay {results[row]['median_delay']} "
+                f"({results[row]['seconds']} s)")
     return results
 
 
@@ -418,8 +423,7 @@ def main() -> None:
         log(f"{args.tep}: {len(data.train.fault)} training and {len(data.test.fault)} test runs "
             f"({time.perf_counter() - t0:.0f} s, simulated or read from the cache)")
         if "detection" in args.sections:
-            det = run_detection(data, args.fpr, args.recon_budget, Path(tempfile.mkdtemp(prefix="genforge-recon-")),
-                                args.threads)
+            det = run_detection(data, args.fpr, args.recon_budget, args.threads)
             everything["detection"] = det
             parts.append(f"### Fault detection, `{args.tep}`\n\nDetection rate per fault at a {100 * args.fpr:g}% "
                          "false-alarm rate (threshold on normal validation windows), median detection delay in "

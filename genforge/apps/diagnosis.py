@@ -58,12 +58,12 @@ def tep_windows(data, window: int = 20, stride: int | None = None, faults: tuple
     runs, cls, tx, ty = [], [], [], []
     for k, f in enumerate(faults):
         for r in np.flatnonzero(tr.fault == f):
-            w = sliding_windows(norm.apply(tr.x[r])[:, skip:int(tr.length[r])], window, stride)  # (n, C, window)
+            w = sliding_windows(norm.apply(tr.x[r, :, skip:int(tr.length[r])]), window, stride)  # (n, C, window)
             if len(w):
                 runs.append(w)
                 cls.append(k)
         for r in np.flatnonzero(te.fault == f):
-            w = sliding_windows(norm.apply(te.x[r])[:, data.protocol.onset:int(te.length[r])], window, window)
+            w = sliding_windows(norm.apply(te.x[r, :, data.protocol.onset:int(te.length[r])]), window, window)
             tx.append(w)
             ty.append(np.full(len(w), k, np.int64))
     c = tr.x.shape[1]

@@ -123,6 +123,11 @@ def split_set(ctx, param, values):
     return pairs
 
 
+def default_run_dir(name: str) -> Path:
+    """Where a run goes without --out: runs/NAME-TIME."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def resolve_config(recipe: str | None, resume: str | None, out: str | None, sets: list, fields: dict):
     """The Config the flags describe, and its run directory: the recipe (or the run's own config.yaml under
     --resume), then --set pairs, then the field flags; checked field by field (genforge.config)."""
@@ -148,8 +153,7 @@ def resolve_config(recipe: str | None, resume: str | None, out: str | None, sets
             raise GenforgeError(f"RECIPE {recipe!r} looks like KEY=VALUE: --set takes one pair per use "
                                 "(--set a=1 --set b=2), or give the field's own flag")
         path = path_of(recipe)
-        stem = path.stem
-        run = Path(out) if out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = Path(out) if out else default_run_dir(path.stem)
     cfg = load_config(path)
     if sets:
         cfg = from_dict(dict(sets), "--set", base=cfg)
@@ -229,12 +233,12 @@ def train_app_model(name: str, out: str | None, quiet: bool, other_options: bool
         named = ", ".join("--" + k.replace("_", "-") for k in extra) or "--resume, --set, --print-config or --dry-run"
         raise GenforgeError(f"{name} is an application model, trained by its own code: only --out, --max-seconds, "
                             f"--max-steps and --seed apply to it (got {named})")
-    run = Path(out) if out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = Path(out) if out else default_run_dir(name)
     if run.exists() and (not run.is_dir() or any(run.iterdir())):
         raise GenforgeError(f"{run} is not an empty folder: choose another --out (nothing there was changed)")
     max_seconds = float(given.get("max_seconds", 600.0)) or float("inf")  # 0: no time limit, as for recipes
     max_steps = int(given.get("max_steps", 1_000_000_000))
-    model = APP_MODELS[name].train(run, max_seconds, max_steps, int(given.get("seed") or 0), progress=not quiet)
+    model = APP_MODELS[name].train(run, max_seconds, max_steps, int(given.get("seed", 0)), progress=not quiet)
     if not quiet:
         print(f"genforge: {name}: {model.meta['steps']} steps in {model.meta['train_seconds']:g} s, saved in {run}")
     return 0

@@ -23,7 +23,8 @@ from genforge import controls as declared
 from genforge.data.series.base import Normalization
 from genforge.errors import GenforgeError
 from genforge.generation.table_output import TableOutput
-from genforge.generation.text import FAMILY_CONTROLS, TextOutput, sample_text
+from genforge.generation.text import TextOutput, sample_text
+from genforge.models import FAMILY_CONTROLS
 from genforge.generation.audio import AudioMelOutput, AudioWaveOutput
 
 MAX_SAMPLES = 1_000_000

@@ -23,13 +23,9 @@ import torch
 from genforge.controls import MAX_NEW_TOKENS_LIMIT, resolve
 from genforge.data.text.tokenizer import BOS, load_tokenizer
 from genforge.errors import GenforgeError, ModelFileError
-from genforge.models import MODELS, family_of
+from genforge.models import FAMILY_CONTROLS
 
 MAX_TEXT_SAMPLES = 1000
-# each family's controls, in the registry's order, to name a control's family when a model of another gets it
-# (controls.resolve; the first family to declare a control names it: steps, diffusion). Defined here, not in
-# sampling.py, because sampling imports this module: the text plan and sample() share this one map.
-FAMILY_CONTROLS = {family_of(name): spec.method.CONTROLS for name, spec in MODELS.items()}
 
 
 @dataclass

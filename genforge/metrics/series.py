@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from genforge.errors import DataError, GenforgeError, ModelFileError
 from genforge.io import read_json
-from genforge.metrics.evaluator_net import cache_dir
+from genforge.metrics.evaluator_net import SHIPPED_DIR, cache_dir
 from genforge.metrics.scores import frechet_distance, mean_cov, one_blas_thread, precision_recall
 from genforge.models.files import read_weights, weights_blob, write_weights
 
@@ -292,9 +292,6 @@ def load_series_evaluator(path: str | Path) -> SeriesEvaluator:
     net = SeriesCNN(c, t, meta["num_classes"])
     net.load_state_dict(tensors)
     return SeriesEvaluator(net, meta, meta["weights_sha256"])
-
-
-SHIPPED_DIR = Path(__file__).parent / "evaluators"
 
 
 def evaluator_key(spec: str, shape: tuple[int, int]) -> str:

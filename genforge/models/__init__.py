@@ -91,6 +91,11 @@ def family_of(model: str) -> str:
     return MODELS[model].method.__name__.rsplit(".", 1)[-1]
 
 
+# each family's controls, in the registry's order: controls.resolve names a control's family from it when a model
+# of another family gets it (the first family to declare a control names it: steps, diffusion)
+FAMILY_CONTROLS = {family_of(name): spec.method.CONTROLS for name, spec in MODELS.items()}
+
+
 def network_options(model: str, cfg, transform: dict) -> dict:
     """The options beyond shape, z_dim and width that a recipe's networks take (text: vocabulary size, layers,
     heads, width; tables: the column layout), from the config and the data's transform (``ModelSpec.options``);

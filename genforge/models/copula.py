@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -113,8 +114,6 @@ class GaussianCopula(nn.Module):
     def fit_private(self, x: torch.Tensor, sigma: float, rng) -> int:
         """Fit on every training row (N, D) with Gaussian noise of ``sigma`` x sensitivity on each statistic
         (the module docstring), from ``rng`` (numpy, kept secret by the caller). Returns the mechanisms run."""
-        import numpy as np  # late: the noise is numpy's, as the caller's stream
-
         x = x.double().cpu()
         groups = [(start, width) for kind, start, width in self.vars if kind == "softmax"]
         ran = 0

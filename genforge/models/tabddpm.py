@@ -13,9 +13,9 @@ and the network predicts x_0's probabilities; the loss is KL(q(x_{t-1} | x_t, x_
 category groups. Both processes share one schedule (cosine, T = 1000) and one MLP denoiser
 (``tabular.TableDenoiser``), which reads the noisy numbers and the noisy one-hot groups together.
 
-The class condition (``table_cond_target``, on by default; the paper's setting for classification tables):
-when the table's risk target is a category, its one-hot group is not diffused. Training reads it clean in
-every noisy row, so the denoiser learns p(row | class); sampling draws each row's class at the training
+The class condition (``table_cond_target``, set by the table-tabddpm recipe; the paper's setting for
+classification tables): when the table's risk target is a category, its one-hot group is not diffused. Training
+reads it clean in every noisy row, so the denoiser learns p(row | class); sampling draws each row's class at the training
 frequencies (``target_freq``, saved with the weights) and holds it through the chain. The other columns are
 then generated for a known class, which is what a downstream classifier learns from.
 
@@ -35,6 +35,7 @@ taken from its bytes), so the same latent gives the same rows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -132,6 +133,13 @@ class Groups:
         return torch.nn.functional.one_hot(k, log_p.shape[2]).to(log_p.dtype) * self.valid
 
 
+@functools.lru_cache(maxsize=16)
+def groups_of(layout: tuple, device: torch.device, fixed: tuple = ()) -> Groups:
+    """One ``Groups`` per (layout, device, fixed), built once: every training step and sampling call reuses it
+    (it is never changed after it is built)."""
+    return Groups(layout, device, fixed)
+
+
 def _coefficients(abar: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(abar_t, alpha_t = abar_t / abar_{t-1}, abar_{t-1} with abar_{-1} = 1), each (b, 1)."""
     a_t = abar[t]
@@ -142,7 +150,7 @@ def _coefficients(abar: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, to
 def losses(denoiser: nn.Module, abar: torch.Tensor, x0: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(Gaussian L_simple, multinomial loss averaged over groups), each a scalar, for clean rows x0 (b, D)."""
     b = x0.shape[0]
-    grp = Groups(denoiser.layout, x0.device, denoiser.target)  # the class (target) group stays clean in x_t
+    grp = groups_of(tuple(denoiser.layout), x0.device, denoiser.target)  # the class (target) group stays clean
     num = grp.num
     t = torch.randint(0, len(abar), (b,), generator=noise, device=x0.device)                # (b,)
     a_t, alpha_t, a_prev = _coefficients(abar, t)
@@ -183,7 +191,7 @@ def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None
     abar alone (q(x_t | x_0) for any t), so a step from t to an earlier s uses alpha = abar_t / abar_s, as
     DDPM respacing does (Nichol and Dhariwal 2021, section 4); fewer steps sample faster and a little worse."""
     denoiser, abar = nets["denoiser"], nets["schedule"].alphas_cumprod
-    grp = Groups(denoiser.layout, z.device, denoiser.target)
+    grp = groups_of(tuple(denoiser.layout), z.device, denoiser.target)
     num = grp.num
     b, d = z.shape[0], sum(w for _, w in denoiser.layout)
     noise = _seeded(z)

@@ -401,9 +401,9 @@ class _Run:
                 "what the model learned); draw samples with: genforge sample RUN --out x.npz --encrypt")
 
     def restore(self, resumed: ResumeState) -> None:
-        """Load a verified resume state: weights, EMA, optimizers, trainer, DP, random streams, bookkeeping."""
+        """Load a verified resume state (checked against these networks by the caller, ``check_state``): weights,
+        EMA, optimizers, trainer, DP, random streams, bookkeeping."""
         state, ctx, cfg = resumed.state, self.ctx, self.cfg
-        check_state(state, self.nets, self.ema.shadow, self.trainer.optimizers, resumed.path)
         for role, net in self.nets.items():
             net.load_state_dict(state["nets"][role])
         self.ema.load_state_dict(state["ema"])
@@ -511,7 +511,9 @@ class _Run:
     # ------------------------------------------------------------------ a non-finite loss
     def rollback(self, last_ckpt: Path, step: int) -> int:
         """nan_policy rollback: back to the last checkpoint with the learning rates halved; returns its step."""
-        self.restore(read_state(last_ckpt, self.keyring))
+        state = read_state(last_ckpt, self.keyring)
+        check_state(state.state, self.nets, self.ema.shadow, self.trainer.optimizers, state.path)
+        self.restore(state)
         self.progress.rollbacks += 1
         self.progress.lr_scale *= 0.5
         for name, opt in self.trainer.optimizers.items():

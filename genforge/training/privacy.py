@@ -191,8 +191,7 @@ def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps
             raise ValueError("epsilon too small")
     while hi - lo > 0.01:
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if mid > 0 and epsilon_spent([*prior, (mid, sample_rate, steps)], delta) <= epsilon \
-            else (mid, hi)
+        lo, hi = (lo, mid) if epsilon_spent([*prior, (mid, sample_rate, steps)], delta) <= epsilon else (mid, hi)
     return hi
 
 
@@ -200,6 +199,18 @@ def prior_mechanisms(transform: dict | None) -> tuple[tuple[float, float, int], 
     """The Gaussian mechanisms the data loader already ran on the training rows (a table's noisy histograms)."""
     private = (transform or {}).get("private")
     return ((float(private["noise_multiplier"]), 1.0, 1),) if private else ()
+
+
+def _check_delta(cfg, n: int, noun: str) -> None:
+    """delta must stay below 1 / N: a larger one allows a mechanism that publishes one whole record."""
+    if not cfg.dp_delta < 1 / n:
+        raise ConfigError(f"'dp_delta' must be below 1 / N = {1 / n:.3g} for the {n} training {noun} "
+                          f"(a larger delta allows leaking a whole record), got {cfg.dp_delta!r}")
+
+
+def _prior_report(prior: tuple[tuple[float, float, int], ...]) -> dict:
+    """The report's entries for the data loader's mechanisms, none when it ran none."""
+    return {"before_training": PRIOR_MECHANISM, "prior_noise_multipliers": [p[0] for p in prior]} if prior else {}
 
 
 def _opacus():
@@ -263,9 +274,7 @@ class PrivateTraining:
         from opacus.validators import ModuleValidator
 
         roles, self.optimizer_name = PRIVATE[family_of(cfg.model)]
-        if not cfg.dp_delta < 1 / n_train:
-            raise ConfigError(f"'dp_delta' must be below 1 / N = {1 / n_train:.3g} for the {n_train} training images "
-                              f"(a larger delta allows leaking a whole record), got {cfg.dp_delta!r}")
+        _check_delta(cfg, n_train, "images")
         self.target_epsilon, self.delta, self.max_grad_norm = cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm
         self.prior = tuple(prior)
         self.n = n_train
@@ -368,8 +377,7 @@ class PrivateTraining:
                 "sample_rate": self.sample_rate, "noise_multiplier": self.noise_multiplier,
                 "max_grad_norm": self.max_grad_norm, "steps": self.steps(), "training_images": self.n,
                 "private_networks": list(self.roles),
-                **({"before_training": PRIOR_MECHANISM, "prior_noise_multipliers": [p[0] for p in self.prior]}
-                   if self.prior else {})}
+                **_prior_report(self.prior)}
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
@@ -397,9 +405,7 @@ class PrivateFit:
     UNIT = "Gaussian mechanisms"
 
     def __init__(self, cfg, method, n_train: int, prior: tuple[tuple[float, float, int], ...] = ()):
-        if not cfg.dp_delta < 1 / n_train:
-            raise ConfigError(f"'dp_delta' must be below 1 / N = {1 / n_train:.3g} for the {n_train} training rows "
-                              f"(a larger delta allows leaking a whole record), got {cfg.dp_delta!r}")
+        _check_delta(cfg, n_train, "rows")
         self.target_epsilon, self.delta, self.n = cfg.dp_epsilon, cfg.dp_delta, n_train
         self.prior, self.mechanisms = tuple(prior), int(method.MECHANISMS)
         try:
@@ -410,7 +416,6 @@ class PrivateFit:
                               "Gaussian mechanisms (the noise would exceed 1e6 times the sensitivity)") from None
         self.rng = np.random.default_rng(secrets.randbits(64))  # never cfg.seed: whoever knows it knows the noise
         self.history: list[tuple[float, float, int]] = []
-        self.max_grad_norm = None
 
     def record(self, mechanisms: int) -> None:
         """The fit ran ``mechanisms`` Gaussian mechanisms of this noise multiplier (at most ``MECHANISMS``)."""
@@ -444,8 +449,7 @@ class PrivateFit:
                 "delta": self.delta, "target_epsilon": self.target_epsilon, "accountant": "rdp",
                 "noise_multiplier": self.noise_multiplier, "steps": self.steps(), "training_images": self.n,
                 "private_networks": ["copula"], "statistics": ["category counts", "score correlation"],
-                **({"before_training": PRIOR_MECHANISM, "prior_noise_multipliers": [p[0] for p in self.prior]}
-                   if self.prior else {})}
+                **_prior_report(self.prior)}
 
     def state_dict(self) -> dict:
         return {"history": [[float(s), float(q), int(n)] for s, q, n in self.history],
