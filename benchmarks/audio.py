@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -60,8 +61,12 @@ def evaluators_part() -> tuple[str, dict]:
     return "\n".join(lines), evs
 
 
-def recipes_part(budget: float, n: int, recipes: list[str], threads: int) -> str:
-    """Each audio recipe trained for ``budget`` seconds, then ``genforge eval``'s scoring of ``n`` samples."""
+def recipes_part(budget: float, n: int, recipes: list[str], threads: int, runs: Path, skip: bool,
+                 settings: list[dict] | None = None) -> str:
+    """Each audio recipe trained for ``budget`` seconds into ``runs``/RECIPE (kept: ``genforge sample`` and
+    ``genforge eval`` read it after), then ``genforge eval``'s scoring of ``n`` samples. ``skip``: a run that
+    finished before is scored again, not trained again. ``settings``: a diffusion run is also scored under each
+    of these sampling controls (e.g. {"guidance": 4.0, "steps": 20}), a row each."""
     from genforge.config import load_config
     from genforge.generation.model import load as load_model
     from genforge.metrics.audio import evaluate_audio
@@ -71,17 +76,24 @@ def recipes_part(budget: float, n: int, recipes: list[str], threads: int) -> str
             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in recipes:
         cfg = load_config(name, [f"max_seconds={budget}"] + ([f"num_threads={threads}"] if threads else []))
-        with tempfile.TemporaryDirectory() as run:
+        run = runs / name
+        took = "trained before"
+        if not (skip and (run / "checkpoints" / "last.json").is_file()):
+            shutil.rmtree(run, ignore_errors=True)
             t0 = time.perf_counter()
             train(cfg, run)
-            took = time.perf_counter() - t0
-            model = load_model(run, device="cpu")
-            result = evaluate_audio(model, n=n, seed=0, progress=False)
+            took = f"{time.perf_counter() - t0:.0f}"
+        model = load_model(run, device="cpu")
+        own = {k: v for k, v in model.sampling_defaults.items() if k in ("guidance", "steps")}
+        for controls in [{}] + [c for c in settings or [] if "steps" in own]:
+            controls = {k: v for k, v in controls.items() if k != "guidance" or model.num_classes}
+            result = evaluate_audio(model, n=n, seed=0, progress=False, **controls)
             s, real = result["rows"][0][1], result["rows"][1][1]
             match = f"{100 * s['class_match']:.1f}%" if "class_match" in s else ""
-            rows.append(f"| {name} | {model.meta.get('step')} ({took:.0f}) | {s['is']:.2f} | {s['fd']:.2f} | "
-                        f"{s['precision']:.3f} | {s['recall']:.3f} | {match} | {s['realtime_factor']:.1f}x | "
-                        f"{real['is']:.2f} | {real['fd']:.2f} |")
+            how = ", ".join(f"{k} {v:g}" for k, v in {**own, **controls}.items())
+            rows.append(f"| {name}{f' ({how})' if how else ''} | {model.meta.get('step')} ({took}) | {s['is']:.2f} | "
+                        f"{s['fd']:.2f} | {s['precision']:.3f} | {s['recall']:.3f} | {match} | "
+                        f"{s['realtime_factor']:.1f}x | {real['is']:.2f} | {real['fd']:.2f} |")
             print(rows[-1], flush=True)
     return "\n".join(rows)
 
@@ -122,6 +134,20 @@ def speech_part(budget: float, n: int) -> str:
             f"the speech against the image's label; chance 10%); {len(images) / seconds:.1f} images said per second")
 
 
+def parse_settings(text: str) -> list[dict]:
+    """"4:20,3:10" -> [{"guidance": 4.0, "steps": 20}, {"guidance": 3.0, "steps": 10}]."""
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        g, sep, steps = item.partition(":")
+        try:
+            out.append({"guidance": float(g), "steps": int(steps)})
+        except ValueError:
+            raise SystemExit(f"--settings: {item!r} is not GUIDANCE:STEPS (e.g. 4:20)") from None
+        if not sep:
+            raise SystemExit(f"--settings: {item!r} is not GUIDANCE:STEPS (e.g. 4:20)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds per model")
@@ -131,6 +157,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--prompts", type=int, default=0, help="enhancement: the first N test prompts (0: all)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--runs", default=str(Path(tempfile.gettempdir()) / "audio-bench-runs"),
+                        help="recipes: where each recipe's run is kept")
+    parser.add_argument("--skip-train", action="store_true", help="recipes: score the finished runs in --runs again")
+    parser.add_argument("--settings", default="", metavar="G:STEPS,...",
+                        help="recipes: also score each diffusion run at these guidance:steps settings (4:20,3:10)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,7 +180,8 @@ def main() -> None:
         recipes = [r for r in args.recipes.split(",") if r] or [r for r in recipe_names()
                                                                if r.startswith(("digits-", "drums-"))]
         sections.append(f"### Recipes ({args.budget:.0f} s of training each, {args.n} samples)\n\n"
-                        + recipes_part(args.budget, args.n, recipes, args.threads))
+                        + recipes_part(args.budget, args.n, recipes, args.threads, Path(args.runs),
+                                       args.skip_train, parse_settings(args.settings)))
     if "enhance" in parts:
         sections.append("### Speech enhancement (`genforge repair --task denoise` on audio)\n\n"
                         + enhance_part(args.budget, args.prompts))

@@ -71,6 +71,20 @@ def test_threshold_keeps_the_target_false_alarm_rate_on_normal_validation_window
     assert (det.score_windows(val)[0] > det.threshold).mean() == det.meta["val_fpr"]
 
 
+def test_other_normal_runs_can_set_the_threshold_and_then_every_training_sample_fits(normal_runs):
+    """val_runs: runs the detector never trained on set the threshold (what a network that learns its training
+    runs closely needs); the training runs are then used whole."""
+    other = [plant_run(300, s) for s in (20, 21)]
+    det = fd.fit_on_runs("pca-spe", normal_runs, window=3, fpr=0.05, val_runs=other)
+    assert det.meta["train_windows"] == 3 * (400 - 2) and det.meta["val_windows"] == 2 * (300 - 2)
+    val = fd.run_windows(other, 3)
+    assert (det.score_windows(val)[0] > det.threshold).mean() == det.meta["val_fpr"] <= 0.05
+    # the same training windows, another threshold: the one set on the tails of the training runs
+    assert det.threshold != fd.fit_on_runs("pca-spe", normal_runs, window=3, fpr=0.05).threshold
+    with pytest.raises(DataError, match="normal validation windows are 5 x 3, training windows 6 x 3"):
+        fd.fit_on_runs("pca-spe", normal_runs, window=3, val_runs=[r[:5] for r in other])
+
+
 def test_a_long_run_is_scored_a_chunk_of_windows_at_a_time(normal_runs, monkeypatch):
     """score_run copies (and standardizes) at most SCORE_CHUNK windows at a time, so its memory does not grow
     with the run's length beyond the scores; chunking changes no score."""
@@ -195,6 +209,17 @@ def test_cli_fit_score_report_on_a_log(normal_runs, tmp_path, capsys):
     assert "--set k: not an option of the pca-spe detector" in capsys.readouterr().err
     assert main(["inspect", "fit", "ucr:GunPoint", "--out", str(tmp_path / "d3")]) == 2
     assert "fault detection runs on recordings" in capsys.readouterr().err
+    # --val-data: another normal log sets the threshold; every window of DATA trains
+    other = _npz_log(tmp_path / "other.npz", plant_run(300, 20))
+    assert main(["inspect", "fit", normal, "--window", "2", "--val-data", other, "--out", str(tmp_path / "d4")]) == 0
+    assert f"299 normal validation windows of {other}" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "d4" / "detector.json").read_text())
+    assert saved["data"]["val_spec"] == other and saved["train_windows"] == 3 * 400 - 1  # the three runs as one log
+    assert main(["inspect", "fit", normal, "--val-data", five, "--out", str(tmp_path / "d5")]) == 2
+    assert f"{five}: 5 channels; the detector fits 6 of {normal}" in capsys.readouterr().err
+    assert not (tmp_path / "d5").exists()
+    assert main(["inspect", "fit", "mnist5k", "--val-data", other, "--out", str(tmp_path / "d6")]) == 2
+    assert "--val-data is for sensor series" in capsys.readouterr().err
 
 
 def test_cli_on_a_short_tep_simulation(tmp_path, monkeypatch, capsys):

@@ -103,6 +103,16 @@ def test_a_series_model_on_images_is_refused(tiny_config, digits_npz):
         tiny_config("gan-1d", data=digits_npz)
 
 
+@pytest.mark.parametrize("model", ["ddpm-1d", "gan-1d", "vae-1d"])
+def test_networks_narrower_than_the_channels_are_refused_before_anything_is_written(model, tiny_config, tmp_path):
+    """1-D networks with fewer features per time step than the data has channels make every window in a fixed
+    subspace (tep's 53 sensors under base_channels 32 did): training refuses, naming both numbers."""
+    with pytest.raises(ConfigError, match=r"base_channels 1 is fewer than the 2 channels of series-csv:.*log\.csv.*"
+                                          r"set base_channels to at least 2"):
+        train(tiny_config(model, base_channels=1), tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_image_augmentation_on_series_is_refused(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="image augmentations"):
         train(tiny_config("vae-1d", augment_flip=True), tmp_path / "r", quiet=True)

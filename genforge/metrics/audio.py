@@ -376,15 +376,16 @@ def to_evaluator(ev: AudioEvaluator, x: np.ndarray, rate: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def evaluate_audio(model, n: int = 500, seed: int = 0, progress: bool = True) -> dict:
+def evaluate_audio(model, n: int = 500, seed: int = 0, progress: bool = True, **controls) -> dict:
     """Sample ``n`` clips from an audio model (classes cycled when conditional), score them with the evaluator of
-    its data against the test split, beside the real-data rows; also the seconds of audio per compute second."""
+    its data against the test split, beside the real-data rows; also the seconds of audio per compute second.
+    ``controls``: sampling controls the model declares (diffusion: steps, sampler, guidance), else its own."""
     spec = audio_spec_of(model.meta["data"])
     ev = get_audio_evaluator(spec, progress=progress)
     splits = load_audio(spec, rate=ev.rate, length=ev.length)
     classes = list(range(model.num_classes)) if model.num_classes else None
     t0 = time.perf_counter()
-    samples = draw(model, n, seed=seed, classes=classes)
+    samples = draw(model, n, seed=seed, classes=classes, **controls)
     seconds = time.perf_counter() - t0
     rate = model.output.rate
     x = to_evaluator(ev, samples.x, rate)

@@ -77,6 +77,8 @@ def _fpr_help() -> str:
               "the classical static monitor; more: a dynamic one)")
 @click.option("--time-column", metavar="NAME", help="series-csv: the column of time stamps (not a channel)")
 @click.option("--label-column", metavar="NAME", help="series-csv: the column of labels (not a channel)")
+@click.option("--val-data", metavar="DATA", help="series: another source of normal operation whose windows set the "
+              "threshold (e.g. tep:faults=1;seeds=3-5, runs of other seeds); DATA then trains on all of its runs")
 @seed_option("training seed")
 @out_option("detector directory", metavar="DET")
 @quiet_option
@@ -84,8 +86,8 @@ def _fpr_help() -> str:
 @device_option()
 def fit(data: str, detector: str | None, normal_class: str | None, anomaly_class: str | None, fpr: float | None,
         sets: tuple[str, ...], max_train: int, image_size: int, channels: int, split_seed: int, window: int,
-        time_column: str | None, label_column: str | None, seed: int, out: str, quiet: bool, progress: bool,
-        device: str) -> int:
+        time_column: str | None, label_column: str | None, val_data: str | None, seed: int, out: str, quiet: bool,
+        progress: bool, device: str) -> int:
     """Fit an anomaly detector on normal images: genforge inspect fit DATA --normal-class 3 --out DET.
 
     DATA is any data spec (mnist5k, fashion-mnist, idx:DIR, npz:FILE, folder:DIR). Labelled data: pick the
@@ -97,14 +99,17 @@ def fit(data: str, detector: str | None, normal_class: str | None, anomaly_class
     Sensor series (tep:[OPTIONS], series-csv:FILE, series-npz:FILE): the detector (pca-spe by default, pca-t2,
     iforest, recon) fits on normal operation only (tep: the normal training runs; a log: the whole log), on
     windows of --window samples, and sets its threshold on the last fifth of each run so that --fpr (default
-    1%) of normal windows alarm.
+    1%) of normal windows alarm; with --val-data, on the normal runs of that other source instead.
     """
     from genforge.apps import inspection
     from genforge.apps.inspection import series as fd
 
     if fd.is_series_spec(data):
-        return _fit_series(data, detector or "pca-spe", fpr, sets, window, time_column, label_column, seed, out,
-                           quiet)
+        return _fit_series(data, detector or "pca-spe", fpr, sets, window, time_column, label_column, val_data,
+                           seed, out, quiet)
+    if val_data is not None:
+        raise GenforgeError(f"--val-data is for sensor series; {data} is images (their validation split sets the "
+                            "threshold)")
     detector = detector or "vae"
     fpr = inspection.DEFAULT_FPR if fpr is None else fpr
 
@@ -145,18 +150,20 @@ def _series_options(detector: str, items) -> dict:
     return options
 
 
-def _fit_series(data, detector, fpr, sets, window, time_column, label_column, seed, out, quiet) -> int:
+def _fit_series(data, detector, fpr, sets, window, time_column, label_column, val_data, seed, out, quiet) -> int:
     from genforge.apps.inspection import series as fd
 
     options = _series_options(detector, sets)
     log = None if quiet else (lambda msg: print(f"  {msg}", flush=True))
     det = fd.fit_spec(detector, data, window, fpr=fd.DEFAULT_FPR if fpr is None else fpr, seed=seed,
-                      options=options, time_column=time_column, label_column=label_column, log=log)
+                      options=options, val_spec=val_data, time_column=time_column, label_column=label_column,
+                      log=log)
     fd.save_series(det, out)
     c, w = det.shape
+    where = f" of {val_data}" if val_data else ""
     print(f"genforge: fit {detector} on {det.meta['train_windows']} normal windows of {c} channels x {w} "
           f"sample(s) of {data}; threshold {det.threshold:.6g} alarms on {100 * det.meta['val_fpr']:.1f}% of "
-          f"{det.meta['val_windows']} normal validation windows (target {100 * det.meta['target_fpr']:g}%); "
+          f"{det.meta['val_windows']} normal validation windows{where} (target {100 * det.meta['target_fpr']:g}%); "
           f"wrote {out}")
     return 0
 

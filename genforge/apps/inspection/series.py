@@ -521,13 +521,18 @@ def run_windows(runs: list[np.ndarray], window: int, lo_frac: float = 0.0, hi_fr
 
 
 def fit_on_runs(name: str, normal_runs: list[np.ndarray], window: int, *, val_fraction: float = 0.2,
-                **kwargs) -> SeriesDetector:
+                val_runs: list[np.ndarray] | None = None, **kwargs) -> SeriesDetector:
     """Fit on the first 1 - val_fraction of each normal run, threshold on the rest (later data calibrates the
-    model of earlier data, as a monitor put into service would be)."""
-    if not 0 < val_fraction < 1:
-        raise GenforgeError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    model of earlier data, as a monitor put into service would be). ``val_runs``: other normal runs that set
+    the threshold instead (a detector that learns its training runs closely, such as a network's
+    reconstruction, needs runs it never saw to set a threshold that holds on new ones); every sample of
+    ``normal_runs`` then trains it."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise GenforgeError(f"window must be a positive whole number of samples, got {window!r}")
+    if val_runs is not None:
+        return fit_series(name, run_windows(normal_runs, window), run_windows(val_runs, window), **kwargs)
+    if not 0 < val_fraction < 1:
+        raise GenforgeError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     train = run_windows(normal_runs, window, 0.0, 1 - val_fraction)
     val = run_windows(normal_runs, window, 1 - val_fraction, 1.0)
     return fit_series(name, train, val, **kwargs)
@@ -585,16 +590,38 @@ def _log_runs(spec: str, time_column: str | None, label_column: str | None):
     return values, np.array([values.shape[2]]), [Path(path).name], log.channel_names
 
 
-def fit_spec(detector: str, spec: str, window: int, *, fpr: float = DEFAULT_FPR, seed: int = 0,
-             options: dict | None = None, val_fraction: float = 0.2, time_column: str | None = None,
-             label_column: str | None = None, cache: Path | None = None, log=None) -> SeriesDetector:
-    """Fit on the normal operation of a series source. tep: the normal training runs (IDV 0); series-csv and
-    series-npz: the whole log (it must be normal operation). The last `val_fraction` of each run sets the
-    threshold."""
+def tep_normal_runs(data, every_split: bool = False) -> list[np.ndarray]:
+    """The normal-operation runs (IDV 0) of simulated TEP data, each (C, L_r): the training split's, and the test
+    split's too when ``every_split``."""
+    return [part.x[r, :, : int(part.length[r])] for part in ((data.train, data.test) if every_split else (data.train,))
+            for r in np.flatnonzero(part.fault == 0)]
+
+
+def _normal_runs(spec: str, *, time_column: str | None, label_column: str | None, cache: Path | None, log,
+                 every_split: bool = False) -> tuple[list[np.ndarray], list[str], dict]:
+    """(runs (C, L_r), channel names, about) of a source's normal operation. tep: the normal training runs
+    (IDV 0), and its normal test runs too when ``every_split`` (a source kept apart for thresholds);
+    series-csv and series-npz: the whole log (it must be normal operation)."""
     kind, rest = parse_series_spec(spec)
     if kind == "ucr":
         raise GenforgeError(f"{spec}: fault detection runs on recordings (tep:, series-csv:, series-npz:); a UCR "
                             "set is a set of labelled examples, not a run of normal operation")
+    if kind == "tep":
+        data = load_tep(rest, cache=cache, log=log)
+        runs = tep_normal_runs(data, every_split)
+        return runs, data.channel_names, {"spec": spec, "normal_runs": len(runs)}
+    x, _, _, names = _log_runs(spec, time_column, label_column)
+    return [x[0]], names, {"spec": spec, "normal_runs": 1, "time_column": time_column, "label_column": label_column}
+
+
+def fit_spec(detector: str, spec: str, window: int, *, fpr: float = DEFAULT_FPR, seed: int = 0,
+             options: dict | None = None, val_fraction: float = 0.2, val_spec: str | None = None,
+             time_column: str | None = None, label_column: str | None = None, cache: Path | None = None,
+             log=None) -> SeriesDetector:
+    """Fit on the normal operation of a series source. tep: the normal training runs (IDV 0); series-csv and
+    series-npz: the whole log (it must be normal operation). The last `val_fraction` of each run sets the
+    threshold, or, with ``val_spec``, the normal operation of that other source (tep: its normal training and
+    test runs; a log: the whole log), and every sample of ``spec`` trains."""
     model = None
     if detector == "recon":  # the window is the model's example length
         from genforge.generation.model import load as load_model  # torch models load only for this detector
@@ -607,21 +634,21 @@ def fit_spec(detector: str, spec: str, window: int, *, fpr: float = DEFAULT_FPR,
             raise GenforgeError(f"recon detector: {options['model']} reconstructs windows of {length} samples; "
                                 f"--window {window} does not match (leave it out)")
         window = length
-    if kind == "tep":
-        data = load_tep(rest, cache=cache, log=log)
-        normal = np.flatnonzero(data.train.fault == 0)
-        runs = [data.train.x[r, :, : int(data.train.length[r])] for r in normal]
-        names, about = data.channel_names, {"spec": spec, "normal_runs": len(runs)}
-    else:
-        x, lengths, _, names = _log_runs(spec, time_column, label_column)
-        runs = [x[0]]
-        about = {"spec": spec, "normal_runs": 1, "time_column": time_column, "label_column": label_column}
+    runs, names, about = _normal_runs(spec, time_column=time_column, label_column=label_column, cache=cache,
+                                      log=log)
+    val_runs = None
+    if val_spec is not None:
+        val_runs, val_names, val_about = _normal_runs(val_spec, time_column=time_column, label_column=label_column,
+                                                      cache=cache, log=log, every_split=True)
+        if len(val_names) != len(names):
+            raise DataError(f"{val_spec}: {len(val_names)} channels; the detector fits {len(names)} of {spec}")
+        about = {**about, "val_spec": val_spec, "val_runs": val_about["normal_runs"]}
     reconstruct = None
     if model is not None:
         reconstruct = model_reconstructor(str(options["model"]), str(options.get("mode", "auto")), (len(names), window),
                                           loaded=model)
-    return fit_on_runs(detector, runs, window, val_fraction=val_fraction, fpr=fpr, seed=seed, options=options,
-                       data=about, channel_names=names, reconstruct=reconstruct)
+    return fit_on_runs(detector, runs, window, val_fraction=val_fraction, val_runs=val_runs, fpr=fpr, seed=seed,
+                       options=options, data=about, channel_names=names, reconstruct=reconstruct)
 
 
 def score_spec(det: SeriesDetector, spec: str, *, onset: int | None = None, cache: Path | None = None,
