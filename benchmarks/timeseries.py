@@ -124,12 +124,11 @@ def val_tep_spec(spec: str, seeds: str) -> str:
             f"onset={v.onset};warmup={v.warmup}")
 
 
-def run_detection(data, val_data, fpr: float, recon_budget: float, threads: int) -> dict:
-    """Every detector's table. ``val_data``: TEP runs of other seeds whose normal runs set the thresholds (None:
-    the last fifth of each normal training run)."""
+def run_detection(data, val_runs, fpr: float, recon_budget: float, threads: int) -> dict:
+    """Every detector's table. ``val_runs``: normal runs of other seeds that set the thresholds (None: the last
+    fifth of each normal training run)."""
     te = data.test
     normal = fd.tep_normal_runs(data)
-    val_runs = fd.tep_normal_runs(val_data, every_split=True) if val_data is not None else None
     results = {}
     detectors = detectors_available()
     with contextlib.ExitStack() as stack:  # the VAE's run, when there is one, lives until its row is scored
@@ -459,21 +458,20 @@ def main() -> None:
         log(f"{args.tep}: {len(data.train.fault)} training and {len(data.test.fault)} test runs "
             f"({time.perf_counter() - t0:.0f} s, simulated or read from the cache)")
         if "detection" in args.sections:
-            val_data, val_spec = None, None
+            val_runs, where = None, "on the last fifth of each normal training run"
             if args.val_seeds:
                 val_spec = val_tep_spec(args.tep, args.val_seeds)
-                val_data = load_tep(val_spec.partition(":")[2], log=log)
-            det = run_detection(data, val_data, args.fpr, args.recon_budget, args.threads)
+                val_runs = fd.tep_normal_runs(load_tep(val_spec.partition(":")[2], log=log), every_split=True)
+                where = (f"on the {len(val_runs)} normal runs of `{val_spec}` (other simulator seeds, training and "
+                         "test lengths: runs no detector trained on)")
+            det = run_detection(data, val_runs, args.fpr, args.recon_budget, args.threads)
             everything["detection"] = det
-            where = (f"on the {len(fd.tep_normal_runs(val_data, every_split=True))} normal runs of `{val_spec}` "
-                     "(other simulator seeds, training and test lengths: runs no detector trained on)"
-                     if val_data is not None else "on the last fifth of each normal training run")
             parts.append(f"### Fault detection, `{args.tep}`\n\nDetection rate per fault at a {100 * args.fpr:g}% "
                          f"false-alarm rate, the threshold set {where}; median detection delay in "
                          "samples of 3 min in brackets; * undetectable by PCA in the literature, left out of the "
                          "mean. Fitted on the normal training runs; window 1 is the static monitor, window 5 a dynamic one. "
                          + (f"The VAE row: a vae-1d trained {args.recon_budget:g} s on "
-                            f"{'every' if val_data is not None else 'the first 80% of each'} normal "
+                            f"{'every' if val_runs is not None else 'the first 80% of each'} normal "
                             f"training run (windows of {RECON_WINDOW} samples), scored by its mean squared "
                             "reconstruction residual.\n\n" if args.recon_budget > 0 else
                             "The reconstruction detectors are not in this table (--recon-budget 0).\n\n")
