@@ -1,6 +1,7 @@
 """The distillation row (issue 20): FID of a 4-step distilled sampler against the 20-step teacher on mnist5k.
 
-    python benchmarks/distill.py                             # train mnist5k-ddpm 10 min, distil 32 -> 4 steps
+    python benchmarks/distill.py                             # train mnist5k-ddpm (v) 10 min, distil 32 -> 4 steps
+    python benchmarks/distill.py --prediction eps            # the same with the recipe's own eps teacher
     python benchmarks/distill.py --teacher runs/mnist5k-ddpm  # distil a trained model instead
     python benchmarks/distill.py --quick                      # smoke run: tiny everything, nothing written
 
@@ -8,6 +9,8 @@ Scores, on the same ``--n`` samples' seed against mnist5k's test split in genfor
 (``genforge.metrics.evaluate``): the teacher at 20 DDIM steps (the reference), the teacher at 4 steps (what
 the same budget gives without distillation) and the distilled model at 4 steps. The target: the distilled
 4-step FID within 20% of the teacher's 20-step FID. Also the seconds each takes to sample ``--n`` images.
+The teacher it trains predicts v (``prediction=v``, Salimans and Ho 2022): a student of an eps teacher cannot
+learn its first step and samples no better than plain 4-step DDIM (genforge/models/distill.py).
 Writes the table into ``benchmarks/RESULTS.md`` (not with --quick).
 """
 
@@ -50,6 +53,8 @@ def score(model, n: int, seed: int, steps: int, where: Path, label: str) -> dict
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", help="a trained mnist5k diffusion run or model (default: train mnist5k-ddpm)")
+    ap.add_argument("--prediction", choices=("v", "eps"), default="v",
+                    help="what the teacher it trains predicts (default v; the recipe's own is eps)")
     ap.add_argument("--train-minutes", type=float, default=10.0, help="teacher training budget when none is given")
     ap.add_argument("--teacher-steps", type=int, default=32, help="the teacher's steps distilled from (4 x 2^k)")
     ap.add_argument("--iterations", type=int, default=2000, help="distillation iterations per halving round")
@@ -70,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if not args.teacher:
             sets = ["eval_every=0", "sample_every=0", "tensorboard=false", "max_steps=100000000",
-                    f"max_seconds={args.train_minutes * 60:g}"]
+                    f"max_seconds={args.train_minutes * 60:g}", f"prediction={args.prediction}"]
             if args.quick:
                 sets = ["eval_every=0", "sample_every=0", "tensorboard=false", "max_steps=5", "base_channels=4",
-                        "checkpoint_every=0", "batch_size=32"]
+                        "checkpoint_every=0", "batch_size=32", f"prediction={args.prediction}"]
             train(load_config(ROOT / "genforge/recipes/mnist5k-ddpm.yaml", sets), teacher, quiet=True)
         train_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                           device="cpu", log=lambda line: print(line, flush=True))
         distill_seconds = time.perf_counter() - t0
         t_model, s_model = genforge.load(teacher, device="cpu"), genforge.load(student, device="cpu")
+        prediction = t_model.nets["denoiser"].prediction
         rows = [score(t_model, args.n, args.seed, 20, tmp, "teacher, 20 DDIM steps"),
                 score(t_model, args.n, args.seed, 4, tmp, "teacher, 4 DDIM steps (not distilled)"),
                 score(s_model, args.n, args.seed, 4, tmp, "distilled, 4 DDIM steps")]
@@ -95,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [MARKS[0], "## Few-step sampling by distillation (`benchmarks/distill.py`)", "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {facts['cores']} cores ({_cpu_name()}), "
              f"fp32 matmul {facts['fp32_matmul_gflops']:.0f} GFLOP/s",
-             f"- command: `python benchmarks/distill.py {' '.join(sys.argv[1:])}`",
-             f"- teacher: {args.teacher or f'mnist5k-ddpm trained {args.train_minutes:g} min'} ({train_seconds:.0f} s); "
+             f"- command: `{' '.join(['python benchmarks/distill.py', *sys.argv[1:]])}`",
+             f"- teacher: {args.teacher or f'mnist5k-ddpm trained {args.train_minutes:g} min'} "
+             f"({prediction}-prediction, {t_model.meta.get('step')} steps, {train_seconds:.0f} s); "
              f"distilled {args.teacher_steps} -> 4 steps, {args.iterations} iterations a round ({distill_seconds:.0f} s)",
              f"- FID of {args.n} samples (seed {args.seed}) against mnist5k's test split, genforge's evaluator", "",
              "| sampler | steps | FID | seconds to sample |", "|---|---:|---:|---:|",

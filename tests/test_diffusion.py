@@ -18,7 +18,7 @@ from genforge.errors import ConfigError, GenforgeError, ModelFileError
 from genforge.generation import sample
 from genforge.controls import SAMPLERS
 from genforge.models import MODELS, build_networks, diffusion
-from genforge.models.diffusion import NoiseSchedule, T, Trainer, ddim_timesteps, generate, make_schedule, predict_eps
+from genforge.models.diffusion import NoiseSchedule, T, Trainer, ddim_timesteps, generate, make_schedule, predict
 from genforge.models.unet import UNet
 from genforge.training import train
 from genforge.training.checkpoint import load_state
@@ -274,23 +274,26 @@ def test_bad_sampling_settings_in_a_recipe(key, value, message):
 # --------------------------------------------------------------------------- the sampler's mathematics
 
 class Oracle(nn.Module):
-    """A perfect denoiser for one known x0: returns the true eps of x_t, and records what it was asked."""
+    """A perfect denoiser for one known x0: returns the true eps of x_t (or, with prediction "v", the true
+    v = alpha_t eps - sigma_t x0), and records what it was asked."""
 
-    def __init__(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor):
+    def __init__(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor, prediction: str = "eps"):
         super().__init__()
-        self.x0, self.ab = x0, alphas_cumprod
+        self.x0, self.ab, self.prediction = x0, alphas_cumprod, prediction
         self.image_shape, self.num_classes = tuple(x0.shape[1:]), 0
         self.calls = []
 
     def forward(self, x, t, y=None):
         self.calls.append((x.clone(), int(t[0])))
         ab = self.ab[t][:, None, None, None]
-        return (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+        eps = (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * self.x0 if self.prediction == "v" else eps
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 @pytest.mark.parametrize("steps", [1, 2, 10, 50, T])
-def test_ddim_with_a_perfect_denoiser_lands_on_the_data(kind, steps):
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddim_with_a_perfect_denoiser_lands_on_the_data(kind, steps, prediction):
     """DDIM with eta=0 keeps the noise of x_T fixed: with the true eps, every visited x_t is exactly
     sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, and the chain ends on x0, whatever the number of steps."""
     # In float64: at t = T-1 the cosine schedule leaves sqrt(alpha_bar) = 5e-5 of signal, below float32's
@@ -300,7 +303,7 @@ def test_ddim_with_a_perfect_denoiser_lands_on_the_data(kind, steps):
     z = torch.randn(3, 64, generator=gen, dtype=torch.float64)
     schedule = NoiseSchedule(kind=kind)
     ab = schedule.alphas_cumprod.double()
-    oracle = Oracle(x0, ab)
+    oracle = Oracle(x0, ab, prediction)
     images = generate({"denoiser": oracle, "schedule": schedule}, z, steps=steps)
     assert torch.allclose(images, (x0 + 1) / 2, atol=1e-9)
     assert [t for _, t in oracle.calls] == ddim_timesteps(steps)
@@ -310,13 +313,14 @@ def test_ddim_with_a_perfect_denoiser_lands_on_the_data(kind, steps):
 
 
 @pytest.mark.parametrize("steps", [1, 2, 20])
-def test_dpm_solver_with_a_perfect_denoiser_also_lands_on_the_data(steps):
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_dpm_solver_with_a_perfect_denoiser_also_lands_on_the_data(steps, prediction):
     """With the true eps of one known x0, every x0 prediction is x0 itself, so DPM-Solver++'s extrapolation
     D = x0 and the chain ends on the data like DDIM's."""
     gen = torch.Generator().manual_seed(1)
     x0 = torch.rand(2, 1, 8, 8, generator=gen, dtype=torch.float64) * 1.8 - 0.9
     schedule = NoiseSchedule(kind="cosine")
-    oracle = Oracle(x0, schedule.alphas_cumprod.double())
+    oracle = Oracle(x0, schedule.alphas_cumprod.double(), prediction)
     images = generate({"denoiser": oracle, "schedule": schedule}, torch.randn(2, 64, generator=gen,
                                                                              dtype=torch.float64),
                       steps=steps, sampler="dpm++2m")
@@ -407,17 +411,66 @@ class Labelled(nn.Module):
 
 def test_classifier_free_guidance_combines_one_batched_forward():
     net, x, t, y = Labelled(), torch.zeros(2, 1, 4, 4), torch.tensor([9, 9]), torch.tensor([0, 2])
-    eps = predict_eps(net, x, t, y, guidance=3.0)
+    eps = predict(net, x, t, y, guidance=3.0)
     assert net.batches == [[0, 2, 3, 3]]  # conditional and unconditional (null class) in one forward
     cond, uncond = torch.tensor([0.1, 0.3]), torch.zeros(2)
     assert torch.allclose(eps[:, 0, 0, 0], uncond + 3.0 * (cond - uncond))
     net.batches.clear()
-    assert torch.allclose(predict_eps(net, x, t, y, guidance=1.0)[:, 0, 0, 0], cond)  # plain conditional
+    assert torch.allclose(predict(net, x, t, y, guidance=1.0)[:, 0, 0, 0], cond)  # plain conditional
     assert net.batches == [[0, 2]]                                                   # one forward, no null
-    assert torch.allclose(predict_eps(net, x, t, y, guidance=0.0)[:, 0, 0, 0], uncond)
+    assert torch.allclose(predict(net, x, t, y, guidance=0.0)[:, 0, 0, 0], uncond)
 
 
 def test_every_diffusion_recipe_is_registered():
     assert MODELS["ddpm"].method is diffusion and not MODELS["ddpm"].conditional
     assert MODELS["cddpm"].method is diffusion and MODELS["cddpm"].conditional
     assert diffusion.latent_dim(100, (3, 32, 32)) == 3 * 32 * 32
+
+
+def test_v_prediction_trains_on_v_saves_its_parameterisation_and_samples(tiny_config, tmp_path):
+    """prediction: v. The training target is v = alpha_t eps - sigma_t x0 (a network that outputs the true v
+    of the batch has loss 0, one that outputs the true eps does not); the trained model's config.json says
+    "v", it loads as a v model and samples reproducibly; an eps model's files carry no such option."""
+    cfg = tiny_config("ddpm", prediction="v")
+    nets = build_networks("ddpm", (1, 16, 16), 0, 8, net_options={"prediction": "v"})
+    assert nets["denoiser"].prediction == "v"
+
+    class Replay(nn.Module):
+        """Outputs what it is told (the true v or eps of the batch), plus a zero-weighted parameter for Adam."""
+
+        def __init__(self, prediction):
+            super().__init__()
+            self.prediction, self.num_classes, self.w, self.out = prediction, 0, nn.Parameter(torch.zeros(())), None
+
+        def forward(self, x, t, y=None):
+            ab = trainer.schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+            eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+            return (ab.sqrt() * eps - (1 - ab).sqrt() * x0 if self.out == "v" else eps) + 0 * self.w
+
+    x0 = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    replay = Replay("v")
+    trainer = Trainer(cfg, {"denoiser": replay, "schedule": nets["schedule"]})
+    for out, zero in (("v", True), ("eps", False)):
+        replay.out = out
+        loss = float(trainer.train_step(x0, None, torch.Generator().manual_seed(1))["loss"])
+        assert (loss < 1e-6) if zero else (loss > 1e-2), (out, loss)
+
+    run = tmp_path / "v"
+    train(cfg, run, quiet=True)
+    model = genforge.load(run, device="cpu")
+    assert model.meta["net_options"] == {"prediction": "v"} and model.nets["denoiser"].prediction == "v"
+    a = model.sample(3, seed=2, steps=4).x
+    assert np.isfinite(a).all() and np.array_equal(a, model.sample(3, seed=2, steps=4).x)
+    eps_run = tmp_path / "eps"
+    train(tiny_config("ddpm"), eps_run, quiet=True)
+    assert "net_options" not in genforge.load(eps_run, device="cpu").meta
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model": "dcgan", "prediction": "v"}, "'prediction' 'v' is for the diffusion models"),
+    ({"prediction": "x0"}, "prediction"),
+])
+def test_bad_prediction_is_a_config_error(tiny_config, overrides, message):
+    model = overrides.pop("model", "ddpm")
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(model, **overrides)

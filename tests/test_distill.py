@@ -16,8 +16,7 @@ from genforge.models.files import read_model
 from genforge.training import train
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory, digits_npz):
+def _small_teacher(tmp_path_factory, digits_npz, prediction: str):
     """A small DDPM on 16 x 16 digits, trained long enough that its DDIM steps are not all alike."""
     from genforge.config import from_dict
     from genforge.training import check_config
@@ -25,10 +24,21 @@ def teacher(tmp_path_factory, digits_npz):
     cfg = check_config(from_dict({"data": digits_npz, "model": "ddpm", "base_channels": 8, "image_size": 16,
                                   "batch_size": 32, "max_steps": 150, "g_lr": 2e-3, "log_every": 50,
                                   "sample_every": 0, "checkpoint_every": 1000, "tensorboard": False,
-                                  "num_threads": 1, "eval_every": 0, "sample_steps": 16}, "test"), "test")
-    run = tmp_path_factory.mktemp("teacher") / "run"
+                                  "num_threads": 1, "eval_every": 0, "sample_steps": 16,
+                                  "prediction": prediction}, "test"), "test")
+    run = tmp_path_factory.mktemp(f"teacher-{prediction}") / "run"
     train(cfg, run, quiet=True)
     return run
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, digits_npz):
+    return _small_teacher(tmp_path_factory, digits_npz, "eps")
+
+
+@pytest.fixture(scope="module")
+def v_teacher(tmp_path_factory, digits_npz):
+    return _small_teacher(tmp_path_factory, digits_npz, "v")
 
 
 def _distill_cli(teacher, out, *extra):
@@ -51,11 +61,14 @@ def test_distilled_model_loads_and_samples_in_4_steps_reproducibly(teacher, tmp_
     assert np.array_equal(first, model.sample(6, seed=3).x) and first.shape == (6, 16, 16)
 
 
-def test_distilled_steps_land_closer_to_two_teacher_steps_than_one(teacher):
+@pytest.mark.parametrize("prediction, first", [("eps", 1), ("v", 0)])
+def test_distilled_steps_land_closer_to_two_teacher_steps_than_one(teacher, v_teacher, prediction, first):
     """The round's objective, measured on fresh examples and noise: where the student's one DDIM step lands
-    against where two teacher steps land, over the steps it learns (all but the first, at t = T-1, where the
-    noise parameterisation cannot learn and the student keeps the teacher's step; models/distill.py)."""
-    nets, meta, _ = read_model(teacher)
+    against where two teacher steps land, over the steps it learns. An eps student learns all but the first
+    (at t = T-1 the noise parameterisation cannot learn, and the student keeps the teacher's step;
+    models/distill.py); a v student learns the first too, and must land closer there as well."""
+    nets, meta, _ = read_model(teacher if prediction == "eps" else v_teacher)
+    assert diffusion.is_v(nets["denoiser"]) == (prediction == "v")
     ab, net = nets["schedule"].alphas_cumprod, nets["denoiser"].eval()
     from genforge.config import from_dict
     from genforge.data.examples import load_examples
@@ -67,7 +80,7 @@ def test_distilled_steps_land_closer_to_two_teacher_steps_than_one(teacher):
     g = torch.Generator().manual_seed(99)
     held = x[torch.randperm(len(x), generator=g)[:64]]
     miss_student, miss_teacher = [], []
-    for i in range(1, 4):  # the student's steps 2..4
+    for i in range(first, 4):  # the student's steps (first + 1)..4
         t, t1, s = (grid[k].repeat(len(held)) for k in (2 * i, 2 * i + 1, 2 * i + 2))
         a_t, s_t = D._coefficients(ab, t, held.ndim)
         z = (a_t * held.double() + s_t * torch.randn(held.shape, generator=g).double()).float()
@@ -76,6 +89,19 @@ def test_distilled_steps_land_closer_to_two_teacher_steps_than_one(teacher):
             miss_teacher.append(float((D.ddim_step(net, ab, z, t, s, None, 1.0) - two).abs().mean()))
             miss_student.append(float((D.ddim_step(student, ab, z, t, s, None, 1.0) - two).abs().mean()))
     assert sum(miss_student) < 0.8 * sum(miss_teacher), (miss_student, miss_teacher)
+    if prediction == "v":
+        assert miss_student[0] < 0.8 * miss_teacher[0], (miss_student, miss_teacher)  # the first step learnt
+
+
+def test_a_v_teacher_gives_a_v_student_that_says_so(v_teacher, tmp_path):
+    out = D.distill(v_teacher, tmp_path / "fast", steps=4, teacher_steps=8, iterations=5, batch_size=16,
+                    device="cpu", log=lambda line: None)
+    model = genforge.load(out, device="cpu")
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["distilled"]["prediction"] == "v" and meta["net_options"] == {"prediction": "v"}
+    assert diffusion.is_v(model.nets["denoiser"]) and model.sampling_defaults["steps"] == 4
+    a = model.sample(4, seed=5).x
+    assert np.isfinite(a).all() and np.array_equal(a, model.sample(4, seed=5).x)
 
 
 def test_series_diffusion_distills_through_the_same_code(tiny_config, tmp_path):

@@ -275,15 +275,13 @@ def _diffusion_repair(model, m: Measurement, sigma: float, opts: RepairOptions) 
     passes = 1 if m.task == "denoise" else opts.resample
     for i, t in enumerate(timesteps):
         ab_s = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         for u in range(passes):
             if u:  # RePaint (Lugmayr et al. 2022, algorithm 1): diffuse x_s back to t and take the step again,
                 # so the generated part has another chance to agree with the imposed one
                 x = math.sqrt(ab[t] / ab_s) * x + math.sqrt(1 - ab[t] / ab_s) * torch.randn(
                     y.shape, generator=gen).to(y.device)
             with torch.no_grad():
-                eps = denoiser(x, t_batch, null)
-            x0 = ((x - math.sqrt(1 - ab[t]) * eps) / math.sqrt(ab[t])).clamp(-1, 1)
+                x0 = diffusion.x0_at(denoiser, x, t, null, 1.0, ab).clamp(-1, 1)
             eps = (x - math.sqrt(ab[t]) * x0) / math.sqrt(1 - ab[t])
             x = math.sqrt(ab_s) * x0 + math.sqrt(1 - ab_s) * eps          # DDIM step t -> s (sigma = 0)
             if m.task != "denoise":

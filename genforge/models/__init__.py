@@ -43,6 +43,7 @@ _AXES_ROW = ("d",)
 _GAN_1D = {"generator": networks1d.Conv1dGenerator, "discriminator": networks1d.Conv1dDiscriminator}
 _WAVEGAN = {"generator": networks1d.Conv1dGenerator, "discriminator": wavegan.WaveGANDiscriminator}
 _VAE_1D = {"encoder": networks1d.Conv1dEncoder, "decoder": networks1d.Conv1dDecoder}
+_DDPM = {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}  # one UNet for images, series and waveforms
 
 MODELS: dict[str, ModelSpec] = {
     "gan-mlp": ModelSpec(gan, {"generator": networks.MLPGenerator, "discriminator": networks.MLPDiscriminator}),
@@ -57,16 +58,15 @@ MODELS: dict[str, ModelSpec] = {
     "acgan": ModelSpec(gan, {"generator": networks.DCGANGenerator, "discriminator": networks.DCGANDiscriminator},
                        conditional=True, fixed={"conditioning": "aux"}),
     # DDPM with a small UNet, sampled with DDIM; the conditional one with classifier-free guidance
-    "ddpm": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}),
-    "cddpm": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True),
+    "ddpm": ModelSpec(diffusion, _DDPM, options=diffusion.network_options),
+    "cddpm": ModelSpec(diffusion, _DDPM, conditional=True, options=diffusion.network_options),
     # (channels, time) examples: sensor series and waveforms. The same three methods with 1-D networks.
     "gan-1d": ModelSpec(gan, _GAN_1D, axes=_AXES_1D),
     "cgan-1d": ModelSpec(gan, _GAN_1D, conditional=True, axes=_AXES_1D),
     "vae-1d": ModelSpec(vae, _VAE_1D, axes=_AXES_1D),
     "cvae-1d": ModelSpec(vae, _VAE_1D, conditional=True, axes=_AXES_1D),
-    "ddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, axes=_AXES_1D),
-    "cddpm-1d": ModelSpec(diffusion, {"denoiser": unet.UNet, "schedule": diffusion.NoiseSchedule}, conditional=True,
-                          axes=_AXES_1D),
+    "ddpm-1d": ModelSpec(diffusion, _DDPM, axes=_AXES_1D, options=diffusion.network_options),
+    "cddpm-1d": ModelSpec(diffusion, _DDPM, conditional=True, axes=_AXES_1D, options=diffusion.network_options),
     # waveforms: the 1-D GAN with WaveGAN's phase shuffle in the discriminator (Donahue et al. 2019)
     "wavegan": ModelSpec(gan, _WAVEGAN, axes=_AXES_1D),
     "cwavegan": ModelSpec(gan, _WAVEGAN, conditional=True, axes=_AXES_1D),
@@ -155,6 +155,9 @@ def check_config(cfg, source: str = "config") -> None:
     if spec.method is lm and cfg.text_n_embd % cfg.text_n_head:
         raise ConfigError(f"{source}: 'text_n_embd' ({cfg.text_n_embd}) must be a multiple of 'text_n_head' "
                           f"({cfg.text_n_head}): each attention head takes an equal share of the width")
+    if cfg.prediction != "eps" and spec.method is not diffusion:
+        raise ConfigError(f"{source}: 'prediction' {cfg.prediction!r} is for the diffusion models (ddpm, cddpm, "
+                          f"ddpm-1d, cddpm-1d), got model {cfg.model!r}")
     if cfg.clusters and not (spec.conditional and spec.method is diffusion):  # guidance is diffusion's control
         raise ConfigError(f"{source}: 'clusters' (cluster guidance) needs the class-conditional diffusion model "
                           f"cddpm, got model {cfg.model!r}")

@@ -9,7 +9,14 @@ t = 0 .. T-1 (DDPM's 1 .. T):
     x_t = sqrt(alpha_bar[t]) x_0 + sqrt(1 - alpha_bar[t]) eps     eps ~ N(0, I)   (DDPM eq. 4)
 
 The network learns eps from (x_t, t), with the plain loss |eps - eps_theta|^2
-(DDPM eq. 14, "L_simple"). The schedule is kept as a buffer of its own
+(DDPM eq. 14, "L_simple"); or, with ``prediction: v``, v = alpha_t eps - sigma_t x_0 (Salimans and Ho 2022,
+appendix D), with alpha_t = sqrt(alpha_bar[t]), sigma_t = sqrt(1 - alpha_bar[t]). Both give eps and x_0:
+
+    eps = alpha_t v + sigma_t x_t,    x_0 = alpha_t x_t - sigma_t v
+
+but where alpha_t is near 0 (the first sampling step) an eps model's x_0 = (x_t - sigma_t eps) / alpha_t
+multiplies its error by 1 / alpha_t, while a v model's stays finite: a few-step sampler distilled from a
+v model (``distill.py``) can learn its first step. The schedule is kept as a buffer of its own
 "network", ``schedule``, so it is saved in model.safetensors beside the UNet
 and a model always samples with the schedule it was trained with.
 
@@ -75,9 +82,14 @@ class NoiseSchedule(nn.Module):
     """
 
     def __init__(self, image_shape=None, z_dim: int = 0, base_channels: int = 0, num_classes: int = 0,
-                 kind: str = "cosine"):
+                 kind: str = "cosine", prediction: str = "eps"):
         super().__init__()
         self.register_buffer("alphas_cumprod", make_schedule(kind), persistent=True)
+
+
+def network_options(cfg, transform: dict) -> dict:
+    """``ModelSpec.options``: {"prediction": "v"} for a v model; {} for eps, so eps models' files stay as they were."""
+    return {"prediction": cfg.prediction} if cfg.prediction != "eps" else {}
 
 
 # --------------------------------------------------------------------------- sampling
@@ -94,19 +106,39 @@ def ddim_timesteps(steps: int) -> list[int]:
     return [round(T - i * T / steps) - 1 for i in range(steps)]
 
 
-def predict_eps(denoiser: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
-                guidance: float) -> torch.Tensor:
-    """eps_theta(x_t, t, y), with classifier-free guidance when ``guidance != 1`` (conditional models).
+def predict(denoiser: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+            guidance: float) -> torch.Tensor:
+    """The network's own output (eps, or v for a v model) at (x_t, t, y), with classifier-free guidance when
+    ``guidance != 1`` (conditional models).
 
-    Guided noise: eps_uncond + guidance * (eps_cond - eps_uncond) (Ho and Salimans 2022, eq. 6 with
-    w = guidance - 1). 0 is the unconditional model, 1 the plain conditional one, above 1 sharper classes at
-    some cost in variety. Both predictions come from one batched forward: (2b, c, h, w).
+    Guided output: out_uncond + guidance * (out_cond - out_uncond) (Ho and Salimans 2022, eq. 6 with
+    w = guidance - 1; v is affine in eps at fixed x_t, so guiding v guides eps alike). 0 is the unconditional
+    model, 1 the plain conditional one, above 1 sharper classes at some cost in variety. Both predictions come
+    from one batched forward: (2b, c, h, w).
     """
     if y is None or guidance == 1:
         return denoiser(x, t, y)
     null = torch.full_like(y, denoiser.num_classes)
-    eps_cond, eps_uncond = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
-    return eps_uncond + guidance * (eps_cond - eps_uncond)
+    out_cond, out_uncond = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+    return out_uncond + guidance * (out_cond - out_uncond)
+
+
+def is_v(denoiser: nn.Module) -> bool:
+    return getattr(denoiser, "prediction", "eps") == "v"
+
+
+def x0_at(denoiser: nn.Module, x: torch.Tensor, t: int, y: torch.Tensor | None, guidance: float,
+          ab: list[float]) -> torch.Tensor:
+    """x_0 (not clipped) predicted from x_t at one timestep ``t`` for the whole batch; ``ab``: the schedule as
+    Python floats (the step coefficients in double precision), as every DDIM loop here takes them."""
+    out = predict(denoiser, x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), y, guidance)
+    return x0_from(out, x, math.sqrt(ab[t]), math.sqrt(1 - ab[t]), is_v(denoiser))
+
+
+def x0_from(out, x, alpha, sigma, v: bool):
+    """The x_0 a network output means at x_t: alpha x_t - sigma v (a v model), or (x_t - sigma eps) / alpha.
+    ``alpha``, ``sigma``: floats, or tensors that broadcast (per-example steps)."""
+    return alpha * x - sigma * out if v else (x - sigma * out) / alpha
 
 
 def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None, steps: int | None = None,
@@ -119,7 +151,8 @@ def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None
     (as guided-diffusion's DDIM does). With alpha_t = sqrt(ab_t), sigma_t = sqrt(1 - ab_t):
 
     "ddim" (default; Song et al. 2021, eq. 12 with sigma = 0), first order:
-        x0   = (x_t - sigma_t eps) / alpha_t,   eps recomputed from the clipped x0
+        x0   = (x_t - sigma_t eps) / alpha_t    (a v model: alpha_t x_t - sigma_t v), eps recomputed from the
+                                                clipped x0
         x_s  = alpha_s x0 + sigma_s eps                    s < t, ab_s = 1 after the last step
 
     "dpm++2m" (DPM-Solver++(2M), Lu et al. 2022, algorithm 2), second order in the half log-SNR
@@ -145,9 +178,7 @@ def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None
     timesteps = ddim_timesteps(steps)
     x0_prev, h_prev = None, None
     for i, t in enumerate(timesteps):
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (b,)
-        eps = predict_eps(denoiser, x, t_batch, y, guidance)
-        x0 = ((x - math.sqrt(1 - ab[t]) * eps) / math.sqrt(ab[t])).clamp(-1, 1)
+        x0 = x0_at(denoiser, x, t, y, guidance, ab).clamp(-1, 1)
         if i + 1 == len(timesteps):
             x = x0  # ab_s = 1: both samplers land on the prediction of x_0
             break
@@ -213,7 +244,8 @@ class Trainer:
             y = torch.where(drop, torch.full_like(y, self.denoiser.num_classes), y)
         ab = self.schedule.alphas_cumprod[t].view(-1, *(1,) * (x.ndim - 1))              # (b, 1, 1, 1)
         x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps                                    # DDPM eq. 4
-        loss = F.mse_loss(self.denoiser(x_t, t, y), eps)
+        target = ab.sqrt() * eps - (1 - ab).sqrt() * x if is_v(self.denoiser) else eps  # v, or eps
+        loss = F.mse_loss(self.denoiser(x_t, t, y), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.errors import ConfigError
 from genforge.models.networks import _conv_plan
 from genforge.models.networks1d import _pad_to, length_plan
 
@@ -100,7 +101,8 @@ class SelfAttention(nn.Module):
 
 class UNet(nn.Module):
     """Noise prediction eps(x_t, t, y): noisy examples (b, c, h, w) or (b, c, t), timesteps (b,) int64, classes
-    (b,) or None.
+    (b,) or None. With ``prediction="v"`` the same network predicts v = alpha_t eps - sigma_t x_0 instead
+    (``diffusion.py`` turns it into eps); the layers are the same.
 
     The example's rank picks the layers: images (c, h, w) get 2-D convolutions, series and waveforms (c, t)
     1-D ones, with the same blocks, widths and module names. ``z_dim`` is ignored (the latent of a diffusion
@@ -110,8 +112,12 @@ class UNet(nn.Module):
     "no label": the null class, the unconditional prediction of classifier-free guidance.
     """
 
-    def __init__(self, image_shape: tuple[int, ...], z_dim: int = 0, base_channels: int = 32, num_classes: int = 0):
+    def __init__(self, image_shape: tuple[int, ...], z_dim: int = 0, base_channels: int = 32, num_classes: int = 0,
+                 prediction: str = "eps"):
         super().__init__()
+        if prediction not in ("eps", "v"):
+            raise ConfigError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+        self.prediction = prediction  # what the output means: diffusion.x0_at reads it
         one_d = len(image_shape) == 2
         conv = nn.Conv1d if one_d else nn.Conv2d
         stages, start = length_plan(image_shape) if one_d else _conv_plan(image_shape)

@@ -285,8 +285,7 @@ def model_reconstructor(model: str, mode: str = "auto", shape: tuple[int, int] |
             xt = math.sqrt(ab[t_star]) * u + math.sqrt(1 - ab[t_star]) * eps  # q(x_t | x_0), DDPM eq. 4
             steps = [int(round(t_star * (1 - i / DIFFUSION_STEPS))) for i in range(DIFFUSION_STEPS)]
             for i, t in enumerate(steps):  # DDIM (Song et al. 2021, eq. 12, sigma = 0) from t_star to 0
-                e = diffusion.predict_eps(denoiser, xt, torch.full((len(u),), t, dtype=torch.long), y, 1.0)
-                x0 = ((xt - math.sqrt(1 - ab[t]) * e) / math.sqrt(ab[t])).clamp(-1, 1)
+                x0 = diffusion.x0_at(denoiser, xt, t, y, 1.0, ab).clamp(-1, 1)
                 if i + 1 == len(steps):
                     xt = x0
                     break
