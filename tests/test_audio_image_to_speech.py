@@ -97,3 +97,64 @@ def test_genforge_train_image_to_speech_by_name(run, tmp_path, monkeypatch, caps
     assert model.meta["steps"] == 2 and model.meta["audio_data"] == "audio:spoken-digits"
     assert main(["train", "image-to-speech", "--out", str(tmp_path / "y"), "--resume", str(out)]) == 2
     assert "only --out, --max-seconds, --max-steps and --seed apply" in capsys.readouterr().err
+
+
+def test_the_kl_term_is_that_of_two_gaussians():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    mu, logvar, p_mu, p_logvar = (torch.randn(5, 4, generator=g) for _ in range(4))
+    want = torch.distributions.kl_divergence(torch.distributions.Normal(mu, (0.5 * logvar).exp()),
+                                             torch.distributions.Normal(p_mu, (0.5 * p_logvar).exp()))
+    assert torch.allclose(i2s.gaussian_kl(mu, logvar, p_mu, p_logvar), want, atol=1e-5)
+    zero = torch.zeros(5, 4)  # against N(0, I): the usual VAE term
+    assert torch.allclose(i2s.gaussian_kl(mu, logvar, zero, zero),
+                          -0.5 * (1 + logvar - mu ** 2 - logvar.exp()), atol=1e-6)
+
+
+def test_the_latent_is_drawn_from_the_prior_of_the_image(run):
+    """A learnt prior p(z | e): say() decodes z = mu(e) + sigma(e) n, so moving the prior moves the speech."""
+    import torch
+
+    out, model, images = run
+    assert model.cfg.prior == "learned" and model.net.prior is not None
+    img = images.x[:2, ..., 0]
+    before = model.say(img, seed=4)
+    bias = model.net.prior[-1].bias
+    kept = bias.detach().clone()
+    with torch.no_grad():
+        bias[: model.cfg.z_dim] += 3.0  # shift the prior's mean
+    try:
+        assert not np.allclose(model.say(img, seed=4), before)
+    finally:
+        with torch.no_grad():
+            bias.copy_(kept)
+    assert np.array_equal(model.say(img, seed=4), before)
+
+
+def test_a_file_made_before_the_learnt_prior_still_loads_and_a_bad_prior_is_refused(tmp_path):
+    import json
+
+    images = load_splits("mnist5k", image_size=28, channels=1).train
+    images.x, images.y = images.x[:20], images.y[:20]
+    t = np.arange(i2s.LENGTH) / i2s.RATE
+    clips = AudioSet(np.stack([0.3 * np.sin(2 * np.pi * (200 + 100 * d) * t) for d in range(10)]).astype(np.float32),
+                     np.arange(10), [])
+    out = tmp_path / "old"
+    model = i2s.train_image_to_speech(out, max_seconds=60, max_steps=2,
+                                      cfg=i2s.SpeechConfig(batch_size=4, width=8, prior="standard"),
+                                      images=images, clips=clips, progress=False)
+    said = model.say(images.x[0, ..., 0], seed=2)
+    meta = json.loads((out / "speech.json").read_text())
+    del meta["config"]["prior"]  # as the first version wrote it
+    (out / "speech.json").write_text(json.dumps(meta))
+    old = i2s.load_image_to_speech(out)
+    assert old.cfg.prior == "standard" and old.net.prior is None
+    assert np.array_equal(old.say(images.x[0, ..., 0], seed=2), said)
+    del meta["config"]["temperature"]  # nor did it write a temperature: the prior's full spread
+    (out / "speech.json").write_text(json.dumps(meta))
+    assert i2s.load_image_to_speech(out).cfg.temperature == 1.0
+    for key, value, message in (("prior", "flat", "prior 'flat'"), ("temperature", -1, "temperature -1")):
+        (out / "speech.json").write_text(json.dumps({**meta, "config": {**meta["config"], key: value}}))
+        with pytest.raises(ModelFileError, match=f"field 'config' is malformed .*{message}"):
+            i2s.load_image_to_speech(out)

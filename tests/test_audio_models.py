@@ -142,6 +142,16 @@ def test_cli_samples_wavs_and_evals_audio(spec_run, tmp_path, capsys, monkeypatc
     assert "samples (20, seed 0)" in out and "real: train split vs test" in out and ev.sha256[:12] in out
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["evaluator"]["weights_sha256"] == ev.sha256 and result["rows"][0][1]["class_match"] >= 0
+    # the ceiling row: the real test clips through this model's own mel picture and Griffin-Lim, heard by the
+    # same evaluator against their true labels
+    model = genforge.load(spec_run)
+    out = model.output  # the model's rate and length (8 kHz, 2048 samples), not the evaluator's
+    test = audio.load_audio(spec, rate=out.rate, length=out.length).test
+    trip = dict(result["rows"])[f"real: test through the model's mel + Griffin-Lim ({len(test)})"]
+    said = out((to_pictures(out.spec, test.x) + 1) / 2)
+    heard = audio.to_evaluator(ev, said, out.rate)
+    assert trip["class_match"] == pytest.approx(float((ev.classify(heard) == test.y).mean()))
+    assert not np.allclose(said, test.x, atol=1e-3)  # it did go through the picture: not the clips themselves
 
 
 def test_the_service_returns_wavs_that_are_the_cli_samples(spec_run, tmp_path):
