@@ -92,7 +92,7 @@ def recipes_part(budget: float, n: int, recipes: list[str], threads: int, runs: 
             s, real = result["rows"][0][1], result["rows"][1][1]
             match = f"{100 * s['class_match']:.1f}%" if "class_match" in s else ""
             # the real test clips through the recipe's own mel picture and Griffin-Lim: its ceiling
-            trip = next((r for name, r in result["rows"] if name.startswith("real: test through")), None)
+            trip = next((r for label, r in result["rows"] if label.startswith("real: test through")), None)
             cap = f"{trip['is']:.2f} | {100 * trip['class_match']:.1f}%" if trip else " | "
             how = ", ".join(f"{k} {v:g}" for k, v in {**own, **controls}.items())
             rows.append(f"| {name}{f' ({how})' if how else ''} | {model.meta.get('step')} ({took}) | {s['is']:.2f} | "

@@ -15,8 +15,8 @@ the embedding, the decoder draws a spectrogram from a latent z and the embedding
 into sound. The latent's prior is learnt from the embedding, p(z | e) (Sohn et al. 2015's conditional VAE):
 the KL term pulls each clip's posterior towards the prior of its image, and saying an image draws z from that
 prior. With a fixed N(0, I) prior (``prior: standard``, the first version's) the latent still carried part of
-the word: after 600 s the posteriors spread twice as wide as N(0, I), z = 0 said the right digit for 44% of
-test images and z ~ N(0, I) for 70%. Scored by agreement: the share of held-out test images whose speech the audio
+the word: after 600 s the latents of training clips spread twice as wide as N(0, I), z = 0 said the right digit
+for 44% of test images and z ~ N(0, I) for 70-71%. Scored by agreement: the share of held-out test images whose speech the audio
 evaluator (:mod:`genforge.metrics.audio`) hears as the digit the image's label says.
 """
 
