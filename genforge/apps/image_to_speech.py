@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from genforge.data import load_splits
 from genforge.data.audio import load_audio
 from genforge.data.audio.features import MelSpec
-from genforge.errors import DataError, GenforgeError, ModelFileError
+from genforge.errors import ConfigError, DataError, GenforgeError, ModelFileError
 from genforge.generation import provenance
 from genforge.generation.audio import save_wav
 from genforge.io import read_json
@@ -64,6 +64,13 @@ class SpeechConfig:
     temperature: float = 0.7   # say() scales the prior's spread by it: agreement on 200 validation images after
                                # 600 s was 84.5% at 1, 89.5% at 0.7, 89.0% at 0.5, 74.5% at 0 (RESULTS.md)
 
+    def __post_init__(self):
+        if self.prior not in ("learned", "standard"):
+            raise ConfigError(f"prior {self.prior!r} is neither 'learned' nor 'standard'")
+        if isinstance(self.temperature, bool) or not (isinstance(self.temperature, (int, float))
+                                                      and 0 <= self.temperature <= 10):
+            raise ConfigError(f"temperature {self.temperature!r} is not a number from 0 to 10")
+
 
 def to_picture(x: torch.Tensor) -> torch.Tensor:
     """(b, 16000) waveforms -> (b, 1, 64, 64) log-mel in [-1, 1]."""
@@ -88,8 +95,6 @@ class SpeechVAE(nn.Module):
             nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.SiLU(), nn.Conv2d(4 * w, 4 * w, 4, 2, 1), nn.SiLU(), nn.Flatten())
         self.enc_out = nn.Linear(4 * w * 16 + cond_dim, 2 * cfg.z_dim)
         self.dec_in = nn.Sequential(nn.Linear(cfg.z_dim + cond_dim, 4 * w * 16), nn.SiLU())
-        if cfg.prior not in ("learned", "standard"):
-            raise GenforgeError(f"image-to-speech prior must be 'learned' or 'standard', got {cfg.prior!r}")
         self.prior = (nn.Sequential(nn.Linear(cond_dim, 4 * w), nn.SiLU(), nn.Linear(4 * w, 2 * cfg.z_dim))
                       if cfg.prior == "learned" else None)
         self.z_dim = cfg.z_dim
@@ -237,11 +242,7 @@ def load_image_to_speech(directory: str | Path) -> ImageToSpeech:
     try:
         # files made before the learnt prior and the temperature: N(0, I), sampled at its full spread
         cfg = SpeechConfig(**{"prior": "standard", "temperature": 1.0, **meta["config"]})
-        if cfg.prior not in ("learned", "standard"):
-            raise TypeError(f"prior {cfg.prior!r} is neither 'learned' nor 'standard'")
-        if not (isinstance(cfg.temperature, (int, float)) and 0 <= cfg.temperature <= 10):
-            raise TypeError(f"temperature {cfg.temperature!r} is not a number from 0 to 10")
-    except TypeError as e:
+    except (TypeError, ConfigError) as e:
         raise ModelFileError(f"{directory / 'speech.json'}: field 'config' is malformed ({e})") from None
     if meta.get("mel") != MEL.to_dict():
         raise ModelFileError(f"{directory / 'speech.json'}: made with other mel parameters than this genforge's")

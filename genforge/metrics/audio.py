@@ -40,6 +40,7 @@ from genforge.data.audio.features import to_pictures
 from genforge.data.audio.wav import fit_length, resample
 from genforge.errors import DataError, GenforgeError, ModelFileError
 from genforge.generation import sample as draw
+from genforge.generation.audio import AudioMelOutput
 from genforge.io import read_json
 from genforge.metrics import scores
 from genforge.metrics.evaluator_net import SHIPPED_DIR, EvaluatorNet, cache_dir
@@ -382,19 +383,22 @@ def round_trip_rows(model, ev: AudioEvaluator, spec: str, splits: AudioSplits) -
     Griffin-Lim, scored like samples (class match against their true labels). What the representation lets
     through is the most its samples can score: the ceiling of IS and class match. [] for a waveform model."""
     out = model.output
-    if not hasattr(out, "spec"):
+    if not isinstance(out, AudioMelOutput):
         return []
-    clips = load_audio(spec, rate=out.rate, length=out.length).test if out.rate != ev.rate or \
-        out.length != ev.length else splits.test
+    same = (out.rate, out.length) == (ev.rate, ev.length)
+    clips = splits.test if same else load_audio(spec, rate=out.rate, length=out.length).test
     heard = to_evaluator(ev, out((to_pictures(out.spec, clips.x) + 1) / 2), out.rate)
     row = score_audio(ev, heard, clips.y, reference=splits.test.x)
     return [(f"real: test through the model's mel + Griffin-Lim ({len(clips)})", row)]
 
 
-def evaluate_audio(model, n: int = 500, seed: int = 0, progress: bool = True, **controls) -> dict:
+def evaluate_audio(model, n: int = 500, seed: int = 0, progress: bool = True, reference_rows: list | None = None,
+                   **controls) -> dict:
     """Sample ``n`` clips from an audio model (classes cycled when conditional), score them with the evaluator of
     its data against the test split, beside the real-data rows; also the seconds of audio per compute second.
-    ``controls``: sampling controls the model declares (diffusion: steps, sampler, guidance), else its own."""
+    ``controls``: sampling controls the model declares (diffusion: steps, sampler, guidance), else its own.
+    ``reference_rows``: the rows after the samples' from an earlier result for the same model (they do not
+    depend on the controls), so scoring one model several ways computes them once."""
     spec = audio_spec_of(model.meta["data"])
     ev = get_audio_evaluator(spec, progress=progress)
     splits = load_audio(spec, rate=ev.rate, length=ev.length)
@@ -406,6 +410,8 @@ def evaluate_audio(model, n: int = 500, seed: int = 0, progress: bool = True, **
     x = to_evaluator(ev, samples.x, rate)
     row = score_audio(ev, x, samples.y, reference=splits.test.x)
     row["realtime_factor"] = len(samples.x) * samples.x.shape[1] / rate / seconds
-    rows = [(f"samples ({n}, seed {seed})", row), *real_rows(ev, splits), *round_trip_rows(model, ev, spec, splits)]
+    if reference_rows is None:
+        reference_rows = [*real_rows(ev, splits), *round_trip_rows(model, ev, spec, splits)]
+    rows = [(f"samples ({n}, seed {seed})", row), *reference_rows]
     return {"rows": rows, "table": format_audio_table(rows, ev), "evaluator": ev.identity(),
             "sample_seconds": seconds}
