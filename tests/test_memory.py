@@ -123,12 +123,14 @@ def test_sampling_again_with_the_tuning_reuses_its_memory():
     # defaults 114,382 to 823,600 minor faults per call, every call (the count varies with glibc's sliding mmap
     # threshold, so a bare tuned-against-defaults ratio of whole processes can pass by luck: it did, with the
     # tuning switched off); tuned 15,034 to 18,853 on the first call, then 0 to 918. Repeated calls are the
-    # deterministic property: 0.25 leaves a wide margin on both sides.
+    # deterministic property: 0.25 leaves a wide margin on both sides. The defaults' later calls are not: once
+    # glibc's sliding threshold has risen they may reuse too (2026-12-06, one full-suite run: defaults 75,676,
+    # then 2,418 and 0), so the defaults are compared by what a call maps fresh, their first.
     untuned = child(SAMPLE_THREE_TIMES, GENFORGE_MALLOC="default")
     tuned = child(SAMPLE_THREE_TIMES)
     again = (tuned[1] + tuned[2]) / 2
     assert again < 0.25 * tuned[0], (tuned, untuned)  # reused, not mapped again
-    assert again < 0.25 * (untuned[1] + untuned[2]) / 2, (tuned, untuned)
+    assert again < 0.25 * untuned[0], (tuned, untuned)
 
 
 def fresh_pages(size: int = 64 << 20) -> None:
