@@ -11,7 +11,7 @@ from genforge.apps import image_to_speech as i2s
 from genforge.data import load_splits
 from genforge.data.audio import AudioSet, read_info
 from genforge.data.audio.wav import read_audio
-from genforge.errors import DataError, ModelFileError
+from genforge.errors import DataError, GenforgeError, ModelFileError
 
 
 @pytest.fixture(scope="module")
@@ -119,17 +119,55 @@ def test_the_latent_is_drawn_from_the_prior_of_the_image(run):
     out, model, images = run
     assert model.cfg.prior == "learned" and model.net.prior is not None
     img = images.x[:2, ..., 0]
-    before = model.say(img, seed=4)
+    before = model.say(img, seed=4, sample_from="prior")
     bias = model.net.prior[-1].bias
     kept = bias.detach().clone()
     with torch.no_grad():
         bias[: model.cfg.z_dim] += 3.0  # shift the prior's mean
     try:
-        assert not np.allclose(model.say(img, seed=4), before)
+        assert not np.allclose(model.say(img, seed=4, sample_from="prior"), before)
+        assert np.array_equal(model.say(img, seed=4), model.say(img, seed=4))  # the bank does not read the prior
     finally:
         with torch.no_grad():
             bias.copy_(kept)
-    assert np.array_equal(model.say(img, seed=4), before)
+    assert np.array_equal(model.say(img, seed=4, sample_from="prior"), before)
+
+
+def test_the_neighbour_bank_holds_every_training_pair_and_say_decodes_a_near_one(run):
+    """The bank: each training image's unit embedding and the posterior mean of a clip of its digit; saying an
+    image decodes the z of one of its k nearest bank images (cosine), with the image's own embedding."""
+    import torch
+
+    out, model, images = run
+    net, x = model.net, images.x[..., 0]
+    assert model.cfg.sample_from == "neighbours" and model.meta["bank_size"] == len(x) == len(net.bank_z)
+    e = model.embed(x)
+    assert torch.allclose(net.bank_e, torch.nn.functional.normalize(e, dim=1), atol=1e-6)
+    clips = torch.stack([i2s.to_picture(torch.from_numpy(np.stack([0.3 * np.sin(2 * np.pi * (200 + 100 * int(d))
+                                                                                 * np.arange(i2s.LENGTH) / i2s.RATE)
+                                                                   ]).astype(np.float32)))[0] for d in images.y])
+    with torch.no_grad():  # the tone clips: one per digit, so each image's pair is the tone of its digit
+        assert torch.allclose(net.bank_z, net.encode(clips, e)[0], atol=1e-4)
+    # k = 1: a training image's nearest bank image is itself, so its z is its own pair's
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(net.neighbour_z(e, 1, gen), net.bank_z)
+    # k = 3: always one of the three nearest, and the seed decides which
+    near = (torch.nn.functional.normalize(e, dim=1) @ net.bank_e.T).topk(3, dim=1).indices
+    z = net.neighbour_z(e, 3, torch.Generator().manual_seed(5))
+    assert all(any(torch.equal(z[i], net.bank_z[j]) for j in near[i]) for i in range(len(x)))
+    assert torch.equal(z, net.neighbour_z(e, 3, torch.Generator().manual_seed(5)))
+    # moving the bank rows near an image moves its speech; the speech is the decoding of a bank z
+    img = x[:1]
+    before = model.say(img, seed=2)
+    kept = net.bank_z.clone()
+    try:
+        with torch.no_grad():
+            net.bank_z += 5.0
+        assert not np.allclose(model.say(img, seed=2), before)
+    finally:
+        with torch.no_grad():
+            net.bank_z.copy_(kept)
+    assert np.array_equal(model.say(img, seed=2), before)
 
 
 def test_a_file_made_before_the_learnt_prior_still_loads_and_a_bad_prior_is_refused(tmp_path):
@@ -142,19 +180,33 @@ def test_a_file_made_before_the_learnt_prior_still_loads_and_a_bad_prior_is_refu
                      np.arange(10), [])
     out = tmp_path / "old"
     model = i2s.train_image_to_speech(out, max_seconds=60, max_steps=2,
-                                      cfg=i2s.SpeechConfig(batch_size=4, width=8, prior="standard"),
+                                      cfg=i2s.SpeechConfig(batch_size=4, width=8, prior="standard",
+                                                           sample_from="prior"),
                                       images=images, clips=clips, progress=False)
     said = model.say(images.x[0, ..., 0], seed=2)
     meta = json.loads((out / "speech.json").read_text())
-    del meta["config"]["prior"]  # as the first version wrote it
-    (out / "speech.json").write_text(json.dumps(meta))
+    assert meta["bank_size"] == 0 and not hasattr(model.net, "bank_z")
+    del meta["config"]["prior"], meta["config"]["sample_from"], meta["config"]["neighbours"], meta["bank_size"]
+    (out / "speech.json").write_text(json.dumps(meta))  # as the first version wrote it
     old = i2s.load_image_to_speech(out)
-    assert old.cfg.prior == "standard" and old.net.prior is None
+    assert old.cfg.prior == "standard" and old.net.prior is None and old.cfg.sample_from == "prior"
+    with pytest.raises(GenforgeError, match="has no neighbour bank"):
+        old.say(images.x[0, ..., 0], sample_from="neighbours")
+    with pytest.raises(GenforgeError, match="sample_from 'posterior' is neither"):
+        old.say(images.x[0, ..., 0], sample_from="posterior")
     assert np.array_equal(old.say(images.x[0, ..., 0], seed=2), said)
     del meta["config"]["temperature"]  # nor did it write a temperature: the prior's full spread
     (out / "speech.json").write_text(json.dumps(meta))
     assert i2s.load_image_to_speech(out).cfg.temperature == 1.0
-    for key, value, message in (("prior", "flat", "prior 'flat'"), ("temperature", -1, "temperature -1")):
+    for key, value, message in (("prior", "flat", "prior 'flat'"), ("temperature", -1, "temperature -1"),
+                                ("sample_from", "anywhere", "sample_from 'anywhere'"),
+                                ("neighbours", 0, "neighbours 0")):
         (out / "speech.json").write_text(json.dumps({**meta, "config": {**meta["config"], key: value}}))
         with pytest.raises(ModelFileError, match=f"field 'config' is malformed .*{message}"):
+            i2s.load_image_to_speech(out)
+    # a bank the config does not call for, or a neighbours model without one
+    for extra in ({"bank_size": 5}, {"bank_size": 0, "config": {**meta["config"], "sample_from": "neighbours"}},
+                  {"bank_size": "5"}):
+        (out / "speech.json").write_text(json.dumps({**meta, **extra}))
+        with pytest.raises(ModelFileError, match="field 'bank_size' must be a whole number"):
             i2s.load_image_to_speech(out)

@@ -99,6 +99,49 @@ def test_phase_shuffle_moves_each_example_by_at_most_two_samples():
     assert d(torch.zeros(2, 1, 256)).shape == (2,)
 
 
+def test_griffin_lim_in_chunks_is_griffin_lim_on_the_whole_batch():
+    """Clips go through Griffin-Lim a chunk at a time (for speed); each keeps the starting phase it would get in
+    one batch, so the chunk size does not change the sound."""
+    spec = picture_spec(8000, 2048, 16)
+    t = np.arange(2048) / 8000
+    x = np.stack([0.4 * np.sin(2 * np.pi * f * t) for f in (300, 700, 1100, 1900, 2500)]).astype(np.float32)
+    mag = spec.stft(torch.from_numpy(x)).abs()
+    whole = spec.griffin_lim(mag, 2048, n_iter=8, seed=3, chunk=len(x))
+    for chunk in (1, 2, 3):
+        assert torch.allclose(spec.griffin_lim(mag, 2048, n_iter=8, seed=3, chunk=chunk), whole, atol=1e-5)
+    assert spec.griffin_lim(mag[:0], 2048).shape == (0, 2048)
+
+
+def test_cluster_guidance_on_spectrograms_reads_no_label_and_samples_channels_last(tmp_path_factory, tones,
+                                                                                   tmp_path, monkeypatch):
+    """clusters: K on audio clusters the log-mel pictures (the low and the high tones fall apart without their
+    folder names being read); the model samples with no class and is scored as unconditional; a model trained
+    channels_last samples channels_last."""
+    from genforge.data.clusters import cluster_labels
+    from genforge.data.examples import load_examples
+    from genforge.metrics import audio
+
+    run = _train(tmp_path_factory, f"audio:{tones}", "cddpm", clusters=2, channels_last=True)
+    m = genforge.load(run)
+    assert m.cluster_prior is not None and m.meta["clusters"]["k"] == 2
+    conv = next(p for p in m.nets["denoiser"].parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    cfg = check_config(from_dict({"data": f"audio:{tones}", "model": "cddpm", **TINY}, "test"), "test")
+    ex = load_examples(cfg, "-1,1")
+    labels, _ = cluster_labels(ex.train_x.numpy(), 2, 0)
+    assert len(set(zip(labels.tolist(), ex.train_y.tolist()))) == 2          # one cluster per tone
+    s = m.sample(4, seed=0, steps=2)
+    assert s.x.shape == (4, LENGTH) and np.array_equal(s.x, genforge.load(run).sample(4, seed=0, steps=2).x)
+    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path / "cache"))
+    ev = audio.train_audio_evaluator(m.meta["data"], audio.AudioRecipe(steps=20, batch_size=8), progress=False)
+    audio.save_audio_evaluator(ev, audio.cache_dir())
+    result = audio.evaluate_audio(m, n=8, progress=False, steps=2)
+    assert "class_match" not in result["rows"][0][1] and result["rows"][0][1]["is"] >= 1
+    # 1-D data has no pictures to cluster
+    with pytest.raises(ConfigError, match="clusters pictures .* audio-wave data"):
+        _train(tmp_path_factory, f"audio-wave:{tones}", "cddpm-1d", clusters=2)
+
+
 def test_a_spectrogram_model_refuses_waveform_data(tones):
     with pytest.raises(ConfigError, match="audio-wave data"):
         check_config(from_dict({"data": f"audio-wave:{tones}", "model": "dcgan", **TINY}, "test"), "test")

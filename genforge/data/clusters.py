@@ -1,4 +1,5 @@
-"""Pseudo-labels for unlabeled images: k-means clusters of the training split, for cluster guidance.
+"""Pseudo-labels for unlabeled images (or spectrogram pictures): k-means clusters of the training split, for
+cluster guidance.
 
 A conditional diffusion model trained on cluster indices instead of classes can be guided towards a
 cluster at sampling time, and drawing the clusters in proportion to their sizes keeps it a model of the
@@ -27,14 +28,15 @@ METHOD = f"scikit-learn KMeans (n_init={N_INIT}) on {PCA_DIMS} principal compone
 
 
 def cluster_labels(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, H, W[, C]) -> (labels int64 (N,) in [0, k), prior float64 (k,): each cluster's share).
+    """uint8 images (N, H, W[, C]) scaled to [0, 1], or float pictures (N, ...) as they are (an audio model's
+    log-mel in [-1, 1]) -> (labels int64 (N,) in [0, k), prior float64 (k,): each cluster's share).
 
     The same images and seed give the same labels; cluster 0 is the largest, and so on down.
     """
     n = len(x)
     if not 2 <= k <= n:
         raise ValueError(f"cannot make {k} clusters of {n} images")
-    flat = x.reshape(n, -1).astype(np.float64) / 255.0                              # (N, D)
+    flat = x.reshape(n, -1).astype(np.float64) / (255.0 if x.dtype == np.uint8 else 1.0)  # (N, D)
     fit = flat[np.random.default_rng(seed).permutation(n)[:PCA_FIT_IMAGES]]
     pca = PCA(n_components=min(PCA_DIMS, *fit.shape), svd_solver="full").fit(fit)
     feats = pca.transform(flat)                                                     # (N, d)

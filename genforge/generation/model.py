@@ -103,7 +103,7 @@ class GenerativeModel:
             net.to(device)
         return self
 
-    def sample(self, n: int, seed: int = 0, classes=None, batch_size: int = 500, **controls) -> Samples:
+    def sample(self, n: int, seed: int = 0, classes=None, batch_size: int | None = None, **controls) -> Samples:
         """``n`` samples, reproducibly from ``seed``: :func:`genforge.generation.sample` on this model.
 
         ``classes`` (conditional models): one class, or a list cycled over the n samples. ``controls``: those

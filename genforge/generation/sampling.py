@@ -218,8 +218,8 @@ def resize(x: np.ndarray, size: int, resample: str = "lanczos") -> np.ndarray:
     return np.stack(out)
 
 
-def decode(model, z: torch.Tensor, y: np.ndarray | None = None, batch_size: int = 500, progress: bool = False,
-           **family_controls) -> np.ndarray:
+def decode(model, z: torch.Tensor, y: np.ndarray | None = None, batch_size: int | None = None,
+           progress: bool = False, **family_controls) -> np.ndarray:
     """Latents (n, z_dim) and classes (n,) or None -> the model's outputs: images uint8 (n, h, w) or
     (n, h, w, c); series float32 (n, c, t) in the data's units (``model.output``, by modality).
 
@@ -227,8 +227,10 @@ def decode(model, z: torch.Tensor, y: np.ndarray | None = None, batch_size: int 
     dropped, and the model's recipe fills in the ones not given (``model.sampling_defaults``). Callers that
     choose latents themselves (interpolation, class sweeps, feedback, the server's batcher) come here.
     ``progress``: a bar over the samples on stderr (the batches and random streams are the same either way).
+    ``batch_size``: samples per forward pass; by default the family's ``SAMPLE_BATCH`` (diffusion: 128), else 500.
     """
     family_controls = {**model.sampling_defaults, **{k: v for k, v in family_controls.items() if v is not None}}
+    batch_size = batch_size or getattr(model.method, "SAMPLE_BATCH", 500)
     device = model.device
     y_t = torch.from_numpy(y) if y is not None else None
     chunks = []
@@ -282,13 +284,13 @@ def finish(x: np.ndarray, output: dict) -> np.ndarray:
     return x
 
 
-def render(model, p: Plan, batch_size: int = 500, progress: bool = False) -> Samples:
+def render(model, p: Plan, batch_size: int | None = None, progress: bool = False) -> Samples:
     """Decode a plan into samples (``progress``: a bar over the samples on stderr)."""
     x = finish(decode(model, p.z, p.y, batch_size, progress, **p.decode), p.output)
     return Samples(x=x, y=p.y, z=p.z.numpy(), seed=p.seed, controls=p.controls)
 
 
-def sample(model, n: int, seed: int = 0, classes=None, batch_size: int = 500, progress: bool = False,
+def sample(model, n: int, seed: int = 0, classes=None, batch_size: int | None = None, progress: bool = False,
            **controls) -> Samples:
     """Generate ``n`` samples from a loaded model (see :func:`genforge.load`), reproducibly from ``seed``.
 
@@ -303,5 +305,5 @@ def sample(model, n: int, seed: int = 0, classes=None, batch_size: int = 500, pr
     """
     own = SAMPLERS.get(model.modality.name)
     if own is not None:
-        return own(model, n, seed, classes, batch_size, progress, **controls)
+        return own(model, n, seed, classes, batch_size or 500, progress, **controls)
     return render(model, plan(model, n, seed, classes, **controls), batch_size, progress)

@@ -201,9 +201,12 @@ def load_data(cfg: Config, device: torch.device, fitted: dict | None = None) -> 
     x = ex.train_x.to(device)  # (N, *example_shape)
     labels, class_names, clusters = ex.train_y, ex.class_names, None
     if cfg.clusters:  # cluster guidance: k-means clusters replace the labels, which are never read
-        if ex.modality != "image":
-            raise ConfigError(f"clusters (cluster guidance) clusters images; {cfg.data!r} is {ex.modality} data")
-        labels, prior = cluster_labels(ex.raw.train.x, cfg.clusters, cfg.seed)
+        if x.ndim != 4:
+            raise ConfigError(f"clusters (cluster guidance) clusters pictures (images, spectrograms); {cfg.data!r} "
+                              f"is {ex.modality} data of shape {tuple(ex.example_shape)}")
+        # images as stored (uint8); other pictures (an audio model's log-mel) as the network sees them
+        pictures = ex.raw.train.x if ex.modality == "image" else ex.train_x.cpu().numpy()
+        labels, prior = cluster_labels(pictures, cfg.clusters, cfg.seed)
         class_names = [f"cluster {i}" for i in range(cfg.clusters)]
         # the labels' hash travels with the model, so a resume can tell that it trains on the same clusters
         clusters = {"k": cfg.clusters, "prior": prior.tolist(), "method": CLUSTER_METHOD,
@@ -211,8 +214,7 @@ def load_data(cfg: Config, device: torch.device, fitted: dict | None = None) -> 
     num_classes = len(class_names or []) if spec.conditional else 0
     if spec.conditional and (labels is None or num_classes < 2):
         raise ConfigError(f"model {cfg.model!r} is class-conditional but data {cfg.data!r} has no labels"
-                          + (" (set clusters: K to train it on k-means clusters instead)" if ex.modality == "image"
-                             else ""))
+                          + (" (set clusters: K to train it on k-means clusters instead)" if x.ndim == 4 else ""))
     if cfg.channels_last:
         if x.ndim != 4:
             raise ConfigError(f"channels_last is a memory layout of images; {cfg.data!r} is {ex.modality} data")
