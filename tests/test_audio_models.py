@@ -117,9 +117,12 @@ def test_cluster_guidance_on_spectrograms_reads_no_label_and_samples_channels_la
     """clusters: K on audio clusters the log-mel pictures (the low and the high tones fall apart without their
     folder names being read); the model samples with no class and is scored as unconditional; a model trained
     channels_last samples channels_last."""
-    from genforge.data.clusters import cluster_labels
+    import hashlib
+
+    from genforge.data.clusters import VIEWS, cluster_labels
     from genforge.data.examples import load_examples
     from genforge.metrics import audio
+    from genforge.modalities import AUDIO
 
     run = _train(tmp_path_factory, f"audio:{tones}", "cddpm", clusters=2, channels_last=True)
     m = genforge.load(run)
@@ -128,8 +131,12 @@ def test_cluster_guidance_on_spectrograms_reads_no_label_and_samples_channels_la
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     cfg = check_config(from_dict({"data": f"audio:{tones}", "model": "cddpm", **TINY}, "test"), "test")
     ex = load_examples(cfg, "-1,1")
-    labels, _ = cluster_labels(ex.train_x.numpy(), 2, 0)
+    assert AUDIO.cluster_view == "level-free"  # each frame's level taken out: the spectral shape is clustered
+    view = VIEWS["level-free"](ex)
+    assert np.allclose(view.mean(axis=2), 0, atol=1e-5) and view.shape == ex.train_x.shape
+    labels, _ = cluster_labels(view, 2, 0)
     assert len(set(zip(labels.tolist(), ex.train_y.tolist()))) == 2          # one cluster per tone
+    assert m.meta["clusters"]["labels_sha256"] == hashlib.sha256(labels.astype(np.int64)).hexdigest()
     s = m.sample(4, seed=0, steps=2)
     assert s.x.shape == (4, LENGTH) and np.array_equal(s.x, genforge.load(run).sample(4, seed=0, steps=2).x)
     monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path / "cache"))

@@ -27,6 +27,20 @@ MAX_ITER = 300           # Lloyd iterations at most (scikit-learn's default; it 
 METHOD = f"scikit-learn KMeans (n_init={N_INIT}) on {PCA_DIMS} principal components"
 
 
+def _level_free(ex) -> np.ndarray:
+    """Log-mel pictures (N, 1, bands, frames) with each frame's mean over the bands taken out: the spectral shape
+    of each moment (what is said) without its level (how loud, how far). On the 1,600 spoken-digit training clips
+    k-means with k = 50 on the raw pictures made clusters 34% pure in the digit (the labels read only to check
+    this), on the level-free ones 65% (76% at k = 100)."""
+    x = ex.train_x.cpu().numpy()
+    return x - x.mean(axis=-2, keepdims=True)
+
+
+# what a modality's pictures are clustered on (Modality.cluster_view): examples (genforge.data.examples) -> array
+VIEWS = {"pixels": lambda ex: ex.raw.train.x,   # images as stored, uint8
+         "level-free": _level_free}
+
+
 def cluster_labels(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, H, W[, C]) scaled to [0, 1], or float pictures (N, ...) as they are (an audio model's
     log-mel in [-1, 1]) -> (labels int64 (N,) in [0, k), prior float64 (k,): each cluster's share).

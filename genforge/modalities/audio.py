@@ -28,6 +28,7 @@ AUDIO = Modality(
     writers=_WRITERS,
     evaluator=_EVALUATOR,
     recipes=("digits-", "drums-"),
+    cluster_view="level-free",      # what is said, not how loud: k-means on raw pictures follows the loudness
 )
 
 AUDIO_WAVE = Modality(

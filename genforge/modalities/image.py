@@ -12,5 +12,6 @@ IMAGE = Modality(
     output_controls=(controls.SIZE, controls.RESAMPLE),
     writers=(".png", ".npz", ""),
     evaluator="classifier features (FID, precision/recall, IS, class match) from a shipped, hashed CNN",
+    cluster_view="pixels",
     recipes=("mnist5k-", "fashion-"),
 )

@@ -18,3 +18,5 @@ class Modality:
     writers: tuple[str, ...]          # output suffixes ("" is a directory of single files)
     evaluator: str                    # how genforge eval scores it
     recipes: tuple[str, ...]          # name prefixes of the bundled recipes for it
+    cluster_view: str = ""            # what cluster guidance k-means-clusters (genforge.data.clusters.VIEWS); ""
+                                      # none: a model of this modality cannot train on clusters

@@ -32,6 +32,7 @@ from genforge.crypto import load_keyring
 from genforge.data import augment
 from genforge.data.examples import load_examples
 from genforge.data.clusters import METHOD as CLUSTER_METHOD
+from genforge.data.clusters import VIEWS as CLUSTER_VIEWS
 from genforge.data.clusters import cluster_labels
 from genforge.errors import ConfigError, GenforgeError, ModelFileError, TrainingError
 from genforge.generation import latents, sample
@@ -41,6 +42,7 @@ from genforge.generation.provenance import stamp
 from genforge.metrics.validation import ValidationBudget, validator_for_run
 from genforge.io import atomic_write_json, atomic_write_text, read_json
 from genforge.memory import tune_allocator
+from genforge.modalities import MODALITIES
 from genforge.models import MODELS, build_networks, d_options, network_options
 from genforge.training import distributed, privacy
 from genforge.training.checkpoint import (ResumeState, check_state, is_encrypted_run, last_checkpoint, read_state,
@@ -201,12 +203,11 @@ def load_data(cfg: Config, device: torch.device, fitted: dict | None = None) -> 
     x = ex.train_x.to(device)  # (N, *example_shape)
     labels, class_names, clusters = ex.train_y, ex.class_names, None
     if cfg.clusters:  # cluster guidance: k-means clusters replace the labels, which are never read
-        if x.ndim != 4:
+        view = MODALITIES[ex.modality].cluster_view
+        if not view:
             raise ConfigError(f"clusters (cluster guidance) clusters pictures (images, spectrograms); {cfg.data!r} "
                               f"is {ex.modality} data of shape {tuple(ex.example_shape)}")
-        # images as stored (uint8); other pictures (an audio model's log-mel) as the network sees them
-        pictures = ex.raw.train.x if ex.modality == "image" else ex.train_x.cpu().numpy()
-        labels, prior = cluster_labels(pictures, cfg.clusters, cfg.seed)
+        labels, prior = cluster_labels(CLUSTER_VIEWS[view](ex), cfg.clusters, cfg.seed)
         class_names = [f"cluster {i}" for i in range(cfg.clusters)]
         # the labels' hash travels with the model, so a resume can tell that it trains on the same clusters
         clusters = {"k": cfg.clusters, "prior": prior.tolist(), "method": CLUSTER_METHOD,
