@@ -127,6 +127,7 @@ def test_cluster_guidance_on_spectrograms_reads_no_label_and_samples_channels_la
     run = _train(tmp_path_factory, f"audio:{tones}", "cddpm", clusters=2, channels_last=True)
     m = genforge.load(run)
     assert m.cluster_prior is not None and m.meta["clusters"]["k"] == 2
+    assert m.meta["clusters"]["method"].endswith("view level-free")
     conv = next(p for p in m.nets["denoiser"].parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     cfg = check_config(from_dict({"data": f"audio:{tones}", "model": "cddpm", **TINY}, "test"), "test")

@@ -210,7 +210,7 @@ def load_data(cfg: Config, device: torch.device, fitted: dict | None = None) -> 
         labels, prior = cluster_labels(CLUSTER_VIEWS[view](ex), cfg.clusters, cfg.seed)
         class_names = [f"cluster {i}" for i in range(cfg.clusters)]
         # the labels' hash travels with the model, so a resume can tell that it trains on the same clusters
-        clusters = {"k": cfg.clusters, "prior": prior.tolist(), "method": CLUSTER_METHOD,
+        clusters = {"k": cfg.clusters, "prior": prior.tolist(), "method": f"{CLUSTER_METHOD}, view {view}",
                     "labels_sha256": hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64)).hexdigest()}
     num_classes = len(class_names or []) if spec.conditional else 0
     if spec.conditional and (labels is None or num_classes < 2):
