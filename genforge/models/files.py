@@ -320,8 +320,8 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[di
     tensors = read_weights(weights, directory / CONFIG, meta, state_tensors_meta(skeleton), data=data)
     nets = build_networks(*shape)
     # a picture model trained channels_last samples so too, and so does every 2-D diffusion UNet: oneDNN's NHWC
-    # convolutions ran a 28x28 cddpm UNet 1.45x faster on 2 cores (40x40 digits-cddpm's too; GAN generators
-    # from 4% slower to 1.5x faster, so they switch only when trained so)
+    # convolutions ran digits-cddpm's 40x40 UNet 1.2-1.3x faster on 2 cores, a 28x28 one 1.0-1.05x (GAN
+    # generators measured mixed, so they switch only when trained so)
     channels_last = len(meta["example_shape"]) == 3 and (meta.get("family") == "diffusion" or (
         meta.get("train_config") or {}).get("channels_last") is True)
     for role, net in nets.items():
