@@ -241,7 +241,8 @@ def train_image_to_speech(out: str | Path | None = None, max_seconds: float = 30
     emb = torch.from_numpy(evaluator.features(images.x[..., 0] if images.x.ndim == 4 else images.x)).float()
     with torch.no_grad():
         pics = torch.cat([to_picture(torch.from_numpy(clips.x[i:i + 200])) for i in range(0, len(clips.x), 200)])
-    net = SpeechVAE(cfg, emb.shape[1], bank_size=len(emb) if cfg.sample_from == "neighbours" else 0)
+    bank = len(emb) if cfg.sample_from == "neighbours" else 0
+    net = SpeechVAE(cfg, emb.shape[1], bank_size=bank)
     model = ImageToSpeech(net, cfg, evaluator, {})
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     net.train()
@@ -262,11 +263,11 @@ def train_image_to_speech(out: str | Path | None = None, max_seconds: float = 30
             print(f"genforge: image-to-speech step {step} recon {recon.item():.1f} KL {kl.item():.1f} "
                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     net.eval()
-    if cfg.sample_from == "neighbours":  # every training image once more, with a clip of its digit
+    if bank:  # every training image once more, with a clip of its digit
         net.fill_bank(emb, pics[_pairs(images.y, clips.y, rng, np.arange(len(emb)))])
     model.meta = {"format": FORMAT, "format_version": 1, "config": asdict(cfg), "mel": MEL.to_dict(),
                   "frames": FRAMES, "rate": RATE, "length": LENGTH, "steps": step,
-                  "bank_size": len(emb) if cfg.sample_from == "neighbours" else 0,
+                  "bank_size": bank,
                   "train_seconds": round(time.perf_counter() - t0, 1), "image_data": IMAGE_SPEC,
                   "image_evaluator": evaluator.identity(), "audio_data": "audio:spoken-digits"}
     if out is not None:
