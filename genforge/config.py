@@ -45,6 +45,7 @@ class Config:
     series_length_policy: str = "equal"  # ragged UCR sets: "equal" (refuse), "pad", "resample" or "crop"
     series_length: int = 0           # the target length of pad / resample / crop; 0: the policy's own choice
     series_missing: str = "refuse"   # missing values: "refuse", or "fill" (linear interpolation)
+    series_scaling: str = "minmax"   # each channel to [-1, 1] for training: "minmax", or "asinh" (rare excursions)
     series_time_column: str = ""     # series-csv: the time column (checked for order and duplicates), if any
     series_label_column: str = ""    # series-csv / series-npz: the class column, if any
     # --- tables (csv:, parquet:, table:; genforge.data.table) -------------------------------------------
@@ -188,6 +189,7 @@ CHOICES = {
     "lr_decay_over": ("steps", "time"),
     "series_length_policy": ("equal", "pad", "resample", "crop"),
     "series_missing": ("refuse", "fill"),
+    "series_scaling": ("minmax", "asinh"),
     "table_transform": ("vgm", "quantile"),
 }
 # recipe fields that set a trained model's sampling defaults: their ranges are the controls' own

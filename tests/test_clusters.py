@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import genforge
 from genforge.cli import main
@@ -76,10 +78,19 @@ def test_it_samples_like_an_unconditional_model(run, tmp_path):
     assert sample(model, 2, seed=4, classes=2).y.tolist() == [2, 2]              # a cluster can still be asked for
     x, y = _sample_model(model, 12, 4)
     assert y is None and np.array_equal(x, s.x)  # scored as unconditional: clusters are not classes
-    # the CLI grid is square, not one column per cluster
-    assert main(["sample", str(run), "--n", "9", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    # the CLI grid and the served one are square, not one column per cluster (3)
+    assert main(["sample", str(run), "--n", "4", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
     side = json.loads((tmp_path / "g.png.json").read_text())
-    assert side["nrow"] == 3
+    assert side["nrow"] == 2
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from genforge.serve.app import Served, ServeConfig, create_app
+
+    with TestClient(create_app({"c": Served("c", model, lambda: model)}, ServeConfig(auth=False, rate=0))) as c:
+        r = c.post("/v1/generate", json={"model": "c", "n": 4, "steps": 2, "format": "png"})
+        assert r.status_code == 200, r.text
+        assert json.loads(Image.open(io.BytesIO(r.content)).text["genforge"])["nrow"] == 2
 
 
 def test_bad_cluster_settings(unlabeled, run, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from genforge.data.series import Normalization, check_series, load_series, parse_series_spec
 from genforge.data.series import tep as tep_mod
 from genforge.data.series import ucr
-from genforge.data.series.base import sliding_windows
+from genforge.data.series.base import fit_normalization, sliding_windows
 from genforge.data.series.ts import read_ts
 from genforge.data.series.windows import read_csv_log, read_npz_log
 from genforge.errors import DataError
@@ -214,6 +214,27 @@ def test_load_series_ucr_normalizes_with_train_statistics_and_inverts():
     assert "train: 30 examples (Standing 7" in splits.describe()
     with pytest.raises(DataError, match=r"model\.json: normalization needs equal-length finite shift"):
         Normalization.from_json({"method": "zscore", "shift": [0.0, 1.0], "scale": [1.0, 0.0]}, "model.json")
+
+
+def test_asinh_normalization_keeps_the_common_case_wide_and_inverts():
+    """Normal operation (unit noise) with one fault excursion 200 spreads away: minmax squeezes the noise into
+    about 1% of [-1, 1]; asinh keeps it near a fifth, spans [-1, 1] exactly, and inverts to the data."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2, 50)) * [[3.0], [0.5]] + [[100.0], [-7.0]]
+    x[3, 0, 10:20] += 600.0                                      # a fault: 200 spreads of channel 0
+    wide, flat = fit_normalization(x, "asinh"), fit_normalization(x, "minmax")
+    u = wide.apply(x)
+    assert u.dtype == np.float32 and u.max() == pytest.approx(1.0) and u.min() >= -1.0
+    normal = np.delete(u, 3, axis=0)[:, 0]
+    assert normal.std() > 10 * np.delete(flat.apply(x), 3, axis=0)[:, 0].std() and 0.1 < normal.std() < 0.3
+    np.testing.assert_allclose(wide.invert(u), x, rtol=1e-5)
+    np.testing.assert_allclose(wide.shift, np.median(x, axis=(0, 2)))
+    again = Normalization.from_json(wide.to_json(), "model.json")
+    np.testing.assert_array_equal(again.invert(u), wide.invert(u))
+    held = wide.invert(np.full((1, 2, 1), 3.0, np.float32))      # beyond the range: held at its edge
+    np.testing.assert_allclose(held[0, :, 0], wide.invert(np.ones((1, 2, 1), np.float32))[0, :, 0])
+    const = fit_normalization(np.full((4, 1, 5), 2.5), "asinh")
+    assert const.constant == (0,) and np.array_equal(const.apply(np.full((1, 1, 5), 2.5)), np.zeros((1, 1, 5)))
 
 
 # --- series-csv: and series-npz: logs -----------------------------------------------------------------------

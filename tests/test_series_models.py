@@ -127,6 +127,33 @@ def test_loaded_examples_fill_the_method_range_per_channel(tiny_config):
     assert float(ex01.train_x.min()) == 0.0 and float(ex01.train_x.max()) == 1.0
 
 
+def test_asinh_scaling_fills_the_range_and_is_stored_for_sampling(tiny_config, tmp_path):
+    cfg = tiny_config("gan-1d")
+    ex = load_examples(from_dict({**cfg.__dict__, "series_scaling": "asinh"}, "test"), "-1,1")
+    per_channel = ex.train_x.transpose(0, 1).reshape(2, -1)
+    assert float(per_channel.abs().max()) == pytest.approx(1.0, abs=1e-6)  # the farthest sample at +-1
+    norm = ex.transform["normalization"]
+    assert norm["method"] == "asinh" and len(norm["limit"]) == 2
+    with pytest.raises(ConfigError, match="series_scaling"):
+        from_dict({**cfg.__dict__, "series_scaling": "log"}, "test")
+
+
+def test_a_channel_constant_in_training_comes_out_constant():
+    """A held-shut valve: any network jitter on it would mark a window as generated, so it is pinned."""
+    from genforge.generation.sampling import SeriesOutput
+
+    norm = {"method": "minmax", "shift": [10.0, 5.0], "scale": [2.0, 1.0], "constant": [1]}
+    out = SeriesOutput({"transform": {"normalization": norm, "channel_names": ["flow", "valve"]},
+                        "example_shape": [2, 4]})
+    x = torch.tensor([[[0.0, 0.25, 0.5, 1.0], [0.49, 0.5, 0.52, 0.47]]])  # [0, 1], as a family returns them
+    got = out(x)
+    np.testing.assert_allclose(got[0, 0], [8.0, 9.0, 10.0, 12.0])
+    assert got.dtype == np.float32 and np.array_equal(got[0, 1], np.full(4, 5.0, np.float32))
+    with pytest.raises(GenforgeError, match="constant channel outside 0..1"):
+        SeriesOutput({"transform": {"normalization": {**norm, "constant": [2]}, "channel_names": ["a", "b"]},
+                      "example_shape": [2, 4]})
+
+
 def _series_model_dir(tmp_path, transform):
     from genforge.models.files import save_model
 
@@ -142,6 +169,10 @@ def _series_model_dir(tmp_path, transform):
      "must describe 2 channel"),
     ({"normalization": {"method": "minmax", "shift": [0.0, 1.0], "scale": [1.0, -1.0]}, "channel_names": ["a", "b"]},
      "positive scale"),
+    ({"normalization": {"method": "asinh", "shift": [0.0, 1.0], "scale": [1.0, 1.0]}, "channel_names": ["a", "b"]},
+     "malformed"),
+    ({"normalization": {"method": "asinh", "shift": [0.0, 1.0], "scale": [1.0, 1.0], "limit": [2.0, 0.0]},
+      "channel_names": ["a", "b"]}, "positive finite 'limit'"),
 ])
 def test_a_damaged_transform_is_refused_on_load(tmp_path, transform, message):
     with pytest.raises(GenforgeError, match=message):

@@ -70,9 +70,10 @@ def _series(cfg, value_range: str) -> Examples:
     if len(train) == 0:
         raise DataError(f"{cfg.data}: the train split holds no complete example")
     # Generators end in tanh or a sigmoid: the data must fill a bounded range, so each channel is mapped to
-    # [-1, 1] by its minimum and maximum over the training windows of every class (a fault's excursions
-    # included; process monitoring's normal-only statistics would put them out of the generator's reach).
-    norm = fit_normalization(train.x, "minmax", mask=train.mask)
+    # [-1, 1] over the training windows of every class (a fault's excursions included; process monitoring's
+    # normal-only statistics would put them out of the generator's reach): linearly by its minimum and maximum
+    # ("minmax"), or by "asinh", which keeps the common case wide where excursions are rare and far.
+    norm = fit_normalization(train.x, cfg.series_scaling, mask=train.mask)
     x = norm.apply(train.x)                                      # (N, c, t) in [-1, 1]
     if train.mask is not None:
         x[np.broadcast_to(~train.mask[:, None, :], x.shape)] = 0.0  # padding stays exactly zero
@@ -80,7 +81,8 @@ def _series(cfg, value_range: str) -> Examples:
     if value_range == "0,1":
         t = (t + 1) / 2
     transform = {"kind": "series", "normalization": norm.to_json(), "channel_names": list(splits.channel_names)}
-    notes = [*splits.notes, "normalization for training: minmax per channel to [-1, 1] over the training split"]
+    notes = [*splits.notes, f"normalization for training: {cfg.series_scaling} per channel to [-1, 1] over the "
+                            "training split"]
     return Examples(cfg.data, "series", t, train.y, splits.example_shape, splits.class_names, transform, splits,
                     notes)
 

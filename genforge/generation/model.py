@@ -63,6 +63,16 @@ class GenerativeModel:
         clusters = self.meta.get("clusters")
         return clusters["prior"] if clusters else None
 
+    @property
+    def has_classes(self) -> bool:
+        """Whether samples carry classes a user asked for: a conditional model's, not a cluster model's."""
+        return bool(self.num_classes) and self.cluster_prior is None
+
+    def class_labels(self, samples):
+        """``samples.y`` where those are classes, else None: a cluster-guided model is scored and shown as the
+        unconditional model it is (no class match, no CAS, no column per class)."""
+        return samples.y if self.has_classes else None
+
     @functools.cached_property  # the metadata never changes after load; plan() and decode() both read it
     def sampling_defaults(self) -> dict:
         """The decoding controls used when a caller gives none: the recipe's own (diffusion: sampler,

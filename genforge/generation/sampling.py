@@ -114,7 +114,9 @@ class ImageOutput:
 
 class SeriesOutput:
     """A family's outputs in [0, 1] -> float32 series (b, c, t) in the data's units: the training data's
-    per-channel map to [-1, 1] (``transform.normalization``, saved with the model) undone."""
+    per-channel map to [-1, 1] (``transform.normalization``, saved with the model) undone. A channel that was
+    constant in every training window (a valve held shut) comes out at that constant: a network's output is
+    never exactly flat, and a few hundredths of jitter on a flat sensor mark a window as generated."""
 
     def __init__(self, meta: dict, origin: str = "config.json"):
         transform = meta.get("transform")
@@ -130,7 +132,10 @@ class SeriesOutput:
                                 "channel_names)")
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        return self.normalization.invert((x.float() * 2 - 1).cpu().numpy())
+        out = self.normalization.invert((x.float() * 2 - 1).cpu().numpy())
+        flat = list(self.normalization.constant)
+        out[:, flat] = self.normalization.shift[flat, None]
+        return out
 
 
 # modality -> the conversion of a family's [0, 1] outputs into what a sample is (built once per loaded model)

@@ -97,7 +97,7 @@ def write_samples(samples, path: str | Path, model, extra: dict | None = None, k
 
 
 def _write_grid(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
-    by_class = model.num_classes and model.cluster_prior is None and samples.controls.get("classes") is None
+    by_class = model.has_classes and samples.controls.get("classes") is None
     nrow = model.num_classes if by_class else math.ceil(math.sqrt(len(samples.x)))  # one column per class
     grid = make_grid(samples.x, nrow)
     if scale > 1:  # nearest neighbour: each pixel becomes a scale x scale block, nothing is invented

@@ -407,8 +407,7 @@ def evaluate_audio(model, n: int = 500, seed: int = 0, progress: bool = True, re
     seconds = time.perf_counter() - t0
     rate = model.output.rate
     x = to_evaluator(ev, samples.x, rate)
-    # a cluster-guided model is unconditional to its users: its clusters are not digits (as genforge.metrics.evaluate)
-    row = score_audio(ev, x, None if model.cluster_prior is not None else samples.y, reference=splits.test.x)
+    row = score_audio(ev, x, model.class_labels(samples), reference=splits.test.x)
     row["realtime_factor"] = len(samples.x) * samples.x.shape[1] / rate / seconds
     if reference_rows is None:
         reference_rows = [*real_rows(ev, splits), *round_trip_rows(model, ev, spec, splits)]

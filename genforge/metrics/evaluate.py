@@ -161,7 +161,7 @@ def _sample_model(model, n: int, seed: int, progress: bool = False) -> tuple[np.
     A cluster-guided model is scored as the unconditional model it is: its clusters are not classes, so
     no labels come back (no class match, no CAS)."""
     samples = sample(model, n, seed=seed, progress=progress)
-    return samples.x, (None if model.cluster_prior is not None else samples.y)
+    return samples.x, model.class_labels(samples)
 
 
 def evaluate(source, data: str | None = None, n: int = 10000, seed: int = 0, inception_weights: str | None = None,

@@ -542,7 +542,7 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
     if model.modality.name in ("audio", "audio-wave") and fmt != "npz":
         return render_audio(served, fmt, x, y, z, meta, headers, with_latents)
     if fmt == "png":
-        nrow = model.num_classes if (model.num_classes and "classes" not in controls) else math.ceil(math.sqrt(len(x)))
+        nrow = model.num_classes if (model.has_classes and "classes" not in controls) else math.ceil(math.sqrt(len(x)))
         picture = preview(Samples(x=x, y=y, z=z.numpy(), seed=seed, controls=controls), model, nrow=nrow,
                           title=f"{served.name} seed {seed}")
         data = provenance.png_bytes(picture, {**meta, "kind": "grid", "nrow": nrow})

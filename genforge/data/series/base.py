@@ -19,7 +19,7 @@ from genforge.errors import DataError
 
 LENGTH_POLICIES = ("equal", "pad", "resample", "crop")
 MISSING_POLICIES = ("refuse", "fill")
-NORMALIZATIONS = ("zscore", "minmax", "none")
+NORMALIZATIONS = ("zscore", "minmax", "asinh", "none")
 
 
 # eq=False: comparing arrays field by field is ambiguous; identity is what == means here.
@@ -134,24 +134,34 @@ def constant_channels(shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 @dataclass(eq=False)
 class Normalization:
-    """Per-channel affine map: normalized = (x - shift) / scale; stored with a model to undo it on samples."""
+    """Per-channel map, stored with a model to undo it on samples: normalized = (x - shift) / scale, or for
+    "asinh" asinh((x - shift) / scale) / limit (linear within a scale of the centre, logarithmic beyond)."""
 
-    method: str  # "zscore", "minmax" (to [-1, 1]) or "none"
+    method: str  # "zscore", "minmax" (to [-1, 1]), "asinh" (to [-1, 1]) or "none"
     shift: np.ndarray  # float64 (C,)
     scale: np.ndarray  # float64 (C,), > 0
     constant: tuple[int, ...] = ()  # channels with no spread in the fitting data (scale left at 1)
+    limit: np.ndarray | None = None  # "asinh" only: float64 (C,) > 0, asinh of the largest |x - shift| / scale
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """(N, C, T) in the data's units -> float32 normalized."""
-        return ((x - self.shift[:, None]) / self.scale[:, None]).astype(np.float32)
+        z = (x - self.shift[:, None]) / self.scale[:, None]
+        if self.method == "asinh":
+            z = np.arcsinh(z) / self.limit[:, None]
+        return z.astype(np.float32)
 
     def invert(self, x: np.ndarray) -> np.ndarray:
         """(N, C, T) normalized -> float32 in the data's units."""
+        if self.method == "asinh":  # sinh grows fast: a sample beyond the fitted range is held at its edge
+            x = np.sinh(np.clip(x, -1.0, 1.0) * self.limit[:, None])
         return (x * self.scale[:, None] + self.shift[:, None]).astype(np.float32)
 
     def to_json(self) -> dict:
-        return {"method": self.method, "shift": self.shift.tolist(), "scale": self.scale.tolist(),
-                "constant": list(self.constant)}
+        d = {"method": self.method, "shift": self.shift.tolist(), "scale": self.scale.tolist(),
+             "constant": list(self.constant)}
+        if self.method == "asinh":
+            d["limit"] = self.limit.tolist()
+        return d
 
     @classmethod
     def from_json(cls, d: dict, origin: str) -> Normalization:
@@ -159,18 +169,27 @@ class Normalization:
         try:
             method, shift, scale = d["method"], np.asarray(d["shift"], np.float64), np.asarray(d["scale"], np.float64)
             constant = tuple(int(c) for c in d.get("constant", ()))
+            limit = np.asarray(d["limit"], np.float64) if method == "asinh" else None
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{origin}: normalization is malformed ({e})") from None
         check_policy(f"{origin}: normalization method", method, NORMALIZATIONS)
         if shift.ndim != 1 or shift.shape != scale.shape or not np.isfinite(shift).all() or not (scale > 0).all():
             raise DataError(f"{origin}: normalization needs equal-length finite shift and positive scale lists")
-        return cls(method, shift, scale, constant)
+        if not all(0 <= c < len(shift) for c in constant):
+            raise DataError(f"{origin}: normalization lists a constant channel outside 0..{len(shift) - 1}")
+        if limit is not None and (limit.shape != shift.shape or not (np.isfinite(limit) & (limit > 0)).all()):
+            raise DataError(f"{origin}: an asinh normalization needs a positive finite 'limit' per channel")
+        return cls(method, shift, scale, constant, limit)
 
 
 def fit_normalization(x: np.ndarray, method: str, mask: np.ndarray | None = None) -> Normalization:
     """Per-channel statistics of float (N, C, T) `x` (only samples where `mask` (N, T) is True).
 
     zscore: mean and standard deviation; minmax: the midpoint and half-range, so the data spans [-1, 1].
+    asinh: the median and a robust spread (1.4826 x the median absolute deviation, else the standard
+    deviation), then asinh, scaled so the data spans [-1, 1]. Where rare excursions (a plant's faults) are tens
+    of spreads away, minmax squeezes the common case into a sliver of [-1, 1]; asinh keeps it wide and
+    compresses only the excursions.
     A channel without spread (a valve held shut) keeps scale 1 and is listed in `constant`.
     """
     check_policy("normalize", method, NORMALIZATIONS)
@@ -185,9 +204,17 @@ def fit_normalization(x: np.ndarray, method: str, mask: np.ndarray | None = None
         raise DataError("cannot fit a normalization on no samples")
     if method == "zscore":
         shift, scale = flat.mean(axis=1), flat.std(axis=1)
-    else:
+    elif method == "minmax":
         lo, hi = flat.min(axis=1), flat.max(axis=1)
         shift, scale = (hi + lo) / 2, (hi - lo) / 2
+    else:
+        shift = np.median(flat, axis=1)
+        mad = 1.4826 * np.median(np.abs(flat - shift[:, None]), axis=1)
+        scale = np.where(constant_channels(shift, mad), flat.std(axis=1), mad)  # mostly one value: its std
     flat_channels = constant_channels(shift, scale)
     scale = np.where(flat_channels, 1.0, scale)
-    return Normalization(method, shift, scale, tuple(int(i) for i in np.flatnonzero(flat_channels)))
+    constant = tuple(int(i) for i in np.flatnonzero(flat_channels))
+    if method != "asinh":
+        return Normalization(method, shift, scale, constant)
+    limit = np.arcsinh(np.abs(flat - shift[:, None]).max(axis=1) / scale)
+    return Normalization(method, shift, scale, constant, np.where(limit > 0, limit, 1.0))
