@@ -96,9 +96,14 @@ def write_samples(samples, path: str | Path, model, extra: dict | None = None, k
     return writers[suffix](samples, path, model, meta, extra or {}, keyring, scale)
 
 
+def grid_columns(model, n: int, controls: dict) -> int:
+    """A sample grid's width: one column per class when the classes were cycled (none asked for), else square."""
+    by_class = model.has_classes and controls.get("classes") is None
+    return model.num_classes if by_class else math.ceil(math.sqrt(n))
+
+
 def _write_grid(samples, path: Path, model, meta: dict, extra: dict, keyring, scale: int) -> Path:
-    by_class = model.has_classes and samples.controls.get("classes") is None
-    nrow = model.num_classes if by_class else math.ceil(math.sqrt(len(samples.x)))  # one column per class
+    nrow = grid_columns(model, len(samples.x), samples.controls)
     grid = make_grid(samples.x, nrow)
     if scale > 1:  # nearest neighbour: each pixel becomes a scale x scale block, nothing is invented
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)

@@ -50,7 +50,7 @@ from genforge.generation.sampling import finish as finish_samples
 from genforge.generation.sampling import Samples, decode, plan, resolve_class
 from genforge.generation.steering import feedback_latents
 from genforge.generation.text import text_plan
-from genforge.generation.writers import make_grid, preview
+from genforge.generation.writers import grid_columns, make_grid, preview
 from genforge.generation import provenance
 from genforge.data.table.schema import MODELLED
 from genforge.data.table.write import structured
@@ -542,7 +542,7 @@ def render(served: Served, fmt: str, x: np.ndarray, y: np.ndarray | None, z: tor
     if model.modality.name in ("audio", "audio-wave") and fmt != "npz":
         return render_audio(served, fmt, x, y, z, meta, headers, with_latents)
     if fmt == "png":
-        nrow = model.num_classes if (model.has_classes and "classes" not in controls) else math.ceil(math.sqrt(len(x)))
+        nrow = grid_columns(model, len(x), controls)
         picture = preview(Samples(x=x, y=y, z=z.numpy(), seed=seed, controls=controls), model, nrow=nrow,
                           title=f"{served.name} seed {seed}")
         data = provenance.png_bytes(picture, {**meta, "kind": "grid", "nrow": nrow})
