@@ -133,11 +133,14 @@ def test_two_processes_match_one_process_with_twice_the_batch(session, tmp_path,
             assert m[key] == pytest.approx(ref[m["step"]][key], rel=1e-5, abs=1e-5), (m["step"], key)
         # images/s counts the global batch
         assert m["images_per_sec"] > 0
-    # the weights agree too, not only the losses
+    # the weights agree too, not only the losses: to a tenth of one Adam step (lr 1e-3). Adam divides by the
+    # gradient's running size, so where a gradient is near 0 the all-reduce's float32 rounding moves a weight
+    # by up to ~lr: torch 2.14.1 left 3.8e-5 after 8 steps. Ranks that skipped the all-reduce would each follow their
+    # own half batch, about lr apart per step.
     a, b = load_state(last_checkpoint(root / "vae2-noiseless")), load_state(one.run / "checkpoints" / "step_00000008")
     for role in a["nets"]:
         for key, tensor in a["nets"][role].items():
-            assert torch.allclose(tensor, b["nets"][role][key], rtol=1e-4, atol=1e-5), (role, key)
+            assert torch.allclose(tensor, b["nets"][role][key], rtol=1e-4, atol=1e-4), (role, key)
     assert a["world_size"] == 2 and a["global_batch"] == 32 and len(a["rank_rngs"]) == 2
 
     # resume the 2-process run with 1 process (batch 32: the same global batch): it continues the same curve

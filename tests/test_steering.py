@@ -118,8 +118,12 @@ def test_interpolation_gif(gan_run, tmp_path):
     model = genforge.load(gan_run)
     walk = interpolate(model, [1, 2, 3], steps=4)
     assert walk.x.shape == (9, 28, 28)
-    np.testing.assert_array_equal(walk.x[0], sample(model, 1, seed=1).x[0])   # starts at seed 1's image
-    np.testing.assert_array_equal(walk.x[4], sample(model, 1, seed=2).x[0])   # passes through seed 2's
+    # starts at seed 1's image and passes through seed 2's, to a grey level: the walk runs 9 latents in one
+    # batch, the sample 1, and a batch's size can change a convolution's rounding (one pixel of 784, 103
+    # against 102, with torch 2.14.1 on an AMX CPU)
+    for frame, seed in ((0, 1), (4, 2)):
+        apart = np.abs(walk.x[frame].astype(int) - sample(model, 1, seed=seed).x[0].astype(int))
+        assert apart.max() <= 1 and (apart > 0).mean() < 0.01, (frame, seed)
     assert main(["interpolate", str(gan_run), "--seeds", "1,2,3", "--frames", "4", "--out",
                  str(tmp_path / "walk.gif")]) == 0
     gif = Image.open(tmp_path / "walk.gif")

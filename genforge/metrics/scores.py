@@ -101,10 +101,14 @@ def knn_radii(f: np.ndarray, k: int, chunk: int = 2000) -> np.ndarray:
 
 
 def _ball_counts(centres: np.ndarray, radii: np.ndarray, points: np.ndarray, chunk: int = 2000) -> np.ndarray:
-    """For each point, how many balls B(centre, radius) hold it, (len(points),)."""
+    """For each point, how many balls B(centre, radius) hold it, (len(points),).
+
+    The centres are the rows, in ``knn_radii``'s chunks, so a centre's distance to a point of its own set
+    comes out bit for bit as when its radius was measured: the transposed product rounds differently (the
+    BLAS of one machine did), and a neighbour lying exactly on the radius then fell outside its ball."""
     counts = np.zeros(len(points), dtype=np.int64)
-    for i in range(0, len(points), chunk):
-        counts[i:i + chunk] = (_sq_dists(points[i:i + chunk], centres) <= radii[None, :]).sum(1)
+    for i in range(0, len(centres), chunk):
+        counts += (_sq_dists(centres[i:i + chunk], points) <= radii[i:i + chunk, None]).sum(0)
     return counts
 
 
