@@ -90,9 +90,10 @@ class Config:
     # --- diffusion -------------------------------------------------------------------
     noise_schedule: str = "cosine"   # DDPM beta schedule: "linear" (Ho et al. 2020) or "cosine" (Nichol and Dhariwal 2021)
     cfg_dropout: float = 0.1         # share of class labels dropped in training, for classifier-free guidance
-    prediction: str = "eps"          # what the denoiser predicts: "eps" (the noise, Ho et al. 2020) or "v"
+    prediction: str = "eps"          # what the denoiser predicts: "eps" (the noise, Ho et al. 2020), "v"
                                      # (alpha eps - sigma x_0, Salimans and Ho 2022: finite at every step; the
-                                     # parameterisation a few-step distilled sampler needs)
+                                     # parameterisation a few-step distilled sampler needs) or "x0" (the clean
+                                     # example, as Diffusion-TS on time series)
     clusters: int = 0                # cddpm without labels: k-means clusters of the training images stand in for
                                      # classes, drawn by size when sampling (cluster guidance); 0: use the labels
     # how the trained model samples unless a caller says otherwise (genforge sample --sampler/--steps/--guidance)
@@ -182,7 +183,7 @@ CHOICES = {
     "gan_loss": ("ns", "hinge", "wgan-gp"),
     "d_norm": ("batch", "group", "none"),
     "noise_schedule": ("linear", "cosine"),
-    "prediction": ("eps", "v"),
+    "prediction": ("eps", "v", "x0"),
     "text_unit": ("window", "line"),
     "text_tokenizer": ("char", "bpe"),
     "text_on_bad_utf8": ("refuse", "replace"),

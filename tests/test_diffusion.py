@@ -275,7 +275,7 @@ def test_bad_sampling_settings_in_a_recipe(key, value, message):
 
 class Oracle(nn.Module):
     """A perfect denoiser for one known x0: returns the true eps of x_t (or, with prediction "v", the true
-    v = alpha_t eps - sigma_t x0), and records what it was asked."""
+    v = alpha_t eps - sigma_t x0; with "x0", x0 itself), and records what it was asked."""
 
     def __init__(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor, prediction: str = "eps"):
         super().__init__()
@@ -287,12 +287,13 @@ class Oracle(nn.Module):
         self.calls.append((x.clone(), int(t[0])))
         ab = self.ab[t][:, None, None, None]
         eps = (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
-        return ab.sqrt() * eps - (1 - ab).sqrt() * self.x0 if self.prediction == "v" else eps
+        return {"eps": eps, "v": ab.sqrt() * eps - (1 - ab).sqrt() * self.x0,
+                "x0": self.x0.expand_as(x)}[self.prediction]
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 @pytest.mark.parametrize("steps", [1, 2, 10, 50, T])
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_ddim_with_a_perfect_denoiser_lands_on_the_data(kind, steps, prediction):
     """DDIM with eta=0 keeps the noise of x_T fixed: with the true eps, every visited x_t is exactly
     sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, and the chain ends on x0, whatever the number of steps."""
@@ -313,7 +314,7 @@ def test_ddim_with_a_perfect_denoiser_lands_on_the_data(kind, steps, prediction)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 20])
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_dpm_solver_with_a_perfect_denoiser_also_lands_on_the_data(steps, prediction):
     """With the true eps of one known x0, every x0 prediction is x0 itself, so DPM-Solver++'s extrapolation
     D = x0 and the chain ends on the data like DDIM's."""
@@ -427,13 +428,15 @@ def test_every_diffusion_recipe_is_registered():
     assert diffusion.latent_dim(100, (3, 32, 32)) == 3 * 32 * 32
 
 
-def test_v_prediction_trains_on_v_saves_its_parameterisation_and_samples(tiny_config, tmp_path):
-    """prediction: v. The training target is v = alpha_t eps - sigma_t x0 (a network that outputs the true v
-    of the batch has loss 0, one that outputs the true eps does not); the trained model's config.json says
-    "v", it loads as a v model and samples reproducibly; an eps model's files carry no such option."""
-    cfg = tiny_config("ddpm", prediction="v")
-    nets = build_networks("ddpm", (1, 16, 16), 0, 8, net_options={"prediction": "v"})
-    assert nets["denoiser"].prediction == "v"
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_v_and_x0_prediction_train_on_their_target_save_it_and_sample(tiny_config, tmp_path, prediction):
+    """prediction: v (or x0). The training target is v = alpha_t eps - sigma_t x0 (or x0 itself): a network
+    that outputs the true target of the batch has loss 0, one that outputs the true eps does not; the trained
+    model's config.json names it, it loads as such a model and samples reproducibly; an eps model's files
+    carry no such option."""
+    cfg = tiny_config("ddpm", prediction=prediction)
+    nets = build_networks("ddpm", (1, 16, 16), 0, 8, net_options={"prediction": prediction})
+    assert nets["denoiser"].prediction == prediction
 
     class Replay(nn.Module):
         """Outputs what it is told (the true v or eps of the batch), plus a zero-weighted parameter for Adam."""
@@ -445,20 +448,21 @@ def test_v_prediction_trains_on_v_saves_its_parameterisation_and_samples(tiny_co
         def forward(self, x, t, y=None):
             ab = trainer.schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
             eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-            return (ab.sqrt() * eps - (1 - ab).sqrt() * x0 if self.out == "v" else eps) + 0 * self.w
+            return {"eps": eps, "v": ab.sqrt() * eps - (1 - ab).sqrt() * x0, "x0": x0}[self.out] + 0 * self.w
 
     x0 = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    replay = Replay("v")
+    replay = Replay(prediction)
     trainer = Trainer(cfg, {"denoiser": replay, "schedule": nets["schedule"]})
-    for out, zero in (("v", True), ("eps", False)):
+    for out, zero in ((prediction, True), ("eps", False)):
         replay.out = out
         loss = float(trainer.train_step(x0, None, torch.Generator().manual_seed(1))["loss"])
         assert (loss < 1e-6) if zero else (loss > 1e-2), (out, loss)
 
-    run = tmp_path / "v"
+    run = tmp_path / prediction
     train(cfg, run, quiet=True)
     model = genforge.load(run, device="cpu")
-    assert model.meta["net_options"] == {"prediction": "v"} and model.nets["denoiser"].prediction == "v"
+    assert model.meta["net_options"] == {"prediction": prediction}
+    assert model.nets["denoiser"].prediction == prediction
     a = model.sample(3, seed=2, steps=4).x
     assert np.isfinite(a).all() and np.array_equal(a, model.sample(3, seed=2, steps=4).x)
     eps_run = tmp_path / "eps"
@@ -468,7 +472,7 @@ def test_v_prediction_trains_on_v_saves_its_parameterisation_and_samples(tiny_co
 
 @pytest.mark.parametrize("overrides, message", [
     ({"model": "dcgan", "prediction": "v"}, "'prediction' 'v' is for the diffusion models"),
-    ({"prediction": "x0"}, "prediction"),
+    ({"prediction": "x_0"}, "prediction"),
 ])
 def test_bad_prediction_is_a_config_error(tiny_config, overrides, message):
     model = overrides.pop("model", "ddpm")

@@ -68,7 +68,7 @@ def test_distilled_steps_land_closer_to_two_teacher_steps_than_one(teacher, v_te
     (at t = T-1 the noise parameterisation cannot learn, and the student keeps the teacher's step;
     models/distill.py); a v student learns the first too, and must land closer there as well."""
     nets, meta, _ = read_model(teacher if prediction == "eps" else v_teacher)
-    assert diffusion.is_v(nets["denoiser"]) == (prediction == "v")
+    assert diffusion.prediction_of(nets["denoiser"]) == prediction
     ab, net = nets["schedule"].alphas_cumprod, nets["denoiser"].eval()
     from genforge.config import from_dict
     from genforge.data.examples import load_examples
@@ -99,7 +99,7 @@ def test_a_v_teacher_gives_a_v_student_that_says_so(v_teacher, tmp_path):
     model = genforge.load(out, device="cpu")
     meta = json.loads((out / "config.json").read_text())
     assert meta["distilled"]["prediction"] == "v" and meta["net_options"] == {"prediction": "v"}
-    assert diffusion.is_v(model.nets["denoiser"]) and model.sampling_defaults["steps"] == 4
+    assert diffusion.prediction_of(model.nets["denoiser"]) == "v" and model.sampling_defaults["steps"] == 4
     a = model.sample(4, seed=5).x
     assert np.isfinite(a).all() and np.array_equal(a, model.sample(4, seed=5).x)
 

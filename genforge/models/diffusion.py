@@ -10,9 +10,12 @@ t = 0 .. T-1 (DDPM's 1 .. T):
 
 The network learns eps from (x_t, t), with the plain loss |eps - eps_theta|^2
 (DDPM eq. 14, "L_simple"); or, with ``prediction: v``, v = alpha_t eps - sigma_t x_0 (Salimans and Ho 2022,
-appendix D), with alpha_t = sqrt(alpha_bar[t]), sigma_t = sqrt(1 - alpha_bar[t]). Both give eps and x_0:
+appendix D), with alpha_t = sqrt(alpha_bar[t]), sigma_t = sqrt(1 - alpha_bar[t]); or, with ``prediction: x0``,
+x_0 itself (the loss |x_0 - x_0_theta|^2, as Diffusion-TS trains on time series, Yuan and Qiao 2024). Each
+gives eps and x_0:
 
-    eps = alpha_t v + sigma_t x_t,    x_0 = alpha_t x_t - sigma_t v
+    eps = alpha_t v + sigma_t x_t,    x_0 = alpha_t x_t - sigma_t v       (v)
+    eps = (x_t - alpha_t x_0) / sigma_t                                  (x0)
 
 but where alpha_t is near 0 (the first sampling step) an eps model's x_0 = (x_t - sigma_t eps) / alpha_t
 multiplies its error by 1 / alpha_t, while a v model's stays finite: a few-step sampler distilled from a
@@ -91,7 +94,8 @@ class NoiseSchedule(nn.Module):
 
 
 def network_options(cfg, transform: dict) -> dict:
-    """``ModelSpec.options``: {"prediction": "v"} for a v model; {} for eps, so eps models' files stay as they were."""
+    """``ModelSpec.options``: {"prediction": "v"} for a v model (or "x0"); {} for eps, so eps models' files stay
+    as they were."""
     return {"prediction": cfg.prediction} if cfg.prediction != "eps" else {}
 
 
@@ -126,8 +130,9 @@ def predict(denoiser: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tens
     return out_uncond + guidance * (out_cond - out_uncond)
 
 
-def is_v(denoiser: nn.Module) -> bool:
-    return getattr(denoiser, "prediction", "eps") == "v"
+def prediction_of(denoiser: nn.Module) -> str:
+    """What the network's output means: "eps", "v" or "x0" (its ``prediction``, from the model's net_options)."""
+    return getattr(denoiser, "prediction", "eps")
 
 
 def x0_at(denoiser: nn.Module, x: torch.Tensor, t: int, y: torch.Tensor | None, guidance: float,
@@ -135,13 +140,15 @@ def x0_at(denoiser: nn.Module, x: torch.Tensor, t: int, y: torch.Tensor | None, 
     """x_0 (not clipped) predicted from x_t at one timestep ``t`` for the whole batch; ``ab``: the schedule as
     Python floats (the step coefficients in double precision), as every DDIM loop here takes them."""
     out = predict(denoiser, x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), y, guidance)
-    return x0_from(out, x, math.sqrt(ab[t]), math.sqrt(1 - ab[t]), is_v(denoiser))
+    return x0_from(out, x, math.sqrt(ab[t]), math.sqrt(1 - ab[t]), prediction_of(denoiser))
 
 
-def x0_from(out, x, alpha, sigma, v: bool):
-    """The x_0 a network output means at x_t: alpha x_t - sigma v (a v model), or (x_t - sigma eps) / alpha.
-    ``alpha``, ``sigma``: floats, or tensors that broadcast (per-example steps)."""
-    return alpha * x - sigma * out if v else (x - sigma * out) / alpha
+def x0_from(out, x, alpha, sigma, prediction: str):
+    """The x_0 a network output means at x_t: alpha x_t - sigma v (a v model), the output itself (an x0 model),
+    or (x_t - sigma eps) / alpha. ``alpha``, ``sigma``: floats, or tensors that broadcast (per-example steps)."""
+    if prediction == "v":
+        return alpha * x - sigma * out
+    return out if prediction == "x0" else (x - sigma * out) / alpha
 
 
 def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None, steps: int | None = None,
@@ -247,7 +254,8 @@ class Trainer:
             y = torch.where(drop, torch.full_like(y, self.denoiser.num_classes), y)
         ab = self.schedule.alphas_cumprod[t].view(-1, *(1,) * (x.ndim - 1))              # (b, 1, 1, 1)
         x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps                                    # DDPM eq. 4
-        target = ab.sqrt() * eps - (1 - ab).sqrt() * x if is_v(self.denoiser) else eps  # v, or eps
+        kind = prediction_of(self.denoiser)
+        target = {"eps": eps, "v": ab.sqrt() * eps - (1 - ab).sqrt() * x, "x0": x}[kind]
         loss = F.mse_loss(self.denoiser(x_t, t, y), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -15,7 +15,7 @@ training example (Salimans and Ho 2022, algorithm 2), with alpha = sqrt(ab), sig
     x~   = (z'' - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t)    (eq. 8 of the paper)
            the x_0 that makes ONE DDIM step from z_t land on z''; at s = data, x~ = z''
 
-The student keeps its teacher's parameterisation (eps or v, ``prediction`` in the recipe), so its files load
+The student keeps its teacher's parameterisation (eps, v or x0, ``prediction`` in the recipe), so its files load
 and sample like any diffusion model. Its loss (``distill_loss``) is the distance between where its one DDIM
 step lands and z'', through the sampler's own x_0 clip. A v student learns every step so. An eps student
 cannot learn the steps where an eps error moves z far more than itself (the first, from t = T-1: the paper's
@@ -93,17 +93,18 @@ def ddim_step(denoiser: nn.Module, ab: torch.Tensor, z: torch.Tensor, t: torch.T
     a_t, s_t = _coefficients(ab, t, z.ndim)
     a_s, s_s = _coefficients(ab, s, z.ndim)
     out = diffusion.predict(denoiser, z, t, y, guidance)
-    x0 = diffusion.x0_from(out.double(), z.double(), a_t, s_t, diffusion.is_v(denoiser)).clamp(-1, 1)
+    x0 = diffusion.x0_from(out.double(), z.double(), a_t, s_t, diffusion.prediction_of(denoiser)).clamp(-1, 1)
     eps = (z.double() - a_t * x0) / s_t
     return (a_s * x0 + s_s * eps).float()
 
 
 def distill_loss(out_student: torch.Tensor, x_target: torch.Tensor, eps_teacher: torch.Tensor | None,
                  z: torch.Tensor, a_t: torch.Tensor, s_t: torch.Tensor, a_s: torch.Tensor, s_s: torch.Tensor,
-                 v: bool = False) -> torch.Tensor:
-    """Per example (all (b, ...), float64). A v student (``v``; its output is v, see ``diffusion.py``) takes the
-    first form at every step: its x_0 = alpha z - sigma v stays finite where alpha is near 0, so it can learn
-    the first step too (Salimans and Ho's reason for v). An eps student (the output is eps):
+                 prediction: str = "eps") -> torch.Tensor:
+    """Per example (all (b, ...), float64). A v student (``prediction``; its output is v, see ``diffusion.py``)
+    takes the first form at every step: its x_0 = alpha z - sigma v stays finite where alpha is near 0, so it can
+    learn the first step too (Salimans and Ho's reason for v); so does an x0 student, whose output is x_0. An eps
+    student (the output is eps):
 
     - where the step is well conditioned: |z_s(student) - z''|^2 = ((alpha_s - (sigma_s / sigma_t) alpha_t)
       (clip(x0_student) - x~))^2, where the student's one DDIM step lands against where the teacher's two land,
@@ -119,10 +120,10 @@ def distill_loss(out_student: torch.Tensor, x_target: torch.Tensor, eps_teacher:
       parameterisation cannot learn those steps (the paper's reason for its v-parameterisation); an eps
       student leaves them alone.
     """
-    x0 = diffusion.x0_from(out_student.double(), z.double(), a_t, s_t, v).clamp(-1, 1)
+    x0 = diffusion.x0_from(out_student.double(), z.double(), a_t, s_t, prediction).clamp(-1, 1)
     ratio = s_s / s_t
     in_z = ((a_s - ratio * a_t) * (x0 - x_target)).pow(2).flatten(1).mean(1)         # (b,)
-    if v:
+    if prediction != "eps":
         return in_z.mean()
     anchor = (out_student.double() - eps_teacher.double()).pow(2).flatten(1).mean(1)  # (b,)
     steep = ((a_s - ratio * a_t) * s_t / a_t).flatten() > 1                          # (b,): z moves more than eps
@@ -141,7 +142,7 @@ def distill_round(teacher: nn.Module, ab: torch.Tensor, x: torch.Tensor, y: torc
     grid = torch.tensor(diffusion.ddim_timesteps(teacher_steps) + [-1], device=x.device)  # (N + 1,), -1: data
     gen = torch.Generator(device=x.device).manual_seed(seed)
     half = teacher_steps // 2
-    v = diffusion.is_v(teacher)  # the student keeps the teacher's parameterisation
+    prediction = diffusion.prediction_of(teacher)  # the student keeps the teacher's parameterisation
     t_log = time.perf_counter()
     for it in range(iterations):
         idx = torch.randint(0, len(x), (batch_size,), generator=gen, device=x.device)
@@ -154,12 +155,12 @@ def distill_round(teacher: nn.Module, ab: torch.Tensor, x: torch.Tensor, y: torc
         z = (a_t * x0.double() + s_t * eps.double()).float()                            # z_t, DDPM eq. 4
         with torch.no_grad():
             # an eps student keeps the teacher's own step where it cannot learn the target (distill_loss)
-            eps_teacher = None if v else diffusion.predict(teacher, z, t, yb, guidance)
+            eps_teacher = None if prediction != "eps" else diffusion.predict(teacher, z, t, yb, guidance)
             z2 = ddim_step(teacher, ab, ddim_step(teacher, ab, z, t, t1, yb, guidance), t1, s, yb, guidance)
             ratio = s_s / s_t
             x_target = (z2.double() - ratio * z.double()) / (a_s - ratio * a_t)        # eq. 8; = z'' at s = data
         out_student = student(z, t, yb)  # guidance 1: the plain (conditional) prediction
-        loss = distill_loss(out_student, x_target, eps_teacher, z, a_t, s_t, a_s, s_s, v)
+        loss = distill_loss(out_student, x_target, eps_teacher, z, a_t, s_t, a_s, s_s, prediction)
         if not torch.isfinite(loss):
             raise GenforgeError(f"distillation loss became non-finite at iteration {it + 1} of the round "
                                 f"{teacher_steps} -> {half} steps; try a lower --lr (now {lr:g})")
@@ -244,7 +245,7 @@ def distill(model: str | Path, out: str | Path, steps: int = 4, teacher_steps: i
                                     **({"guidance": 1.0} if spec.conditional else {})}
     student_meta["distilled"] = {"method": METHOD, "from": str(directory), "teacher_weights_sha256":
                                  meta["weights_sha256"], "teacher_steps": teacher_steps, "steps": steps,
-                                 "prediction": "v" if diffusion.is_v(teacher) else "eps",
+                                 "prediction": diffusion.prediction_of(teacher),
                                  "rounds": rounds, "iterations_per_round": iterations, "batch_size": batch_size,
                                  "lr": lr, "seed": seed, "data": cfg.data,
                                  **({"guidance": float(defaults["guidance"])} if spec.conditional else {})}

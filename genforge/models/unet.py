@@ -101,8 +101,8 @@ class SelfAttention(nn.Module):
 
 class UNet(nn.Module):
     """Noise prediction eps(x_t, t, y): noisy examples (b, c, h, w) or (b, c, t), timesteps (b,) int64, classes
-    (b,) or None. With ``prediction="v"`` the same network predicts v = alpha_t eps - sigma_t x_0 instead
-    (``diffusion.py`` turns it into eps); the layers are the same.
+    (b,) or None. With ``prediction="v"`` the same network predicts v = alpha_t eps - sigma_t x_0 instead, with
+    ``prediction="x0"`` x_0 itself (``diffusion.py`` turns either into eps); the layers are the same.
 
     The example's rank picks the layers: images (c, h, w) get 2-D convolutions, series and waveforms (c, t)
     1-D ones, with the same blocks, widths and module names. ``z_dim`` is ignored (the latent of a diffusion
@@ -115,8 +115,8 @@ class UNet(nn.Module):
     def __init__(self, image_shape: tuple[int, ...], z_dim: int = 0, base_channels: int = 32, num_classes: int = 0,
                  prediction: str = "eps"):
         super().__init__()
-        if prediction not in ("eps", "v"):
-            raise ConfigError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+        if prediction not in ("eps", "v", "x0"):
+            raise ConfigError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
         self.prediction = prediction  # what the output means: diffusion.x0_at reads it
         one_d = len(image_shape) == 2
         conv = nn.Conv1d if one_d else nn.Conv2d
