@@ -100,8 +100,8 @@ def test_phase_shuffle_moves_each_example_by_at_most_two_samples():
 
 
 def test_griffin_lim_in_chunks_is_griffin_lim_on_the_whole_batch():
-    """Clips go through Griffin-Lim a chunk at a time (for speed); each keeps the starting phase it would get in
-    one batch, so the chunk size does not change the sound."""
+    """Clips go through Griffin-Lim a chunk at a time (for speed), every clip from the same starting phase, so
+    neither the chunk size nor a clip's place in the batch changes its sound."""
     spec = picture_spec(8000, 2048, 16)
     t = np.arange(2048) / 8000
     x = np.stack([0.4 * np.sin(2 * np.pi * f * t) for f in (300, 700, 1100, 1900, 2500)]).astype(np.float32)
@@ -109,6 +109,10 @@ def test_griffin_lim_in_chunks_is_griffin_lim_on_the_whole_batch():
     whole = spec.griffin_lim(mag, 2048, n_iter=8, seed=3, chunk=len(x))
     for chunk in (1, 2, 3):
         assert torch.allclose(spec.griffin_lim(mag, 2048, n_iter=8, seed=3, chunk=chunk), whole, atol=1e-5)
+    # a clip alone, or last of a reordered batch, sounds as it did third of the first batch
+    assert torch.allclose(spec.griffin_lim(mag[2:3], 2048, n_iter=8, seed=3)[0], whole[2], atol=1e-5)
+    assert torch.allclose(spec.griffin_lim(mag.flip(0), 2048, n_iter=8, seed=3)[2], whole[2], atol=1e-5)
+    assert not torch.allclose(spec.griffin_lim(mag[2:3], 2048, n_iter=8, seed=4)[0], whole[2], atol=1e-3)
     assert spec.griffin_lim(mag[:0], 2048).shape == (0, 2048)
 
 

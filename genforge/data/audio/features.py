@@ -118,18 +118,21 @@ class MelSpec:
         """(b, freq, frames) magnitude -> (b, length) waveform whose STFT magnitude is close to it.
 
         Fast Griffin-Lim (Perraudin et al. 2013): c_n = P_C(P_A(t_{n-1})); t_n = c_n + momentum (c_n - c_{n-1}).
-        The starting phase is drawn from ``seed``, so the same magnitude gives the same audio. Clips are
+        The starting phase is drawn from ``seed``, one (freq, frames) pattern that every clip starts from, so
+        the same magnitude gives the same audio wherever it sits in whatever batch (a model's sample alone or
+        in a batch of 500: the sampler calls this once per batch, and a phase per position in the batch gave a
+        clip another sound when it was sampled in another batch). Clips are
         independent, so they go ``chunk`` at a time: the complex spectra of a few dozen clips stay in cache, where
         those of 200 at once (8 M values at n_fft 2048) made each update a trip through memory and Griffin-Lim
         2.3x slower on 2 cores. The updates run in place on the spectra's real view for the same reason.
         """
         gen = torch.Generator().manual_seed(seed)
-        phase = torch.rand(magnitude.shape, generator=gen) * 2 * math.pi   # for the whole batch: chunk-free
+        phase = torch.rand(magnitude.shape[1:], generator=gen) * 2 * math.pi   # (freq, frames), every clip's
         win = self.window(magnitude.device)
         out = []
         for i in range(0, len(magnitude), chunk):
             mag = magnitude[i:i + chunk]
-            spec = mag * torch.exp(1j * phase[i:i + chunk].to(magnitude.device))
+            spec = mag * torch.exp(1j * phase.to(magnitude.device))
             prev = torch.zeros_like(spec)
             for _ in range(n_iter):
                 x = torch.istft(spec, self.n_fft, self.hop, window=win, center=True, length=length)
