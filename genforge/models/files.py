@@ -319,11 +319,11 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[di
     data = read_plain(weights) if is_encrypted(weights) else None
     tensors = read_weights(weights, directory / CONFIG, meta, state_tensors_meta(skeleton), data=data)
     nets = build_networks(*shape)
-    # a picture model trained channels_last samples so too, and so does every 2-D diffusion UNet: oneDNN's NHWC
-    # convolutions ran digits-cddpm's 40x40 UNet 1.2-1.3x faster on 2 cores, a 28x28 one 1.0-1.05x (GAN
-    # generators measured mixed, so they switch only when trained so)
-    channels_last = len(meta["example_shape"]) == 3 and (meta.get("family") == "diffusion" or (
-        meta.get("train_config") or {}).get("channels_last") is True)
+    # a picture model trained channels_last samples so too, and so does every picture model of a family that
+    # declares it samples faster so (SAMPLE_CHANNELS_LAST: the diffusion UNets)
+    channels_last = len(meta["example_shape"]) == 3 and (
+        getattr(MODELS[meta["model"]].method, "SAMPLE_CHANNELS_LAST", False)
+        or (meta.get("train_config") or {}).get("channels_last") is True)
     for role, net in nets.items():
         prefix = f"{role}."
         net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
