@@ -404,8 +404,9 @@ def generation_table(name: str, r: dict) -> str:
             continue
         label = f"{row} ({v['steps']} steps, {v['fit_seconds']:.0f} s)" if "steps" in v else row
         chance = f"; {v['discriminative_chance']:.3f}" if len(chances) > 1 and "discriminative_chance" in v else ""
-        lines.append(f"| {label} | {v['discriminative']:.3f} +- {v['discriminative_std']:.3f}{chance} | {v['predictive']:.4f} "
-                     f"| {v['fd']:.3g} | {v['precision']:.3f} | {v['recall']:.3f} | {v.get('tstr', float('nan')):.3f} |")
+        lines.append(f"| {label} | {v['discriminative']:.3f} +- {v['discriminative_std']:.3f}{chance} "
+                     f"| {v['predictive']:.4f} | {v['fd']:.3g} | {v['precision']:.3f} | {v['recall']:.3f} "
+                     f"| {v.get('tstr', float('nan')):.3f} |")
     return "\n".join(lines)
 
 
