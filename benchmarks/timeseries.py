@@ -308,8 +308,8 @@ def recipe_row(recipe: str, name: str, s, ev, x, y, tx, ty, kw: dict, args) -> d
         fit_s = time.perf_counter() - t0
         model = genforge.load(run, device="cpu")
         steps = int(model.meta.get("step") or 0)
-        guided = model.has_classes and any(c.name == "guidance" for c in model.controls)
-        scales = [None] + [g for g in (args.guidance or ()) if guided and g != model.sampling_defaults["guidance"]]
+        own = model.sampling_defaults.get("guidance") if model.has_classes else None  # None: not guided by class
+        scales = [None] + [g for g in (args.guidance or ()) if own is not None and g != own]
         rows = {}
         for g in scales:  # the recipe's own guidance first, then each other scale of --guidance
             samples = model.sample(len(x), seed=0, **({} if g is None else {"guidance": g}))

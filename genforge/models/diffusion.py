@@ -258,8 +258,8 @@ class Trainer:
             y = torch.where(drop, torch.full_like(y, self.denoiser.num_classes), y)
         ab = self.schedule.alphas_cumprod[t].view(-1, *(1,) * (x.ndim - 1))              # (b, 1, 1, 1)
         x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps                                    # DDPM eq. 4
-        kind = prediction_of(self.denoiser)
-        target = {"eps": eps, "v": ab.sqrt() * eps - (1 - ab).sqrt() * x, "x0": x}[kind]
+        kind = prediction_of(self.denoiser)  # the target the network learns: only that one is computed
+        target = eps if kind == "eps" else x if kind == "x0" else ab.sqrt() * eps - (1 - ab).sqrt() * x  # v
         loss = F.mse_loss(self.denoiser(x_t, t, y), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -155,7 +155,7 @@ def distill_round(teacher: nn.Module, ab: torch.Tensor, x: torch.Tensor, y: torc
         z = (a_t * x0.double() + s_t * eps.double()).float()                            # z_t, DDPM eq. 4
         with torch.no_grad():
             # an eps student keeps the teacher's own step where it cannot learn the target (distill_loss)
-            eps_teacher = None if prediction != "eps" else diffusion.predict(teacher, z, t, yb, guidance)
+            eps_teacher = diffusion.predict(teacher, z, t, yb, guidance) if prediction == "eps" else None
             z2 = ddim_step(teacher, ab, ddim_step(teacher, ab, z, t, t1, yb, guidance), t1, s, yb, guidance)
             ratio = s_s / s_t
             x_target = (z2.double() - ratio * z.double()) / (a_s - ratio * a_t)        # eq. 8; = z'' at s = data

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.config import CHOICES
 from genforge.errors import ConfigError
 from genforge.models.networks import _conv_plan
 from genforge.models.networks1d import _pad_to, length_plan
@@ -115,8 +116,8 @@ class UNet(nn.Module):
     def __init__(self, image_shape: tuple[int, ...], z_dim: int = 0, base_channels: int = 32, num_classes: int = 0,
                  prediction: str = "eps"):
         super().__init__()
-        if prediction not in ("eps", "v", "x0"):
-            raise ConfigError(f"prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
+        if prediction not in CHOICES["prediction"]:  # the config's own list of parameterisations
+            raise ConfigError(f"prediction must be one of {', '.join(CHOICES['prediction'])}, got {prediction!r}")
         self.prediction = prediction  # what the output means: diffusion.x0_at reads it
         one_d = len(image_shape) == 2
         conv = nn.Conv1d if one_d else nn.Conv2d
