@@ -17,8 +17,6 @@ at a 0.4-0.9% lower inertia (seeds 0 and 1); its labels are the same at one and 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 
 PCA_DIMS = 32            # principal components the images are clustered in
 PCA_FIT_IMAGES = 10_000  # images the components are fitted on
@@ -47,6 +45,9 @@ def cluster_labels(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np
 
     The same images and seed give the same labels; cluster 0 is the largest, and so on down.
     """
+    from sklearn.cluster import KMeans  # late: scikit-learn takes seconds to import, and only cluster runs use it
+    from sklearn.decomposition import PCA
+
     n = len(x)
     if not 2 <= k <= n:
         raise ValueError(f"cannot make {k} clusters of {n} images")

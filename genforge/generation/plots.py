@@ -6,11 +6,7 @@ ledger) as an image grid, and into TensorBoard the same way.
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: plots are rendered to arrays
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 MAX_CHANNELS = 8   # panels drawn per column (TEP has 52 channels: the first 8 are drawn, the title says so)
 MAX_LINES = 8      # series overlaid per panel
@@ -22,6 +18,11 @@ def series_panels(x: np.ndarray, y: np.ndarray | None = None, *, class_names: li
     """Float series (n, c, t) -> an RGB uint8 image (h, w, 3): one row of panels per channel, generated
     series in the right column and, when ``real`` (m, c, t) is given, real ones in the left column on the
     same vertical scale. Lines are coloured by class when ``y`` is given."""
+    import matplotlib  # late: half a second to import, and image runs never draw a series
+
+    matplotlib.use("Agg")  # no display: plots are rendered to arrays
+    import matplotlib.pyplot as plt
+
     n, c, t = x.shape
     shown = min(c, MAX_CHANNELS)
     names = channel_names or [f"channel {i}" for i in range(c)]
