@@ -60,7 +60,39 @@ def test_plan_is_fixed_once_chosen_and_later_validations_are_skipped_when_over_s
     b.measure(first.n, first.steps, sample_seconds=first.seconds, score_seconds=0.0)
     assert b.choose(train_seconds=10.0) is None               # nothing left of the share yet
     assert b.choose(train_seconds=30.0) == first               # later: the same plan, not a bigger one
-    assert b.reserve() == pytest.approx(first.seconds)
+    assert b.reserve(max_seconds=60.0) == pytest.approx(first.seconds)
+
+
+def test_the_reserve_is_kept_only_for_a_last_validation_the_share_will_allow():
+    """A plan sized without the run's end can cost more than the share allows at its end; then the last
+    validation is skipped, so no time is kept for it (measured: a 600 s run exited at 570 s that way)."""
+    b = ValidationBudget(0.1, eval_n=2000, steps=20)
+    b.measure(32, 20, sample_seconds=0.64, score_seconds=0.0)     # 1 ms per image-step: 40 s for 2000 x 20
+    first = b.choose(train_seconds=360.0)                         # allows 360 / 9 - 0.64 = 39.4 s: 19 steps
+    assert (first.n, first.steps) == (2000, 19)
+    b.measure(first.n, first.steps, sample_seconds=first.seconds, score_seconds=0.0)
+    spent = b.spent                                               # 38.64 s
+    # at 600 s the run would train 600 - 38.64 - 38 = 523.4 s, allowing 523.4 / 9 - 38.64 = 19.5 s < 38 s
+    assert b.choose(train_seconds=600.0 - spent - first.seconds, last=True) is None
+    assert b.reserve(max_seconds=600.0) == 0.0
+    # a longer run leaves the share room for it: 1800 s -> 1723.4 / 9 - 38.64 = 152.8 s >= 38 s
+    assert b.reserve(max_seconds=1800.0) == pytest.approx(first.seconds)
+    assert b.choose(train_seconds=1800.0 - spent - first.seconds, last=True) == first
+
+
+def test_a_max_seconds_run_sizes_its_validations_so_that_the_last_one_fits():
+    b = ValidationBudget(0.1, eval_n=2000, steps=20)
+    b.measure(32, 20, sample_seconds=0.64, score_seconds=0.0)
+    # the share allows 39.4 s now, but then the last one would not fit: (600 / 9 - 0.64 x 10 / 9) / (2 x 10 / 9)
+    assert b.end_cap(600.0) == pytest.approx(29.68, abs=0.01)
+    first = b.choose(train_seconds=360.0, max_seconds=600.0)
+    assert (first.n, first.steps) == (2000, 14) and first.seconds == pytest.approx(28.0)
+    b.measure(first.n, first.steps, sample_seconds=first.seconds, score_seconds=0.0)
+    assert b.reserve(max_seconds=600.0) == pytest.approx(28.0)    # kept: 543.4 / 9 - 28.64 = 31.7 s >= 28 s
+    assert b.choose(train_seconds=450.0, max_seconds=600.0) is None  # one more in between would crowd it out
+    last = b.choose(train_seconds=600.0 - b.spent - 28.0, max_seconds=600.0, last=True)
+    assert last == first
+    assert ValidationBudget(0.1, eval_n=10, steps=None).end_cap(0.0) == float("inf")  # no max_seconds: no cap
 
 
 def test_eval_share_is_checked_on_load():
@@ -124,7 +156,8 @@ def test_eval_share_zero_keeps_the_unbudgeted_validation(tmp_path):
 def test_max_seconds_leaves_room_for_the_last_validation(tmp_path, monkeypatch):
     """Once validation is sized, over_time counts its predicted cost: a run whose reserve already exceeds
     max_seconds stops at the next step instead of training on."""
-    monkeypatch.setattr(validation.ValidationBudget, "reserve", lambda self: 0.0 if self.plan is None else 1e9)
+    monkeypatch.setattr(validation.ValidationBudget, "reserve",
+                        lambda self, max_seconds: 0.0 if self.plan is None else 1e9)
     monkeypatch.setattr(validation, "clock", FakeClock(1e-6))
     run = tmp_path / "r"
     result = train(_tiny(eval_share=1.0, max_steps=10**6, max_seconds=3600.0, eval_every=2), run, quiet=True)

@@ -213,20 +213,39 @@ class ValidationBudget:
             return ValidationPlan(n, steps, self.cost(n, steps))
         return None
 
-    def choose(self, train_seconds: float) -> ValidationPlan | None:
-        """The plan for the validation due now, or None to skip it (the share would be exceeded)."""
+    def end_cap(self, max_seconds: float) -> float:
+        """The most a validation may cost now so that the last validation of a ``max_seconds`` run, at the same
+        cost, still fits the share after it: with k = share / (1 - share) and s seconds spent so far, c + c <=
+        k (M - s - 2c) - s, i.e. c <= (k M - s (1 + k)) / (2 (1 + k)). Unbounded without ``max_seconds``."""
+        if not max_seconds or self.share >= 1:
+            return math.inf
+        k = self.share / (1 - self.share)
+        return (k * max_seconds - self.spent * (1 + k)) / (2 * (1 + k))
+
+    def choose(self, train_seconds: float, max_seconds: float = 0.0, last: bool = False) -> ValidationPlan | None:
+        """The plan for the validation due now, or None to skip it (the share would be exceeded). In a
+        ``max_seconds`` run, a validation before the ``last`` one also leaves the share room for the last: that
+        one scores the weights the run ends with, which best.json must be able to compare."""
         if self.sample_cost is None:
             raise GenforgeError("ValidationBudget.choose before any validation was timed (call measure first)")
         allowed = self.allowance(train_seconds)
+        if not last:
+            allowed = min(allowed, self.end_cap(max_seconds))
         if self.plan is None:
             self.plan = self.fit(allowed)
             return self.plan
         return self.plan if self.cost(self.plan.n, self.plan.steps) <= allowed else None
 
-    def reserve(self) -> float:
-        """Seconds to keep free at the end of a max_seconds run for the last validation: the predicted cost of
-        the fixed plan (0 until one is fixed)."""
-        return 0.0 if self.plan is None else self.cost(self.plan.n, self.plan.steps)
+    def reserve(self, max_seconds: float) -> float:
+        """Seconds to keep free at the end of a ``max_seconds`` run for the last validation: the predicted cost
+        of the fixed plan, when the share will allow that validation then; else 0 (0 until a plan is fixed too).
+        Keeping time for a validation that :meth:`choose` would then skip wastes it: a 600 s fashion-cddpm run
+        stopped training early that way and exited at 570 s."""
+        if self.plan is None:
+            return 0.0
+        cost = self.cost(self.plan.n, self.plan.steps)
+        train_at_end = max_seconds - self.spent - cost  # training seconds when training stops to leave ``cost``
+        return cost if cost <= self.allowance(train_at_end) else 0.0
 
     def describe(self) -> str:
         p = self.plan
@@ -238,10 +257,12 @@ class ValidationBudget:
                 f"per validation; eval_n {self.eval_n}{full} would take {self.cost(self.eval_n, self.steps):.3g} s)")
 
     def run(self, validator: Callable[[np.ndarray], dict], draw: Callable[[int, int | None], np.ndarray],
-            train_seconds: float, log: Callable[[str], None]) -> dict[str, float]:
+            train_seconds: float, log: Callable[[str], None], max_seconds: float = 0.0,
+            last: bool = False) -> dict[str, float]:
         """One budgeted validation: probe first if nothing was timed yet, choose the plan, sample
         ``draw(n, steps)`` and score it with ``validator``. Returns the scores plus val_n, val_steps and
-        val_seconds (the validation's own time), or {} when skipped (with a note through ``log``)."""
+        val_seconds (the validation's own time), or {} when skipped (with a note through ``log``).
+        ``max_seconds`` and ``last``: see :meth:`choose`."""
         if self.sample_cost is None:  # the probe: PROBE_N images at the full steps, sampled and scored
             n = min(PROBE_N, self.eval_n)
             t0 = clock()
@@ -250,13 +271,15 @@ class ValidationBudget:
             validator(images)
             self.measure(n, self.steps, t1 - t0, clock() - t1)
         planned_before = self.plan is not None
-        plan = self.choose(train_seconds)
+        plan = self.choose(train_seconds, max_seconds, last)
         if plan is None:
             need = (self.cost(self.plan.n, self.plan.steps) if self.plan is not None
                     else self.cost(self.min_n, self.min_steps))
+            room = self.allowance(train_seconds) if last else min(self.allowance(train_seconds),
+                                                                    self.end_cap(max_seconds))
             log(f"genforge: validation skipped: it would take about {need:.3g} s, and eval_share {self.share:g} "
-                f"allows {max(self.allowance(train_seconds), 0.0):.3g} s now ({self.spent:.3g} s spent validating, "
-                f"{train_seconds:.3g} s training)")
+                f"allows {max(room, 0.0):.3g} s now ({self.spent:.3g} s spent validating, {train_seconds:.3g} s "
+                f"training{'' if last else ', room kept for the last validation'})")
             return {}
         if not planned_before:
             log(f"genforge: {self.describe()}")

@@ -74,13 +74,15 @@ def resolve_precision(cfg: Config, device: torch.device, log) -> str:
     (it holds the recipes' quality there and is faster), fp32 elsewhere, the CPU included: on CPUs without
     native bfloat16 (AVX2-only machines) bf16 matmul runs hundreds of times slower, and on those with it the
     speed-up of these small networks does not pay for a second set of numerics. An explicit bf16 where the
-    hardware lacks it is a warning, with the reason."""
+    hardware lacks it is a warning, with the slowdown measured on this CPU (devices.bf16_slowdown, cached)."""
     native = devices.native_bf16(device)
     if cfg.precision == "auto":
         return "bf16" if device.type == "cuda" and native else "fp32"
     if cfg.precision == "bf16" and not native:
-        log(f"genforge: warning: precision bf16 on {device}, which has no native bfloat16: expect it to run far "
-            "slower than fp32 (precision: auto picks fp32 here)")
+        measured = (f"a bf16 matrix product measured {devices.bf16_slowdown():.0f}x slower than fp32 here"
+                    if device.type == "cpu" else "expect it to run far slower than fp32")
+        log(f"genforge: warning: precision bf16 on {device}, which has no native bfloat16: {measured} "
+            "(precision: auto picks fp32 here)")
     return cfg.precision
 
 
@@ -484,9 +486,10 @@ class _Run:
         self.logger.image("samples", picture, step)
         return path
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, last: bool = False) -> dict[str, float]:
         """Scores of eval_n samples (seed + 5) against the validation split; under eval_share, as many samples
-        and sampler steps as the budget allows (genforge.metrics.validation.ValidationBudget)."""
+        and sampler steps as the budget allows (genforge.metrics.validation.ValidationBudget), keeping room for
+        the ``last`` validation of a max_seconds run."""
         self.release_nets()
 
         def draw(n: int, steps: int | None):
@@ -495,7 +498,8 @@ class _Run:
         if self.val_budget is None:
             return self.validator(draw(self.cfg.eval_n, None))
         train_seconds = time.perf_counter() - self.t_start - self.val_budget.spent
-        return self.val_budget.run(self.validator, draw, train_seconds, self.logger.message)
+        return self.val_budget.run(self.validator, draw, train_seconds, self.logger.message, self.cfg.max_seconds,
+                                   last)
 
     # ------------------------------------------------------------------ checkpoint
     def checkpoint(self, step: int) -> Path:
@@ -606,7 +610,7 @@ class _Run:
     def over_time(self) -> bool:
         """max_seconds reached. Validation counts toward it: once the budget has sized validation, training stops
         early enough to leave the last validation its predicted time."""
-        reserve = self.val_budget.reserve() if self.val_budget is not None else 0.0
+        reserve = self.val_budget.reserve(self.cfg.max_seconds) if self.val_budget is not None else 0.0
         return bool(self.cfg.max_seconds) and self.ctx.any(
             time.perf_counter() - self.t_start + reserve >= self.cfg.max_seconds)
 
@@ -628,7 +632,7 @@ class _Run:
                     return self.rollback(self.last_ckpt, step), False
                 raise self.nonfinite_error(step)
             now = time.perf_counter()
-            scores = self.validate() if due_eval and self.ctx.is_main else {}
+            scores = self.validate(last=last or over_time) if due_eval and self.ctx.is_main else {}
             self.logger.log(step, {**{k: float(v) for k, v in losses.items()},
                                    "images_per_sec": (step - self.step_log) * self.per_step / max(now - self.t_log, 1e-9),
                                    "epoch": epoch, "time": self.elapsed_before + now - self.t_start,
