@@ -6,6 +6,7 @@ checked name into a ``torch.device`` and refuses a device this machine does not 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -70,6 +71,58 @@ def native_bf16(device) -> bool:
     if device.type == "cpu":
         return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     return False
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown CPU" where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: the first call picks and loads the kernels
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bf16_slowdown(n: int = 256) -> float:
+    """How many times longer an n x n bfloat16 matrix product takes than the float32 one on this CPU (best of a
+    few each), measured once per CPU, vector flags and torch version and kept in genforge's cache
+    (``machine/bf16.json``). About 1 or below with native bfloat16; hundreds on AVX2-only machines."""
+    import torch  # late: check_name and the CLI's --help stay free of torch
+
+    from genforge.io import atomic_write_json, cache_dir
+
+    flags = sorted({"avx2", "avx512f", "avx512_bf16", "amx_bf16"} & cpu_flags())
+    key = f"{cpu_name()} | {' '.join(flags)} | torch {torch.__version__} | n {n}"
+    path = cache_dir("machine") / "bf16.json"
+    try:
+        known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), (int, float)) and known[key] > 0:
+        return float(known[key])
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    fp32 = _best_seconds(lambda: torch.mm(a, b), 5)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    ratio = _best_seconds(lambda: torch.mm(a16, b16), 2) / max(fp32, 1e-9)
+    try:
+        atomic_write_json(path, {**known, key: ratio})
+    except OSError:
+        pass  # a read-only home: measured again next time, nothing else changes
+    return ratio
 
 
 # --------------------------------------------------------------------------- sharing the CPU with other work

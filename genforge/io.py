@@ -98,3 +98,10 @@ def user_dir(kind: str) -> Path:
     base = os.environ.get(variable, "")
     root = Path(base) if base and os.path.isabs(base) else Path.home() / default
     return root / "genforge"
+
+
+def cache_dir(name: str) -> Path:
+    """``$GENFORGE_CACHE/name``, else genforge's user cache folder's (``$XDG_CACHE_HOME/genforge/name``, ``~/.cache``
+    when unset): what genforge measures or trains once and keeps (evaluators, machine facts). Nothing is created."""
+    root = os.environ.get("GENFORGE_CACHE")
+    return (Path(root).expanduser() if root else user_dir("cache")) / name

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import sys
 import time
@@ -37,7 +36,7 @@ from torch.nn import functional as F
 from genforge.data import augment, load_splits, to_tensor
 from genforge.devices import pick
 from genforge.errors import DataError, GenforgeError, ModelFileError
-from genforge.io import read_json, user_dir
+from genforge.io import cache_dir as cache_dir_of, read_json
 from genforge.models.files import read_weights, write_weights
 
 FORMAT = "genforge-evaluator"
@@ -373,8 +372,7 @@ def evaluator_key(spec: str, image_shape: tuple[int, int, int]) -> str:
 
 def cache_dir() -> Path:
     """$GENFORGE_CACHE/evaluators, else $XDG_CACHE_HOME/genforge/evaluators (~/.cache when unset)."""
-    root = os.environ.get("GENFORGE_CACHE")
-    return (Path(root).expanduser() if root else user_dir("cache")) / "evaluators"
+    return cache_dir_of("evaluators")
 
 
 def find_evaluator(spec: str, image_shape: tuple[int, int, int]) -> Path | None:
