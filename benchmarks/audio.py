@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.throughput import write_section
+from genforge.devices import cpu_name  # noqa: E402
 from genforge.apps import enhance  # noqa: E402
 from genforge.apps import image_to_speech as i2s  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
@@ -216,7 +217,7 @@ def main() -> None:
     mark = "audio-" + "-".join(parts)
     threads = args.threads or facts.get("torch_threads")
     section = (f"<!-- {mark}:start -->\n## Audio: {', '.join(parts)} (`benchmarks/audio.py`)\n\n`{command}` on "
-               f"{_cpu_name()} ({platform.machine()}, {threads} torch threads, matmul "
+               f"{cpu_name()} ({platform.machine()}, {threads} torch threads, matmul "
                f"{facts.get('fp32_matmul_gflops', 0):.0f} GFLOP/s), {stamp}.\n\n{body}\n<!-- {mark}:end -->")
     print(section)
     write_section(Path(args.results), section)

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.throughput import write_section
+from genforge.devices import cpu_name  # noqa: E402
 from genforge.apps.augment import AugmentOptions, format_table, run  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.generation.steering import parse_ints  # noqa: E402
@@ -66,7 +67,7 @@ def main() -> None:
         "<!-- augmentation:start -->",
         "## Synthetic data for small data sets (`benchmarks/augmentation.py`)",
         "",
-        f"- machine: {_cpu_name()}, torch {torch.__version__}, {platform.python_version()}, 2 threads; "
+        f"- machine: {cpu_name()}, torch {torch.__version__}, {platform.python_version()}, 2 threads; "
         f"{minutes:.1f} minutes in all",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- command: `{' '.join(['python benchmarks/augmentation.py', *sys.argv[1:]])}`",

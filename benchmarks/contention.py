@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.machine import describe, print_machine  # noqa: E402
+from benchmarks.throughput import write_section
 
 MARKS = ("<!-- contention:start -->", "<!-- contention:end -->")
 TARGET = 0.40
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", nargs="*", default=["mnist5k-dcgan"])
     ap.add_argument("--seconds", type=float, default=60.0, help="training seconds per run")
-    ap.add_argument("--background", choices=["numpy", "sklearn", "genforge"], default="numpy")
+    ap.add_argument("--background", nargs="+", choices=["numpy", "sklearn", "genforge"], default=["numpy"],
+                    help="the neighbour(s): each recipe is measured beside each in turn")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args(argv)
     facts = print_machine()
@@ -99,31 +100,34 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in args.recipes:
             quiet, _ = train_rate(recipe, args.seconds, "auto", tmp, f"{recipe}-quiet")
             print(f"{recipe}: quiet {quiet:.0f} images/s", flush=True)
-            for contention in ("auto", "off"):
-                neighbour = start_neighbour(args.background, recipe, tmp)
-                try:
-                    time.sleep(3.0)  # the neighbour is up and busy before genforge looks at the cores
-                    busy, note = train_rate(recipe, args.seconds, contention, tmp, f"{recipe}-{contention}")
-                finally:
-                    stop(neighbour)
-                ratio = busy / quiet
-                rows.append({"recipe": recipe, "contention": contention, "quiet": quiet, "busy": busy,
-                             "ratio": ratio, "note": note})
-                print(f"{recipe}: beside {args.background} (GENFORGE_CONTENTION={contention}) {busy:.0f} images/s = "
-                      f"{100 * ratio:.0f}% of quiet (target >= {100 * TARGET:.0f}%: "
-                      f"{'met' if ratio >= TARGET else 'not met'}){'; ' + note if note else ''}", flush=True)
+            for background in args.background:
+                for contention in ("auto", "off"):
+                    neighbour = start_neighbour(background, recipe, tmp)
+                    try:
+                        time.sleep(3.0)  # the neighbour is up and busy before genforge looks at the cores
+                        busy, note = train_rate(recipe, args.seconds, contention, tmp,
+                                                f"{recipe}-{background}-{contention}")
+                    finally:
+                        stop(neighbour)
+                    ratio = busy / quiet
+                    rows.append({"recipe": recipe, "background": background, "contention": contention,
+                                 "quiet": quiet, "busy": busy, "ratio": ratio, "note": note})
+                    print(f"{recipe}: beside {background} (GENFORGE_CONTENTION={contention}) {busy:.0f} images/s = "
+                          f"{100 * ratio:.0f}% of quiet (target >= {100 * TARGET:.0f}%: "
+                          f"{'met' if ratio >= TARGET else 'not met'}){'; ' + note if note else ''}", flush=True)
     lines = [MARKS[0], "## Training beside another CPU-bound process (`benchmarks/contention.py`)", "",
-             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {facts['cores']} cores ({_cpu_name()}), "
-             f"fp32 matmul {facts['fp32_matmul_gflops']:.0f} GFLOP/s",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"- machine: {describe(facts)}",
              f"- command: `python benchmarks/contention.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-             f"- neighbour: {args.background} at nice 19, started 3 s before; each run {args.seconds:g} s, median "
+             "- neighbour at nice 19, started 3 s before (numpy: a matrix-product loop; sklearn: k-means; genforge: "
+             f"a second training of the same recipe); each run {args.seconds:g} s, median "
              "images/s of its log lines (first dropped)",
              "- auto: genforge's choice (fewer threads, OMP_WAIT_POLICY=PASSIVE when cores are busy at start); off: "
              "one thread per core, libgomp's default waits", "",
-             "| recipe | GENFORGE_CONTENTION | quiet images/s | beside neighbour | share of quiet | genforge's note |",
-             "|---|---|---:|---:|---:|---|"]
+             "| recipe | neighbour | GENFORGE_CONTENTION | quiet images/s | beside neighbour | share of quiet | "
+             "genforge's note |", "|---|---|---|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {r['contention']} | {r['quiet']:.0f} | {r['busy']:.0f} | "
+        lines.append(f"| {r['recipe']} | {r['background']} | {r['contention']} | {r['quiet']:.0f} | {r['busy']:.0f} | "
                      f"{100 * r['ratio']:.0f}% | {r['note'] or '-'} |")
     lines += ["", f"Target: at least {100 * TARGET:.0f}% of quiet beside the neighbour.", "", MARKS[1]]
     if rows and not args.no_write:

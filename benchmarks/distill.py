@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.throughput import write_section
+from genforge.devices import cpu_name  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.metrics import evaluate  # noqa: E402
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
           + (" [--quick: a smoke run, the numbers mean nothing]" if args.quick else ""))
 
     lines = [MARKS[0], "## Few-step sampling by distillation (`benchmarks/distill.py`)", "",
-             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {facts['cores']} cores ({_cpu_name()}), "
+             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {facts['cores']} cores ({cpu_name()}), "
              f"fp32 matmul {facts['fp32_matmul_gflops']:.0f} GFLOP/s",
              f"- command: `{' '.join(['python benchmarks/distill.py', *sys.argv[1:]])}`",
              f"- teacher: {args.teacher or f'mnist5k-ddpm trained {args.train_minutes:g} min'} "

@@ -40,7 +40,8 @@ def main() -> int:
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT / "tests"))
     fuzz = importlib.import_module("test_fuzz")
-    from benchmarks.throughput import _cpu_name, write_section
+    from benchmarks.throughput import write_section
+    from genforge.devices import cpu_name
 
     tests = [(name, fn) for name, fn in vars(fuzz).items() if name.startswith("test_") and hasattr(fn, "hypothesis")]
     rows, failed, t_all = [], 0, time.perf_counter()
@@ -72,7 +73,7 @@ def main() -> int:
     total = time.perf_counter() - t_all
 
     lines = [MARK[0], "## Fuzzing (`benchmarks/fuzz.py`)", "",
-             f"- machine: {_cpu_name()}, torch {torch.__version__}, {platform.python_version()}, one thread",
+             f"- machine: {cpu_name()}, torch {torch.__version__}, {platform.python_version()}, one thread",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- command: `flock /tmp/genforge-cpu.lock python benchmarks/fuzz.py --examples {args.examples}`",
              "- hypothesis, fresh randomness; each case starts from a valid file and mutates it (or builds a valid "

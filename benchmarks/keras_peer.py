@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,11 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.keras_peer_tf import timed  # noqa: E402
-from benchmarks.machine import print_machine  # noqa: E402
+from benchmarks.machine import describe, print_machine  # noqa: E402
 from benchmarks.throughput import measure, write_section  # noqa: E402
 from genforge.io import user_dir  # noqa: E402
 
-MARKS = ("<!-- keras:start -->", "<!-- keras:end -->")
 RECIPE = ROOT / "genforge/recipes/mnist5k-gan-mlp.yaml"
 WINDOW_SECONDS = 1.5
 
@@ -115,7 +113,10 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--venv", type=Path, default=user_dir("cache") / "keras-venv")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--section", default="keras",
+                    help="the RESULTS.md section to write (one per kind of machine keeps each one's rows)")
     args = ap.parse_args()
+    marks = (f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->")
     torch.set_num_threads(args.threads)
     facts = print_machine()
     python = keras_python(args.venv)
@@ -140,9 +141,9 @@ def main() -> None:
         print(f"{name}: {row['images_per_sec']:.0f} images/s", flush=True)
     ratio = ours["images_per_sec"] / keras["images_per_sec"]
     print(f"genforge / Keras: {ratio:.2f}x (target >= 1.5x)")
-    lines = [MARKS[0], "## The MLP GAN against TF/Keras (`benchmarks/keras_peer.py`)", "",
-             f"- machine: {platform.machine()}, {facts['cores']} cores ({facts['cpu']}), fp32 matmul "
-             f"{facts['fp32_matmul_gflops']:.0f} GFLOP/s measured at the start; {args.threads} threads for both",
+    lines = [marks[0], "## The MLP GAN against TF/Keras (`benchmarks/keras_peer.py`)"
+             + (f": {args.section}" if args.section != "keras" else ""), "",
+             f"- machine: {describe(facts)}; {args.threads} threads for both",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- command: `python benchmarks/keras_peer.py{''.join(' ' + a for a in sys.argv[1:])}`",
              f"- versions: torch {torch.__version__}, TensorFlow {keras['tensorflow']} "
@@ -160,11 +161,11 @@ def main() -> None:
               "one discriminator pass fewer); at the Keras rate that is "
               f"{keras['images_per_sec'] * mflop / 1e3:.0f} GFLOP/s against the "
               f"{facts['fp32_matmul_gflops']:.0f} GFLOP/s of the 1024 x 1024 fp32 matrix product measured at the "
-              "start.", "", MARKS[1]]
+              "start.", "", marks[1]]
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        write_section(ROOT / "benchmarks/RESULTS.md", section, MARKS)
+        write_section(ROOT / "benchmarks/RESULTS.md", section, marks)
         print(f"wrote {ROOT / 'benchmarks/RESULTS.md'}")
 
 

@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from genforge.devices import cpu_flags  # noqa: E402
+from genforge.devices import cpu_flags, cpu_name  # noqa: E402
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
@@ -43,13 +43,8 @@ def matmul_gflops(seconds: float = 1.0, n: int = 1024) -> float:
 def machine_facts(seconds: float = 1.0) -> dict[str, object]:
     """{"cpu", "cores", "torch_threads", "torch", "fp32_matmul_gflops", "flags": {name: bool}}."""
     flags = cpu_flags()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    cpu = cpu_name()
+    return {"cpu": cpu if cpu != "unknown CPU" else platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "fp32_matmul_gflops": round(matmul_gflops(seconds), 1),
             "flags": {name: name in flags for name in FLAGS}}
 

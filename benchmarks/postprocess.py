@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
 import genforge  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.throughput import write_section
+from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
 from genforge.generation import sample  # noqa: E402
@@ -82,7 +83,7 @@ def main() -> None:
         print(report.format())
 
     lines = [MARK[0], "## Post-processing: filtering and memorization (`benchmarks/postprocess.py`)", "",
-             f"- machine: {_cpu_name()}, torch {torch.__version__}, {platform.python_version()}",
+             f"- machine: {cpu_name()}, torch {torch.__version__}, {platform.python_version()}",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- command: `python benchmarks/postprocess.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
              f"- {args.n} samples per model (seed 0), scored with the shipped mnist5k evaluator "

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.throughput import write_section
+from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import Config, load_config  # noqa: E402
 from genforge.metrics import evaluate  # noqa: E402
 from genforge.training import train  # noqa: E402
@@ -121,7 +122,7 @@ def main() -> None:
              "## Differential privacy: sample quality at epsilon 1, 10 and infinity (`benchmarks/privacy.py`)",
              "",
              f"- command: `{command}` ({total / 60:.1f} minutes in all)",
-             f"- machine: {os.cpu_count()} cores ({_cpu_name()}), {threads} torch threads, torch {torch.__version__}, "
+             f"- machine: {os.cpu_count()} cores ({cpu_name()}), {threads} torch threads, torch {torch.__version__}, "
              "shared with other jobs (the train seconds vary with the load)",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- recipe `{recipe.stem}` ({first['result']['model']['name']}), {args.steps} steps of batch "

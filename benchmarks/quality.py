@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.throughput import write_section
+from genforge.devices import cpu_name  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits, to_tensor  # noqa: E402
@@ -270,7 +271,7 @@ def main() -> None:
     lines = [marks[0], f"## Sample quality at a fixed training budget of {args.budget_seconds:g} s "
              "(`benchmarks/quality.py`)", "",
              f"- command: `{command}`",
-             f"- machine: {os.cpu_count()} cores ({_cpu_name()}), {threads} torch threads, torch {torch.__version__}, "
+             f"- machine: {os.cpu_count()} cores ({cpu_name()}), {threads} torch threads, torch {torch.__version__}, "
              "shared with other jobs (steps reached in the budget vary with the load)",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- each recipe trained for {args.budget_seconds:g} s of wall clock (`max_seconds`, `max_steps` lifted), "

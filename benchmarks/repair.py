@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
 import genforge  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.throughput import write_section
+from genforge.devices import cpu_name  # noqa: E402
 from genforge.apps.repair import RepairOptions, repair  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
 
@@ -177,7 +178,7 @@ def main() -> None:
         "<!-- repair:start -->",
         "## Repair: inpainting, denoising, 2x super-resolution (`benchmarks/repair.py`)",
         "",
-        f"- machine: {_cpu_name()}, torch {torch.__version__}, {platform.python_version()}, 2 threads",
+        f"- machine: {cpu_name()}, torch {torch.__version__}, {platform.python_version()}, 2 threads",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- command: `{' '.join(['python benchmarks/repair.py', *sys.argv[1:]])}`",
         f"- images: the first {args.n} of the mnist5k test split (no model saw them). inpaint: a 12x12 square "

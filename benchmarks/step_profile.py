@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.throughput import write_section
+from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits, to_tensor  # noqa: E402
 from genforge.models import MODELS, build_networks, d_options  # noqa: E402
@@ -105,7 +106,7 @@ def main() -> None:
     threads = set_threads(0)
     lines = [MARKS[0], "## Where the time goes (`benchmarks/step_profile.py`)", "",
              f"- command: `python benchmarks/step_profile.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
-             f"- machine: {os.cpu_count()} cores ({_cpu_name()}), {threads} torch threads, torch {torch.__version__}",
+             f"- machine: {os.cpu_count()} cores ({cpu_name()}), {threads} torch threads, torch {torch.__version__}",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              "- torch.profiler over the family's `train_step` (D then G for GANs, the ELBO for VAEs) on one real "
              "batch; operators' self CPU time on the calling thread, grouped by kind; the share of wall time no "

@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import _cpu_name, write_section  # noqa: E402
+from benchmarks.throughput import write_section
+from genforge.devices import cpu_name  # noqa: E402
 from genforge.data.table import load_table  # noqa: E402
 from genforge.data.table.schema import DISCRETE, Schema, apply_schema  # noqa: E402
 from genforge.data.table.read import read_csv  # noqa: E402
@@ -214,7 +215,7 @@ def render(rows: list[dict], checks: list[float], args) -> str:
     cmd = ("nice python benchmarks/tabular.py" + (f" --budget {args.budget:g}") + (" --quick" if args.quick else "")
            + (" --open-steps" if args.open_steps else "") + (f" --dp-runs {args.dp_runs}" if args.dp_runs != 3 else ""))
     lines = [MARKS[0], "## Synthetic tables: genforge against SDV 2.x (benchmarks/tabular.py)", "",
-             f"`{cmd}` on {_cpu_name()}, {time.strftime('%Y-%m-%d')}, one thread per system; each genforge "
+             f"`{cmd}` on {cpu_name()}, {time.strftime('%Y-%m-%d')}, one thread per system; each genforge "
              + (f"model trained for the whole {args.budget:g} s (--open-steps)" if args.open_steps else
                 f"model trained for its recipe's max_steps, at most {args.budget:g} s") + "; SDV at its defaults"
              + (" (CTGAN and TVAE capped at 100 epochs: --quick)" if args.quick else "") + ". Rows sampled: as many as "

@@ -40,8 +40,9 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import print_machine  # noqa: E402
+from benchmarks.machine import describe, print_machine  # noqa: E402
 from genforge.config import load_config  # noqa: E402
+from genforge.devices import cpu_name  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
 from genforge.models import MODELS, build_networks  # noqa: E402
 from genforge.training import train  # noqa: E402
@@ -123,7 +124,6 @@ def measure(recipe: Path, precision: str, windows: int, overrides: tuple[str, ..
 
 
 LONG_RECIPES = ("fashion-cddpm", "mnist5k-ddpm", "mnist5k-dcgan", "fashion-sngan")
-LONG_MARKS = ("<!-- throughput-long:start -->", "<!-- throughput-long:end -->")
 
 
 def per_minute(records: list[dict], images_per_step: int) -> list[dict]:
@@ -151,9 +151,9 @@ def per_minute(records: list[dict], images_per_step: int) -> list[dict]:
             for m, b in sorted(out.items()) if b["seconds"] > 0]
 
 
-def long_run(recipe: str, minutes: float, allocator: str) -> list[dict]:
+def long_run(recipe: str, minutes: float, allocator: str) -> tuple[list[dict], int]:
     """Train ``recipe`` for ``minutes`` in a fresh process (its own page-fault counters and allocator) and
-    return its per-minute rows."""
+    return its per-minute rows and the steps it trained."""
     cfg = load_config(ROOT / "genforge/recipes" / f"{recipe}.yaml", [])
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if allocator == "default":
@@ -170,12 +170,17 @@ def long_run(recipe: str, minutes: float, allocator: str) -> list[dict]:
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "training failed")
         records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
-    return per_minute(records, cfg.batch_size * MODELS[cfg.model].method.Trainer.batches_per_step(cfg))
+    steps = max((r["step"] for r in records if "step" in r), default=0)
+    return per_minute(records, cfg.batch_size * MODELS[cfg.model].method.Trainer.batches_per_step(cfg)), steps
 
 
-def long_mode(recipes: list[str], minutes: float, allocators: list[str], write: bool) -> None:
-    lines = [LONG_MARKS[0], "## Throughput over a whole run (`benchmarks/throughput.py --long`)", "",
-             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores ({_cpu_name()})",
+def long_mode(recipes: list[str], minutes: float, allocators: list[str], write: bool, machine: str,
+              section: str) -> None:
+    marks = (f"<!-- {section}:start -->", f"<!-- {section}:end -->")
+    lines = [marks[0], "## Throughput over a whole run (`benchmarks/throughput.py --long`)"
+             + (f": {section}" if section != "throughput-long" else ""), "",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"- machine: {machine}",
              f"- command: `python benchmarks/throughput.py {' '.join(sys.argv[1:])}`",
              f"- each recipe trained {minutes:g} min in a fresh process (`genforge train --max-seconds`), validation "
              "off; per minute of the run: images/s, system time as a share of the process's CPU time, page faults/s",
@@ -185,7 +190,7 @@ def long_mode(recipes: list[str], minutes: float, allocators: list[str], write: 
     for recipe in recipes:
         for allocator in allocators:
             try:
-                rows = long_run(recipe, minutes, allocator)
+                rows, steps = long_run(recipe, minutes, allocator)
             except Exception as e:  # e.g. fashion-mnist not installed: say so, keep going
                 print(f"{recipe} ({allocator}): skipped ({e})", flush=True)
                 continue
@@ -200,8 +205,9 @@ def long_mode(recipes: list[str], minutes: float, allocators: list[str], write: 
             full = [r for r in rows if r["seconds"] >= 30]
             if len(full) >= 2:
                 change = full[-1]["images_per_sec"] / full[0]["images_per_sec"] - 1
-                summary.append(f"- {recipe} ({allocator}): last full minute {100 * change:+.0f}% against the first")
-    lines += ["", *summary, "", LONG_MARKS[1]]
+                summary.append(f"- {recipe} ({allocator}): {steps} steps; last full minute {100 * change:+.0f}% "
+                               "against the first")
+    lines += ["", *summary, "", marks[1]]
     print("\n".join(summary))
     if write:
         write_section(ROOT / "benchmarks/RESULTS.md", "\n".join(lines))
@@ -218,10 +224,13 @@ def main() -> None:
                     help="train each recipe this long and report images/s, system share and page faults per minute")
     ap.add_argument("--allocators", nargs="*", default=["tuned", "default"], choices=["tuned", "default"],
                     help="--long: with genforge's allocator tuning, without it, or both")
+    ap.add_argument("--section", default="throughput-long",
+                    help="--long: the RESULTS.md section to write (one per kind of machine keeps each one's rows)")
     args = ap.parse_args()
-    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
+    facts = print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
     if args.long > 0:
-        long_mode(args.recipes or list(LONG_RECIPES), args.long, args.allocators, not args.no_write)
+        long_mode(args.recipes or list(LONG_RECIPES), args.long, args.allocators, not args.no_write,
+                  describe(facts), args.section)
         return
 
     threads = set_threads(0)
@@ -251,7 +260,7 @@ def main() -> None:
 
     lines = [MARK_START, "## Training throughput (`benchmarks/throughput.py`)", "",
              f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-             f"({_cpu_name()}), {threads} torch threads, torch {torch.__version__}",
+             f"({cpu_name()}), {threads} torch threads, torch {torch.__version__}",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- command: `python benchmarks/throughput.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
              f"- matmul peak measured in the same run: fp32 {peak['fp32']:.0f} GFLOP/s, "
@@ -271,16 +280,6 @@ def main() -> None:
     if not args.no_write:
         write_section(ROOT / "benchmarks/RESULTS.md", "\n".join(lines))
         print(f"wrote {ROOT / 'benchmarks/RESULTS.md'}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def write_section(path: Path, section: str, marks: tuple[str, str] | None = None) -> None:
