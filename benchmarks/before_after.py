@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in (("before", args.before), ("after", head)):
         r = rows[name]
         lines.append(f"| {name} ({label}) | {r['steps']} | {r['images_per_s']:.0f} | {r['wall_s']:.0f} |")
-    lines += ["", f"- steps after / before: {ratio:.2f}x (target >= {TARGET:g}x: {'met' if ratio >= TARGET else 'not met'})"
+    verdict = "met" if ratio >= TARGET else "not met"
+    lines += ["", f"- steps after / before: {ratio:.2f}x (target >= {TARGET:g}x: {verdict})"
               f"; seconds to exit after / before: {rows['after']['wall_s'] / rows['before']['wall_s']:.2f}", "",
               MARKS[1]]
     print(lines[-3])

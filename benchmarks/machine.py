@@ -44,7 +44,9 @@ def machine_facts(seconds: float = 1.0) -> dict[str, object]:
     """{"cpu", "cores", "torch_threads", "torch", "fp32_matmul_gflops", "flags": {name: bool}}."""
     flags = cpu_flags()
     cpu = cpu_name()
-    return {"cpu": cpu if cpu != "unknown CPU" else platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    if cpu == "unknown CPU":
+        cpu = platform.processor() or platform.machine()
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "fp32_matmul_gflops": round(matmul_gflops(seconds), 1),
             "flags": {name: name in flags for name in FLAGS}}
 

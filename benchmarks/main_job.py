@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- machine: {describe(facts)}",
              f"- command: `python benchmarks/main_job.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
-             f"- {args.repeats} runs of each, alternating, each {args.seconds:g} s in a fresh process; {args.n} samples "
+             f"- {args.repeats} runs of each, alternating, each {args.seconds:g} s in a fresh process; "
+             f"{args.n} samples "
              f"(seed {args.seed}) scored by genforge's mnist5k evaluator against the test split; set-up: launch to "
              "the training loop's start; images/s over the training loop (genforge's grids, checkpoints and "
              "validation included)", "",

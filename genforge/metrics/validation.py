@@ -222,15 +222,19 @@ class ValidationBudget:
         k = self.share / (1 - self.share)
         return (k * max_seconds - self.spent * (1 + k)) / (2 * (1 + k))
 
+    def room(self, train_seconds: float, max_seconds: float = 0.0, last: bool = False) -> float:
+        """Seconds the validation due now may take: what the share allows, and before the ``last`` validation
+        of a ``max_seconds`` run, no more than leaves the last one its room (:meth:`end_cap`)."""
+        allowed = self.allowance(train_seconds)
+        return allowed if last else min(allowed, self.end_cap(max_seconds))
+
     def choose(self, train_seconds: float, max_seconds: float = 0.0, last: bool = False) -> ValidationPlan | None:
         """The plan for the validation due now, or None to skip it (the share would be exceeded). In a
         ``max_seconds`` run, a validation before the ``last`` one also leaves the share room for the last: that
         one scores the weights the run ends with, which best.json must be able to compare."""
         if self.sample_cost is None:
             raise GenforgeError("ValidationBudget.choose before any validation was timed (call measure first)")
-        allowed = self.allowance(train_seconds)
-        if not last:
-            allowed = min(allowed, self.end_cap(max_seconds))
+        allowed = self.room(train_seconds, max_seconds, last)
         if self.plan is None:
             self.plan = self.fit(allowed)
             return self.plan
@@ -275,8 +279,7 @@ class ValidationBudget:
         if plan is None:
             need = (self.cost(self.plan.n, self.plan.steps) if self.plan is not None
                     else self.cost(self.min_n, self.min_steps))
-            room = self.allowance(train_seconds) if last else min(self.allowance(train_seconds),
-                                                                    self.end_cap(max_seconds))
+            room = self.room(train_seconds, max_seconds, last)
             log(f"genforge: validation skipped: it would take about {need:.3g} s, and eval_share {self.share:g} "
                 f"allows {max(room, 0.0):.3g} s now ({self.spent:.3g} s spent validating, {train_seconds:.3g} s "
                 f"training{'' if last else ', room kept for the last validation'})")
