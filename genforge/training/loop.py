@@ -79,7 +79,7 @@ def resolve_precision(cfg: Config, device: torch.device, log) -> str:
     if cfg.precision == "auto":
         return "bf16" if device.type == "cuda" and native else "fp32"
     if cfg.precision == "bf16" and not native:
-        measured = (f"a bf16 matrix product measured {devices.bf16_slowdown():.0f}x slower than fp32 here"
+        measured = (f"a bf16 matrix product measured {devices.bf16_slowdown():.0f}x slower than fp32 on this CPU"
                     if device.type == "cpu" else "expect it to run far slower than fp32")
         log(f"genforge: warning: precision bf16 on {device}, which has no native bfloat16: {measured} "
             "(precision: auto picks fp32 here)")
