@@ -155,6 +155,14 @@ def x0_from(out, x, alpha, sigma, prediction: str):
     return out if prediction == "x0" else (x - sigma * out) / alpha
 
 
+def target_for(prediction: str, x0, eps, alpha, sigma):
+    """What a network of this ``prediction`` learns to output for x_t = alpha x0 + sigma eps: eps, x0 itself, or
+    v = alpha eps - sigma x0 (the inverse of :func:`x0_from`). Only that one is computed."""
+    if prediction == "v":
+        return alpha * eps - sigma * x0
+    return x0 if prediction == "x0" else eps
+
+
 def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None = None, steps: int | None = None,
              guidance: float | None = None, sampler: str | None = None) -> torch.Tensor:
     """Starting noise (b, c*h*w) and, for conditional models, classes (b,) -> images (b, c, h, w) in [0, 1].
@@ -258,8 +266,7 @@ class Trainer:
             y = torch.where(drop, torch.full_like(y, self.denoiser.num_classes), y)
         ab = self.schedule.alphas_cumprod[t].view(-1, *(1,) * (x.ndim - 1))              # (b, 1, 1, 1)
         x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps                                    # DDPM eq. 4
-        kind = prediction_of(self.denoiser)  # the target the network learns: only that one is computed
-        target = eps if kind == "eps" else x if kind == "x0" else ab.sqrt() * eps - (1 - ab).sqrt() * x  # v
+        target = target_for(prediction_of(self.denoiser), x, eps, ab.sqrt(), (1 - ab).sqrt())
         loss = F.mse_loss(self.denoiser(x_t, t, y), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
