@@ -176,9 +176,8 @@ def long_run(recipe: str, minutes: float, allocator: str) -> tuple[list[dict], i
 
 def long_mode(recipes: list[str], minutes: float, allocators: list[str], write: bool, machine: str,
               section: str) -> None:
-    marks = (f"<!-- {section}:start -->", f"<!-- {section}:end -->")
-    lines = [marks[0], "## Throughput over a whole run (`benchmarks/throughput.py --long`)"
-             + (f": {section}" if section != "throughput-long" else ""), "",
+    marks, suffix = section_marks(section, "throughput-long")
+    lines = [marks[0], "## Throughput over a whole run (`benchmarks/throughput.py --long`)" + suffix, "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- machine: {machine}",
              f"- command: `python benchmarks/throughput.py {' '.join(sys.argv[1:])}`",
@@ -280,6 +279,12 @@ def main() -> None:
     if not args.no_write:
         write_section(ROOT / "benchmarks/RESULTS.md", "\n".join(lines))
         print(f"wrote {ROOT / 'benchmarks/RESULTS.md'}")
+
+
+def section_marks(name: str, default: str) -> tuple[tuple[str, str], str]:
+    """RESULTS.md section ``name``'s start and end markers, and the suffix its heading gets (": NAME") when it
+    is not the benchmark's ``default`` section: one section per kind of machine keeps each one's rows."""
+    return (f"<!-- {name}:start -->", f"<!-- {name}:end -->"), ("" if name == default else f": {name}")
 
 
 def write_section(path: Path, section: str, marks: tuple[str, str] | None = None) -> None:
