@@ -199,6 +199,7 @@ def test_every_home_file_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path / "gc"))
     assert keys.default_keys_file() == tmp_path / "k.json"
     assert evaluator_net.cache_dir() == tmp_path / "gc" / "evaluators"
+    assert tep.cache_dir() == tmp_path / "gc" / "tep"
 
 
 # ---------------------------------------------------------------------------------------------- genforge report

@@ -12,7 +12,8 @@ kernel's random feed, pressure and cooling-water variations (not the stuck valve
 call IDV 21).
 
 A simulation runs once per (simulator version, protocol, seeds) and is cached as an .npz under
-$XDG_CACHE_HOME/genforge/tep (or ~/.cache/genforge/tep), written atomically. Options in the spec:
+$GENFORGE_CACHE/tep, else $XDG_CACHE_HOME/genforge/tep (or ~/.cache/genforge/tep), written atomically.
+Options in the spec:
 
     tep:                                   normal + every fault the simulator has, seeds 0,1,2
     tep:faults=1-21;seeds=0-4              ranges and comma lists
@@ -34,7 +35,7 @@ import numpy as np
 
 from genforge.data.npz import ZIP_ERRORS
 from genforge.errors import DataError
-from genforge.io import atomic_write, user_dir
+from genforge.io import atomic_write, cache_dir as cache_dir_of
 
 EXTRA = "pip install 'genforge[series]'"
 TESTED_VERSION = "0.2.0"  # the tep-studio release genforge pins and was checked against
@@ -182,7 +183,8 @@ def _ranges(values) -> str:
 
 
 def cache_dir() -> Path:
-    return user_dir("cache") / "tep"
+    """$GENFORGE_CACHE/tep, else $XDG_CACHE_HOME/genforge/tep (~/.cache when unset), as the evaluators' cache."""
+    return cache_dir_of("tep")
 
 
 def simulator():
