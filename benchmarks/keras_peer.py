@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.keras_peer_tf import timed  # noqa: E402
-from benchmarks.machine import describe, print_machine  # noqa: E402
+from benchmarks.machine import describe, mm_seconds, print_machine  # noqa: E402
 from benchmarks.throughput import measure, section_marks, write_section  # noqa: E402
 from genforge.io import user_dir  # noqa: E402
 
@@ -84,12 +84,12 @@ def plain_torch(x: np.ndarray, batch: int, windows: int, threads: int) -> dict:
     return timed(step, batch, WINDOW_SECONDS, windows)
 
 
-@torch.no_grad()
 def layer_products(batch: int, seconds: float = 0.3) -> float:
     """fp32 GFLOP/s of the step's own matrix products timed alone: for every ``nn.Linear`` of genforge's MLP G and
     D, the forward product and the two of its backward (input and weight gradients) at the recipe's batch, each
-    the best of repeated ``torch.mm`` over about ``seconds``; all their FLOPs over the sum of their best times.
-    What the arithmetic of this network allows on this machine, before any framework's loop around it."""
+    the best of repeated ``torch.mm`` over about ``seconds`` (``machine.mm_seconds``); all their FLOPs over the
+    sum of their best times. What the arithmetic of this network allows on this machine, before any framework's
+    loop around it."""
     from genforge.models.networks import MLPDiscriminator, MLPGenerator
 
     flops, best_total = 0.0, 0.0
@@ -97,15 +97,8 @@ def layer_products(batch: int, seconds: float = 0.3) -> float:
         for layer in (m for m in net.modules() if isinstance(m, torch.nn.Linear)):
             n_in, n_out = layer.in_features, layer.out_features
             for m, k, n in ((batch, n_in, n_out), (batch, n_out, n_in), (n_out, batch, n_in)):
-                a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
-                torch.mm(a, b, out=out)  # warm-up
-                best, end = float("inf"), time.perf_counter() + seconds
-                while time.perf_counter() < end:
-                    t = time.perf_counter()
-                    torch.mm(a, b, out=out)
-                    best = min(best, time.perf_counter() - t)
                 flops += 2 * m * k * n
-                best_total += best
+                best_total += mm_seconds(m, k, n, seconds)
     return flops / best_total / 1e9
 
 

@@ -25,11 +25,10 @@ from genforge.devices import cpu_flags, cpu_name  # noqa: E402
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
-def matmul_gflops(seconds: float = 1.0, n: int = 1024) -> float:
-    """fp32 GFLOP/s of the best of repeated ``torch.mm`` of two n x n matrices over about ``seconds``: the most
-    this machine's cores do now (on a shared machine, what the other jobs leave)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
+def mm_seconds(m: int, k: int, n: int, seconds: float = 1.0) -> float:
+    """The best time of repeated fp32 ``torch.mm`` of (m, k) by (k, n) over about ``seconds``."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    out = torch.empty(m, n)
     torch.mm(a, b, out=out)  # warm-up: the first call loads the BLAS kernels
     best = float("inf")
     end = time.perf_counter() + seconds
@@ -37,7 +36,13 @@ def matmul_gflops(seconds: float = 1.0, n: int = 1024) -> float:
         t = time.perf_counter()
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return best
+
+
+def matmul_gflops(seconds: float = 1.0, n: int = 1024) -> float:
+    """fp32 GFLOP/s of the best of repeated ``torch.mm`` of two n x n matrices over about ``seconds``: the most
+    this machine's cores do now (on a shared machine, what the other jobs leave)."""
+    return 2 * n**3 / mm_seconds(n, n, n, seconds) / 1e9
 
 
 def machine_facts(seconds: float = 1.0) -> dict[str, object]:
