@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe, print_machine  # noqa: E402
-from benchmarks.throughput import write_section
+from benchmarks.throughput import write_section  # noqa: E402
 
 MARKS = ("<!-- contention:start -->", "<!-- contention:end -->")
 TARGET = 0.40

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from genforge.devices import cpu_flags, cpu_name  # noqa: E402
+from genforge.devices import best_seconds, cpu_flags, cpu_name  # noqa: E402
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
@@ -29,14 +28,7 @@ def mm_seconds(m: int, k: int, n: int, seconds: float = 1.0) -> float:
     """The best time of repeated fp32 ``torch.mm`` of (m, k) by (k, n) over about ``seconds``."""
     a, b = torch.randn(m, k), torch.randn(k, n)
     out = torch.empty(m, n)
-    torch.mm(a, b, out=out)  # warm-up: the first call loads the BLAS kernels
-    best = float("inf")
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_seconds(lambda: torch.mm(a, b, out=out), seconds=seconds)
 
 
 def matmul_gflops(seconds: float = 1.0, n: int = 1024) -> float:

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import write_section
+from benchmarks.throughput import write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402

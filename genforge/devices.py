@@ -85,13 +85,17 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: the first call picks and loads the kernels
-    best = float("inf")
-    for _ in range(repeats):
+def best_seconds(fn, repeats: int = 1, seconds: float = 0.0) -> float:
+    """The shortest of timed calls of ``fn`` after one untimed warm-up (the first call picks and loads the
+    kernels): at least ``repeats`` calls, and more until about ``seconds`` have passed."""
+    fn()
+    best, calls = float("inf"), 0
+    end = time.perf_counter() + seconds
+    while calls < repeats or time.perf_counter() < end:
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)
+        calls += 1
     return best
 
 
@@ -115,9 +119,9 @@ def bf16_slowdown(n: int = 256) -> float:
     if isinstance(known.get(key), (int, float)) and known[key] > 0:
         return float(known[key])
     a, b = torch.randn(n, n), torch.randn(n, n)
-    fp32 = _best_seconds(lambda: torch.mm(a, b), 5)
+    fp32 = best_seconds(lambda: torch.mm(a, b), 5)
     a16, b16 = a.bfloat16(), b.bfloat16()
-    ratio = _best_seconds(lambda: torch.mm(a16, b16), 2) / max(fp32, 1e-9)
+    ratio = best_seconds(lambda: torch.mm(a16, b16), 2) / max(fp32, 1e-9)
     try:
         atomic_write_json(path, {**known, key: ratio})
     except OSError:
