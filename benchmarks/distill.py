@@ -40,15 +40,19 @@ MARKS = ("<!-- distill:start -->", "<!-- distill:end -->")
 TARGET = 1.20  # distilled 4-step FID at most 1.2 x the teacher's 20-step FID
 
 
-def score(model, n: int, seed: int, steps: int, where: Path, label: str) -> dict:
-    """FID of ``n`` samples of ``model`` at ``steps`` DDIM steps, and the seconds it took to draw them."""
+def score(model, n: int, seed: int, steps: int, where: Path, label: str, sampler: str = "ddim") -> dict:
+    """FID (and precision, recall; class match for a class-conditional model) of ``n`` samples of ``model`` at
+    ``steps`` steps of ``sampler``, and the seconds it took to draw them. benchmarks/samplers.py scores so too."""
     t0 = time.perf_counter()
-    x = model.sample(n, seed=seed, steps=steps, sampler="ddim").x
+    s = model.sample(n, seed=seed, steps=steps, sampler=sampler)
     seconds = time.perf_counter() - t0
     npz = where / f"{label}.npz"
-    np.savez(npz, x=x)
-    fid = evaluate(str(npz), data=model.meta["data"], n=n, seed=seed, with_cas=False, progress=False)
-    return {"label": label, "steps": steps, "fid": fid["rows"]["samples"]["fid"], "seconds": seconds}
+    labels = {"y": s.y} if s.y is not None and model.cluster_prior is None else {}  # clusters are not classes
+    np.savez(npz, x=s.x, **labels)
+    row = evaluate(str(npz), data=model.meta["data"], n=n, seed=seed, with_cas=False, progress=False)
+    row = row["rows"]["samples"]
+    return {"label": label, "steps": steps, "sampler": sampler, "fid": row["fid"], "precision": row["precision"],
+            "recall": row["recall"], "class_match": row.get("class_match"), "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,7 +97,8 @@ class Config:
     clusters: int = 0                # cddpm without labels: k-means clusters of the training images stand in for
                                      # classes, drawn by size when sampling (cluster guidance); 0: use the labels
     # how the trained model samples unless a caller says otherwise (genforge sample --sampler/--steps/--guidance)
-    sampler: str = "ddim"            # "ddim" or "dpm++2m" (DPM-Solver++, better at 10 to 20 steps)
+    sampler: str = "ddim"            # "ddim", "dpm++2m" (DPM-Solver++, better at 10 to 20 steps) or "dpm++2m-sde"
+                                     # (its stochastic form, fresh noise each step; see models/diffusion.py)
     sample_steps: int = 50           # sampler steps, 1 to 1000 (1000: the full chain)
     guidance: float = 1.0            # conditional models: classifier-free guidance scale (1: plain conditional)
 

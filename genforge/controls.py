@@ -96,7 +96,7 @@ class Control:
         return out
 
 
-SAMPLERS = ("ddim", "dpm++2m")  # implemented in genforge/models/diffusion.py
+SAMPLERS = ("ddim", "dpm++2m", "dpm++2m-sde")  # implemented in genforge/models/diffusion.py
 
 # --- family controls ----------------------------------------------------------------------------------------
 TRUNCATION = Control("truncation", float, "keep this central share of each latent coordinate (1: all)",
@@ -106,7 +106,8 @@ TEMPERATURE = Control("temperature", float, "below 1: cleaner, less varied (VAEs
                       low=0.0, high=10.0, low_open=True, default=1.0, stage="noise")
 STEPS = Control("steps", int, "sampler steps (1000: the full chain)", low=1, high=1000, default=50,
                 recipe_field="sample_steps")
-SAMPLER = Control("sampler", str, "ddim, or dpm++2m (DPM-Solver++, better at 10 to 20 steps)",
+SAMPLER = Control("sampler", str, "ddim, dpm++2m (DPM-Solver++, better at 10 to 20 steps) or dpm++2m-sde "
+                  "(its stochastic form: fresh noise each step, which corrects an undertrained network's errors)",
                   choices=SAMPLERS, default="ddim", recipe_field="sampler")
 GUIDANCE = Control("guidance", float, "classifier-free guidance scale (1: plain conditional, 0: unconditional)",
                    low=0.0, high=20.0, default=1.0, recipe_field="guidance", conditional_only=True)

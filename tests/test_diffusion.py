@@ -18,7 +18,8 @@ from genforge.errors import ConfigError, GenforgeError, ModelFileError
 from genforge.generation import sample
 from genforge.controls import SAMPLERS
 from genforge.models import MODELS, build_networks, diffusion
-from genforge.models.diffusion import NoiseSchedule, T, Trainer, ddim_timesteps, generate, make_schedule, predict
+from genforge.models.diffusion import (NoiseSchedule, T, Trainer, ddim_timesteps, generate, make_schedule, predict,
+                                       step_noise)
 from genforge.models.unet import UNet
 from genforge.training import train
 from genforge.training.checkpoint import load_state
@@ -369,9 +370,96 @@ def test_dpm_solver_is_second_order_where_ddim_is_first():
     assert dpm[40] / dpm[80] > 3              # second order: about a quarter
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_sde_sampler_with_a_perfect_denoiser_also_lands_on_the_data(prediction):
+    """Every x0 prediction of the oracle is x0 itself, so the fresh noise of each step is forgotten again and the
+    stochastic chain ends on the data, with one network call per step like the others."""
+    gen = torch.Generator().manual_seed(2)
+    x0 = torch.rand(2, 1, 8, 8, generator=gen, dtype=torch.float64) * 1.8 - 0.9
+    schedule = NoiseSchedule(kind="cosine")
+    oracle = Oracle(x0, schedule.alphas_cumprod.double(), prediction)
+    z = torch.randn(2, 64, generator=gen, dtype=torch.float64)
+    images = generate({"denoiser": oracle, "schedule": schedule}, z, steps=10, sampler="dpm++2m-sde")
+    assert torch.allclose(images, (x0 + 1) / 2, atol=1e-9)
+    assert [t for _, t in oracle.calls] == ddim_timesteps(10)
+
+
+def test_sde_sampler_draws_the_data_distribution_with_the_exact_denoiser():
+    """For data N(0, s^2 I) with its exact denoiser, the stochastic chain's samples have the data's spread, as the
+    deterministic chain's do; a wrong noise or decay coefficient would widen or narrow them. And it is stochastic:
+    from the same starting noise it lands elsewhere than the deterministic chain."""
+    schedule = NoiseSchedule(kind="cosine")
+    s = 0.2
+    net = GaussianData(s, schedule.alphas_cumprod.double())
+    z = torch.randn(512, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    nets = {"denoiser": net, "schedule": schedule}
+    sde = generate(nets, z, steps=50, sampler="dpm++2m-sde") * 2 - 1
+    ode = generate(nets, z, steps=50, sampler="dpm++2m") * 2 - 1
+    assert abs(sde.std().item() / s - 1) < 0.05 and abs(ode.std().item() / s - 1) < 0.05
+    assert abs(sde.mean().item()) < 0.02
+    assert (sde - ode).abs().mean().item() > s / 4  # not the ODE's samples with a little noise
+
+
+def test_sde_step_noise_depends_on_each_latent_alone():
+    """The fresh noise of a sample is seeded by its own latent: the same in any batch (the server decodes
+    requests together), other for another latent, and not the latent's own numbers."""
+    z = torch.randn(5, 12, generator=torch.Generator().manual_seed(4))
+    noise = step_noise(z, 3)
+    assert noise.shape == (3, 5, 12)
+    for i in range(5):
+        assert torch.equal(step_noise(z[i:i + 1], 3)[:, 0], noise[:, i])
+    assert not torch.equal(noise[:, 0], noise[:, 1])
+    assert not any(torch.equal(noise[k, i], z[i]) for k in range(3) for i in range(5))
+    assert torch.equal(step_noise(z.double(), 3).float(), noise)  # the stream follows the values, not the dtype
+
+
+def test_sde_sampler_same_samples_in_any_batch(runs):
+    model = genforge.load(runs["ddpm"])
+    whole = sample(model, 5, seed=6, steps=4, sampler="dpm++2m-sde", batch_size=5).x
+    assert np.array_equal(whole, sample(model, 5, seed=6, steps=4, sampler="dpm++2m-sde", batch_size=2).x)
+    assert np.array_equal(whole[2:3], sample(model, 5, seed=6, steps=4, sampler="dpm++2m-sde").x[2:3])
+    assert not np.array_equal(whole, sample(model, 5, seed=6, steps=4, sampler="dpm++2m").x)
+
+
+def test_interpolation_walks_with_the_deterministic_form_of_a_stochastic_sampler(runs):
+    """A latent walk's frames must change smoothly; dpm++2m-sde's noise is seeded by each latent's bytes, so a
+    model sampling with it walks with dpm++2m from the same latents, and says so in the walk's controls."""
+    from genforge.generation import interpolate
+    from genforge.generation.sampling import decode
+
+    model = genforge.load(runs["ddpm"])
+    config = {**model.meta["train_config"], "sampler": "dpm++2m-sde", "sample_steps": 4}
+    sde = type(model)(model.nets, {**model.meta, "train_config": config})
+    assert sde.sampling_defaults["sampler"] == "dpm++2m-sde"
+    walk = interpolate(sde, [1, 2], steps=3)
+    assert walk.controls["sampler"] == "dpm++2m"
+    assert np.array_equal(walk.x, decode(sde, torch.from_numpy(walk.z), None, sampler="dpm++2m"))
+    assert not np.array_equal(walk.x, decode(sde, torch.from_numpy(walk.z), None))  # the sde would differ
+    assert "sampler" not in interpolate(model, [1, 2], steps=3).controls  # a deterministic default is kept
+
+
+def test_samplers_benchmark_quick_smoke_run(capsys):
+    """benchmarks/samplers.py --quick: train, then every sampler of SAMPLERS sampled and scored; no write."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import samplers as bench
+
+    results = bench.ROOT / "benchmarks/RESULTS.md"
+    before = results.read_text() if results.exists() else None
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "machine: " in out and "fp32 matmul" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and " | 2 | " in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(SAMPLERS)  # one row per sampler, class match included
+    assert all(len(row.split(" | ")) == 8 for row in rows)
+    assert (results.read_text() if results.exists() else None) == before
+
+
 def test_bad_sampler_is_a_clear_error(runs):
     ddpm = genforge.load(runs["ddpm"])
-    with pytest.raises(GenforgeError, match="sampler must be one of ddim, dpm\\+\\+2m, got 'euler'"):
+    with pytest.raises(GenforgeError, match="sampler must be one of ddim, dpm\\+\\+2m, dpm\\+\\+2m-sde, got 'euler'"):
         sample(ddpm, 2, sampler="euler")
     with pytest.raises(GenforgeError, match="sampler must be one of"):
         generate(ddpm.nets, torch.randn(2, 784), sampler="euler")

@@ -31,6 +31,7 @@ CASES = {
     "conditional-vae": ("cvae-conv", {"temperature": 1.2}, [3, 1]),
     "diffusion": ("ddpm", {"steps": 4, "sampler": "dpm++2m"}, None),
     "conditional-diffusion": ("cddpm", {"steps": 3, "guidance": 2.0}, [2, 5]),
+    "stochastic-diffusion": ("cddpm", {"steps": 3, "guidance": 2.0, "sampler": "dpm++2m-sde"}, [2, 5]),
 }
 N, SEED = 5, 11
 

@@ -209,7 +209,7 @@ def test_models_lists_what_is_served(client, loaded):
     dc = {c["name"]: c for c in info["dc"]["control_specs"]}
     assert dc["truncation"]["min"] == 0.01 and dc["truncation"]["max"] == 1 and dc["truncation"]["type"] == "float"
     ddpm = {c["name"]: c for c in info["ddpm"]["control_specs"]}
-    assert ddpm["sampler"]["choices"] == ["ddim", "dpm++2m"] and ddpm["steps"]["max"] == 1000
+    assert ddpm["sampler"]["choices"] == ["ddim", "dpm++2m", "dpm++2m-sde"] and ddpm["steps"]["max"] == 1000
     assert "guidance" not in ddpm  # an unconditional diffusion model takes no guidance
     assert "temperature" in info["vae"]["controls"]
     assert c.get("/healthz").json()["status"] == "ok"
@@ -249,7 +249,7 @@ def test_page_and_its_files_are_served(client):
     ({"model": "dc", "temperature": 0.5}, 422, "temperature is a VAE control"),
     ({"model": "dc", "truncation": 0.001}, 422, "truncation"),
     ({"model": "dc", "format": "gif"}, 422, "format"),
-    ({"model": "ddpm", "sampler": "euler"}, 422, "sampler: Input should be 'ddim' or 'dpm++2m'"),
+    ({"model": "ddpm", "sampler": "euler"}, 422, "sampler: Input should be 'ddim', 'dpm++2m' or 'dpm++2m-sde'"),
     ({"model": "dc", "sampler": "ddim"}, 422, "is a diffusion control"),
     ([1, 2], 422, "dictionary"),
 ])

@@ -302,7 +302,7 @@ def sample(model, n: int, seed: int = 0, classes=None, batch_size: int | None = 
     classes: conditional models only; one class (index or name) or a list cycled over the samples.
     controls: those the model declares (``model.controls``; each family's in :mod:`genforge.controls`):
     truncation (GANs, (0, 1]: keep the central share of each latent coordinate), temperature (VAEs, (0, 10]:
-    the prior's spread), steps / sampler / guidance (diffusion: sampler steps, "ddim" or "dpm++2m",
+    the prior's spread), steps / sampler / guidance (diffusion: sampler steps, "ddim", "dpm++2m" or "dpm++2m-sde",
     classifier-free guidance for conditional models), size / resample (images: resize the output).
     progress: a bar over the samples on stderr (off by default; the samples are the same either way).
     Text models (:mod:`genforge.generation.text`): prompt, max_new_tokens, temperature, top_k, top_p,

@@ -49,8 +49,16 @@ def parse_ints(text: str, what: str) -> list[int]:
     return values
 
 
+def walk_controls(model) -> dict:
+    """Decode controls for a walk through latent space. A stochastic sampler's fresh noise is seeded by each
+    latent's bytes, not a smooth function of it, so neighbouring frames would jump: a model that samples with
+    dpm++2m-sde walks with its deterministic form, dpm++2m, from the same latents."""
+    return {"sampler": "dpm++2m"} if model.sampling_defaults.get("sampler") == "dpm++2m-sde" else {}
+
+
 def interpolate(model, seeds: list[int], steps: int, classes=None) -> Samples:
-    """Frames walking by slerp through the latents of ``seeds`` in order, ``steps`` frames per leg."""
+    """Frames walking by slerp through the latents of ``seeds`` in order, ``steps`` frames per leg (a diffusion
+    model's stochastic sampler replaced by its deterministic form: :func:`walk_controls`)."""
     if len(seeds) < 2:
         raise GenforgeError("interpolation needs at least two seeds, e.g. --seeds 1,2,3")
     if any(s < 0 for s in seeds):
@@ -61,8 +69,10 @@ def interpolate(model, seeds: list[int], steps: int, classes=None) -> Samples:
     t = torch.linspace(0, 1, steps + 1)[:-1]  # each leg stops short of its end, which starts the next leg
     z = torch.cat([slerp(a, b, t) for a, b in zip(ends, ends[1:])] + [ends[-1][None]])
     y = class_indices(model, classes if classes is not None else (0 if model.num_classes else None), len(z))
-    return Samples(x=decode(model, z, y), y=y, z=z.numpy(), seed=seeds[0],
-                   controls={"seeds": seeds, "steps": steps, **({"classes": classes} if classes is not None else {})})
+    walk = walk_controls(model)
+    return Samples(x=decode(model, z, y, **walk), y=y, z=z.numpy(), seed=seeds[0],
+                   controls={"seeds": seeds, "steps": steps, **({"classes": classes} if classes is not None else {}),
+                             **walk})
 
 
 def class_sweep(model, seeds: list[int]) -> Samples:
