@@ -196,7 +196,7 @@ def generate(nets: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None
         D    = x0 + (h / (2 h_prev)) (x0 - x0_prev)        (D = x0 on the first step)
         x_s  = (sigma_s / sigma_t) exp(-h) x_t + alpha_s (1 - exp(-2h)) D + sigma_s sqrt(1 - exp(-2h)) n
     with n the step's noise (:func:`step_noise`); the last step lands on x0 as above. On fashion-cddpm after
-    300 s of training it took the 20-step FID from 27.1 (dpm++2m) to 7.8 (benchmarks/samplers.py).
+    340 s of training it took the 20-step FID from 27.1 (dpm++2m) to 7.8 (benchmarks/samplers.py).
     """
     denoiser, alphas_cumprod = nets["denoiser"], nets["schedule"].alphas_cumprod
     image_shape = denoiser.image_shape
