@@ -175,7 +175,7 @@ def test_paste_key_and_generate_at_once_with_diffusion_controls(cond_run, ddpm_r
 
         page.select_option("#model", "noise")  # a diffusion model: its steps and sampler, from /v1/models
         expect(page.locator("#control-steps input")).to_be_visible()
-        expect(page.locator("#control-sampler select option")).to_have_count(2)
+        expect(page.locator("#control-sampler select option")).to_have_count(3)  # ddim, dpm++2m, dpm++2m-sde
         expect(page.locator("#control-truncation")).to_have_count(0)
         expect(page.locator("#control-guidance")).to_have_count(0)  # unconditional: no guidance
         assert page.is_hidden("#class-row")
@@ -185,6 +185,12 @@ def test_paste_key_and_generate_at_once_with_diffusion_controls(cond_run, ddpm_r
         expect(page.locator("#caption")).to_have_text("2 images from noise, seed 3")
         np.testing.assert_array_equal(shown_images(page),
                                       sample(models["noise"], 2, seed=3, steps=3, sampler="dpm++2m").x)
+        page.select_option("#control-sampler select", "dpm++2m-sde")  # stochastic: the same pixels as the API's
+        page.fill("#seed", "4")  # a new caption to wait for
+        page.click("#generate")
+        expect(page.locator("#caption")).to_have_text("2 images from noise, seed 4")
+        np.testing.assert_array_equal(shown_images(page),
+                                      sample(models["noise"], 2, seed=4, steps=3, sampler="dpm++2m-sde").x)
     assert problems == []
 
 
