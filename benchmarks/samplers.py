@@ -27,13 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.distill import score  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.throughput import section_marks, write_section  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.controls import SAMPLERS  # noqa: E402
 from genforge.training import train  # noqa: E402
 
-MARKS = ("<!-- samplers:start -->", "<!-- samplers:end -->")
 DEFAULT_RECIPES = ["fashion-cddpm", "fashion-ddpm-clusters"]  # the best conditional and unconditional recipes
 QUICK = ["max_steps=3", "base_channels=4", "batch_size=16", "checkpoint_every=0", "eval_every=0"]
 
@@ -71,12 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: mnist5k-cddpm, 3 training steps of a 4-channel "
                     "network, 32 samples, 2 sampler steps; nothing written, numbers meaningless")
+    ap.add_argument("--section", default="samplers", help="RESULTS.md section to replace (default samplers; another "
+                    "name keeps its own section, e.g. one per kind of machine)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.steps, args.recipes = 32, [2], ["mnist5k-cddpm"]
     facts = print_machine(0.3 if args.quick else 1.0)
-    lines = [MARKS[0], "## Diffusion samplers at a fixed number of steps (`benchmarks/samplers.py`)", "",
+    marks, suffix = section_marks(args.section, "samplers")
+    lines = [marks[0], f"## Diffusion samplers at a fixed number of steps (`benchmarks/samplers.py`){suffix}", "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {describe(facts)}",
              f"- command: `{' '.join(['python benchmarks/samplers.py', *(sys.argv[1:] if argv is None else argv)])}`",
              f"- {args.n} samples (seed {args.seed}) per row, the same latents for every sampler, scored against the "
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                           + (f", class match {r['class_match']:.3f}" if r["class_match"] is not None else "")
                           + f" ({r['seconds']:.1f} s)", flush=True)
             lines += table(name, model, rows, f"{model.meta.get('step')} training steps, {note}")
-    lines.append(MARKS[1])
+    lines.append(marks[1])
     print("\n".join(lines))
     if not (args.quick or args.no_write):
         write_section(ROOT / "benchmarks/RESULTS.md", "\n".join(lines))
