@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe, print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.throughput import as_flags, train_settings, write_section  # noqa: E402
 
 MARKS = ("<!-- contention:start -->", "<!-- contention:end -->")
 TARGET = 0.40
@@ -51,8 +51,7 @@ def start_neighbour(kind: str, recipe: str, tmp: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if kind == "genforge":
         cmd = [sys.executable, "-m", "genforge", "train", recipe, "--out", str(tmp / "neighbour"), "--quiet",
-               "--set", "max_steps=100000000", "--set", "eval_every=0", "--set", "sample_every=0",
-               "--set", "checkpoint_every=0", "--set", "tensorboard=false"]
+               *as_flags(train_settings())]
     else:
         cmd = [sys.executable, "-c", NEIGHBOURS[kind]]
     return subprocess.Popen(["nice", "-n", "19", *cmd], env=env, stdout=subprocess.DEVNULL,
@@ -73,9 +72,8 @@ def train_rate(recipe: str, seconds: float, contention: str, tmp: Path, name: st
     env = dict(os.environ, PYTHONPATH=str(ROOT), GENFORGE_CONTENTION=contention)
     env.pop("OMP_WAIT_POLICY", None)
     run = tmp / name
-    cmd = [sys.executable, "-m", "genforge", "train", recipe, "--out", str(run), "--set", f"max_seconds={seconds:g}",
-           "--set", "max_steps=100000000", "--set", "eval_every=0", "--set", "sample_every=0",
-           "--set", "checkpoint_every=0", "--set", "tensorboard=false", "--set", "log_every=10"]
+    cmd = [sys.executable, "-m", "genforge", "train", recipe, "--out", str(run),
+           *as_flags(train_settings(seconds, log_every=10))]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "training failed")

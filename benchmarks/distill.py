@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.throughput import train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
@@ -79,11 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         teacher = Path(args.teacher) if args.teacher else tmp / "teacher"
         t0 = time.perf_counter()
         if not args.teacher:
-            sets = ["eval_every=0", "sample_every=0", "tensorboard=false", "max_steps=100000000",
-                    f"max_seconds={args.train_minutes * 60:g}", f"prediction={args.prediction}"]
+            sets = [*train_settings(args.train_minutes * 60), f"prediction={args.prediction}"]
             if args.quick:
-                sets = ["eval_every=0", "sample_every=0", "tensorboard=false", "max_steps=5", "base_channels=4",
-                        "checkpoint_every=0", "batch_size=32", f"prediction={args.prediction}"]
+                sets = [*train_settings(steps=5), "base_channels=4", "batch_size=32", f"prediction={args.prediction}"]
             train(load_config(ROOT / "genforge/recipes/mnist5k-ddpm.yaml", sets), teacher, quiet=True)
         train_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()

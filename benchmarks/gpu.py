@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import step_flops, write_section  # noqa: E402
+from benchmarks.throughput import step_flops, train_settings, write_section  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
 from genforge.training import train  # noqa: E402
@@ -56,8 +56,7 @@ def gpu_matmul_peak(dtype: torch.dtype, seconds: float = 2.0, n: int = 8192) -> 
 
 
 def measure(recipe: Path, precision: str, steps: int, windows: int, compile_: bool) -> dict:
-    sets = [f"precision={precision}", "device=cuda", f"max_steps={steps * (windows + 1)}", f"log_every={steps}",
-            "sample_every=0", "checkpoint_every=0", "tensorboard=false", "max_seconds=0", "eval_every=0",
+    sets = [f"precision={precision}", "device=cuda", *train_settings(0, steps * (windows + 1), log_every=steps),
             f"compile={'true' if compile_ else 'false'}"]
     cfg = load_config(recipe, sets)
     shape = load_splits(cfg.data, image_size=cfg.image_size, channels=cfg.channels).image_shape

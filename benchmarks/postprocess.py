@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
 import genforge  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.throughput import train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
@@ -59,8 +59,7 @@ def main() -> None:
     runs = [Path(r) for r in args.runs] if args.runs else []
     if not runs:
         for recipe in RECIPES:
-            cfg = load_config(ROOT / "genforge" / "recipes" / f"{recipe}.yaml", [f"max_seconds={args.budget}", "max_steps=1000000",
-                                                                    "tensorboard=false", "sample_every=0", "eval_every=0"])
+            cfg = load_config(ROOT / "genforge" / "recipes" / f"{recipe}.yaml", train_settings(args.budget))
             runs.append(train(cfg, Path(tmp.name) / recipe, quiet=True).run)
 
     rows, memo = [], []

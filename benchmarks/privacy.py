@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.throughput import train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import Config, load_config  # noqa: E402
 from genforge.metrics import evaluate  # noqa: E402
@@ -48,8 +48,7 @@ def run_one(recipe: Path, epsilon: float, steps: int, runs: Path, n: int, seed: 
         dp = ["dp_epsilon=0", f"dp_delta={Config.dp_delta}", f"dp_max_grad_norm={Config.dp_max_grad_norm}"]
     else:
         dp = [f"dp_epsilon={epsilon}"]
-    cfg = load_config(recipe, [f"max_steps={steps}", "sample_every=0", "checkpoint_every=0", "tensorboard=false",
-                               "eval_every=0", *dp])
+    cfg = load_config(recipe, [*train_settings(steps=steps), *dp])
     run = runs / f"{recipe.stem}-eps{epsilon:g}"
     t0 = time.perf_counter()
     result = train(cfg, run, quiet=True)

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.throughput import train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
@@ -54,8 +54,7 @@ NLL_IMAGES, NLL_K = 1000, 100  # test images and importance samples of the VAE N
 
 
 def run_recipe(recipe: Path, budget: float, runs: Path, n: int, seed: int, ddim_n: int) -> dict:
-    cfg = load_config(recipe, [f"max_seconds={budget}", "max_steps=100000000", "sample_every=0",
-                               "checkpoint_every=0", "tensorboard=false"])
+    cfg = load_config(recipe, train_settings(budget, evaluate=True))
     run = runs / recipe.stem
     if run.exists():  # a run this script started and did not finish: its row was never written
         shutil.rmtree(run)

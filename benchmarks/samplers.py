@@ -27,20 +27,19 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.distill import score  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
-from benchmarks.throughput import section_marks, write_section  # noqa: E402
+from benchmarks.throughput import section_marks, train_settings, write_section  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.controls import SAMPLERS  # noqa: E402
 from genforge.training import train  # noqa: E402
 
 DEFAULT_RECIPES = ["fashion-cddpm", "fashion-ddpm-clusters"]  # the best conditional and unconditional recipes
-QUICK = ["max_steps=3", "base_channels=4", "batch_size=16", "checkpoint_every=0", "eval_every=0"]
+QUICK = ["base_channels=4", "batch_size=16"]
 
 
 def trained(recipe: str, budget: float, where: Path, quick: bool) -> tuple[Path, float]:
     """Train ``recipe`` for ``budget`` seconds into ``where``; the run directory and the seconds it took."""
-    sets = ["sample_every=0", "tensorboard=false"] + (QUICK if quick else
-                                                      [f"max_seconds={budget:g}", "max_steps=100000000"])
+    sets = [*train_settings(steps=3), *QUICK] if quick else train_settings(budget, evaluate=True)
     t0 = time.perf_counter()
     train(load_config(recipe, sets), where, quiet=True)
     return where, time.perf_counter() - t0

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.throughput import train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.data.table import load_table  # noqa: E402
 from genforge.data.table.schema import DISCRETE, Schema, apply_schema  # noqa: E402
@@ -101,12 +101,11 @@ def train_genforge(table: str, model: str, budget: float, run: Path, dp_epsilon:
     from genforge.config import load_config
     from genforge.training import train
 
-    overrides = [f"data=table:{table}", f"max_seconds={budget}", "tensorboard=false", "sample_every=0",
-                 "checkpoint_every=0"]
+    # DP runs keep the recipe's step count (the accountant's), and so does the copula (its fit is one step)
+    fixed = bool(dp_epsilon) or model == "copula" or not open_steps
+    overrides = [f"data=table:{table}", *train_settings(budget, evaluate=True, recipe_steps=fixed)]
     if dp_epsilon:
         overrides.append(f"dp_epsilon={dp_epsilon}")
-    elif model != "copula" and open_steps:
-        overrides.append("max_steps=1000000")
     cfg = load_config(f"table-{model}", overrides)
     t0 = time.perf_counter()
     train(cfg, run, quiet=True)

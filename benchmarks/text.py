@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.serve_load import free_port  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.throughput import train_settings, write_section  # noqa: E402
 
 MARK_START, MARK_END = "<!-- text:start -->", "<!-- text:end -->"
 RECIPES = ["shakespeare-gpt-cpu", "shakespeare-gpt-bpe-cpu", "shakespeare-sentence-vae", "shakespeare-nanogpt-cpu"]
@@ -60,10 +60,9 @@ def train_rows(recipes: list[str], budget: float, runs: Path, skip: bool, thread
     for recipe in recipes:
         run = runs / recipe
         if not (skip and (run / "checkpoints" / "last.json").is_file()):
-            overrides = [f"max_seconds={budget}", "sample_every=0", "tensorboard=false", "checkpoint_every=100000",
+            # nanoGPT's configuration keeps its 2000 iterations (and its schedule)
+            overrides = [*train_settings(budget, evaluate=True, recipe_steps=recipe == NANOGPT),
                          f"num_threads={threads}"]
-            if recipe != NANOGPT:  # nanoGPT's configuration keeps its 2000 iterations (and its schedule)
-                overrides.append("max_steps=10000000")
             cfg = load_config(recipe, overrides)
             t0 = time.perf_counter()
             train(cfg, run, quiet=True)

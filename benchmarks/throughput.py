@@ -52,6 +52,34 @@ WINDOW_SECONDS = 1.5
 MARK_START, MARK_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
 
 
+OPEN_STEPS = 100_000_000  # a step cap no budget reaches: the wall clock ends the run
+
+
+def train_settings(seconds: float | None = None, steps: int | None = None, *, evaluate: bool = False,
+                   recipe_steps: bool = False, log_every: int | None = None) -> list[str]:
+    """The ``--set`` settings with which a benchmark trains a recipe: for ``seconds`` of wall clock (0: no limit;
+    None: the recipe's own ``max_seconds``), up to ``steps`` steps (None: no cap below the budget, or the
+    recipe's own ``max_steps`` when ``recipe_steps``); no sample grids, TensorBoard or mid-run checkpoints (the
+    last checkpoint is still written); no mid-run validation unless ``evaluate`` (the recipe's own
+    ``eval_every``). One list for ``load_config`` overrides; :func:`as_flags` makes them ``genforge train``
+    flags."""
+    sets = ["sample_every=0", "tensorboard=false", "checkpoint_every=0"]
+    if seconds is not None:
+        sets.append(f"max_seconds={seconds:g}")
+    if steps is not None or not recipe_steps:
+        sets.append(f"max_steps={OPEN_STEPS if steps is None else steps}")
+    if not evaluate:
+        sets.append("eval_every=0")
+    if log_every:
+        sets.append(f"log_every={log_every}")
+    return sets
+
+
+def as_flags(sets: list[str]) -> list[str]:
+    """``["a=1", "b=2"]`` as ``genforge train`` arguments: ``["--set", "a=1", "--set", "b=2"]``."""
+    return [arg for s in sets for arg in ("--set", s)]
+
+
 def _gflops(fn, flops: float, seconds: float) -> float:
     for _ in range(3):
         fn()
@@ -112,9 +140,8 @@ def measure(recipe: Path, precision: str, windows: int, overrides: tuple[str, ..
     flops, rough = step_flops(cfg, shape)
     k = max(3, round(WINDOW_SECONDS * rough / cfg.batch_size))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(recipe, [f"precision={precision}", f"max_steps={k * (windows + 1)}", f"log_every={k}",
-                                   "sample_every=0", "checkpoint_every=0", "tensorboard=false", "max_seconds=0",
-                                   "eval_every=0", *overrides])
+        cfg = load_config(recipe, [f"precision={precision}", *train_settings(0, k * (windows + 1), log_every=k),
+                                   *overrides])
         train(cfg, Path(tmp) / "run", quiet=True)
         rates = [json.loads(line)["images_per_sec"] for line in (Path(tmp) / "run/metrics.jsonl").open()]
     ips = statistics.median(rates[1:])  # first window is warm-up
@@ -163,9 +190,7 @@ def long_run(recipe: str, minutes: float, allocator: str) -> tuple[list[dict], i
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "genforge", "train", recipe, "--out", str(run), "--quiet",
-               "--set", f"max_seconds={minutes * 60:g}", "--set", "max_steps=100000000", "--set", "eval_every=0",
-               "--set", "sample_every=0", "--set", "checkpoint_every=0", "--set", "tensorboard=false",
-               "--set", "log_every=20"]
+               *as_flags(train_settings(minutes * 60, log_every=20))]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "training failed")

@@ -21,7 +21,8 @@ generation: per data set, the evaluator (a 1-D CNN trained on the train split), 
 --budget SECONDS caps the training of each generator (the issue asks 10 minutes per recipe; RESULTS.md says what
 was run). --quick: a seconds-long tiny simulation and a tiny set, every code path once (a smoke test; nothing is
 written to RESULTS.md). --guidance G ...: each class-conditional diffusion recipe also sampled at these guidance
-scales, a row each (one trained model, so only the sampling differs). --set KEY=VALUE ...: every recipe trained
+scales, a row each (one trained model, so only the sampling differs); --samplers S ...: likewise, each diffusion
+recipe also sampled with these samplers. --set KEY=VALUE ...: every recipe trained
 with these settings (a what-if: `--set prediction=x0`), its rows named with them.
 """
 
@@ -45,15 +46,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe, print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.throughput import section_marks, train_settings, write_section  # noqa: E402
 from genforge.apps import diagnosis  # noqa: E402
 from genforge.apps.inspection import series as fd  # noqa: E402
+from genforge.controls import SAMPLERS  # noqa: E402
 from genforge.data.series import load_series  # noqa: E402
 from genforge.data.series.tep import load_tep  # noqa: E402
 from genforge.metrics import series as ms  # noqa: E402
 from genforge.models.var import VARBaseline, var_generator  # noqa: E402
 
-MARK_START, MARK_END = "<!-- timeseries:start -->", "<!-- timeseries:end -->"
 FULL_TEP = "tep:faults=1-21;seeds=0-2"
 QUICK_TEP = "tep:faults=1,2;seeds=0;train=100;test=160;onset=60;warmup=40"
 VAL_SEEDS, QUICK_VAL_SEEDS = "3-5", "1"  # normal runs of these seeds set the detection thresholds
@@ -100,9 +101,8 @@ def train_recon_model(normal: list[np.ndarray], channel_names: list[str], budget
     held = max(0.05, (RECON_WINDOW + 1) / len(x))  # the log's val and test parts: at least one window each
     cfg = load_config("tep-cvae", [f"data=series-npz:{work / 'normal.npz'}", "model=vae-1d",
                                    f"series_window={RECON_WINDOW}", "series_stride=2", f"val_fraction={held}",
-                                   f"test_fraction={held}", f"max_seconds={budget}", "max_steps=10000000",
+                                   f"test_fraction={held}", *train_settings(budget, evaluate=True),
                                    f"batch_size={min(64, max(1, int(len(x) * (1 - 2 * held)) // 4))}",
-                                   "sample_every=0", "checkpoint_every=0", "tensorboard=false",
                                    f"num_threads={threads}"])
     run = work / "vae-normal"
     t0 = time.perf_counter()
@@ -285,6 +285,16 @@ def sdv_samples(py: Path, x: np.ndarray, y: np.ndarray, n: int, budget: float, e
         return (z["x"], z["y"]), json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def sampling_variants(model, args) -> list[dict]:
+    """The sampling controls each trained model is scored with, one row each: ``{}`` (the recipe's own) first,
+    then each other classifier-free guidance scale of ``--guidance`` (class-conditional diffusion models) and
+    each other sampler of ``--samplers`` (diffusion models). One trained model, so only the sampling differs."""
+    own = model.sampling_defaults
+    guided = model.has_classes and own.get("guidance") is not None
+    return ([{}] + [{"guidance": g} for g in (args.guidance or ()) if guided and g != own["guidance"]]
+            + [{"sampler": v} for v in (args.samplers or ()) if "sampler" in own and v != own["sampler"]])
+
+
 def recipe_row(recipe: str, name: str, s, ev, x, y, tx, ty, kw: dict, args) -> dict:
     """Train genforge recipe `recipe` for --budget seconds (on the benchmark's TEP runs for tep-*), sample as many
     windows as the training split has, and score them like every other row."""
@@ -292,8 +302,7 @@ def recipe_row(recipe: str, name: str, s, ev, x, y, tx, ty, kw: dict, args) -> d
     from genforge.config import load_config
     from genforge.training import check_config, train
 
-    overrides = [f"max_seconds={int(args.budget)}", "sample_every=0", "tensorboard=false", "num_threads=" +
-                 str(args.threads), f"checkpoint_every={10 ** 6}"]
+    overrides = [*train_settings(int(args.budget), evaluate=True), f"num_threads={args.threads}"]
     if name == "tep":
         overrides.append(f"data={args.tep}")  # the runs simulated for this benchmark (the recipe names seed 0)
     if args.quick:
@@ -308,15 +317,14 @@ def recipe_row(recipe: str, name: str, s, ev, x, y, tx, ty, kw: dict, args) -> d
         fit_s = time.perf_counter() - t0
         model = genforge.load(run, device="cpu")
         steps = int(model.meta.get("step") or 0)
-        own = model.sampling_defaults.get("guidance") if model.has_classes else None  # None: not guided by class
-        scales = [None] + [g for g in (args.guidance or ()) if own is not None and g != own]
         rows = {}
-        for g in scales:  # the recipe's own guidance first, then each other scale of --guidance
-            samples = model.sample(len(x), seed=0, **({} if g is None else {"guidance": g}))
+        for change in sampling_variants(model, args):  # the recipe's own sampling first, then each variant
+            samples = model.sample(len(x), seed=0, **change)
             fake = s.normalization.apply(samples.x)
             row = ms.evaluate_series(ev, x, fake, real_y=y, fake_y=samples.y, test_x=tx, test_y=ty, **kw)
             row.update({"fit_seconds": round(fit_s, 1), "steps": steps})
-            label = recipe_label if g is None else f"{recipe_label}, guidance {g:g}"
+            label = ", ".join([recipe_label, *(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in change.items())])
             log(f"  {label} ({steps} steps in {fit_s:.0f} s): {ms.summary_line(row)}")
             rows[label] = row
         del result
@@ -438,12 +446,17 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=None, metavar="G",
                         help="also sample each class-conditional diffusion recipe at these classifier-free guidance "
                              "scales, one row each (the recipe's own scale is always the first row)")
+    parser.add_argument("--samplers", nargs="+", default=None, metavar="SAMPLER", choices=SAMPLERS,
+                        help="also sample each diffusion recipe with these samplers, one row each (the recipe's own "
+                             "sampler is always the first row)")
     parser.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE",
                         help="train every recipe with these config settings (as genforge train --set); the rows "
                              "name them")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write every number to this JSON file")
     parser.add_argument("--no-write", action="store_true", help="do not touch benchmarks/RESULTS.md")
+    parser.add_argument("--section", default="timeseries", help="RESULTS.md section to replace (default timeseries, "
+                        "the full run's; a partial run, e.g. --samplers on some data sets, names its own)")
     args = parser.parse_args()
     known = {r for rs in RECIPES.values() for r in rs}
     if args.recipes and set(args.recipes) - known:
@@ -471,9 +484,10 @@ def main() -> None:
             return
         took = (time.perf_counter() - t_start) / 60
         state = f"{took:.0f} min" if done else f"in progress, {took:.0f} min so far; the parts below are complete"
-        section = (f"{MARK_START}\n## Sensor series: detection, diagnosis, generation\n\n`{command}` "
+        (start, end), suffix = section_marks(args.section, "timeseries")
+        section = (f"{start}\n## Sensor series: detection, diagnosis, generation{suffix}\n\n`{command}` "
                    f"({time.strftime('%Y-%m-%d')}, {state}; budget {args.budget:.0f} s per generator, the issue asks "
-                   f"600). Machine: {describe(facts)}.\n\n" + "\n\n".join(parts) + f"\n{MARK_END}")
+                   f"600). Machine: {describe(facts)}.\n\n" + "\n\n".join(parts) + f"\n{end}")
         write_section(ROOT / "benchmarks" / "RESULTS.md", section)
 
     if {"detection", "diagnosis"} & set(args.sections):
