@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -474,7 +475,7 @@ def main() -> None:
     t_start = time.perf_counter()
     everything: dict = {"command": " ".join(sys.argv[1:]), "budget": args.budget}
     parts: list[str] = []
-    command = "nice python3 benchmarks/timeseries.py " + " ".join(sys.argv[1:])
+    command = "python3 benchmarks/timeseries.py " + shlex.join(sys.argv[1:])  # as it can be pasted into a shell
 
     def flush(parts: list[str], done: bool) -> None:
         """Write the section as it stands: after every part, so a run stopped early keeps its tables."""
