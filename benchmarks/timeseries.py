@@ -22,7 +22,8 @@ generation: per data set, the evaluator (a 1-D CNN trained on the train split), 
 was run). --quick: a seconds-long tiny simulation and a tiny set, every code path once (a smoke test; nothing is
 written to RESULTS.md). --guidance G ...: each class-conditional diffusion recipe also sampled at these guidance
 scales, a row each (one trained model, so only the sampling differs); --samplers S ...: likewise, each diffusion
-recipe also sampled with these samplers. --set KEY=VALUE ...: every recipe trained
+recipe also sampled with these samplers. --section NAME: write a partial run to its own RESULTS.md section
+(default timeseries, the full run's). --set KEY=VALUE ...: every recipe trained
 with these settings (a what-if: `--set prediction=x0`), its rows named with them.
 """
 
