@@ -37,12 +37,12 @@ DEFAULT_RECIPES = ["fashion-cddpm", "fashion-ddpm-clusters"]  # the best conditi
 QUICK = ["base_channels=4", "batch_size=16"]
 
 
-def trained(recipe: str, budget: float, where: Path, quick: bool) -> tuple[Path, float]:
-    """Train ``recipe`` for ``budget`` seconds into ``where``; the run directory and the seconds it took."""
+def train_seconds(recipe: str, budget: float, where: Path, quick: bool) -> float:
+    """Train ``recipe`` for ``budget`` seconds into ``where``; the seconds it took."""
     sets = [*train_settings(steps=3), *QUICK] if quick else train_settings(budget, evaluate=True)
     t0 = time.perf_counter()
     train(load_config(recipe, sets), where, quiet=True)
-    return where, time.perf_counter() - t0
+    return time.perf_counter() - t0
 
 
 def table(name: str, model, rows: list[dict], train_note: str) -> list[str]:
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(Path(args.run).name, Path(args.run), "given")] if args.run else []
         for recipe in ([] if args.run else args.recipes):
             print(f"== {recipe}: training {args.budget_seconds:g} s", flush=True)
-            run, seconds = trained(recipe, args.budget_seconds, tmp / recipe, args.quick)
-            jobs.append((recipe, run, f"{seconds:.0f} s of training"))
+            seconds = train_seconds(recipe, args.budget_seconds, tmp / recipe, args.quick)
+            jobs.append((recipe, tmp / recipe, f"{seconds:.0f} s of training"))
         for name, run, note in jobs:
             model = genforge.load(run, device="cpu")
             if model.family != "diffusion":
