@@ -35,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
 
 SETTINGS = {"glibc defaults": {"GENFORGE_MALLOC": "default"}, "genforge tuning": {}}
 

@@ -37,8 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.apps import enhance  # noqa: E402
 from genforge.apps import image_to_speech as i2s  # noqa: E402

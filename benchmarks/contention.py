@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import as_flags, train_settings, write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
-from benchmarks.throughput import as_flags, train_settings, write_section  # noqa: E402
 
 MARKS = ("<!-- contention:start -->", "<!-- contention:end -->")
 TARGET = 0.40

@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import train_settings, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402

@@ -40,7 +40,7 @@ def main() -> int:
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT / "tests"))
     fuzz = importlib.import_module("test_fuzz")
-    from benchmarks.throughput import write_section
+    from benchmarks.common import write_section
     from genforge.devices import cpu_name
 
     tests = [(name, fn) for name, fn in vars(fuzz).items() if name.startswith("test_") and hasattr(fn, "hypothesis")]

@@ -28,8 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import train_settings, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import step_flops, train_settings, write_section  # noqa: E402
+from benchmarks.throughput import step_flops  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
 from genforge.training import train  # noqa: E402

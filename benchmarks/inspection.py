@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
 from genforge.apps import inspection  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
 

@@ -42,9 +42,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import section_marks, write_section  # noqa: E402
 from benchmarks.keras_peer_tf import timed  # noqa: E402
 from benchmarks.machine import describe, mm_seconds, print_machine  # noqa: E402
-from benchmarks.throughput import measure, section_marks, write_section  # noqa: E402
+from benchmarks.throughput import measure  # noqa: E402
 from genforge.io import user_dir  # noqa: E402
 
 RECIPE = ROOT / "genforge/recipes/mnist5k-gan-mlp.yaml"

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
 import genforge  # noqa: E402
-from benchmarks.throughput import train_settings, write_section  # noqa: E402
+from benchmarks.common import train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits  # noqa: E402

@@ -32,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import train_settings, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import Config, load_config  # noqa: E402
 from genforge.metrics import evaluate  # noqa: E402

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
 import genforge  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
+from benchmarks.common import write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.apps.repair import RepairOptions, repair  # noqa: E402
 from genforge.data import load_splits  # noqa: E402

@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import section_marks, train_settings, write_section  # noqa: E402
 from benchmarks.distill import score  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
-from benchmarks.throughput import section_marks, train_settings, write_section  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.controls import SAMPLERS  # noqa: E402

@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
 
 MARK_START, MARK_END = "<!-- serve_load:start -->", "<!-- serve_load:end -->"
 DEFAULT_RUN = Path(tempfile.gettempdir()) / "serve-bench-run"

@@ -26,8 +26,8 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits, to_tensor  # noqa: E402

@@ -36,8 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import train_settings, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
-from benchmarks.throughput import train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.data.table import load_table  # noqa: E402
 from genforge.data.table.schema import DISCRETE, Schema, apply_schema  # noqa: E402

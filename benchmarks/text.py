@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import train_settings, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.serve_load import free_port  # noqa: E402
-from benchmarks.throughput import train_settings, write_section  # noqa: E402
 
 MARK_START, MARK_END = "<!-- text:start -->", "<!-- text:end -->"
 RECIPES = ["shakespeare-gpt-cpu", "shakespeare-gpt-bpe-cpu", "shakespeare-sentence-vae", "shakespeare-nanogpt-cpu"]

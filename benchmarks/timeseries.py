@@ -47,8 +47,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import section_marks, train_settings, write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
-from benchmarks.throughput import section_marks, train_settings, write_section  # noqa: E402
 from genforge.apps import diagnosis  # noqa: E402
 from genforge.apps.inspection import series as fd  # noqa: E402
 from genforge.controls import SAMPLERS  # noqa: E402
