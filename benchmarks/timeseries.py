@@ -369,7 +369,7 @@ def run_generation(sets: dict, args, after=None) -> dict:
         log(f"generation {name}: {x.shape[0]} train windows {x.shape[1]}x{x.shape[2]}, {k} classes; evaluator test "
             f"accuracy {ev.meta['test_accuracy']:.3f}, weights {ev.sha256[:12]} ({time.perf_counter() - t0:.0f} s)")
         kw = dict(seeds=args.seeds, posthoc_steps=args.posthoc_steps,
-                  recipe=ms.SeriesRecipe(steps=args.classifier_steps))
+                  recipe=ms.SeriesRecipe(steps=args.classifier_steps), real_features=ev.features(x))
         other = s.val if len(s.val) >= 5 else s.test
         rows = {"real vs real": ms.reference_row(ev, x, y, other.x, other.y, test_x=tx, test_y=ty, **kw)}
         log(f"  real vs real ({len(other.x)} held-out windows): {ms.summary_line(rows['real vs real'])}")

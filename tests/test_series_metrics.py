@@ -96,6 +96,11 @@ def test_reference_row_beats_a_broken_generator_on_every_score(evaluator, data):
     assert {"discriminative", "discriminative_std", "recall", "evaluator_sha256"} <= set(ref)
     flipped = ms.tstr(vx, 1 - vy, tx, ty, 2, ms.SeriesRecipe(steps=150))
     assert flipped < 0.1  # labels swapped: train-on-synthetic learns the wrong classes
+    # the real windows' features computed once by the caller give the same scores as computed inside
+    again = ms.evaluate_series(evaluator, x, ms.degrade(vx, 1.0), real_features=evaluator.features(x), **kw)
+    assert (again["fd"], again["precision"], again["recall"]) == (broken["fd"], broken["precision"], broken["recall"])
+    with pytest.raises(ValueError, match="real_features has 3 rows"):
+        ms.evaluate_series(evaluator, x, vx, real_features=evaluator.features(x[:3]), **kw)
 
 
 @pytest.mark.parametrize("score", ["fd", "discriminative"])

@@ -3,8 +3,8 @@
     d = discriminative_score(real, fake)            # TimeGAN's: |accuracy - 0.5| of a post-hoc real/fake GRU
     p = predictive_score(real, fake)                # TimeGAN's: MAE on real of a next-step GRU fitted on fake
     ev = train_series_evaluator(train_x, train_y)   # a 1-D CNN per data set; its features are the metric space
-    row = evaluate_series(ev, real_x, real_y, fake_x, fake_y, test_x, test_y)  # everything in one dict
-    ref = reference_row(ev, train_x, train_y, test_x, test_y)                  # real vs real: the floor
+    row = evaluate_series(ev, real_x, fake_x, fake_y=fake_y, test_x=test_x, test_y=test_y)  # one dict
+    ref = reference_row(ev, train_x, train_y, val_x, val_y, test_x=test_x, test_y=test_y)    # real vs real
     ladder = degradation_ladder(real, levels=(0.1, 0.3, 1.0))                  # jitter, time warp, shuffle
 
 Conventions: every array is float (N, channels, time), already normalized the way the generator sees its
@@ -373,21 +373,28 @@ def tstr(fake_x: np.ndarray, fake_y: np.ndarray, test_x: np.ndarray, test_y: np.
 def evaluate_series(ev: SeriesEvaluator | None, real_x: np.ndarray, fake_x: np.ndarray, *,
                     real_y: np.ndarray | None = None, fake_y: np.ndarray | None = None,
                     test_x: np.ndarray | None = None, test_y: np.ndarray | None = None, seeds: int = 5,
-                    posthoc_steps: int = 500, recipe: SeriesRecipe = SeriesRecipe()) -> dict:
+                    posthoc_steps: int = 500, recipe: SeriesRecipe = SeriesRecipe(),
+                    real_features: np.ndarray | None = None) -> dict:
     """Every score of `fake_x` against `real_x`: discriminative (mean, std), predictive, and with an
     evaluator FD and precision/recall on its features; with labels and a real test split, TSTR accuracy.
+
+    `real_features`: `ev.features(real_x)`, computed once by a caller that scores many generators against the
+    same real windows.
 
     `real_y` (the labels of `real_x`) is accepted so a labelled set can be passed whole, but no score reads it:
     TSTR trains on `fake_y` and tests on `test_y`, and the other scores are label-free."""
     real_x = check_series_array(real_x, "real series", at_least=5)
     fake_x = check_series_array(fake_x, "generated series", real_x.shape[1:], at_least=5)
+    if real_features is not None and len(real_features) != len(real_x):
+        raise ValueError(f"real_features has {len(real_features)} rows for {len(real_x)} real series")
     t0 = time.perf_counter()
     d = discriminative_score(real_x, fake_x, seeds=seeds, steps=posthoc_steps)
     p = predictive_score(real_x, fake_x, steps=posthoc_steps)
     row = {"n_real": len(real_x), "n_fake": len(fake_x), "discriminative": d["mean"], "discriminative_std": d["std"],
            "discriminative_chance": d["chance"], "predictive": p["mean"]}
     if ev is not None:
-        rf, ff = ev.features(real_x), ev.features(fake_x)
+        rf = ev.features(real_x) if real_features is None else real_features
+        ff = ev.features(fake_x)
         row["fd"] = frechet_series_distance(rf, ff)
         with one_blas_thread():
             row["precision"], row["recall"] = precision_recall(rf, ff)
@@ -547,7 +554,7 @@ def evaluate_series_model(model, data: str | None, n: int, seed: int = 0, *, x: 
         f"{seeds} seeds)")
     with_labels = y is not None and ev is not None
     kw = dict(test_x=test.x if with_labels else None, test_y=test.y if with_labels else None, seeds=seeds,
-              posthoc_steps=posthoc_steps)
+              posthoc_steps=posthoc_steps, real_features=None if ev is None else ev.features(train.x))
     rows = {"samples": evaluate_series(ev, train.x, fake, real_y=train.y, fake_y=y if with_labels else None, **kw),
             "real": reference_row(ev, train.x, train.y, other.x, other.y if with_labels else None, **kw)}
     result = {"format": EVAL_FORMAT, "format_version": 1, "source": source, "data": data, "shaping": shaping,
