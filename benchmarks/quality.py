@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import shutil
 import tempfile
@@ -35,8 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import train_settings, write_section  # noqa: E402
-from benchmarks.machine import print_machine  # noqa: E402
-from genforge.devices import cpu_name  # noqa: E402
+from benchmarks.machine import describe, print_machine  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits, to_tensor  # noqa: E402
@@ -222,9 +220,8 @@ def main() -> None:
                     help="with --runs: take a recipe's row from DIR/RECIPE.row.json when an earlier call wrote it "
                          "(so recipes can be run one call at a time, between other jobs, and tabled together)")
     args = ap.parse_args()
-    print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
-
-    threads = set_threads(0)
+    set_threads(0)  # before the peak is measured, so it is measured on the threads training gets
+    facts = print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
     recipes = sorted(ROOT.glob("genforge/recipes/*.yaml"))
     if args.recipes:
         unknown = sorted(set(args.recipes) - {r.stem for r in recipes})
@@ -270,8 +267,8 @@ def main() -> None:
     lines = [marks[0], f"## Sample quality at a fixed training budget of {args.budget_seconds:g} s "
              "(`benchmarks/quality.py`)", "",
              f"- command: `{command}`",
-             f"- machine: {os.cpu_count()} cores ({cpu_name()}), {threads} torch threads, torch {torch.__version__}, "
-             "shared with other jobs (steps reached in the budget vary with the load)",
+             f"- machine: {describe(facts)} (the steps a recipe reaches in the budget depend on the machine's speed "
+             "and on what else runs on it)",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- each recipe trained for {args.budget_seconds:g} s of wall clock (`max_seconds`, `max_steps` lifted), "
              f"then {args.n} samples (seed {args.seed}) scored against the test split with `genforge eval`'s code "
