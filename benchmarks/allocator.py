@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
 
 SETTINGS = {"glibc defaults": {"GENFORGE_MALLOC": "default"}, "genforge tuning": {}}
@@ -163,7 +163,7 @@ def main() -> None:
     print("\n".join(lines))
     if args.no_write:
         return
-    command = "python benchmarks/allocator.py " + " ".join(sys.argv[1:])
+    command = command_line("allocator.py")
     section = [
         "<!-- allocator:start -->",
         "## Memory allocator: glibc defaults against genforge's tuning (`benchmarks/allocator.py`)",

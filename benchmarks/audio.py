@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.apps import enhance  # noqa: E402
@@ -194,7 +194,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--only: unknown part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
     facts = print_machine()
-    command = "python benchmarks/audio.py " + " ".join(sys.argv[1:])
+    command = command_line("audio.py")
     sections = []
     if "evaluators" in parts:
         sections.append("### Evaluators and the real-data rows\n\n" + evaluators_part()[0])

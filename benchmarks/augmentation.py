@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.apps.augment import AugmentOptions, format_table, run  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
         f"- machine: {cpu_name()}, torch {torch.__version__}, {platform.python_version()}, 2 threads; "
         f"{minutes:.1f} minutes in all",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- command: `{' '.join(['python benchmarks/augmentation.py', *sys.argv[1:]])}`",
+        f"- command: `{command_line('augmentation.py')}`",
         f"- data: {data}, test split of {result['test_size']} images; generator: `{recipe}` trained on the K "
         f"real images per class only, {options.gen_steps} steps; {options.synthetic_per_class} generated images "
         f"per class; classifier: genforge's evaluator network, {options.classifier_steps} steps of batch "

@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
 from genforge.io import cache_dir  # noqa: E402
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
              "(`benchmarks/before_after.py`)", "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- machine: {describe(facts)}",
-             f"- command: `python benchmarks/before_after.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
+             f"- command: `{command_line('before_after.py')}`",
              f"- before: the code of {args.before}; after: {head}; each `genforge train {args.recipe} --max-seconds "
              f"{args.seconds:g}` as a user runs it (the recipe's validation, grids and checkpoints), evaluators made "
              "ready first, untimed", "",

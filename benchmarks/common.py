@@ -5,6 +5,8 @@ Imports nothing heavy (no torch), so a benchmark can use it before it decides wh
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 OPEN_STEPS = 100_000_000  # a step cap no budget reaches: the wall clock ends the run
@@ -58,3 +60,10 @@ def write_section(path: Path, section: str, marks: tuple[str, str] | None = None
     from genforge.io import atomic_write_text
 
     atomic_write_text(path, text)
+
+
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """How a benchmark was run, for its RESULTS.md section: ``python benchmarks/SCRIPT`` and its arguments
+    (``sys.argv[1:]`` unless given), quoted so the line can be pasted into a shell."""
+    args = sys.argv[1:] if argv is None else argv
+    return f"python benchmarks/{script}" + (" " + shlex.join(args) if args else "")

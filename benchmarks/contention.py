@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import as_flags, train_settings, write_section  # noqa: E402
+from benchmarks.common import as_flags, command_line, train_settings, write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
 
 MARKS = ("<!-- contention:start -->", "<!-- contention:end -->")
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [MARKS[0], "## Training beside another CPU-bound process (`benchmarks/contention.py`)", "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- machine: {describe(facts)}",
-             f"- command: `python benchmarks/contention.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+             f"- command: `{command_line('contention.py', argv)}`",
              "- neighbour at nice 19, started 3 s before (numpy: a matrix-product loop; sklearn: k-means; genforge: "
              f"a second training of the same recipe); each run {args.seconds:g} s, median "
              "images/s of its log lines (first dropped)",

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import train_settings, write_section  # noqa: E402
+from benchmarks.common import command_line, train_settings, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 import genforge  # noqa: E402
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [MARKS[0], "## Few-step sampling by distillation (`benchmarks/distill.py`)", "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {facts['cores']} cores ({cpu_name()}), "
              f"fp32 matmul {facts['fp32_matmul_gflops']:.0f} GFLOP/s",
-             f"- command: `{' '.join(['python benchmarks/distill.py', *sys.argv[1:]])}`",
+             f"- command: `{command_line('distill.py')}`",
              f"- teacher: {args.teacher or f'mnist5k-ddpm trained {args.train_minutes:g} min'} "
              f"({prediction}-prediction, {t_model.meta.get('step')} steps, {train_seconds:.0f} s); "
              f"distilled {args.teacher_steps} -> 4 steps, {args.iterations} iterations a round ({distill_seconds:.0f} s)",

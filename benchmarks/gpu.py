@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import train_settings, write_section  # noqa: E402
+from benchmarks.common import command_line, train_settings, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.throughput import step_flops  # noqa: E402
 from genforge.config import load_config  # noqa: E402
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [MARKS[0], "## Training throughput on a GPU (`benchmarks/gpu.py`)", "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; GPU: {name}; host: {facts['cpu']}, "
              f"{facts['cores']} cores; torch {torch.__version__}",
-             f"- command: `python benchmarks/gpu.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+             f"- command: `{command_line('gpu.py', argv)}`",
              f"- GPU matmul peak measured in the same run: fp32 (TF32 off) {peak['fp32']:.0f} GFLOP/s, "
              f"bf16 {peak['bf16']:.0f} GFLOP/s",
              f"- images/s: median of {args.windows} windows of {args.steps} steps of the real training loop (first "

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 from genforge.apps import inspection  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
@@ -172,7 +172,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(all_results, indent=1))
     if args.no_write:
         return
-    command = "flock /tmp/genforge-cpu.lock python3 benchmarks/inspection.py " + " ".join(sys.argv[1:])
+    command = "flock /tmp/genforge-cpu.lock " + command_line("inspection.py")
     section = f"""{MARK_START}
 ## Inspection (anomaly detection)
 

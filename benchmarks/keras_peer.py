@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import section_marks, write_section  # noqa: E402
+from benchmarks.common import command_line, section_marks, write_section  # noqa: E402
 from benchmarks.keras_peer_tf import timed  # noqa: E402
 from benchmarks.machine import describe, mm_seconds, print_machine  # noqa: E402
 from benchmarks.throughput import measure  # noqa: E402
@@ -164,7 +164,7 @@ def main() -> None:
     lines = [marks[0], "## The MLP GAN against TF/Keras (`benchmarks/keras_peer.py`)" + suffix, "",
              f"- machine: {describe(facts)}; {args.threads} threads for both",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             f"- command: `python benchmarks/keras_peer.py{''.join(' ' + a for a in sys.argv[1:])}`",
+             f"- command: `{command_line('keras_peer.py')}`",
              f"- versions: torch {torch.__version__}, TensorFlow {keras['tensorflow']} "
              f"(Keras {keras['keras_version']}) in the benchmark's own virtual environment",
              "- the same network, batch, optimizer, loss, data and threads; images/s: median of "

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
 
 MARKS = ("<!-- main-job:start -->", "<!-- main-job:end -->")
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [MARKS[0], "## The README's main job against a plain PyTorch DCGAN (`benchmarks/main_job.py`)", "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- machine: {describe(facts)}",
-             f"- command: `python benchmarks/main_job.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
+             f"- command: `{command_line('main_job.py')}`",
              f"- {args.repeats} runs of each, alternating, each {args.seconds:g} s in a fresh process; "
              f"{args.n} samples "
              f"(seed {args.seed}) scored by genforge's mnist5k evaluator against the test split; set-up: launch to "

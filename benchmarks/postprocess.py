@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
 import genforge  # noqa: E402
-from benchmarks.common import train_settings, write_section  # noqa: E402
+from benchmarks.common import command_line, train_settings, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
@@ -84,7 +84,7 @@ def main() -> None:
     lines = [MARK[0], "## Post-processing: filtering and memorization (`benchmarks/postprocess.py`)", "",
              f"- machine: {cpu_name()}, torch {torch.__version__}, {platform.python_version()}",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             f"- command: `python benchmarks/postprocess.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
+             f"- command: `{command_line('postprocess.py')}`",
              f"- {args.n} samples per model (seed 0), scored with the shipped mnist5k evaluator "
              f"({evaluator.sha256[:12]}) against the {len(splits.test.x)}-image test split; filters keep "
              f"{args.keep:g} of the samples ({'trained ' + str(args.budget) + ' s each' if not args.runs else 'given runs'})",

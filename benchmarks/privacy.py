@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import train_settings, write_section  # noqa: E402
+from benchmarks.common import command_line, train_settings, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import Config, load_config  # noqa: E402
@@ -115,8 +115,7 @@ def main() -> None:
 
     first = rows[0]
     ev = first["result"]["evaluator"]
-    command = "flock /tmp/genforge-cpu.lock python benchmarks/privacy.py" + (
-        " " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = "flock /tmp/genforge-cpu.lock " + command_line("privacy.py")
     lines = [MARKS[0],
              "## Differential privacy: sample quality at epsilon 1, 10 and infinity (`benchmarks/privacy.py`)",
              "",

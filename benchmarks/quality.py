@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import train_settings, write_section  # noqa: E402
+from benchmarks.common import command_line, train_settings, write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
 import genforge  # noqa: E402
 from genforge.config import load_config  # noqa: E402
@@ -262,7 +262,7 @@ def main() -> None:
     if not rows:
         sys.exit("quality.py: no recipe could be scored")
 
-    command = "python benchmarks/quality.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = command_line("quality.py")
     marks = (f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->")
     lines = [marks[0], f"## Sample quality at a fixed training budget of {args.budget_seconds:g} s "
              "(`benchmarks/quality.py`)", "",

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import print_machine  # noqa: E402
 import genforge  # noqa: E402
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.apps.repair import RepairOptions, repair  # noqa: E402
 from genforge.data import load_splits  # noqa: E402
@@ -180,7 +180,7 @@ def main() -> None:
         "",
         f"- machine: {cpu_name()}, torch {torch.__version__}, {platform.python_version()}, 2 threads",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- command: `{' '.join(['python benchmarks/repair.py', *sys.argv[1:]])}`",
+        f"- command: `{command_line('repair.py')}`",
         f"- images: the first {args.n} of the mnist5k test split (no model saw them). inpaint: a 12x12 square "
         "per image at a random place in [4, 12]; denoise: Gaussian noise of std "
         f"{args.noise:g} (of the [0, 1] range), clipped and rounded to 8 bits; sr2x: 2x2 means, 14x14 in, 28x28 out",

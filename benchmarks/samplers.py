@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import section_marks, train_settings, write_section  # noqa: E402
+from benchmarks.common import command_line, section_marks, train_settings, write_section  # noqa: E402
 from benchmarks.distill import score  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
 import genforge  # noqa: E402
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     marks, suffix = section_marks(args.section, "samplers")
     lines = [marks[0], f"## Diffusion samplers at a fixed number of steps (`benchmarks/samplers.py`){suffix}", "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {describe(facts)}",
-             f"- command: `{' '.join(['python benchmarks/samplers.py', *(sys.argv[1:] if argv is None else argv)])}`",
+             f"- command: `{command_line('samplers.py', argv)}`",
              f"- {args.n} samples (seed {args.seed}) per row, the same latents for every sampler, scored against the "
              "test split in genforge's evaluator features; FID / dpm++2m's: the row's FID over DPM-Solver++(2M)'s at "
              "the same steps", ""]

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 
 MARK_START, MARK_END = "<!-- serve_load:start -->", "<!-- serve_load:end -->"
@@ -280,7 +280,6 @@ def main() -> None:
     from genforge.models.files import resolve
 
     meta = json.loads((resolve(model) / "config.json").read_text())
-    arguments = "".join(" " + a for a in sys.argv[1:])
     section = "\n".join([
         MARK_START,
         "## Serving load (`benchmarks/serve_load.py`)",
@@ -290,7 +289,7 @@ def main() -> None:
         f"- load average before / after: {' '.join(f'{v:.2f}' for v in load_before)} / "
         f"{' '.join(f'{v:.2f}' for v in load_after)}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- command: `python benchmarks/serve_load.py{arguments}`",
+        f"- command: `{command_line('serve_load.py')}`",
         f"- model: {meta['model']} (z_dim {meta['z_dim']}, base_channels {meta['base_channels']}, step "
         f"{meta.get('step')}) from {model}; one image per request (n=1, png); keys, audit log and metrics on; "
         f"{args.seconds:g} s per row after {args.warmup:g} s of warm-up",

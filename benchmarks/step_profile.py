@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_section  # noqa: E402
+from benchmarks.common import command_line, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
 from genforge.config import load_config  # noqa: E402
@@ -105,7 +105,7 @@ def main() -> None:
     print_machine()  # fp32 matmul peak and CPU flags first, so the figures can be read against them
     threads = set_threads(0)
     lines = [MARKS[0], "## Where the time goes (`benchmarks/step_profile.py`)", "",
-             f"- command: `python benchmarks/step_profile.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
+             f"- command: `{command_line('step_profile.py')}`",
              f"- machine: {os.cpu_count()} cores ({cpu_name()}), {threads} torch threads, torch {torch.__version__}",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              "- torch.profiler over the family's `train_step` (D then G for GANs, the ELBO for VAEs) on one real "

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import train_settings, write_section  # noqa: E402
+from benchmarks.common import command_line, train_settings, write_section  # noqa: E402
 from benchmarks.machine import print_machine  # noqa: E402
 from benchmarks.serve_load import free_port  # noqa: E402
 
@@ -333,14 +333,13 @@ def main() -> None:
     copied = sum(r["copied"] for r in rows)
     findings.append(f"samples at temperature 1 sharing >= 50 characters with the training text: {copied} of "
                     f"{8 * len(rows)} (target 0)")
-    arguments = "".join(" " + a for a in sys.argv[1:])
     section = "\n".join([
         MARK_START, "## Text (`benchmarks/text.py`)", "",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, fp32 matmul {peak:.0f} GFLOP/s measured at the "
         f"start; load average before / after: {' '.join(f'{v:.2f}' for v in load_before)} / "
         f"{' '.join(f'{v:.2f}' for v in load_after)} (this benchmark's own threads count in it)",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- command: `python benchmarks/text.py{arguments}`",
+        f"- command: `{command_line('text.py')}`",
         f"- data: text:shakespeare, split by play; held out for test: "
         f"{', '.join(d.name for d in splits.test)} ({len(test_text):,} characters)",
         f"- each recipe trained {args.budget:g} s of wall clock (`max_seconds`), {args.threads or 'all'} torch "

@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import as_flags, section_marks, train_settings, write_section  # noqa: E402
+from benchmarks.common import as_flags, command_line, section_marks, train_settings, write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
 from genforge.config import load_config  # noqa: E402
 from genforge.devices import cpu_name  # noqa: E402
@@ -178,7 +178,7 @@ def long_mode(recipes: list[str], minutes: float, allocators: list[str], write: 
     lines = [marks[0], "## Throughput over a whole run (`benchmarks/throughput.py --long`)" + suffix, "",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"- machine: {machine}",
-             f"- command: `python benchmarks/throughput.py {' '.join(sys.argv[1:])}`",
+             f"- command: `{command_line('throughput.py')}`",
              f"- each recipe trained {minutes:g} min in a fresh process (`genforge train --max-seconds`), validation "
              "off; per minute of the run: images/s, system time as a share of the process's CPU time, page faults/s",
              "- allocator `tuned`: genforge's own malloc settings; `default`: `GENFORGE_MALLOC=default` (glibc's)", "",
@@ -259,7 +259,7 @@ def main() -> None:
              f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
              f"({cpu_name()}), {threads} torch threads, torch {torch.__version__}",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             f"- command: `python benchmarks/throughput.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
+             f"- command: `{command_line('throughput.py')}`",
              f"- matmul peak measured in the same run: fp32 {peak['fp32']:.0f} GFLOP/s, "
              f"bf16 {peak['bf16']:.0f} GFLOP/s",
              f"- images/s: median of {args.windows} windows of the real training loop (first window dropped as "

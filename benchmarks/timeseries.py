@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -47,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import section_marks, train_settings, write_section  # noqa: E402
+from benchmarks.common import command_line, section_marks, train_settings, write_section  # noqa: E402
 from benchmarks.machine import describe, print_machine  # noqa: E402
 from genforge.apps import diagnosis  # noqa: E402
 from genforge.apps.inspection import series as fd  # noqa: E402
@@ -476,7 +475,7 @@ def main() -> None:
     t_start = time.perf_counter()
     everything: dict = {"command": " ".join(sys.argv[1:]), "budget": args.budget}
     parts: list[str] = []
-    command = "python3 benchmarks/timeseries.py " + shlex.join(sys.argv[1:])  # as it can be pasted into a shell
+    command = command_line("timeseries.py")
 
     def flush(parts: list[str], done: bool) -> None:
         """Write the section as it stands: after every part, so a run stopped early keeps its tables."""

@@ -7,7 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import OPEN_STEPS, as_flags, section_marks, train_settings, write_section  # noqa: E402
+from benchmarks.common import (OPEN_STEPS, as_flags, command_line, section_marks, train_settings,  # noqa: E402
+                               write_section)
 
 
 def test_train_settings_lift_the_step_cap_and_turn_off_what_a_benchmark_does_not_time():
@@ -37,3 +38,9 @@ def test_write_section_replaces_only_its_own_section_and_appends_a_new_one(tmp_p
     assert path.read_text().count("<!-- c-avx2:start -->") == 1
     write_section(path, "\n".join([marks[0], "## C again", marks[1]]), marks)  # the second call replaces it
     assert path.read_text().count("<!-- c-avx2:start -->") == 1 and "## C again" in path.read_text()
+
+
+def test_command_line_is_quoted_so_it_can_be_pasted_into_a_shell():
+    assert command_line("timeseries.py", ["--tep", "tep:faults=1-21;seeds=0", "--budget", "600"]) == (
+        "python benchmarks/timeseries.py --tep 'tep:faults=1-21;seeds=0' --budget 600")
+    assert command_line("quality.py", []) == "python benchmarks/quality.py"
