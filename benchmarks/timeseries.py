@@ -473,9 +473,9 @@ def main() -> None:
     facts = print_machine()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    everything: dict = {"command": " ".join(sys.argv[1:]), "budget": args.budget}
-    parts: list[str] = []
     command = command_line("timeseries.py")
+    everything: dict = {"command": command, "budget": args.budget}
+    parts: list[str] = []
 
     def flush(parts: list[str], done: bool) -> None:
         """Write the section as it stands: after every part, so a run stopped early keeps its tables."""
@@ -535,7 +535,7 @@ def main() -> None:
                     f"genforge's recipes trained for {args.budget:.0f} s each (`max_seconds`; the issue asks 600), "
                     "their samples scored like every other row. Real vs real: held-out real windows (the val split, "
                     "or the test split when val holds fewer than 5) scored as if generated; its TSTR is "
-                    "train-on-real-test-on-real."]
+                    "train-on-real-test-on-real (TRTR), the classifier trained on the training windows."]
             for name, r in gen["results"].items():
                 text.append(f"**{name}** ({r['n_train']} train windows of {r['shape'][0]} x {r['shape'][1]}, "
                             f"evaluator {r['evaluator']} with test accuracy {r['evaluator_accuracy']:.3f})\n\n"

@@ -93,6 +93,10 @@ def test_reference_row_beats_a_broken_generator_on_every_score(evaluator, data):
     broken = ms.evaluate_series(evaluator, x, ms.degrade(vx, 1.0), real_y=y, fake_y=vy, **kw)
     assert ref["fd"] < broken["fd"] and ref["predictive"] < broken["predictive"] and ref["tstr"] > broken["tstr"]
     assert ref["precision"] > broken["precision"] and ref["tstr"] > 0.9  # TRTR on the toy: near perfect
+    # TRTR trains on the training windows (what a generator learns from), not on the held-out ones
+    # (held-out labels swapped: the TRTR entry does not move, where a classifier trained on them scores < 0.1)
+    assert ms.reference_row(evaluator, x, y, vx, 1 - vy, **kw)["tstr"] == ref["tstr"]
+    assert "tstr" not in ms.reference_row(evaluator, x, y, vx, None, **kw)  # no labels, no TRTR
     assert {"discriminative", "discriminative_std", "recall", "evaluator_sha256"} <= set(ref)
     flipped = ms.tstr(vx, 1 - vy, tx, ty, 2, ms.SeriesRecipe(steps=150))
     assert flipped < 0.1  # labels swapped: train-on-synthetic learns the wrong classes
