@@ -407,16 +407,15 @@ def evaluate_series(ev: SeriesEvaluator | None, real_x: np.ndarray, fake_x: np.n
 
 def reference_row(ev: SeriesEvaluator | None, train_x: np.ndarray, train_y: np.ndarray | None,
                   other_x: np.ndarray, other_y: np.ndarray | None, *, test_x: np.ndarray | None = None,
-                  test_y: np.ndarray | None = None, **kwargs) -> dict:
+                  test_y: np.ndarray | None = None, recipe: SeriesRecipe = SeriesRecipe(), **kwargs) -> dict:
     """Real against real: held-out real windows (`other_x`, e.g. the val split) scored as if generated
     against the training windows. No generator can be expected to beat it. Its TSTR entry is
     train-on-real-test-on-real (TRTR): the same classifier recipe trained on the training windows, the ones a
     generator learns from, not on the held-out ones (a val split is a tenth of their size, and where the
     held-out windows are the test split itself, training on them would test on what was trained on)."""
-    row = evaluate_series(ev, train_x, other_x, real_y=train_y, **kwargs)
+    row = evaluate_series(ev, train_x, other_x, real_y=train_y, recipe=recipe, **kwargs)
     if other_y is not None and train_y is not None and test_x is not None and test_y is not None and ev is not None:
-        row["tstr"] = tstr(train_x, train_y, test_x, test_y, ev.meta["num_classes"],
-                           kwargs.get("recipe", SeriesRecipe()))
+        row["tstr"] = tstr(train_x, train_y, test_x, test_y, ev.meta["num_classes"], recipe)
     return row
 
 
