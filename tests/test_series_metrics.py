@@ -7,8 +7,11 @@ a lagged copy of the first (so there is cross-channel structure for the ladder t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from genforge.apps import diagnosis
 from genforge.errors import DataError, ModelFileError
@@ -83,6 +86,37 @@ def test_evaluator_classifies_and_its_file_reloads_with_its_hash(evaluator, data
     path.with_suffix(".safetensors").write_bytes(bytes(blob))
     with pytest.raises(ModelFileError, match="SHA-256 does not match"):
         ms.load_series_evaluator(path)
+
+
+def test_classifier_input_map_is_fitted_on_its_windows_and_ignores_each_channels_units(evaluator, data):
+    x = data["train"][0]
+    assert np.allclose(evaluator.net.input.shift.numpy(), np.median(x, axis=(0, 2)), atol=1e-6)  # fitted on x
+    mapped = evaluator.net.input(torch.from_numpy(x))
+    assert mapped.abs().max() == pytest.approx(1.0, abs=1e-6)  # the training windows span [-1, 1]
+    # a heavy-tailed channel in other units: a rescale and shift per channel, one rare excursion 1,000x out
+    tailed = x.copy()
+    tailed[0, 0, 5] = 1000.0
+    units = tailed * np.array([300.0, 0.1], np.float32)[:, None] + np.array([-7.0, 4.0], np.float32)[:, None]
+    a, b = ms.InputMap(2).fit(tailed), ms.InputMap(2).fit(units)
+    assert torch.allclose(a(torch.from_numpy(tailed)), b(torch.from_numpy(units)), atol=1e-3)
+    assert np.percentile(np.abs(a(torch.from_numpy(tailed)).numpy()), 99) > 0.1  # the spike does not flatten it
+
+
+def test_an_older_cached_evaluator_is_trained_again_and_an_older_shipped_one_is_refused(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path))
+    (x, y), recipe = data["train"], ms.SeriesRecipe(steps=20)
+    first = ms.get_series_evaluator("toy:old", x, y, 2, recipe=recipe)
+    meta_path = tmp_path / "evaluators" / "series-toy_old-2x32.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "format_version": 1}))
+    said = []
+    again = ms.get_series_evaluator("toy:old", x, y, 2, recipe=recipe, log=said.append)
+    assert "format version 1; this genforge reads version 2" in said[0] and again.sha256 == first.sha256
+    assert json.loads(meta_path.read_text())["format_version"] == ms.FORMAT_VERSION  # the cache is mended
+    monkeypatch.setattr(ms, "SHIPPED_DIR", tmp_path / "evaluators")
+    meta_path.write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(ModelFileError, match="series-toy_old-2x32.json: a series evaluator of format version 1"):
+        ms.get_series_evaluator("toy:old", x, y, 2, recipe=recipe)
 
 
 def test_reference_row_beats_a_broken_generator_on_every_score(evaluator, data):
