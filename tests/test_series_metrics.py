@@ -102,7 +102,8 @@ def test_classifier_input_map_is_fitted_on_its_windows_and_ignores_each_channels
     assert np.percentile(np.abs(a(torch.from_numpy(tailed)).numpy()), 99) > 0.1  # the spike does not flatten it
 
 
-def test_an_older_cached_evaluator_is_trained_again_and_an_older_shipped_one_is_refused(data, tmp_path, monkeypatch):
+def test_an_older_cached_evaluator_is_trained_again_and_an_older_shipped_one_is_refused(data, tmp_path, monkeypatch,
+                                                                                        capsys):
     monkeypatch.setenv("GENFORGE_CACHE", str(tmp_path))
     (x, y), recipe = data["train"], ms.SeriesRecipe(steps=20)
     first = ms.get_series_evaluator("toy:old", x, y, 2, recipe=recipe)
@@ -113,6 +114,14 @@ def test_an_older_cached_evaluator_is_trained_again_and_an_older_shipped_one_is_
     again = ms.get_series_evaluator("toy:old", x, y, 2, recipe=recipe, log=said.append)
     assert "format version 1; this genforge reads version 2" in said[0] and again.sha256 == first.sha256
     assert json.loads(meta_path.read_text())["format_version"] == ms.FORMAT_VERSION  # the cache is mended
+    from genforge.cli import main
+
+    assert main(["evaluator", "list"]) == 0  # each cached series evaluator listed, an older one said so
+    listed = capsys.readouterr().out
+    assert "series-toy_old-2x32 " in listed and "older format" not in listed
+    meta_path.write_text(json.dumps({**meta, "format_version": 1}))
+    assert main(["evaluator", "list"]) == 0
+    assert "series-toy_old-2x32.json (an older format: trained again on first use)" in capsys.readouterr().out
     monkeypatch.setattr(ms, "SHIPPED_DIR", tmp_path / "evaluators")
     meta_path.write_text(json.dumps({**meta, "format_version": 1}))
     with pytest.raises(ModelFileError, match="series-toy_old-2x32.json: a series evaluator of format version 1"):

@@ -182,13 +182,19 @@ def evaluator_train(data: str, image_size: int, channels: int, train_steps: int 
 def evaluator_list() -> int:
     """List the evaluators genforge can use: the shipped ones, then the cache."""
     from genforge.metrics.evaluator_net import SHIPPED_DIR, cache_dir  # late: torch, as in cmd_eval
+    from genforge.metrics.series import FORMAT as SERIES_FORMAT, FORMAT_VERSION as SERIES_VERSION
 
     for where, directory in (("shipped", SHIPPED_DIR), ("cache", cache_dir())):
         for path in sorted(directory.glob("*.json")):
             try:
                 meta = json.loads(path.read_text())
-                print(f"{where:<8} {meta['name']:<32} test accuracy {100 * meta['test_accuracy']:6.2f}%  "
-                      f"sha256 {meta['weights_sha256'][:16]}  {path}")
+                name = meta["name"] if "name" in meta else path.stem  # a series evaluator names its data as "data"
+                old = (" (an older format: trained again on first use)"
+                       if meta.get("format") == SERIES_FORMAT and meta.get("format_version") != SERIES_VERSION else "")
+                acc = meta.get("test_accuracy")  # none where it was trained without a test split
+                acc = f"{100 * acc:6.2f}%" if isinstance(acc, (int, float)) else "    n/a"
+                print(f"{where:<8} {name:<32} test accuracy {acc}  "
+                      f"sha256 {meta['weights_sha256'][:16]}  {path}{old}")
             except (ValueError, KeyError, TypeError):
                 print(f"{where:<8} {path}: unreadable evaluator JSON")
     return 0
