@@ -150,6 +150,25 @@ def test_reference_row_beats_a_broken_generator_on_every_score(evaluator, data):
         ms.evaluate_series(evaluator, x, vx, real_features=evaluator.features(x[:3]), **kw)
 
 
+def test_tstr_over_several_classifier_seeds_is_their_mean_and_spread(evaluator, data):
+    (x, y), (vx, vy), (tx, ty) = data["train"], data["val"], data["test"]
+    recipe = ms.SeriesRecipe(steps=10)  # short: the seeds must disagree for the spread to be tested
+    one = ms.tstr_scores(vx, vy, tx, ty, 2, recipe)
+    assert one == {"tstr": ms.tstr(vx, vy, tx, ty, 2, recipe)}  # one seed: the plain TSTR, no spread
+    three = ms.tstr_scores(vx, vy, tx, ty, 2, recipe, seeds=3)
+    each = [ms.tstr(vx, vy, tx, ty, 2, ms.SeriesRecipe(steps=10, seed=i)) for i in range(3)]
+    assert three["tstr_each"] == each and each[0] == one["tstr"] and len(set(each)) > 1
+    assert three["tstr"] == pytest.approx(np.mean(each)) and three["tstr_std"] == pytest.approx(np.std(each))
+    kw = dict(test_x=tx, test_y=ty, seeds=1, posthoc_steps=20, recipe=recipe, tstr_seeds=3)
+    row = ms.evaluate_series(evaluator, x, vx, real_y=y, fake_y=vy, **kw)
+    assert row["tstr_each"] == each and "+- " in ms.summary_line(row).split("TSTR ")[1]
+    ref = ms.reference_row(evaluator, x, y, vx, vy, **kw)  # TRTR: the same seeds, trained on the training windows
+    assert ref["tstr_each"] == [ms.tstr(x, y, tx, ty, 2, ms.SeriesRecipe(steps=10, seed=i)) for i in range(3)]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="TSTR seeds must be a positive whole number"):
+            ms.tstr_scores(vx, vy, tx, ty, 2, recipe, seeds=bad)
+
+
 @pytest.mark.parametrize("score", ["fd", "discriminative"])
 def test_degradation_ladder_is_ranked_monotonically(score, evaluator, data):
     real, other = data["train"][0], data["val"][0]

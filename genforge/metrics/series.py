@@ -27,7 +27,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -409,16 +409,30 @@ def tstr(fake_x: np.ndarray, fake_y: np.ndarray, test_x: np.ndarray, test_y: np.
     return classifier_accuracy(net, check_series_array(test_x, "real test series", fake_x.shape[1:]), test_y)
 
 
+def tstr_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, num_classes: int,
+                recipe: SeriesRecipe = SeriesRecipe(), seeds: int = 1) -> dict:
+    """`tstr` over `seeds` classifiers (recipe seeds recipe.seed, recipe.seed + 1, ...): {"tstr": mean} and, for
+    more than one seed, "tstr_std" and "tstr_each". One classifier's accuracy moves by a few points with its seed
+    on small, hard sets (PLAID, ACSF1), so a TSTR / TRTR ratio read from one seed carries that noise."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"TSTR seeds must be a positive whole number, got {seeds!r}")
+    each = [tstr(train_x, train_y, test_x, test_y, num_classes, replace(recipe, seed=recipe.seed + i))
+            for i in range(seeds)]
+    if seeds == 1:
+        return {"tstr": each[0]}
+    return {"tstr": float(np.mean(each)), "tstr_std": float(np.std(each)), "tstr_each": each}
+
+
 def evaluate_series(ev: SeriesEvaluator | None, real_x: np.ndarray, fake_x: np.ndarray, *,
                     real_y: np.ndarray | None = None, fake_y: np.ndarray | None = None,
                     test_x: np.ndarray | None = None, test_y: np.ndarray | None = None, seeds: int = 5,
                     posthoc_steps: int = 500, recipe: SeriesRecipe = SeriesRecipe(),
-                    real_features: np.ndarray | None = None) -> dict:
+                    real_features: np.ndarray | None = None, tstr_seeds: int = 1) -> dict:
     """Every score of `fake_x` against `real_x`: discriminative (mean, std), predictive, and with an
     evaluator FD and precision/recall on its features; with labels and a real test split, TSTR accuracy.
 
     `real_features`: `ev.features(real_x)`, computed once by a caller that scores many generators against the
-    same real windows.
+    same real windows. `tstr_seeds`: TSTR's mean (and spread) over that many classifier seeds (`tstr_scores`).
 
     `real_y` (the labels of `real_x`) is accepted so a labelled set can be passed whole, but no score reads it:
     TSTR trains on `fake_y` and tests on `test_y`, and the other scores are label-free."""
@@ -439,14 +453,15 @@ def evaluate_series(ev: SeriesEvaluator | None, real_x: np.ndarray, fake_x: np.n
             row["precision"], row["recall"] = precision_recall(rf, ff)
         row["evaluator_sha256"] = ev.sha256
     if fake_y is not None and test_x is not None and test_y is not None and ev is not None:
-        row["tstr"] = tstr(fake_x, fake_y, test_x, test_y, ev.meta["num_classes"], recipe)
+        row.update(tstr_scores(fake_x, fake_y, test_x, test_y, ev.meta["num_classes"], recipe, tstr_seeds))
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
 
 
 def reference_row(ev: SeriesEvaluator | None, train_x: np.ndarray, train_y: np.ndarray | None,
                   other_x: np.ndarray, other_y: np.ndarray | None, *, test_x: np.ndarray | None = None,
-                  test_y: np.ndarray | None = None, recipe: SeriesRecipe = SeriesRecipe(), **kwargs) -> dict:
+                  test_y: np.ndarray | None = None, recipe: SeriesRecipe = SeriesRecipe(), tstr_seeds: int = 1,
+                  **kwargs) -> dict:
     """Real against real: held-out real windows (`other_x`, e.g. the val split) scored as if generated
     against the training windows. No generator can be expected to beat it. Its TSTR entry is
     train-on-real-test-on-real (TRTR): the same classifier recipe trained on the training windows, the ones a
@@ -454,7 +469,7 @@ def reference_row(ev: SeriesEvaluator | None, train_x: np.ndarray, train_y: np.n
     held-out windows are the test split itself, training on them would test on what was trained on)."""
     row = evaluate_series(ev, train_x, other_x, real_y=train_y, recipe=recipe, **kwargs)
     if other_y is not None and train_y is not None and test_x is not None and test_y is not None and ev is not None:
-        row["tstr"] = tstr(train_x, train_y, test_x, test_y, ev.meta["num_classes"], recipe)
+        row.update(tstr_scores(train_x, train_y, test_x, test_y, ev.meta["num_classes"], recipe, tstr_seeds))
     return row
 
 
@@ -535,7 +550,8 @@ def summary_line(row: dict) -> str:
     if "fd" in row:
         parts += [f"FD {row['fd']:.3g}", f"precision {row['precision']:.3f}", f"recall {row['recall']:.3f}"]
     if "tstr" in row:
-        parts.append(f"TSTR {row['tstr']:.3f}")
+        spread = f" +- {row['tstr_std']:.3f} ({len(row['tstr_each'])} seeds)" if "tstr_std" in row else ""
+        parts.append(f"TSTR {row['tstr']:.3f}{spread}")
     return ", ".join(parts)
 
 
