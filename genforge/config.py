@@ -94,6 +94,10 @@ class Config:
                                      # (alpha eps - sigma x_0, Salimans and Ho 2022: finite at every step; the
                                      # parameterisation a few-step distilled sampler needs) or "x0" (the clean
                                      # example, as Diffusion-TS on time series)
+    linear_path: int = 0             # diffusion: a linear filter from x_t straight to the output, over channels
+                                     # and this many time steps (odd), mixed per noise level; 0: none. Where the
+                                     # data are near-Gaussian (a plant's sensors), the best denoiser is mostly
+                                     # such a filter, which the UNet alone learns slowly
     clusters: int = 0                # cddpm without labels: k-means clusters of the training images stand in for
                                      # classes, drawn by size when sampling (cluster guidance); 0: use the labels
     # how the trained model samples unless a caller says otherwise (genforge sample --sampler/--steps/--guidance)
@@ -271,6 +275,9 @@ def validate(cfg: Config, source: str = "config") -> Config:
         except GenforgeError:
             raise ConfigError(f"{source}: '{name}' must be {control.range_text()}, got "
                               f"{str(getattr(cfg, name))[:40]}") from None
+    if cfg.linear_path and (cfg.linear_path % 2 == 0 or not 1 <= cfg.linear_path <= 63):
+        raise ConfigError(f"{source}: 'linear_path' is an odd filter length from 1 to 63 time steps (0: none), "
+                          f"got {cfg.linear_path}")
     if cfg.clusters and not 2 <= cfg.clusters <= 1000:
         raise ConfigError(f"{source}: 'clusters' (cluster guidance) takes 2 to 1000 clusters, got {cfg.clusters}")
     if not 0.0 <= cfg.ada_target < 1.0 or not 0.0 <= cfg.cfg_dropout < 1.0:

@@ -558,9 +558,41 @@ def test_v_and_x0_prediction_train_on_their_target_save_it_and_sample(tiny_confi
     assert "net_options" not in genforge.load(eps_run, device="cpu").meta
 
 
+def test_the_linear_path_starts_silent_learns_and_is_saved_with_the_model(tiny_config, tmp_path):
+    """linear_path: sum_k w_k(t, y) (W_k * x_t) added to the UNet's output; the mix starts at zero."""
+    from genforge.models.unet import LINEAR_BASES, UNet
+
+    x = torch.randn(3, 5, 20, generator=torch.Generator().manual_seed(0))
+    t, y = torch.tensor([0, 500, 999]), torch.tensor([0, 1, 2])
+    torch.manual_seed(0)
+    plain = UNet((5, 20), base_channels=8, num_classes=3)
+    torch.manual_seed(0)
+    path = UNet((5, 20), base_channels=8, num_classes=3, linear_path=7)
+    assert path.linear.weight.shape == (LINEAR_BASES * 5, 5, 7)
+    assert torch.equal(plain(x, t, y), path(x, t, y))  # the same network at the start: the mix is zero
+    (path(x, t, y) - x).square().sum().backward()  # the loss of a denoiser whose target is x
+    assert path.linear_mix.weight.grad.abs().sum() > 0  # and the path learns from the first step
+    with torch.no_grad():  # a mix of one filter: the output moves by exactly that filter of x_t
+        path.linear_mix.bias.copy_(torch.tensor([1.0] + [0.0] * (LINEAR_BASES - 1)))
+        filtered = torch.nn.functional.conv1d(x, path.linear.weight[:5], padding=3)
+        assert torch.allclose(path(x, t, y) - plain(x, t, y), filtered, atol=1e-5)
+
+    cfg = tiny_config("cddpm-1d", linear_path=3)
+    run = tmp_path / "linear"
+    train(cfg, run, quiet=True)
+    model = genforge.load(run, device="cpu")
+    assert model.meta["net_options"] == {"linear_path": 3} and model.nets["denoiser"].linear is not None
+    a = model.sample(3, seed=2, steps=4).x
+    assert np.isfinite(a).all() and np.array_equal(a, model.sample(3, seed=2, steps=4).x)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"model": "dcgan", "prediction": "v"}, "'prediction' 'v' is for the diffusion models"),
     ({"prediction": "x_0"}, "prediction"),
+    ({"model": "vae-1d", "linear_path": 3}, "'linear_path' is a path of the diffusion models"),
+    ({"linear_path": 4}, "'linear_path' is an odd filter length from 1 to 63 time steps"),
+    ({"linear_path": -3}, "'linear_path' is an odd filter length"),
+    ({"linear_path": 65}, "'linear_path' is an odd filter length"),
 ])
 def test_bad_prediction_is_a_config_error(tiny_config, overrides, message):
     model = overrides.pop("model", "ddpm")

@@ -158,6 +158,9 @@ def check_config(cfg, source: str = "config") -> None:
     if cfg.prediction != "eps" and spec.method is not diffusion:
         raise ConfigError(f"{source}: 'prediction' {cfg.prediction!r} is for the diffusion models (ddpm, cddpm, "
                           f"ddpm-1d, cddpm-1d), got model {cfg.model!r}")
+    if cfg.linear_path and spec.method is not diffusion:
+        raise ConfigError(f"{source}: 'linear_path' is a path of the diffusion models' denoiser (ddpm, cddpm, "
+                          f"ddpm-1d, cddpm-1d), got model {cfg.model!r}")
     if cfg.clusters and not (spec.conditional and spec.method is diffusion):  # guidance is diffusion's control
         raise ConfigError(f"{source}: 'clusters' (cluster guidance) needs the class-conditional diffusion model "
                           f"cddpm, got model {cfg.model!r}")

@@ -96,15 +96,16 @@ class NoiseSchedule(nn.Module):
     """
 
     def __init__(self, image_shape=None, z_dim: int = 0, base_channels: int = 0, num_classes: int = 0,
-                 kind: str = "cosine", prediction: str = "eps"):
+                 kind: str = "cosine", prediction: str = "eps", linear_path: int = 0):
         super().__init__()
         self.register_buffer("alphas_cumprod", make_schedule(kind), persistent=True)
 
 
 def network_options(cfg, transform: dict) -> dict:
-    """``ModelSpec.options``: {"prediction": "v"} for a v model (or "x0"); {} for eps, so eps models' files stay
-    as they were."""
-    return {"prediction": cfg.prediction} if cfg.prediction != "eps" else {}
+    """``ModelSpec.options``: {"prediction": "v"} for a v model (or "x0"), {"linear_path": k} with a linear path;
+    {} for the defaults, so older models' files stay as they were."""
+    options = {"prediction": cfg.prediction} if cfg.prediction != "eps" else {}
+    return {**options, "linear_path": cfg.linear_path} if cfg.linear_path else options
 
 
 # --------------------------------------------------------------------------- sampling

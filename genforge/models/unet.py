@@ -40,6 +40,7 @@ from genforge.models.networks1d import _pad_to, length_plan
 
 TIME_FREQUENCIES = 32  # sinusoid pairs in the timestep embedding (64 numbers)
 MAX_MULT = 4           # widths double per level up to MAX_MULT * base_channels
+LINEAR_BASES = 4       # the linear path's filters, mixed per noise level (and class)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -114,7 +115,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, image_shape: tuple[int, ...], z_dim: int = 0, base_channels: int = 32, num_classes: int = 0,
-                 prediction: str = "eps"):
+                 prediction: str = "eps", linear_path: int = 0):
         super().__init__()
         if prediction not in CHOICES["prediction"]:  # the config's own list of parameterisations
             raise ConfigError(f"prediction must be one of {', '.join(CHOICES['prediction'])}, got {prediction!r}")
@@ -156,6 +157,16 @@ class UNet(nn.Module):
         self.conv_out = conv(ch, image_shape[0], kernel_size=3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # predict eps = 0 at first: the loss starts at 1
         nn.init.zeros_(self.conv_out.bias)
+        self.linear = self.linear_mix = None
+        if linear_path:
+            # LINEAR_BASES linear filters from x_t to the output (every channel to every channel, linear_path
+            # positions wide), summed with weights set by the noise level and class: sum_k w_k(t, y) (W_k * x_t).
+            # The mix starts at zero, so the network starts as it would without the path.
+            c = image_shape[0]
+            self.linear = conv(c, LINEAR_BASES * c, kernel_size=linear_path, padding=linear_path // 2, bias=False)
+            self.linear_mix = nn.Linear(emb_dim, LINEAR_BASES)
+            nn.init.zeros_(self.linear_mix.weight)
+            nn.init.zeros_(self.linear_mix.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t))  # (b, emb_dim)
@@ -179,4 +190,9 @@ class UNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))[..., :length]  # (b, c, 28, 28): the predicted noise
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (b, c, 28, 28): the predicted noise
+        if self.linear is not None:
+            w = self.linear_mix(emb)                                                  # (b, LINEAR_BASES)
+            filtered = self.linear(x).unflatten(1, (LINEAR_BASES, out.shape[1]))      # (b, LINEAR_BASES, c, ...)
+            out = out + (w.view(*w.shape, *(1,) * (filtered.ndim - 2)) * filtered).sum(1)
+        return out[..., :length]
