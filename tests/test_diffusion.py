@@ -577,6 +577,10 @@ def test_the_linear_path_starts_silent_learns_and_is_saved_with_the_model(tiny_c
         filtered = torch.nn.functional.conv1d(x, path.linear.weight[:5], padding=3)
         assert torch.allclose(path(x, t, y) - plain(x, t, y), filtered, atol=1e-5)
 
+    for bad in (4, 65, -1, True, 3.0):  # a model file's net_options are input too
+        with pytest.raises(ConfigError, match="linear_path is an odd filter length"):
+            UNet((5, 20), base_channels=8, linear_path=bad)
+
     cfg = tiny_config("cddpm-1d", linear_path=3)
     run = tmp_path / "linear"
     train(cfg, run, quiet=True)

@@ -120,6 +120,11 @@ class UNet(nn.Module):
         if prediction not in CHOICES["prediction"]:  # the config's own list of parameterisations
             raise ConfigError(f"prediction must be one of {', '.join(CHOICES['prediction'])}, got {prediction!r}")
         self.prediction = prediction  # what the output means: diffusion.x0_at reads it
+        # a model file's net_options are input: an absurd filter length must not become a huge allocation
+        if isinstance(linear_path, bool) or not isinstance(linear_path, int) or linear_path < 0 or (
+                linear_path and (linear_path % 2 == 0 or linear_path > 63)):
+            raise ConfigError(f"linear_path is an odd filter length from 1 to 63 time steps (0: none), "
+                              f"got {linear_path!r}")
         one_d = len(image_shape) == 2
         conv = nn.Conv1d if one_d else nn.Conv2d
         stages, start = length_plan(image_shape) if one_d else _conv_plan(image_shape)
