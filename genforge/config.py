@@ -247,6 +247,13 @@ def _coerce(name: str, value, source: str):
     raise AssertionError(f"unhandled config type {hint} for {name}")
 
 
+def linear_path_ok(value) -> bool:
+    """A diffusion denoiser's linear path length: 0 (none) or an odd whole number from 1 to 63. The config and a
+    model file's net_options (genforge.models.unet) are both checked by it."""
+    return (not isinstance(value, bool) and isinstance(value, int)
+            and (value == 0 or (value % 2 == 1 and 1 <= value <= 63)))
+
+
 def validate(cfg: Config, source: str = "config") -> Config:
     """Range and choice checks of the fields themselves, which a type alone cannot express.
 
@@ -275,7 +282,7 @@ def validate(cfg: Config, source: str = "config") -> Config:
         except GenforgeError:
             raise ConfigError(f"{source}: '{name}' must be {control.range_text()}, got "
                               f"{str(getattr(cfg, name))[:40]}") from None
-    if cfg.linear_path and (cfg.linear_path % 2 == 0 or not 1 <= cfg.linear_path <= 63):
+    if not linear_path_ok(cfg.linear_path):
         raise ConfigError(f"{source}: 'linear_path' is an odd filter length from 1 to 63 time steps (0: none), "
                           f"got {cfg.linear_path}")
     if cfg.clusters and not 2 <= cfg.clusters <= 1000:

@@ -91,12 +91,12 @@ def make_schedule(kind: str, steps: int = T) -> torch.Tensor:
 class NoiseSchedule(nn.Module):
     """The schedule as a module without parameters: buffer ``alphas_cumprod`` (T,), saved with the weights.
 
-    Built like every network (the extra arguments are ignored); the Trainer fills it from
-    ``cfg.noise_schedule``, and loading a model restores the saved values.
+    Built like every network (the extra arguments, the denoiser's ``network_options`` included, are ignored);
+    the Trainer fills it from ``cfg.noise_schedule``, and loading a model restores the saved values.
     """
 
     def __init__(self, image_shape=None, z_dim: int = 0, base_channels: int = 0, num_classes: int = 0,
-                 kind: str = "cosine", prediction: str = "eps", linear_path: int = 0):
+                 kind: str = "cosine", **network_options):
         super().__init__()
         self.register_buffer("alphas_cumprod", make_schedule(kind), persistent=True)
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.config import CHOICES
+from genforge.config import CHOICES, linear_path_ok
 from genforge.errors import ConfigError
 from genforge.models.networks import _conv_plan
 from genforge.models.networks1d import _pad_to, length_plan
@@ -121,8 +121,7 @@ class UNet(nn.Module):
             raise ConfigError(f"prediction must be one of {', '.join(CHOICES['prediction'])}, got {prediction!r}")
         self.prediction = prediction  # what the output means: diffusion.x0_at reads it
         # a model file's net_options are input: an absurd filter length must not become a huge allocation
-        if isinstance(linear_path, bool) or not isinstance(linear_path, int) or linear_path < 0 or (
-                linear_path and (linear_path % 2 == 0 or linear_path > 63)):
+        if not linear_path_ok(linear_path):
             raise ConfigError(f"linear_path is an odd filter length from 1 to 63 time steps (0: none), "
                               f"got {linear_path!r}")
         one_d = len(image_shape) == 2
