@@ -70,6 +70,8 @@ TINY = {
     "cvae-1d": {"z_dim": 8, "base_channels": 4},
     "ddpm-1d": {"base_channels": 4},
     "cddpm-1d": {"base_channels": 4},
+    "ar-1d": {"base_channels": 4},
+    "car-1d": {"base_channels": 4},
     # tables: the bundled diabetes table (scikit-learn, always installed), small networks
     "tvae": {"z_dim": 8, "base_channels": 8, "data": "table:diabetes"},
     "ctgan": {"z_dim": 8, "base_channels": 8, "data": "table:diabetes", "gan_loss": "ns", "d_norm": "none"},

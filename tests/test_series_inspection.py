@@ -239,14 +239,15 @@ def test_cli_on_a_short_tep_simulation(tmp_path, monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def plant_models(tmp_path_factory, normal_runs):
-    """A 1-D VAE and a 1-D DDPM trained for a few steps on the normal plant log (windows of 16 samples)."""
+    """A 1-D VAE, a 1-D DDPM and a 1-D autoregressive model trained for a few steps on the normal plant log
+    (windows of 16 samples)."""
     from genforge.config import from_dict
     from genforge.training import check_config, train
 
     root = tmp_path_factory.mktemp("plant")
     log = _npz_log(root / "normal.npz", np.concatenate(normal_runs, axis=1))
     runs = {}
-    for model, extra in (("vae-1d", {"z_dim": 4}), ("ddpm-1d", {})):
+    for model, extra in (("vae-1d", {"z_dim": 4}), ("ddpm-1d", {}), ("ar-1d", {})):
         cfg = check_config(from_dict({"data": log, "series_window": 16, "series_stride": 4, "model": model,
                                       "base_channels": 8, "batch_size": 32, "max_steps": 40, "g_lr": 3e-3,
                                       "log_every": 20, "sample_every": 0, "checkpoint_every": 40,
@@ -256,7 +257,7 @@ def plant_models(tmp_path_factory, normal_runs):
     return log, runs
 
 
-@pytest.mark.parametrize("model", ["vae-1d", "ddpm-1d"])
+@pytest.mark.parametrize("model", ["vae-1d", "ddpm-1d", "ar-1d"])
 def test_reconstruction_detector_on_a_trained_series_model(model, plant_models, tmp_path, capsys, monkeypatch):
     log, runs = plant_models
     det = fd.fit_spec("recon", log, 1, options={"model": runs[model]}, fpr=0.05)

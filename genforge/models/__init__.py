@@ -16,8 +16,8 @@ from torch import nn
 
 from genforge.errors import ConfigError
 from genforge.modalities import of_spec
-from genforge.models import (copula, ctgan, diffusion, gan, lm, networks, networks1d, recurrent, sentence_vae, tabddpm,
-                             tabular, transformer, unet, vae, wavegan)
+from genforge.models import (autoregressive, copula, ctgan, diffusion, gan, lm, networks, networks1d, recurrent,
+                             sentence_vae, tabddpm, tabular, transformer, unet, vae, wavegan)
 
 
 class ModelSpec(NamedTuple):
@@ -67,6 +67,9 @@ MODELS: dict[str, ModelSpec] = {
     "cvae-1d": ModelSpec(vae, _VAE_1D, conditional=True, axes=_AXES_1D),
     "ddpm-1d": ModelSpec(diffusion, _DDPM, axes=_AXES_1D, options=diffusion.network_options),
     "cddpm-1d": ModelSpec(diffusion, _DDPM, conditional=True, axes=_AXES_1D, options=diffusion.network_options),
+    # series step by step: a Gaussian per step given the steps before it (a VAR plus dilated causal convolutions)
+    "ar-1d": ModelSpec(autoregressive, {"ar": autoregressive.SeriesAR}, axes=_AXES_1D),
+    "car-1d": ModelSpec(autoregressive, {"ar": autoregressive.SeriesAR}, conditional=True, axes=_AXES_1D),
     # waveforms: the 1-D GAN with WaveGAN's phase shuffle in the discriminator (Donahue et al. 2019)
     "wavegan": ModelSpec(gan, _WAVEGAN, axes=_AXES_1D),
     "cwavegan": ModelSpec(gan, _WAVEGAN, conditional=True, axes=_AXES_1D),

@@ -175,7 +175,7 @@ class Trainer:
     def batches_per_step(cfg: Config) -> int:
         return 1
 
-    def bind(self, x: torch.Tensor) -> None:
+    def bind(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         self.data = x
 
     def state_dict(self) -> dict:

@@ -156,7 +156,7 @@ class Trainer:
     def batches_per_step(cfg: Config) -> int:
         return cfg.d_steps
 
-    def bind(self, x: torch.Tensor) -> None:
+    def bind(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """The whole training table (N, D), for training by sampling; the real frequencies go into G."""
         self.data = x
         if self.sampler is not None:

@@ -245,7 +245,7 @@ class Trainer:
     def batches_per_step(cfg: Config) -> int:
         return 1
 
-    def bind(self, x: torch.Tensor) -> None:
+    def bind(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """The whole training split (N, D): the class condition's frequencies go into the denoiser."""
         if self.denoiser.target:
             start, width = self.denoiser.target

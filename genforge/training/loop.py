@@ -372,7 +372,8 @@ class _Run:
         # under torchrun: DDP-wrapped networks, gradients averaged over processes
         self.trainer = method.Trainer(cfg, ctx.wrap(self.nets), private=self.dp)
         if hasattr(self.trainer, "bind"):  # a method that reads the whole training split (CTGAN's training by
-            self.trainer.bind(self.data.x)  # sampling, the copula's one-pass fit), not only the loop's batches
+            # sampling, the copula's one-pass fit, the autoregressive model's VAR start), not only the batches
+            self.trainer.bind(self.data.x, self.data.y)
             self.ema.copy_buffers(self.nets)  # what it bound (category frequencies) reaches the sampled copy now
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.trainer.optimizers.items()}
         # latents and reparameterization; augmentation (drawn on the CPU). One stream per process under torchrun.

@@ -240,8 +240,10 @@ def model_reconstructor(model: str, mode: str = "auto", shape: tuple[int, int] |
 
     VAE family: decode the posterior mean (vae.reconstruct). Diffusion family: noise each window to timestep
     DIFFUSION_NOISE_STEP with a fixed seed and denoise it with DDIM (mode "t=N" picks another step): what the
-    model of the training data makes of the window. A conditional model reconstructs under its "normal" class
-    (the model of normal operation; mode "class=NAME" picks another). GANs have no encoder and are refused.
+    model of the training data makes of the window. Autoregressive family: each step's one-step-ahead
+    prediction from the steps before it (the first step: where the model's windows start). A conditional model
+    reconstructs under its "normal" class (the model of normal operation; mode "class=NAME" picks another).
+    GANs have no encoder and are refused.
     `loaded`: the model already read from `model` (genforge.generation.model.load), so it is not read twice.
     """
     from genforge.models import diffusion, vae  # the families' own math; only this detector needs them
@@ -267,9 +269,9 @@ def model_reconstructor(model: str, mode: str = "auto", shape: tuple[int, int] |
         y_class = names.index(want)
     norm = m.output.normalization
     family = m.family
-    if family not in ("vae", "diffusion"):
-        raise GenforgeError(f"recon detector: {model} is a {family} model; reconstruction needs a VAE (encoder) "
-                            "or a diffusion model")
+    if family not in ("vae", "diffusion", "autoregressive"):
+        raise GenforgeError(f"recon detector: {model} is a {family} model; reconstruction needs a VAE (encoder), "
+                            "a diffusion model or an autoregressive one")
     t_star = int(options.get("t", DIFFUSION_NOISE_STEP))
 
     @torch.no_grad()
@@ -278,6 +280,8 @@ def model_reconstructor(model: str, mode: str = "auto", shape: tuple[int, int] |
         y = None if y_class is None else torch.full((len(u),), y_class, dtype=torch.long)
         if family == "vae":
             out01 = vae.reconstruct(m.nets, (u + 1) / 2, y)
+        elif family == "autoregressive":
+            out01 = (m.nets["ar"](u, y)[0] + 1) / 2  # the mean of each step given the window's steps before it
         else:
             denoiser, ab = m.nets["denoiser"], m.nets["schedule"].alphas_cumprod.tolist()
             gen = torch.Generator().manual_seed(0)  # the same noise for every call: a deterministic score
