@@ -171,9 +171,8 @@ def nll(net: SeriesAR, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.
     """Windows (b, c, t) -> the negative log-likelihood of each step in nats (b, t), summed over channels."""
     b, c, t = x.shape
     mean, log_scale = net(x, y)
-    r = (x - mean) * torch.exp(-log_scale)                             # (b, c, t): L z
-    r[..., 0] = (x[..., 0] - mean[..., 0])                             # the first step: L_0 z_0, no scale
-    log_scale = torch.cat([torch.zeros_like(log_scale[..., :1]), log_scale[..., 1:]], -1)
+    log_scale = torch.cat([torch.zeros_like(log_scale[..., :1]), log_scale[..., 1:]], -1)  # the first step: none
+    r = (x - mean) * torch.exp(-log_scale)                             # (b, c, t): L_0 z_0, then L z_t
     l0, l1 = net.chol0(y, b), net.chol(y, b)                           # (b, c, c)
     z0 = torch.linalg.solve_triangular(l0, r[..., :1], upper=False)    # (b, c, 1)
     z1 = torch.linalg.solve_triangular(l1, r[..., 1:], upper=False)    # (b, c, t - 1)
@@ -217,8 +216,9 @@ class Trainer:
     def bind(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """The whole training split, before the first step: the linear path starts as its per-class VAR. (A
         resumed run's checkpoint then replaces the weights.)"""
-        if not bool(self.net.fitted):
-            self.net.fit_linear(x, y)
+        net = getattr(self.net, "module", self.net)  # under torchrun the network is wrapped (DDP)
+        if not bool(net.fitted):
+            net.fit_linear(x, y)
 
     @staticmethod
     def batches_per_step(cfg: Config) -> int:
