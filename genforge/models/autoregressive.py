@@ -151,6 +151,11 @@ class SeriesAR(nn.Module):
         return _tril(self.chol0_log_diag, self.chol0_lower)[self._k(y, b, self.chol_lower.device)]
 
 
+def _core(net: nn.Module) -> SeriesAR:
+    """The network itself, also when torchrun has wrapped it (DDP), whose wrapper has only ``forward``."""
+    return getattr(net, "module", net)
+
+
 def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, np.float32))
 
@@ -171,6 +176,7 @@ def nll(net: SeriesAR, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.
     """Windows (b, c, t) -> the negative log-likelihood of each step in nats (b, t), summed over channels."""
     b, c, t = x.shape
     mean, log_scale = net(x, y)
+    net = _core(net)  # the noise factors are the network's own, outside its forward
     log_scale = torch.cat([torch.zeros_like(log_scale[..., :1]), log_scale[..., 1:]], -1)  # the first step: none
     r = (x - mean) * torch.exp(-log_scale)                             # (b, c, t): L_0 z_0, then L z_t
     l0, l1 = net.chol0(y, b), net.chol(y, b)                           # (b, c, c)
@@ -214,11 +220,9 @@ class Trainer:
         self.optimizers = {"ar": torch.optim.Adam(self.net.parameters(), lr=cfg.g_lr, betas=tuple(cfg.g_betas))}
 
     def bind(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """The whole training split, before the first step: the linear path starts as its per-class VAR. (A
+        """The whole training split, before the first step: the linear path is set to its per-class VAR. (A
         resumed run's checkpoint then replaces the weights.)"""
-        net = getattr(self.net, "module", self.net)  # under torchrun the network is wrapped (DDP)
-        if not bool(net.fitted):
-            net.fit_linear(x, y)
+        _core(self.net).fit_linear(x, y)
 
     @staticmethod
     def batches_per_step(cfg: Config) -> int:
